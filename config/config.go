@@ -1,0 +1,205 @@
+package config
+
+import (
+	_ "embed"
+	"fmt"
+	"os"
+	"time"
+
+	"gopkg.in/yaml.v3"
+
+	"github.com/partita-go/partita/spi"
+)
+
+// defaultYAML is the single source of the defaults: Default decodes it, and
+// users can read it as a commented example.
+//
+//go:embed default.yaml
+var defaultYAML []byte
+
+// DefaultSource is the Source of the configuration returned by Default.
+const DefaultSource = "<default>"
+
+// Config is the configuration of one Partita member.
+type Config struct {
+	// Source names where the configuration came from: the file name given
+	// to Load or Parse, or DefaultSource. Errors start with it.
+	Source string
+	// Cluster is the `cluster:` section.
+	Cluster ClusterConfig
+	// Network is the `network:` section.
+	Network NetworkConfig
+	// Partitions is the `partitions:` section.
+	Partitions PartitionsConfig
+	// Operations is the `operations:` section.
+	Operations OperationsConfig
+	// Membership is the `membership:` section.
+	Membership MembershipConfig
+	// Metrics is the `metrics:` section.
+	Metrics MetricsConfig
+	// Services is the `services:` list, disabled entries included.
+	Services []ServiceConfig
+
+	// lines maps a key path ("network.bind", "services[1].type") to the line
+	// it was read from, so that Validate can point into the file.
+	lines map[string]int
+}
+
+// ClusterConfig is the `cluster:` section.
+type ClusterConfig struct {
+	// Name is the cluster name (`name`, default "dev"); members join only a
+	// cluster of the same name. It must not be empty.
+	Name string
+}
+
+// NetworkConfig is the `network:` section.
+type NetworkConfig struct {
+	// Bind is the host:port the member listens on (`bind`, default
+	// "127.0.0.1:5701"). Port 0 picks any free port.
+	Bind string
+	// PortAutoIncrement makes the member try the next ports when Bind's
+	// port is taken (`port-auto-increment`, default true).
+	PortAutoIncrement bool
+	// PortCount is how many ports, from Bind's port up, auto-increment may
+	// try (`port-count`, default 100).
+	PortCount int
+	// Join says how the member finds the cluster (`join`).
+	Join JoinConfig
+}
+
+// JoinConfig is the `network.join:` section.
+type JoinConfig struct {
+	// Members is a static seed list of host:port (`members`, default
+	// empty).
+	Members []string
+	// Multicast is multicast discovery (`multicast`).
+	Multicast MulticastConfig
+}
+
+// MulticastConfig is the `network.join.multicast:` section.
+type MulticastConfig struct {
+	// Enabled turns multicast discovery on (`enabled`, default true).
+	Enabled bool
+	// Group is the IPv4 multicast address:port (`group`, default
+	// "224.2.2.3:54327"); checked only when Enabled.
+	Group string
+}
+
+// PartitionsConfig is the `partitions:` section.
+type PartitionsConfig struct {
+	// Count is the number of partitions (`count`, default 271), 1..65535.
+	// Every member of a cluster must use the same count.
+	Count int
+}
+
+// OperationsConfig is the `operations:` section.
+type OperationsConfig struct {
+	// PartitionThreads is the number of partition executor goroutines
+	// (`partition-threads`, default 0, meaning GOMAXPROCS).
+	PartitionThreads int
+	// QueueSize is the capacity of each executor's queue (`queue-size`,
+	// default 4096).
+	QueueSize int
+	// InvocationTimeout bounds an invocation whose context has no deadline
+	// (`invocation-timeout`, default 120s).
+	InvocationTimeout time.Duration
+	// RetryPause is the first back-off between retries (`retry-pause`,
+	// default 10ms); it must be shorter than InvocationTimeout.
+	RetryPause time.Duration
+}
+
+// MembershipConfig is the `membership:` section: failure detection and
+// gossip timing.
+type MembershipConfig struct {
+	// ProbeInterval is how often a random member is probed
+	// (`probe-interval`, default 1s).
+	ProbeInterval time.Duration
+	// ProbeTimeout is how long a probe waits for its ack (`probe-timeout`,
+	// default 500ms); it must not exceed ProbeInterval.
+	ProbeTimeout time.Duration
+	// SuspicionMult scales how long a suspected member has to refute the
+	// suspicion before it is declared dead (`suspicion-mult`, default 4).
+	SuspicionMult int
+	// GossipInterval is how often membership changes are gossiped
+	// (`gossip-interval`, default 200ms).
+	GossipInterval time.Duration
+}
+
+// MetricsConfig is the `metrics:` section.
+type MetricsConfig struct {
+	// Address is the host:port of the Prometheus endpoint (`address`,
+	// default "", which disables it).
+	Address string
+}
+
+// ServiceConfig is one entry of the `services:` list.
+type ServiceConfig struct {
+	// Name is the service's unique name (`name`, required).
+	Name string
+	// Type is the registered factory that creates the service (`type`,
+	// required; see RegisterService).
+	Type string
+	// Enabled is false for an entry that is kept but not started
+	// (`enabled`, default true).
+	Enabled bool
+	// Properties are the entry's `properties:`, a flat map of scalars.
+	Properties spi.Properties
+	// Configuration is the raw `configuration:` node (any YAML), or nil
+	// when absent. The engine hands it to a service that implements
+	// spi.ConfigParser.
+	Configuration *yaml.Node
+	// Where is "file:line" of the entry, for error messages; empty for an
+	// entry built in code.
+	Where string
+}
+
+// Default returns the built-in configuration, decoded from the embedded
+// default.yaml (a commented copy of every key). Each call returns a fresh
+// value that the caller may change; Validate then names the keys but no
+// lines. Default does not validate: the service types it names are
+// registered by packages it cannot import.
+func Default() *Config {
+	c := &Config{Source: DefaultSource, lines: map[string]int{}}
+	if errs := decodeErrors(c, DefaultSource, defaultYAML); len(errs) > 0 {
+		panic(fmt.Sprintf("config: embedded default.yaml is broken: %v", joinSorted(errs)))
+	}
+	c.lines = nil
+	return c
+}
+
+// Load reads the file at path and parses it with Parse.
+func Load(path string) (*Config, error) {
+	data, err := os.ReadFile(path)
+	if err != nil {
+		return nil, fmt.Errorf("config: %w", err)
+	}
+	return Parse(path, data)
+}
+
+// Parse decodes the YAML in data over the values of Default and validates
+// the result. source names the data in errors (usually the file name).
+// Every problem found is reported, joined with errors.Join; each is an
+// *Error naming source, line and key.
+func Parse(source string, data []byte) (*Config, error) {
+	c := Default()
+	c.Source = source
+	c.lines = map[string]int{}
+	errs := decodeErrors(c, source, data)
+	errs = append(errs, c.validate()...)
+	if len(errs) > 0 {
+		return nil, joinSorted(errs)
+	}
+	return c, nil
+}
+
+// EnabledServices returns the services whose Enabled is true, in config
+// order.
+func (c *Config) EnabledServices() []ServiceConfig {
+	var out []ServiceConfig
+	for _, s := range c.Services {
+		if s.Enabled {
+			out = append(out, s)
+		}
+	}
+	return out
+}

@@ -1,0 +1,96 @@
+// Package config reads, defaults and validates the YAML configuration of a
+// Partita member, and holds the registry of service types.
+//
+// # File format
+//
+// A configuration file is one YAML document whose top level has up to seven
+// sections. Each is optional: the file is decoded over Default, so it only
+// needs the keys it changes. The embedded default.yaml, which Default
+// decodes, is the commented reference of every key and its default:
+//
+//	cluster:
+//	  name: dev                      # members join only a cluster of the same name
+//	network:
+//	  bind: 127.0.0.1:5701           # port 0: any free port; empty host: all interfaces
+//	  port-auto-increment: true      # try the next ports when the bind port is taken...
+//	  port-count: 100                # ...up to this many
+//	  join:
+//	    members: []                  # static seeds, host:port
+//	    multicast:
+//	      enabled: true              # multicast discovery, the default join
+//	      group: 224.2.2.3:54327     # IPv4 multicast address:port
+//	partitions:
+//	  count: 271                     # 1..65535, the same on every member
+//	operations:
+//	  partition-threads: 0           # 0: GOMAXPROCS
+//	  queue-size: 4096               # per executor
+//	  invocation-timeout: 120s       # for contexts without a deadline
+//	  retry-pause: 10ms              # first back-off between retries
+//	membership:
+//	  probe-interval: 1s
+//	  probe-timeout: 500ms           # at most probe-interval
+//	  suspicion-mult: 4
+//	  gossip-interval: 200ms
+//	metrics:
+//	  address: ""                    # host:port of the Prometheus endpoint; empty: off
+//	services:
+//	  - name: CounterService         # unique
+//	    type: counter                # registered with RegisterService
+//	    enabled: true                # false: kept, checked, not started
+//	    properties:                  # flat map of scalars -> spi.Properties
+//	      log-level: info
+//	    configuration:               # any YAML -> *yaml.Node for spi.ConfigParser
+//	      some: [structured, value]
+//
+// Durations are Go durations ("500ms", "2m", "1h30m"); a bare number is an
+// error, not seconds. Integers must be written as integers. A key with an
+// empty value (`key:` or `key: null`) keeps its default, except the lists
+// members and services, which it empties. A `services:` list replaces the
+// default list as a whole. Anchors and aliases work; merge keys (<<) do not.
+//
+// Unknown keys are errors at every level, so a misspelt key cannot be
+// silently ignored. Parse reports every problem at once, each an *Error
+// formatted "file:line: key: message", joined with errors.Join:
+//
+//	cluster.yaml:3: unknown key "clustr" in (top level)
+//	cluster.yaml:7: network.bind: bad address "127.0.0.1:99999": port must be 1..65535
+//	cluster.yaml:15: services[1].type: unknown service type "countr" (registered: counter); ...
+//
+// # Service registry
+//
+// A service package registers its type from an init function, the way
+// database/sql drivers do, and the member binary imports it for that side
+// effect:
+//
+//	func init() {
+//		config.RegisterService("counter", func() spi.Service { return &Service{} })
+//	}
+//
+//	import _ "github.com/partita-go/partita/services/counter"
+//
+// Validate rejects a `type:` that is not registered (disabled entries
+// included), so register before loading.
+//
+// # Usage
+//
+//	cfg, err := config.Load("cluster.yaml")
+//	if err != nil {
+//		log.Fatal(err) // every problem, one per line, with file and line
+//	}
+//	for _, s := range cfg.EnabledServices() {
+//		factory, _ := config.ServiceFactory(s.Type) // present: Validate checked it
+//		svc := factory()
+//		if p, ok := svc.(spi.ConfigParser); ok && s.Configuration != nil {
+//			err = p.ParseConfig(s.Configuration)
+//		}
+//		// ... Init(engine, s.Properties) for a spi.ManagedService
+//	}
+//
+// A program may also start from Default, change fields and call Validate,
+// which then names the keys but no lines:
+//
+//	cfg := config.Default()
+//	cfg.Network.Bind = "127.0.0.1:0"
+//	cfg.Network.Join.Multicast.Enabled = false
+//	if err := cfg.Validate(); err != nil { ... }
+package config

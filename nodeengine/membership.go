@@ -1,0 +1,142 @@
+package nodeengine
+
+import (
+	"bytes"
+	"fmt"
+	"log/slog"
+	"sort"
+	"strings"
+	"sync"
+	"time"
+
+	"github.com/hashicorp/memberlist"
+	"github.com/partita-go/partita/operation"
+	"github.com/partita-go/partita/spi"
+)
+
+// memberMeta is what each member gossips about itself in memberlist's node
+// meta: enough to refuse strangers and to order members by age.
+type memberMeta struct {
+	protocol uint8
+	cluster  string
+	address  string // operation address, host:port
+	started  int64  // unix nanoseconds; the oldest member is the master
+}
+
+func (m memberMeta) encode() []byte {
+	w := spi.NewWriter(nil)
+	w.WriteUint8(m.protocol)
+	w.WriteString(m.cluster)
+	w.WriteString(m.address)
+	w.WriteVarint(m.started)
+	return w.Bytes()
+}
+
+func decodeMeta(b []byte) (memberMeta, error) {
+	r := spi.NewReader(b)
+	m := memberMeta{protocol: r.ReadUint8(), cluster: r.ReadString(), address: r.ReadString(), started: r.ReadVarint()}
+	return m, r.Err()
+}
+
+// delegates implements memberlist's Delegate, EventDelegate, AliveDelegate
+// and MergeDelegate for a node. memberlist calls them on its own
+// goroutines; they never block: events go to the node's membership loop.
+type delegates struct {
+	n    *Node
+	meta []byte
+
+	mu      sync.Mutex
+	refused map[string]bool // peers already logged as refused
+}
+
+func (d *delegates) NodeMeta(limit int) []byte {
+	if len(d.meta) > limit {
+		panic(fmt.Sprintf("partita: member meta of %d bytes exceeds memberlist's %d", len(d.meta), limit))
+	}
+	return d.meta
+}
+func (d *delegates) NotifyMsg([]byte)                           {}
+func (d *delegates) GetBroadcasts(overhead, limit int) [][]byte { return nil }
+func (d *delegates) LocalState(join bool) []byte                { return nil }
+func (d *delegates) MergeRemoteState(buf []byte, join bool)     {}
+
+// check refuses members of another cluster or protocol, logging each
+// stranger once.
+func (d *delegates) check(peer *memberlist.Node) error {
+	m, err := decodeMeta(peer.Meta)
+	switch {
+	case err != nil:
+		err = fmt.Errorf("%w: member %s at %s sent unreadable metadata: %v", spi.ErrClusterMismatch, peer.Name, peer.Address(), err)
+	case m.protocol != operation.ProtocolVersion:
+		err = fmt.Errorf("%w: member %s at %s speaks protocol version %d, we speak %d", spi.ErrClusterMismatch, peer.Name, peer.Address(), m.protocol, operation.ProtocolVersion)
+	case m.cluster != d.n.cfg.Cluster.Name:
+		err = fmt.Errorf("%w: member %s at %s belongs to cluster %q, we are %q", spi.ErrClusterMismatch, peer.Name, peer.Address(), m.cluster, d.n.cfg.Cluster.Name)
+	default:
+		return nil
+	}
+	d.mu.Lock()
+	first := !d.refused[peer.Name]
+	d.refused[peer.Name] = true
+	d.mu.Unlock()
+	if first {
+		d.n.log.Warn("refusing member", "member", peer.Name, "address", peer.Address(), "reason", err)
+	}
+	return err
+}
+
+func (d *delegates) NotifyAlive(peer *memberlist.Node) error { return d.check(peer) }
+
+func (d *delegates) NotifyMerge(peers []*memberlist.Node) error {
+	for _, p := range peers {
+		if err := d.check(p); err != nil {
+			return err
+		}
+	}
+	return nil
+}
+
+func (d *delegates) NotifyJoin(node *memberlist.Node)   { d.n.memberEvent() }
+func (d *delegates) NotifyLeave(node *memberlist.Node)  { d.n.memberEvent() }
+func (d *delegates) NotifyUpdate(node *memberlist.Node) { d.n.memberEvent() }
+
+// memberList builds the member list from memberlist's view, oldest first.
+func memberList(nodes []*memberlist.Node, cluster string) []spi.Member {
+	out := make([]spi.Member, 0, len(nodes))
+	for _, nd := range nodes {
+		m, err := decodeMeta(nd.Meta)
+		if err != nil || m.cluster != cluster || m.protocol != operation.ProtocolVersion {
+			continue
+		}
+		out = append(out, spi.Member{ID: nd.Name, Address: m.address, Started: time.Unix(0, m.started)})
+	}
+	sort.Slice(out, func(i, j int) bool {
+		if !out[i].Started.Equal(out[j].Started) {
+			return out[i].Started.Before(out[j].Started)
+		}
+		return out[i].ID < out[j].ID
+	})
+	return out
+}
+
+// logWriter turns memberlist's log lines ("[WARN] memberlist: ...") into
+// slog records at the matching level.
+type logWriter struct{ log *slog.Logger }
+
+func (w logWriter) Write(p []byte) (int, error) {
+	line := string(bytes.TrimSpace(p))
+	level := slog.LevelInfo
+	for prefix, l := range map[string]slog.Level{"[DEBUG]": slog.LevelDebug, "[INFO]": slog.LevelInfo, "[WARN]": slog.LevelWarn, "[ERR]": slog.LevelError} {
+		if i := strings.Index(line, prefix); i >= 0 {
+			level = l
+			line = strings.TrimSpace(line[i+len(prefix):])
+			break
+		}
+	}
+	// memberlist reports ordinary churn (a peer going away) as errors;
+	// keep them visible but below error level.
+	if level == slog.LevelError {
+		level = slog.LevelWarn
+	}
+	w.log.Log(nil, level, line, "component", "memberlist")
+	return len(p), nil
+}

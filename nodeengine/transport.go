@@ -1,0 +1,246 @@
+package nodeengine
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"log/slog"
+	"net"
+	"strconv"
+	"sync"
+	"time"
+
+	"github.com/hashicorp/memberlist"
+)
+
+// One port per member: memberlist's UDP packets and a TCP listener shared by
+// memberlist streams and operation connections. The dialler's first byte
+// says which protocol follows.
+const (
+	selectMemberlist byte = 'M'
+	selectOperations byte = 'P'
+
+	selectorTimeout  = 5 * time.Second
+	udpPacketBufSize = 65536
+)
+
+// muxTransport implements memberlist.Transport on the member's port and
+// hands operation connections to ops.
+type muxTransport struct {
+	log      *slog.Logger
+	tcp      *net.TCPListener
+	udp      *net.UDPConn
+	addr     *net.TCPAddr
+	ops      func(net.Conn)
+	packetCh chan *memberlist.Packet
+	streamCh chan net.Conn
+	done     chan struct{}
+	once     sync.Once
+	wg       sync.WaitGroup
+}
+
+var _ memberlist.Transport = (*muxTransport)(nil)
+
+// listen binds TCP and UDP on one port of bind ("host:port"), trying the
+// next port up to tries times when auto-increment is on. Port 0 picks a free
+// port.
+func listen(bind string, autoIncrement bool, tries int, log *slog.Logger) (*muxTransport, error) {
+	host, portStr, err := net.SplitHostPort(bind)
+	if err != nil {
+		return nil, fmt.Errorf("bind address %q: %w", bind, err)
+	}
+	port, err := strconv.Atoi(portStr)
+	if err != nil {
+		return nil, fmt.Errorf("bind address %q: bad port", bind)
+	}
+	if !autoIncrement || port == 0 {
+		tries = 1
+	}
+	if port == 0 {
+		tries = 20 // a free TCP port may be taken for UDP: pick again
+	}
+	var lastErr error
+	for i := 0; i < tries; i++ {
+		p := port
+		if port != 0 {
+			p = port + i
+		}
+		t, err := listenOn(host, p)
+		if err == nil {
+			t.log = log
+			return t, nil
+		}
+		lastErr = err
+	}
+	if port != 0 && tries > 1 {
+		return nil, fmt.Errorf("no free port in %s:%d..%d: %w", host, port, port+tries-1, lastErr)
+	}
+	return nil, lastErr
+}
+
+func listenOn(host string, port int) (*muxTransport, error) {
+	tcp, err := net.Listen("tcp", net.JoinHostPort(host, strconv.Itoa(port)))
+	if err != nil {
+		return nil, err
+	}
+	ta := tcp.Addr().(*net.TCPAddr)
+	udp, err := net.ListenUDP("udp", &net.UDPAddr{IP: ta.IP, Port: ta.Port})
+	if err != nil {
+		tcp.Close()
+		return nil, fmt.Errorf("udp port %d: %w", ta.Port, err)
+	}
+	_ = udp.SetReadBuffer(2 << 20)
+	return &muxTransport{
+		tcp: tcp.(*net.TCPListener), udp: udp, addr: ta,
+		packetCh: make(chan *memberlist.Packet, 256),
+		streamCh: make(chan net.Conn, 16),
+		done:     make(chan struct{}),
+	}, nil
+}
+
+// Address returns the bound host:port.
+func (t *muxTransport) Address() string { return t.addr.String() }
+
+// serve starts the accept and packet loops; ops receives operation
+// connections.
+func (t *muxTransport) serve(ops func(net.Conn)) {
+	t.ops = ops
+	t.wg.Add(2)
+	go t.acceptLoop()
+	go t.packetLoop()
+}
+
+func (t *muxTransport) acceptLoop() {
+	defer t.wg.Done()
+	for {
+		c, err := t.tcp.Accept()
+		if err != nil {
+			select {
+			case <-t.done:
+				return
+			default:
+			}
+			if ne, ok := err.(net.Error); ok && ne.Timeout() {
+				continue
+			}
+			t.log.Error("accept failed; no more connections on this port", "error", err)
+			return
+		}
+		t.wg.Add(1)
+		go t.route(c)
+	}
+}
+
+// route reads the selector byte and hands the connection on.
+func (t *muxTransport) route(c net.Conn) {
+	defer t.wg.Done()
+	var b [1]byte
+	c.SetReadDeadline(time.Now().Add(selectorTimeout))
+	if _, err := c.Read(b[:]); err != nil {
+		c.Close()
+		return
+	}
+	c.SetReadDeadline(time.Time{})
+	switch b[0] {
+	case selectMemberlist:
+		select {
+		case t.streamCh <- c:
+		case <-t.done:
+			c.Close()
+		}
+	case selectOperations:
+		t.ops(c)
+	default:
+		t.log.Warn("closing connection: not a Partita member (bad protocol selector)",
+			"remote", c.RemoteAddr().String(), "byte", fmt.Sprintf("%#x", b[0]))
+		c.Close()
+	}
+}
+
+func (t *muxTransport) packetLoop() {
+	defer t.wg.Done()
+	for {
+		buf := make([]byte, udpPacketBufSize)
+		n, addr, err := t.udp.ReadFrom(buf)
+		ts := time.Now()
+		if err != nil {
+			select {
+			case <-t.done:
+				return
+			default:
+			}
+			if errors.Is(err, net.ErrClosed) {
+				return
+			}
+			t.log.Debug("udp read failed", "error", err)
+			continue
+		}
+		if n < 1 {
+			continue
+		}
+		select {
+		case t.packetCh <- &memberlist.Packet{Buf: buf[:n], From: addr, Timestamp: ts}:
+		case <-t.done:
+			return
+		}
+	}
+}
+
+// FinalAdvertiseAddr implements memberlist.Transport.
+func (t *muxTransport) FinalAdvertiseAddr(string, int) (net.IP, int, error) {
+	ip := t.addr.IP
+	if ip.IsUnspecified() {
+		return nil, 0, fmt.Errorf("bind address %s is unspecified: bind to a concrete IP", t.addr)
+	}
+	return ip, t.addr.Port, nil
+}
+
+// WriteTo implements memberlist.Transport.
+func (t *muxTransport) WriteTo(b []byte, addr string) (time.Time, error) {
+	ua, err := net.ResolveUDPAddr("udp", addr)
+	if err != nil {
+		return time.Time{}, err
+	}
+	_, err = t.udp.WriteTo(b, ua)
+	return time.Now(), err
+}
+
+// PacketCh implements memberlist.Transport.
+func (t *muxTransport) PacketCh() <-chan *memberlist.Packet { return t.packetCh }
+
+// DialTimeout implements memberlist.Transport.
+func (t *muxTransport) DialTimeout(addr string, timeout time.Duration) (net.Conn, error) {
+	return dialSelect(context.Background(), addr, timeout, selectMemberlist)
+}
+
+// StreamCh implements memberlist.Transport.
+func (t *muxTransport) StreamCh() <-chan net.Conn { return t.streamCh }
+
+// Shutdown implements memberlist.Transport: it closes the sockets and
+// waits for the loops.
+func (t *muxTransport) Shutdown() error {
+	t.once.Do(func() {
+		close(t.done)
+		t.tcp.Close()
+		t.udp.Close()
+	})
+	t.wg.Wait()
+	return nil
+}
+
+// dialSelect dials addr and writes the protocol selector.
+func dialSelect(ctx context.Context, addr string, timeout time.Duration, sel byte) (net.Conn, error) {
+	d := net.Dialer{Timeout: timeout}
+	c, err := d.DialContext(ctx, "tcp", addr)
+	if err != nil {
+		return nil, err
+	}
+	if tc, ok := c.(*net.TCPConn); ok {
+		tc.SetNoDelay(true)
+	}
+	if _, err := c.Write([]byte{sel}); err != nil {
+		c.Close()
+		return nil, err
+	}
+	return c, nil
+}

@@ -1,0 +1,526 @@
+package operation
+
+import (
+	"bufio"
+	"context"
+	"encoding/binary"
+	"errors"
+	"fmt"
+	"io"
+	"net"
+	"sync"
+	"time"
+
+	"github.com/partita-go/partita/spi"
+)
+
+// call is one invocation attempt waiting for its answer.
+type call struct {
+	op   spi.Operation
+	resp any
+	err  error
+	done chan struct{}
+}
+
+func newCall(op spi.Operation) *call { return &call{op: op, done: make(chan struct{})} }
+
+func (c *call) complete(resp any, err error) {
+	c.resp, c.err = resp, err
+	close(c.done)
+}
+
+// peer is the connection used to reach one member; dialled once, shared
+// by every invocation to that member.
+type peer struct {
+	ready chan struct{} // closed when c or err is set
+	c     *conn
+	err   error
+}
+
+// conn is one member-to-member TCP connection. Both sides may send
+// requests and responses on it; one writer goroutine batches frames.
+type conn struct {
+	s      *Service
+	nc     net.Conn
+	remote hello // the peer's hello
+
+	mu      sync.Mutex
+	out     []byte // frames queued for the writer
+	pending map[uint64]*call
+	closed  bool
+	err     error // why it closed
+
+	wake chan struct{} // cap 1: frames queued
+	done chan struct{} // closed when closing
+	wg   sync.WaitGroup
+}
+
+// handshakeTimeout bounds the hello exchange on a new connection.
+const handshakeTimeout = 5 * time.Second
+
+// HandleConn serves a connection accepted on the operation port (after the
+// node engine's protocol selector byte). It returns at once; the
+// connection's goroutines run until it closes.
+func (s *Service) HandleConn(nc net.Conn) {
+	if s.closed.Load() {
+		nc.Close()
+		return
+	}
+	s.wg.Add(1)
+	go func() {
+		defer s.wg.Done()
+		br := bufio.NewReaderSize(nc, 64<<10)
+		nc.SetDeadline(time.Now().Add(handshakeTimeout))
+		h, err := readHello(br)
+		if err == nil {
+			err = s.checkHello(h)
+		}
+		if err != nil {
+			s.log.Warn("refusing connection", "remote", nc.RemoteAddr().String(), "error", err)
+			nc.Write(appendError(nil, 0, err))
+			nc.Close()
+			return
+		}
+		if _, err := nc.Write(s.hello().encode(nil)); err != nil {
+			nc.Close()
+			return
+		}
+		nc.SetDeadline(time.Time{})
+		c := s.newConn(nc, h)
+		if c == nil {
+			return
+		}
+		// Reuse this connection to reach the peer unless we already have one.
+		s.mu.Lock()
+		if _, ok := s.conns[h.id]; !ok {
+			p := &peer{ready: make(chan struct{}), c: c}
+			close(p.ready)
+			s.conns[h.id] = p
+		}
+		s.mu.Unlock()
+		c.readLoop(br)
+	}()
+}
+
+func (s *Service) hello() hello {
+	return hello{version: ProtocolVersion, cluster: s.cfg.ClusterName, id: s.cfg.LocalID, address: s.cfg.LocalAddress}
+}
+
+func (s *Service) checkHello(h hello) error {
+	switch {
+	case h.version != ProtocolVersion:
+		return fmt.Errorf("%w: member %s at %s speaks protocol version %d, this member speaks %d",
+			spi.ErrClusterMismatch, h.id, h.address, h.version, ProtocolVersion)
+	case h.cluster != s.cfg.ClusterName:
+		return fmt.Errorf("%w: member %s at %s belongs to cluster %q, this member to %q",
+			spi.ErrClusterMismatch, h.id, h.address, h.cluster, s.cfg.ClusterName)
+	}
+	return nil
+}
+
+// readFrame reads one frame body (after the length) into buf.
+func readFrame(br *bufio.Reader, buf []byte) ([]byte, error) {
+	var lb [4]byte
+	if _, err := io.ReadFull(br, lb[:]); err != nil {
+		return buf, err
+	}
+	n := binary.LittleEndian.Uint32(lb[:])
+	if n > MaxFrameSize {
+		return buf, fmt.Errorf("%w: frame length %d exceeds the %d-byte limit", spi.ErrProtocol, n, MaxFrameSize)
+	}
+	if cap(buf) < int(n) {
+		buf = make([]byte, n)
+	}
+	buf = buf[:n]
+	if _, err := io.ReadFull(br, buf); err != nil {
+		if err == io.EOF {
+			err = io.ErrUnexpectedEOF
+		}
+		return buf, err
+	}
+	return buf, nil
+}
+
+func readHello(br *bufio.Reader) (hello, error) {
+	body, err := readFrame(br, nil)
+	if err != nil {
+		return hello{}, fmt.Errorf("reading hello: %w", err)
+	}
+	h, payload, err := parseHeader(body)
+	if err != nil {
+		return hello{}, err
+	}
+	switch h.kind {
+	case kindHello:
+		return decodeHello(payload)
+	case kindError:
+		return hello{}, decodeError(payload, "peer")
+	}
+	return hello{}, fmt.Errorf("%w: expected a hello frame, got kind %d", spi.ErrProtocol, h.kind)
+}
+
+// dial connects to a member and exchanges hellos.
+func (s *Service) dial(ctx context.Context, id, address string) (*conn, error) {
+	dctx, cancel := context.WithTimeout(ctx, handshakeTimeout)
+	defer cancel()
+	nc, err := s.cfg.Dial(dctx, address)
+	if err != nil {
+		return nil, fmt.Errorf("%w: dial %s (%s): %w", spi.ErrMemberLeft, id, address, err)
+	}
+	if dl, ok := dctx.Deadline(); ok {
+		nc.SetDeadline(dl)
+	}
+	if _, err := nc.Write(s.hello().encode(nil)); err != nil {
+		nc.Close()
+		return nil, fmt.Errorf("%w: hello to %s: %w", spi.ErrMemberLeft, address, err)
+	}
+	br := bufio.NewReaderSize(nc, 64<<10)
+	h, err := readHello(br)
+	if err == nil {
+		err = s.checkHello(h)
+	}
+	if err == nil && h.id != id {
+		err = fmt.Errorf("%w: %s answered as member %s, expected %s (restarted?)", spi.ErrMemberLeft, address, h.id, id)
+	}
+	if err != nil {
+		nc.Close()
+		var re *spi.RemoteError
+		if errors.As(err, &re) || errors.Is(err, spi.ErrClusterMismatch) {
+			s.log.Error("member refused our connection", "member", id, "address", address, "error", err)
+			return nil, err
+		}
+		return nil, fmt.Errorf("%w: handshake with %s: %w", spi.ErrMemberLeft, address, err)
+	}
+	nc.SetDeadline(time.Time{})
+	c := s.newConn(nc, h)
+	if c == nil {
+		return nil, spi.ErrShutdown
+	}
+	s.wg.Add(1)
+	go func() {
+		defer s.wg.Done()
+		c.readLoop(br)
+	}()
+	return c, nil
+}
+
+// connTo returns the connection to member id, dialling it once.
+func (s *Service) connTo(ctx context.Context, id, address string) (*conn, error) {
+	s.mu.Lock()
+	p, ok := s.conns[id]
+	if !ok {
+		p = &peer{ready: make(chan struct{})}
+		s.conns[id] = p
+		s.mu.Unlock()
+		p.c, p.err = s.dial(ctx, id, address)
+		close(p.ready)
+		if p.err != nil {
+			s.dropPeer(id, p)
+		}
+		return p.c, p.err
+	}
+	s.mu.Unlock()
+	select {
+	case <-p.ready:
+		return p.c, p.err
+	case <-ctx.Done():
+		return nil, ctx.Err()
+	}
+}
+
+func (s *Service) dropPeer(id string, p *peer) {
+	s.mu.Lock()
+	if s.conns[id] == p {
+		delete(s.conns, id)
+	}
+	s.mu.Unlock()
+}
+
+// MemberLeft closes the connections to a member that left the cluster;
+// invocations waiting on it fail with ErrMemberLeft and are retried.
+func (s *Service) MemberLeft(id string) {
+	s.mu.Lock()
+	var victims []*conn
+	for c := range s.all {
+		if c.remote.id == id {
+			victims = append(victims, c)
+		}
+	}
+	s.mu.Unlock()
+	for _, c := range victims {
+		c.close(fmt.Errorf("%w: member %s left", spi.ErrMemberLeft, id))
+	}
+}
+
+func (s *Service) newConn(nc net.Conn, h hello) *conn {
+	c := &conn{s: s, nc: nc, remote: h, pending: make(map[uint64]*call),
+		wake: make(chan struct{}, 1), done: make(chan struct{})}
+	s.mu.Lock()
+	if s.closed.Load() {
+		s.mu.Unlock()
+		nc.Close()
+		return nil
+	}
+	s.all[c] = struct{}{}
+	s.mu.Unlock()
+	c.wg.Add(1)
+	go c.writeLoop()
+	return c
+}
+
+// close shuts the connection once, failing its pending calls with err.
+func (c *conn) close(err error) {
+	c.mu.Lock()
+	if c.closed {
+		c.mu.Unlock()
+		return
+	}
+	c.closed, c.err = true, err
+	pending := c.pending
+	c.pending = nil
+	c.mu.Unlock()
+	close(c.done)
+	c.nc.Close()
+	for _, cl := range pending {
+		cl.complete(nil, err)
+	}
+	s := c.s
+	s.mu.Lock()
+	delete(s.all, c)
+	if p, ok := s.conns[c.remote.id]; ok && p.c == c {
+		delete(s.conns, c.remote.id)
+	}
+	s.mu.Unlock()
+}
+
+// writeLoop writes whatever frames have been queued, many per syscall.
+func (c *conn) writeLoop() {
+	defer c.wg.Done()
+	var spare []byte
+	for {
+		select {
+		case <-c.wake:
+		case <-c.done:
+			return
+		}
+		c.mu.Lock()
+		buf := c.out
+		c.out = spare[:0]
+		c.mu.Unlock()
+		if len(buf) == 0 {
+			spare = buf
+			continue
+		}
+		if _, err := c.nc.Write(buf); err != nil {
+			c.close(fmt.Errorf("%w: write to %s: %w", spi.ErrMemberLeft, c.remote.address, err))
+			return
+		}
+		if cap(buf) > 4<<20 {
+			buf = nil // do not pin a burst's buffer forever
+		}
+		spare = buf
+	}
+}
+
+// maxQueued bounds the bytes waiting for the writer on one connection.
+const maxQueued = 64 << 20
+
+// queue appends one frame produced by fill to the output buffer and wakes
+// the writer. fill runs under the connection lock and returns the grown
+// buffer or an error (the partial frame is then discarded).
+func (c *conn) queue(fill func(buf []byte) ([]byte, error)) error {
+	c.mu.Lock()
+	if c.closed {
+		err := c.err
+		c.mu.Unlock()
+		return err
+	}
+	if len(c.out) > maxQueued {
+		c.mu.Unlock()
+		return fmt.Errorf("%w: %d bytes queued to %s", spi.ErrOverloaded, maxQueued, c.remote.address)
+	}
+	mark := len(c.out)
+	out, err := fill(c.out)
+	if err != nil {
+		c.out = out[:mark]
+		c.mu.Unlock()
+		return err
+	}
+	c.out = out
+	c.mu.Unlock()
+	select {
+	case c.wake <- struct{}{}:
+	default:
+	}
+	return nil
+}
+
+// sendRequest registers cl under a new call id and queues the request.
+func (c *conn) sendRequest(cl *call, svc *serviceEntry, typeID uint16, pid int) (uint64, error) {
+	id := c.s.nextCall.Add(1)
+	c.mu.Lock()
+	if !c.closed {
+		c.pending[id] = cl
+	}
+	c.mu.Unlock()
+	err := c.queue(func(buf []byte) ([]byte, error) {
+		buf, start := beginFrame(buf, kindRequest, id)
+		w := spi.Writer{}
+		w.SetBuffer(buf)
+		w.WriteUint32(svc.id)
+		w.WriteUint16(typeID)
+		w.WriteVarint(int64(pid))
+		cl.op.WriteData(&w)
+		buf = w.Bytes()
+		return buf, endFrame(buf, start)
+	})
+	if err != nil {
+		c.forget(id)
+		return 0, err
+	}
+	return id, nil
+}
+
+// forget drops a pending call (its caller gave up).
+func (c *conn) forget(id uint64) {
+	c.mu.Lock()
+	delete(c.pending, id)
+	c.mu.Unlock()
+}
+
+// sendResponse queues the answer to a request received on this connection.
+func (c *conn) sendResponse(callID uint64, op spi.Operation, resp any, err error) {
+	if err == nil {
+		err = c.queue(func(buf []byte) ([]byte, error) {
+			buf, start := beginFrame(buf, kindResponse, callID)
+			w := spi.Writer{}
+			w.SetBuffer(buf)
+			if codec, ok := op.(spi.ResponseCodec); ok && resp != nil {
+				w.WriteUint8(tagCustom)
+				codec.WriteResponse(&w, resp)
+			} else if err := writeValue(&w, resp); err != nil {
+				return w.Bytes(), err
+			}
+			buf = w.Bytes()
+			return buf, endFrame(buf, start)
+		})
+		if err == nil || c.isClosed() {
+			return
+		}
+		c.s.log.Error("cannot send response", "remote", c.remote.address, "error", err)
+	}
+	c.queue(func(buf []byte) ([]byte, error) { return appendError(buf, callID, err), nil })
+}
+
+func (c *conn) isClosed() bool {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	return c.closed
+}
+
+// readLoop reads frames until the connection fails. A frame that breaks the
+// protocol closes this connection (logged); other connections are not
+// affected.
+func (c *conn) readLoop(br *bufio.Reader) {
+	var buf []byte
+	var err error
+	for {
+		buf, err = readFrame(br, buf)
+		if err != nil {
+			break
+		}
+		if err = c.handle(buf); err != nil {
+			break
+		}
+		if cap(buf) > 1<<20 {
+			buf = nil
+		}
+	}
+	select {
+	case <-c.done: // closed on purpose
+	default:
+		if errors.Is(err, spi.ErrProtocol) {
+			c.s.log.Error("closing connection after a malformed frame", "remote", c.remote.address, "member", c.remote.id, "error", err)
+		} else {
+			c.s.log.Debug("connection closed", "remote", c.remote.address, "error", err)
+		}
+	}
+	c.close(fmt.Errorf("%w: connection to %s lost: %w", spi.ErrMemberLeft, c.remote.address, err))
+	c.wg.Wait()
+}
+
+func (c *conn) handle(body []byte) error {
+	h, payload, err := parseHeader(body)
+	if err != nil {
+		return err
+	}
+	switch h.kind {
+	case kindRequest:
+		c.handleRequest(h.callID, payload)
+	case kindResponse, kindError:
+		c.mu.Lock()
+		cl := c.pending[h.callID]
+		delete(c.pending, h.callID)
+		c.mu.Unlock()
+		if cl == nil {
+			return nil // the caller gave up
+		}
+		if h.kind == kindError {
+			cl.complete(nil, decodeError(payload, c.remote.address))
+			return nil
+		}
+		codec, _ := cl.op.(spi.ResponseCodec)
+		v, err := readValue(spi.NewReader(payload), codec)
+		if err != nil {
+			err = fmt.Errorf("bad response from %s: %w", c.remote.address, err)
+		}
+		cl.complete(v, err)
+	default:
+		return fmt.Errorf("%w: unexpected frame kind %d after hello", spi.ErrProtocol, h.kind)
+	}
+	return nil
+}
+
+func (c *conn) handleRequest(callID uint64, payload []byte) {
+	s := c.s
+	r := spi.NewReader(payload)
+	sid, tid, pid := r.ReadUint32(), r.ReadUint16(), r.ReadVarint()
+	fail := func(err error) {
+		s.log.Warn("rejecting request", "remote", c.remote.address, "error", err)
+		if callID != 0 {
+			c.queue(func(buf []byte) ([]byte, error) { return appendError(buf, callID, err), nil })
+		}
+	}
+	if err := r.Err(); err != nil {
+		fail(fmt.Errorf("bad request header: %w", err))
+		return
+	}
+	svc := s.byID[sid]
+	if svc == nil {
+		fail(fmt.Errorf("%w: no service with wire id %#x on %s", spi.ErrUnknownService, sid, s.cfg.LocalAddress))
+		return
+	}
+	factory := svc.types[tid]
+	if factory == nil {
+		fail(fmt.Errorf("%w: service %q has no operation type %d", spi.ErrUnknownOperation, svc.name, tid))
+		return
+	}
+	if pid < -1 || pid >= int64(s.cfg.PartitionCount) {
+		fail(fmt.Errorf("%w: partition %d out of range", spi.ErrProtocol, pid))
+		return
+	}
+	op := factory()
+	if err := op.ReadData(r); err != nil {
+		fail(fmt.Errorf("%w: decoding %T of service %q: %w", spi.ErrProtocol, op, svc.name, err))
+		return
+	}
+	if r.Remaining() != 0 {
+		fail(fmt.Errorf("%w: %d trailing bytes after %T", spi.ErrProtocol, r.Remaining(), op))
+		return
+	}
+	t := task{op: op, svc: svc, pid: int(pid), caller: c.remote.address, conn: c, callID: callID}
+	// Blocking here pushes back on the sender through TCP.
+	if err := s.enqueue(context.Background(), t); err != nil {
+		s.finish(t, nil, err)
+	}
+}

@@ -1,0 +1,87 @@
+package operation
+
+import (
+	"fmt"
+	"runtime/debug"
+	"sync"
+
+	"github.com/partita-go/partita/spi"
+)
+
+// task is one unit of work for an executor goroutine: an operation to run
+// (with where its answer goes) or a plain function (RunOnPartition).
+type task struct {
+	op     spi.Operation
+	svc    *serviceEntry
+	pid    int
+	caller string
+	local  *call   // answer to a local invocation, or
+	conn   *conn   // answer on this connection
+	callID uint64  // under this call id (0: no answer)
+	fn     func()  // instead of op
+}
+
+// executor is one goroutine with its queue. Partition p always runs on
+// partition executor p % N, so per-partition state is single-threaded.
+type executor struct {
+	s     *Service
+	index int // partition executors: 0..N-1; generic executors: -1
+	queue chan task
+	opctx spi.OpContext // reused: an OpContext is valid only during Run
+}
+
+func (e *executor) loop(wg *sync.WaitGroup) {
+	defer wg.Done()
+	for {
+		select {
+		case t := <-e.queue:
+			e.run(t)
+		case <-e.s.quit:
+			// Fail what is still queued so no caller waits forever.
+			for {
+				select {
+				case t := <-e.queue:
+					e.s.finish(t, nil, spi.ErrShutdown)
+				default:
+					return
+				}
+			}
+		}
+	}
+}
+
+func (e *executor) run(t task) {
+	if t.fn != nil {
+		e.safely(func() error { t.fn(); return nil })
+		return
+	}
+	if t.pid >= 0 {
+		if err := e.s.checkOwner(t.pid); err != nil {
+			e.s.finish(t, nil, err)
+			return
+		}
+	}
+	c := &e.opctx
+	*c = spi.OpContext{Engine: e.s.cfg.Engine, Service: t.svc.instance, PartitionID: t.pid, Caller: t.caller, Executor: e.index}
+	err := e.safely(func() error { return t.op.Run(c) })
+	var resp any
+	if err == nil {
+		if ro, ok := t.op.(spi.ResponseOperation); ok {
+			resp = ro.Response()
+		}
+	}
+	*c = spi.OpContext{}
+	e.s.finish(t, resp, err)
+}
+
+// safely runs f and turns a panic into an error, so one bad operation
+// cannot take the member down.
+func (e *executor) safely(f func() error) (err error) {
+	defer func() {
+		if r := recover(); r != nil {
+			e.s.log.Error("operation panicked", "executor", e.index, "panic", r, "stack", string(debug.Stack()))
+			err = fmt.Errorf("operation panicked: %v", r)
+		}
+	}()
+	return f()
+}

@@ -1,0 +1,117 @@
+package operation
+
+import (
+	"context"
+	"fmt"
+	"reflect"
+	"time"
+
+	"github.com/partita-go/partita/spi"
+)
+
+// maxRetryPause caps the back-off between attempts.
+const maxRetryPause = 500 * time.Millisecond
+
+// Invoke implements spi.OperationService.
+func (s *Service) Invoke(ctx context.Context, service string, op spi.Operation, partitionID int) (any, error) {
+	if partitionID < 0 || partitionID >= s.cfg.PartitionCount {
+		return nil, fmt.Errorf("invoke %T: partition %d out of range 0..%d", op, partitionID, s.cfg.PartitionCount-1)
+	}
+	return s.invoke(ctx, service, op, partitionID, "")
+}
+
+// InvokeOnMember implements spi.OperationService.
+func (s *Service) InvokeOnMember(ctx context.Context, service string, op spi.Operation, memberID string) (any, error) {
+	return s.invoke(ctx, service, op, -1, memberID)
+}
+
+func (s *Service) invoke(ctx context.Context, service string, op spi.Operation, pid int, member string) (any, error) {
+	svc := s.byName[service]
+	if svc == nil {
+		return nil, fmt.Errorf("%w: %q is not enabled on this member", spi.ErrUnknownService, service)
+	}
+	if _, ok := ctx.Deadline(); !ok {
+		var cancel context.CancelFunc
+		ctx, cancel = context.WithTimeout(ctx, s.cfg.InvocationTimeout)
+		defer cancel()
+	}
+	pause := s.cfg.RetryPause
+	for {
+		resp, err := s.attempt(ctx, svc, op, pid, member)
+		if err == nil || !spi.IsRetryable(err) {
+			return resp, err
+		}
+		if s.closed.Load() {
+			return nil, spi.ErrShutdown
+		}
+		t := time.NewTimer(pause)
+		select {
+		case <-ctx.Done():
+			t.Stop()
+			return nil, fmt.Errorf("%w: %s %T on partition %d: last attempt: %w", spi.ErrTimeout, service, op, pid, err)
+		case <-t.C:
+		}
+		pause = min(2*pause, maxRetryPause)
+	}
+}
+
+// attempt sends op once to the member that should run it.
+func (s *Service) attempt(ctx context.Context, svc *serviceEntry, op spi.Operation, pid int, member string) (any, error) {
+	if s.closed.Load() {
+		return nil, spi.ErrShutdown
+	}
+	var id, address string
+	if pid >= 0 {
+		var ok bool
+		if id, address, ok = s.cfg.Routing.Owner(pid); !ok {
+			return nil, spi.ErrNotReady
+		}
+	} else {
+		id = member
+		if id != s.cfg.LocalID {
+			var ok bool
+			if address, ok = s.cfg.Routing.MemberAddress(id); !ok {
+				return nil, fmt.Errorf("%w: %s", spi.ErrNoSuchMember, id)
+			}
+		}
+	}
+	cl := newCall(op)
+	if id == s.cfg.LocalID {
+		// Local fast path: hand the operation itself to the executor.
+		t := task{op: op, svc: svc, pid: pid, caller: s.cfg.LocalAddress, local: cl}
+		if err := s.enqueue(ctx, t); err != nil {
+			return nil, err
+		}
+		return s.wait(ctx, cl, nil, 0)
+	}
+	typeID, ok := svc.typeIDs[reflect.TypeOf(op)]
+	if !ok {
+		return nil, fmt.Errorf("%w: %T is not among the operation types of service %q (see spi.OperationProvider)", spi.ErrUnknownOperation, op, svc.name)
+	}
+	c, err := s.connTo(ctx, id, address)
+	if err != nil {
+		return nil, err
+	}
+	callID, err := c.sendRequest(cl, svc, typeID, pid)
+	if err != nil {
+		return nil, err
+	}
+	return s.wait(ctx, cl, c, callID)
+}
+
+func (s *Service) wait(ctx context.Context, cl *call, c *conn, callID uint64) (any, error) {
+	select {
+	case <-cl.done:
+		return cl.resp, cl.err
+	case <-ctx.Done():
+		select {
+		case <-cl.done: // answered just in time
+			return cl.resp, cl.err
+		default:
+		}
+		if c != nil {
+			c.forget(callID)
+		}
+		return nil, fmt.Errorf("%w: %w", spi.ErrTimeout, ctx.Err())
+	}
+}

@@ -1,0 +1,241 @@
+// Package operation moves operations between members and runs them: the
+// invocation path (routing, retries, timeouts), the per-partition and
+// generic executors, and the member-to-member wire protocol.
+package operation
+
+import (
+	"context"
+	"fmt"
+	"log/slog"
+	"net"
+	"reflect"
+	"runtime"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"github.com/cespare/xxhash/v2"
+	"github.com/partita-go/partita/spi"
+)
+
+// Routing tells the operation service where partitions and members are.
+// Its methods are called on any goroutine, often, and must not block.
+type Routing interface {
+	// Owner returns the ID and address of partition p's owner; false when
+	// this member has no table yet.
+	Owner(p int) (id, address string, ok bool)
+	// MemberAddress returns the operation address of a member by ID.
+	MemberAddress(id string) (string, bool)
+}
+
+// Config configures a Service.
+type Config struct {
+	ClusterName       string
+	LocalID           string
+	LocalAddress      string
+	PartitionCount    int
+	PartitionThreads  int // 0: GOMAXPROCS
+	GenericThreads    int // 0: 2
+	QueueSize         int // per executor; 0: 4096
+	InvocationTimeout time.Duration
+	RetryPause        time.Duration
+	Engine            spi.NodeEngine // handed to operations in OpContext
+	Routing           Routing
+	Logger            *slog.Logger
+	// Dial opens a connection to another member's operation port. The
+	// node engine's dialer writes the protocol selector byte first.
+	Dial func(ctx context.Context, address string) (net.Conn, error)
+}
+
+// serviceEntry is one registered service.
+type serviceEntry struct {
+	name     string
+	id       uint32
+	instance spi.Service
+	types    map[uint16]func() spi.Operation
+	typeIDs  map[reflect.Type]uint16
+}
+
+// Service is the operation service of one member. It implements
+// spi.OperationService.
+type Service struct {
+	cfg       Config
+	log       *slog.Logger
+	byName    map[string]*serviceEntry
+	byID      map[uint32]*serviceEntry
+	partition []*executor
+	generic   *executor // generic executors share one queue
+	quit      chan struct{}
+	wg        sync.WaitGroup
+	started   atomic.Bool
+	closed    atomic.Bool
+	nextCall  atomic.Uint64
+
+	mu    sync.Mutex
+	conns map[string]*peer // by member ID: the connection used to reach it
+	all   map[*conn]struct{}
+}
+
+var _ spi.OperationService = (*Service)(nil)
+
+// New returns a Service; register services, then Start it.
+func New(cfg Config) *Service {
+	if cfg.PartitionThreads <= 0 {
+		cfg.PartitionThreads = runtime.GOMAXPROCS(0)
+	}
+	if cfg.GenericThreads <= 0 {
+		cfg.GenericThreads = 2
+	}
+	if cfg.QueueSize <= 0 {
+		cfg.QueueSize = 4096
+	}
+	if cfg.InvocationTimeout <= 0 {
+		cfg.InvocationTimeout = 2 * time.Minute
+	}
+	if cfg.RetryPause <= 0 {
+		cfg.RetryPause = 10 * time.Millisecond
+	}
+	if cfg.Logger == nil {
+		cfg.Logger = slog.New(slog.DiscardHandler)
+	}
+	return &Service{
+		cfg:    cfg,
+		log:    cfg.Logger,
+		byName: make(map[string]*serviceEntry),
+		byID:   make(map[uint32]*serviceEntry),
+		quit:   make(chan struct{}),
+		conns:  make(map[string]*peer),
+		all:    make(map[*conn]struct{}),
+	}
+}
+
+// Register makes a service's operations invocable and decodable. It must be
+// called before Start. The service travels on the wire as a 32-bit hash of
+// its name; two names with one hash are an error.
+func (s *Service) Register(name string, instance spi.Service, types []spi.OperationType) error {
+	if s.started.Load() {
+		return fmt.Errorf("register service %q: operation service already started", name)
+	}
+	if _, dup := s.byName[name]; dup {
+		return fmt.Errorf("register service %q: registered twice", name)
+	}
+	id := uint32(xxhash.Sum64String(name))
+	if other, dup := s.byID[id]; dup {
+		return fmt.Errorf("register service %q: its wire id %#x collides with service %q; rename one of them", name, id, other.name)
+	}
+	e := &serviceEntry{name: name, id: id, instance: instance,
+		types: make(map[uint16]func() spi.Operation), typeIDs: make(map[reflect.Type]uint16)}
+	for _, t := range types {
+		if t.New == nil {
+			return fmt.Errorf("register service %q: operation type %d has no factory", name, t.ID)
+		}
+		if _, dup := e.types[t.ID]; dup {
+			return fmt.Errorf("register service %q: operation type id %d used twice", name, t.ID)
+		}
+		rt := reflect.TypeOf(t.New())
+		if prev, dup := e.typeIDs[rt]; dup {
+			return fmt.Errorf("register service %q: %v registered as type %d and %d", name, rt, prev, t.ID)
+		}
+		e.types[t.ID] = t.New
+		e.typeIDs[rt] = t.ID
+	}
+	s.byName[name] = e
+	s.byID[id] = e
+	return nil
+}
+
+// Start starts the executors.
+func (s *Service) Start() {
+	if s.started.Swap(true) {
+		return
+	}
+	s.partition = make([]*executor, s.cfg.PartitionThreads)
+	for i := range s.partition {
+		s.partition[i] = &executor{s: s, index: i, queue: make(chan task, s.cfg.QueueSize)}
+		s.wg.Add(1)
+		go s.partition[i].loop(&s.wg)
+	}
+	s.generic = &executor{s: s, index: -1, queue: make(chan task, s.cfg.QueueSize)}
+	for i := 0; i < s.cfg.GenericThreads; i++ {
+		e := &executor{s: s, index: -1, queue: s.generic.queue}
+		s.wg.Add(1)
+		go e.loop(&s.wg)
+	}
+}
+
+// Shutdown closes every connection, fails every waiting invocation with
+// ErrShutdown and stops the executors once the running operations return.
+func (s *Service) Shutdown() {
+	if s.closed.Swap(true) {
+		return
+	}
+	s.mu.Lock()
+	conns := make([]*conn, 0, len(s.all))
+	for c := range s.all {
+		conns = append(conns, c)
+	}
+	s.mu.Unlock()
+	for _, c := range conns {
+		c.close(spi.ErrShutdown)
+	}
+	close(s.quit)
+	s.wg.Wait()
+}
+
+// PartitionThreads returns the number of partition executors.
+func (s *Service) PartitionThreads() int { return s.cfg.PartitionThreads }
+
+func (s *Service) checkOwner(pid int) error {
+	id, _, ok := s.cfg.Routing.Owner(pid)
+	switch {
+	case !ok:
+		return spi.ErrNotReady
+	case id != s.cfg.LocalID:
+		return fmt.Errorf("%w: partition %d is owned by %s, not by %s", spi.ErrWrongTarget, pid, id, s.cfg.LocalID)
+	}
+	return nil
+}
+
+// enqueue hands t to its executor, waiting for room while ctx allows.
+func (s *Service) enqueue(ctx context.Context, t task) error {
+	q := s.generic.queue
+	if t.pid >= 0 {
+		q = s.partition[t.pid%len(s.partition)].queue
+	}
+	select {
+	case q <- t:
+		return nil
+	default:
+	}
+	select {
+	case q <- t:
+		return nil
+	case <-s.quit:
+		return spi.ErrShutdown
+	case <-ctx.Done():
+		return fmt.Errorf("%w: executor queue full: %w", spi.ErrOverloaded, ctx.Err())
+	}
+}
+
+// RunOnPartition implements spi.OperationService.
+func (s *Service) RunOnPartition(pid int, fn func()) error {
+	if pid < 0 || pid >= s.cfg.PartitionCount {
+		return fmt.Errorf("partition %d out of range 0..%d", pid, s.cfg.PartitionCount-1)
+	}
+	if s.closed.Load() {
+		return spi.ErrShutdown
+	}
+	return s.enqueue(context.Background(), task{pid: pid, fn: fn})
+}
+
+// finish delivers the outcome of a task to whoever waits for it.
+func (s *Service) finish(t task, resp any, err error) {
+	switch {
+	case t.local != nil:
+		t.local.complete(resp, err)
+	case t.conn != nil && t.callID != 0:
+		t.conn.sendResponse(t.callID, t.op, resp, err)
+	case err != nil && t.fn == nil:
+		s.log.Warn("operation failed with no caller waiting", "service", t.svc.name, "partition", t.pid, "error", err)
+	}
+}

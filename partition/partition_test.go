@@ -1,0 +1,144 @@
+package partition
+
+import (
+	"fmt"
+	"testing"
+
+	"github.com/cespare/xxhash/v2"
+	"github.com/partita-go/partita/spi"
+)
+
+// The hash must never change: data placement depends on it across
+// processes and releases. The raw hashes of "" and "abc" are the XXH64
+// reference values (seed 0).
+func TestIDKnownVectors(t *testing.T) {
+	for _, tc := range []struct {
+		key  string
+		hash uint64
+		want int
+	}{
+		{"", 0xef46db3751d8e999, 171},
+		{"abc", 0x44bc2cf5ad770999, 74},
+		{"0counter", 0xbd17173835d5bf84, 230},
+		{"1counter", 0x71760247b309c92a, 242},
+		{"2counter", 0x909e49c21907fe6f, 247},
+		{"3counter", 0xe72d2e38f1ca70e9, 211},
+		{"hello", 0x26c7827d889f6da3, 103},
+	} {
+		if h := xxhash.Sum64String(tc.key); h != tc.hash {
+			t.Errorf("xxhash64(%q) = %#x, want %#x", tc.key, h, tc.hash)
+		}
+		if got := ID(tc.key, DefaultCount); got != tc.want {
+			t.Errorf("ID(%q) = %d, want %d", tc.key, got, tc.want)
+		}
+		if got := IDBytes([]byte(tc.key), DefaultCount); got != tc.want {
+			t.Errorf("IDBytes(%q) = %d, want %d", tc.key, got, tc.want)
+		}
+	}
+}
+
+func members(n int) []string {
+	m := make([]string, n)
+	for i := range m {
+		m[i] = fmt.Sprintf("m%d", i)
+	}
+	return m
+}
+
+func checkBalanced(t *testing.T, owners, ms []string, count int) {
+	t.Helper()
+	counts := map[string]int{}
+	for p, o := range owners {
+		if o == "" {
+			t.Fatalf("partition %d has no owner", p)
+		}
+		counts[o]++
+	}
+	lo, hi := count/len(ms), (count+len(ms)-1)/len(ms)
+	for _, m := range ms {
+		if c := counts[m]; c < lo || c > hi {
+			t.Fatalf("member %s owns %d partitions, want %d..%d (counts %v)", m, c, lo, hi, counts)
+		}
+	}
+	if len(counts) != len(ms) {
+		t.Fatalf("owners %v include members not in %v", counts, ms)
+	}
+}
+
+func moved(a, b []string) int {
+	n := 0
+	for p := range a {
+		if a[p] != b[p] {
+			n++
+		}
+	}
+	return n
+}
+
+func TestRebalanceBalancedAndMinimal(t *testing.T) {
+	const count = DefaultCount
+	var owners []string
+	for n := 1; n <= 9; n++ {
+		ms := members(n)
+		next := Rebalance(owners, ms, count)
+		checkBalanced(t, next, ms, count)
+		if owners != nil {
+			// Joining one member moves exactly what the new member must own.
+			if got, want := moved(owners, next), count/n; got > want+1 {
+				t.Errorf("%d -> %d members moved %d partitions, want at most %d", n-1, n, got, want+1)
+			}
+		}
+		if again := Rebalance(next, ms, count); moved(next, again) != 0 {
+			t.Errorf("rebalancing a balanced table moved %d partitions", moved(next, again))
+		}
+		owners = next
+	}
+	// A member leaves: only its partitions move.
+	ms := members(9)
+	left := append(append([]string(nil), ms[:4]...), ms[5:]...)
+	next := Rebalance(owners, left, count)
+	checkBalanced(t, next, left, count)
+	lost := 0
+	for p := range owners {
+		if owners[p] == "m4" {
+			lost++
+		} else if owners[p] != next[p] {
+			t.Errorf("partition %d moved from surviving %s to %s", p, owners[p], next[p])
+		}
+	}
+	if lost == 0 {
+		t.Fatal("m4 owned nothing")
+	}
+}
+
+func TestRebalanceDeterministic(t *testing.T) {
+	a := Rebalance(nil, members(5), 100)
+	b := Rebalance(nil, members(5), 100)
+	if moved(a, b) != 0 {
+		t.Fatal("same input gave different tables")
+	}
+	checkBalanced(t, Rebalance(nil, members(3), 2), members(3)[:2], 2)
+}
+
+func TestTableEncodeDecode(t *testing.T) {
+	ms := members(3)
+	tab := &Table{Version: 42, Owners: Rebalance(nil, ms, 7), Members: map[string]string{"m0": "a:1", "m1": "b:2", "m2": "c:3"}}
+	tab.Owners[3] = ""
+	w := spi.NewWriter(nil)
+	tab.Encode(w)
+	got, err := Decode(spi.NewReader(w.Bytes()), 7)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if got.Version != 42 || moved(got.Owners, tab.Owners) != 0 || len(got.Members) != 3 || got.Members["m1"] != "b:2" {
+		t.Fatalf("decoded %+v, want %+v", got, tab)
+	}
+	if _, err := Decode(spi.NewReader(w.Bytes()), 8); err == nil {
+		t.Fatal("decoding a 7-partition table as 8 partitions succeeded")
+	}
+	for i := 0; i < len(w.Bytes()); i++ {
+		if _, err := Decode(spi.NewReader(w.Bytes()[:i]), 7); err == nil {
+			t.Fatalf("decoding a table truncated to %d bytes succeeded", i)
+		}
+	}
+}

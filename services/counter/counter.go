@@ -1,0 +1,256 @@
+// Package counter is Partita's reference service: a distributed counter,
+// the Go edition of the CounterService of Hazelcast's "User Defined
+// Services" guide.
+//
+// Each counter lives in the partition of its name. The service keeps one
+// container per partition, touched only by that partition's executor
+// goroutine, so no lock guards the values.
+//
+// Enable it in the config file:
+//
+//	services:
+//	  - name: CounterService
+//	    type: counter
+//	    properties:
+//	      log-level: info   # level of the "Executing <name>.inc()" lines
+//
+// and use it through a proxy:
+//
+//	obj, err := engine.Proxies().Get(ctx, counter.ServiceName, "hits")
+//	n, err := obj.(*counter.Counter).Inc(ctx, 1)
+package counter
+
+import (
+	"context"
+	"fmt"
+	"log/slog"
+	"strings"
+
+	"github.com/partita-go/partita/config"
+	"github.com/partita-go/partita/spi"
+)
+
+// ServiceName is the name the counter service must have in the config
+// file; proxies invoke it by this name.
+const ServiceName = "CounterService"
+
+// TypeName is the counter's type in the config file.
+const TypeName = "counter"
+
+func init() {
+	config.RegisterService(TypeName, func() spi.Service { return new(Service) })
+}
+
+// Operation type ids of the counter service.
+const (
+	typeInc uint16 = 1
+	typeGet uint16 = 2
+)
+
+// Service is the counter service of one member.
+type Service struct {
+	engine     spi.NodeEngine
+	log        *slog.Logger
+	opLevel    slog.Level
+	containers []container // by partition id
+}
+
+// container holds the counters of one partition. Only that partition's
+// executor goroutine touches it.
+type container struct {
+	values map[string]int64
+}
+
+var (
+	_ spi.ManagedService    = (*Service)(nil)
+	_ spi.RemoteService     = (*Service)(nil)
+	_ spi.OperationProvider = (*Service)(nil)
+)
+
+// Init implements spi.ManagedService. The property log-level (info or
+// debug, default info) sets the level of the per-increment log line.
+func (s *Service) Init(engine spi.NodeEngine, props spi.Properties) error {
+	s.engine = engine
+	s.log = engine.Logger().With("service", ServiceName)
+	switch lvl := strings.ToLower(props.String("log-level", "info")); lvl {
+	case "info":
+		s.opLevel = slog.LevelInfo
+	case "debug":
+		s.opLevel = slog.LevelDebug
+	default:
+		where := ""
+		if p, ok := props.Lookup("log-level"); ok {
+			where = p.Where + ": "
+		}
+		return fmt.Errorf("%sproperty \"log-level\": want info or debug, got %q", where, lvl)
+	}
+	s.containers = make([]container, engine.Partitions().PartitionCount())
+	for i := range s.containers {
+		s.containers[i].values = make(map[string]int64)
+	}
+	return nil
+}
+
+// Shutdown implements spi.ManagedService.
+func (s *Service) Shutdown(terminate bool) {}
+
+// Reset implements spi.ManagedService: it drops every counter on this
+// member.
+func (s *Service) Reset() {
+	for i := range s.containers {
+		clear(s.containers[i].values)
+	}
+}
+
+// CreateDistributedObject implements spi.RemoteService.
+func (s *Service) CreateDistributedObject(name string) (spi.DistributedObject, error) {
+	return &Counter{name: name, engine: s.engine, partition: s.engine.Partitions().PartitionID(name)}, nil
+}
+
+// DestroyDistributedObject implements spi.RemoteService: the value is
+// dropped on the partition's executor, after the operations queued before.
+func (s *Service) DestroyDistributedObject(name string) {
+	p := s.engine.Partitions().PartitionID(name)
+	if err := s.engine.Operations().RunOnPartition(p, func() { delete(s.containers[p].values, name) }); err != nil {
+		s.log.Warn("cannot drop destroyed counter", "name", name, "error", err)
+	}
+}
+
+// OperationTypes implements spi.OperationProvider.
+func (s *Service) OperationTypes() []spi.OperationType {
+	return []spi.OperationType{
+		{ID: typeInc, New: func() spi.Operation { return new(IncOperation) }},
+		{ID: typeGet, New: func() spi.Operation { return new(GetOperation) }},
+	}
+}
+
+// LocalValues returns a copy of the counters this member holds, read on
+// the partition executors. Tests and metrics use it.
+func (s *Service) LocalValues(ctx context.Context) (map[string]int64, error) {
+	out := make(map[string]int64)
+	done := make(chan map[string]int64, len(s.containers))
+	for p := range s.containers {
+		if err := s.engine.Operations().RunOnPartition(p, func() { done <- maps(s.containers[p].values) }); err != nil {
+			return nil, err
+		}
+	}
+	for range s.containers {
+		select {
+		case m := <-done:
+			for k, v := range m {
+				out[k] = v
+			}
+		case <-ctx.Done():
+			return nil, ctx.Err()
+		}
+	}
+	return out, nil
+}
+
+func maps(m map[string]int64) map[string]int64 {
+	out := make(map[string]int64, len(m))
+	for k, v := range m {
+		out[k] = v
+	}
+	return out
+}
+
+// Counter is the proxy of one distributed counter.
+type Counter struct {
+	name      string
+	partition int
+	engine    spi.NodeEngine
+}
+
+var _ spi.DistributedObject = (*Counter)(nil)
+
+// Name implements spi.DistributedObject.
+func (c *Counter) Name() string { return c.name }
+
+// ServiceName implements spi.DistributedObject.
+func (c *Counter) ServiceName() string { return ServiceName }
+
+// Destroy implements spi.DistributedObject: the counter is removed on
+// every member.
+func (c *Counter) Destroy(ctx context.Context) error {
+	return c.engine.Proxies().Destroy(ctx, ServiceName, c.name)
+}
+
+// Inc adds amount to the counter on its partition's owner and returns the
+// new value.
+func (c *Counter) Inc(ctx context.Context, amount int64) (int64, error) {
+	v, err := c.engine.Operations().Invoke(ctx, ServiceName, &IncOperation{Name: c.name, Amount: amount}, c.partition)
+	if err != nil {
+		return 0, fmt.Errorf("counter %q: inc: %w", c.name, err)
+	}
+	return v.(int64), nil
+}
+
+// Get returns the counter's value.
+func (c *Counter) Get(ctx context.Context) (int64, error) {
+	v, err := c.engine.Operations().Invoke(ctx, ServiceName, &GetOperation{Name: c.name}, c.partition)
+	if err != nil {
+		return 0, fmt.Errorf("counter %q: get: %w", c.name, err)
+	}
+	return v.(int64), nil
+}
+
+// IncOperation adds Amount to the counter Name and responds with the new
+// value.
+type IncOperation struct {
+	Name   string
+	Amount int64
+	value  int64
+}
+
+// Run implements spi.Operation.
+func (op *IncOperation) Run(ctx *spi.OpContext) error {
+	s := ctx.Service.(*Service)
+	if s.log.Enabled(context.Background(), s.opLevel) {
+		s.log.Log(context.Background(), s.opLevel, "Executing "+op.Name+".inc() on: "+ctx.Engine.LocalMember().Address,
+			"partition", ctx.PartitionID)
+	}
+	values := s.containers[ctx.PartitionID].values
+	op.value = values[op.Name] + op.Amount
+	values[op.Name] = op.value
+	return nil
+}
+
+// Response implements spi.ResponseOperation.
+func (op *IncOperation) Response() any { return op.value }
+
+// WriteData implements spi.Operation.
+func (op *IncOperation) WriteData(w *spi.Writer) {
+	w.WriteString(op.Name)
+	w.WriteVarint(op.Amount)
+}
+
+// ReadData implements spi.Operation.
+func (op *IncOperation) ReadData(r *spi.Reader) error {
+	op.Name, op.Amount = r.ReadString(), r.ReadVarint()
+	return r.Err()
+}
+
+// GetOperation reads the counter Name.
+type GetOperation struct {
+	Name  string
+	value int64
+}
+
+// Run implements spi.Operation.
+func (op *GetOperation) Run(ctx *spi.OpContext) error {
+	op.value = ctx.Service.(*Service).containers[ctx.PartitionID].values[op.Name]
+	return nil
+}
+
+// Response implements spi.ResponseOperation.
+func (op *GetOperation) Response() any { return op.value }
+
+// WriteData implements spi.Operation.
+func (op *GetOperation) WriteData(w *spi.Writer) { w.WriteString(op.Name) }
+
+// ReadData implements spi.Operation.
+func (op *GetOperation) ReadData(r *spi.Reader) error {
+	op.Name = r.ReadString()
+	return r.Err()
+}

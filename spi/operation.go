@@ -1,0 +1,75 @@
+package spi
+
+// Operation is a unit of work that runs on one member: on the owner of a
+// partition for Invoke, or on a chosen member for InvokeOnMember.
+//
+// An operation is created by the caller, encoded with WriteData when it must
+// travel, decoded on the target from a fresh value made by the factory that
+// its service registered (see OperationProvider), and run there. When the
+// target is the calling member the same value runs without being encoded.
+type Operation interface {
+	// Run does the work. For a partition operation it runs on the
+	// partition's executor goroutine, never concurrently with another
+	// operation of the same partition, so per-partition state needs no
+	// lock. Run must not block on remote calls. The OpContext is valid only
+	// during Run.
+	Run(ctx *OpContext) error
+
+	// WriteData encodes the operation's fields.
+	WriteData(w *Writer)
+
+	// ReadData decodes what WriteData wrote.
+	ReadData(r *Reader) error
+}
+
+// ResponseOperation is an Operation that returns a value to the caller.
+// Response is called on the executor goroutine right after a successful
+// Run. Remote responses must be nil, bool, int, int64, uint64, float64,
+// string or []byte, unless the operation is also a ResponseCodec.
+//
+// An Operation that is not a ResponseOperation is a no-response operation:
+// Invoke returns nil and the error of Run.
+type ResponseOperation interface {
+	Operation
+	Response() any
+}
+
+// ResponseCodec lets an operation encode a response of its own type.
+// WriteResponse runs on the target after Response; ReadResponse runs on the
+// caller, on the value the caller invoked, when the response arrives.
+type ResponseCodec interface {
+	WriteResponse(w *Writer, response any)
+	ReadResponse(r *Reader) (any, error)
+}
+
+// OperationType names one decodable operation type of a service.
+type OperationType struct {
+	// ID is unique within the service (not across services).
+	ID uint16
+	// New returns a zero value of the operation, ready for ReadData.
+	New func() Operation
+}
+
+// OperationProvider is implemented by a service whose operations travel
+// between members. OperationTypes is called once during Start, before Init;
+// every member must return the same ids for the same types.
+type OperationProvider interface {
+	OperationTypes() []OperationType
+}
+
+// OpContext is what an operation sees while it runs.
+type OpContext struct {
+	// Engine is the node engine of the member running the operation.
+	Engine NodeEngine
+	// Service is the service instance the operation belongs to.
+	Service Service
+	// PartitionID is the partition the operation runs on, -1 for an
+	// operation on the generic executor.
+	PartitionID int
+	// Caller is the address of the member that sent the operation (this
+	// member's own address for a local call).
+	Caller string
+	// Executor is the index of the executor goroutine running the
+	// operation (partition p runs on executor p % N).
+	Executor int
+}
