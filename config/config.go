@@ -4,6 +4,8 @@ import (
 	_ "embed"
 	"fmt"
 	"os"
+	"slices"
+	"sync"
 	"time"
 
 	"gopkg.in/yaml.v3"
@@ -123,6 +125,10 @@ type MembershipConfig struct {
 	// GossipInterval is how often membership changes are gossiped
 	// (`gossip-interval`, default 200ms).
 	GossipInterval time.Duration
+	// PushPullInterval is how often a member exchanges its full member
+	// list with a random other member, repairing what gossip missed
+	// (`push-pull-interval`, default 15s).
+	PushPullInterval time.Duration
 }
 
 // MetricsConfig is the `metrics:` section.
@@ -159,13 +165,24 @@ type ServiceConfig struct {
 // lines. Default does not validate: the service types it names are
 // registered by packages it cannot import.
 func Default() *Config {
+	c := *parsedDefault()
+	c.Network.Join.Members = slices.Clone(c.Network.Join.Members)
+	// Entries are copied by value; their Properties are read-only and the
+	// default entries have no Configuration node to share.
+	c.Services = slices.Clone(c.Services)
+	return &c
+}
+
+// parsedDefault decodes default.yaml once: Parse starts from it on every
+// call.
+var parsedDefault = sync.OnceValue(func() *Config {
 	c := &Config{Source: DefaultSource, lines: map[string]int{}}
 	if errs := decodeErrors(c, DefaultSource, defaultYAML); len(errs) > 0 {
 		panic(fmt.Sprintf("config: embedded default.yaml is broken: %v", joinSorted(errs)))
 	}
 	c.lines = nil
 	return c
-}
+})
 
 // Load reads the file at path and parses it with Parse.
 func Load(path string) (*Config, error) {

@@ -61,10 +61,11 @@ func TestDefault(t *testing.T) {
 			RetryPause:        10 * time.Millisecond,
 		},
 		Membership: MembershipConfig{
-			ProbeInterval:  time.Second,
-			ProbeTimeout:   500 * time.Millisecond,
-			SuspicionMult:  4,
-			GossipInterval: 200 * time.Millisecond,
+			ProbeInterval:    time.Second,
+			ProbeTimeout:     500 * time.Millisecond,
+			SuspicionMult:    4,
+			GossipInterval:   200 * time.Millisecond,
+			PushPullInterval: 15 * time.Second,
 		},
 		Metrics: MetricsConfig{Address: ""},
 	}
@@ -127,6 +128,7 @@ membership:
   probe-timeout: 1s
   suspicion-mult: 6
   gossip-interval: 100ms
+  push-pull-interval: 5s
 metrics:
   address: :9091
 services:
@@ -168,17 +170,17 @@ func TestParseFull(t *testing.T) {
 	if want := (OperationsConfig{8, 1000, 2 * time.Minute, 500 * time.Millisecond}); c.Operations != want {
 		t.Errorf("operations = %+v, want %+v", c.Operations, want)
 	}
-	if want := (MembershipConfig{2 * time.Second, time.Second, 6, 100 * time.Millisecond}); c.Membership != want {
+	if want := (MembershipConfig{2 * time.Second, time.Second, 6, 100 * time.Millisecond, 5 * time.Second}); c.Membership != want {
 		t.Errorf("membership = %+v, want %+v", c.Membership, want)
 	}
 	if c.Metrics.Address != ":9091" {
 		t.Errorf("metrics = %q", c.Metrics.Address)
 	}
-	if len(c.Services) != 2 || c.Services[1].Enabled || c.Services[1].Where != "full.yaml:39" {
+	if len(c.Services) != 2 || c.Services[1].Enabled || c.Services[1].Where != "full.yaml:40" {
 		t.Fatalf("services = %+v", c.Services)
 	}
 	enabled := c.EnabledServices()
-	if len(enabled) != 1 || enabled[0].Name != "CounterService" || enabled[0].Where != "full.yaml:30" {
+	if len(enabled) != 1 || enabled[0].Name != "CounterService" || enabled[0].Where != "full.yaml:31" {
 		t.Errorf("EnabledServices() = %+v", enabled)
 	}
 
@@ -202,16 +204,16 @@ func TestParseFull(t *testing.T) {
 		t.Errorf("Duration(flush) = %v, %v", got, err)
 	}
 	_, err = p.Int("bad-int", 1)
-	for _, want := range []string{"full.yaml:38", `"bad-int"`, "CounterService", `"ten"`} {
+	for _, want := range []string{"full.yaml:39", `"bad-int"`, "CounterService", `"ten"`} {
 		if err == nil || !strings.Contains(err.Error(), want) {
 			t.Errorf("Int(bad-int) error = %v, want it to contain %s", err, want)
 		}
 	}
-	if _, err := p.Bool("log-level", false); err == nil || !strings.Contains(err.Error(), "full.yaml:34") {
-		t.Errorf("Bool(log-level) error = %v, want full.yaml:34", err)
+	if _, err := p.Bool("log-level", false); err == nil || !strings.Contains(err.Error(), "full.yaml:35") {
+		t.Errorf("Bool(log-level) error = %v, want full.yaml:35", err)
 	}
-	if _, err := p.Duration("batch", 0); err == nil || !strings.Contains(err.Error(), "full.yaml:35") {
-		t.Errorf("Duration(batch) error = %v, want full.yaml:35", err)
+	if _, err := p.Duration("batch", 0); err == nil || !strings.Contains(err.Error(), "full.yaml:36") {
+		t.Errorf("Duration(batch) error = %v, want full.yaml:36", err)
 	}
 }
 

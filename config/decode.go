@@ -77,7 +77,7 @@ func (d *decoder) config(n *yaml.Node, c *Config) {
 			"port-auto-increment": scalar(d, &c.Network.PortAutoIncrement),
 			"port-count":          scalar(d, &c.Network.PortCount),
 			"join": d.section(map[string]field{
-				"members": d.strings(&c.Network.Join.Members),
+				"members": d.addrList(&c.Network.Join.Members),
 				"multicast": d.section(map[string]field{
 					"enabled": scalar(d, &c.Network.Join.Multicast.Enabled),
 					"group":   scalar(d, &c.Network.Join.Multicast.Group),
@@ -94,10 +94,11 @@ func (d *decoder) config(n *yaml.Node, c *Config) {
 			"retry-pause":        scalar(d, &c.Operations.RetryPause),
 		}),
 		"membership": d.section(map[string]field{
-			"probe-interval":  scalar(d, &c.Membership.ProbeInterval),
-			"probe-timeout":   scalar(d, &c.Membership.ProbeTimeout),
-			"suspicion-mult":  scalar(d, &c.Membership.SuspicionMult),
-			"gossip-interval": scalar(d, &c.Membership.GossipInterval),
+			"probe-interval":     scalar(d, &c.Membership.ProbeInterval),
+			"probe-timeout":      scalar(d, &c.Membership.ProbeTimeout),
+			"suspicion-mult":     scalar(d, &c.Membership.SuspicionMult),
+			"gossip-interval":    scalar(d, &c.Membership.GossipInterval),
+			"push-pull-interval": scalar(d, &c.Membership.PushPullInterval),
 		}),
 		"metrics": d.section(map[string]field{
 			"address": scalar(d, &c.Metrics.Address),
@@ -179,9 +180,9 @@ func (d *decoder) sequence(n *yaml.Node, path string, fn func(item *yaml.Node, p
 	return true
 }
 
-// strings returns a field that decodes a list of scalars. Unlike the
-// other fields a null list empties the destination.
-func (d *decoder) strings(dst *[]string) field {
+// addrList returns a field that decodes a list of host:port scalars
+// (checked by Validate). Unlike the other fields a null list empties dst.
+func (d *decoder) addrList(dst *[]string) field {
 	return func(v *yaml.Node, path string) {
 		out := []string{}
 		if d.sequence(v, path, func(item *yaml.Node, p string) {
@@ -197,43 +198,34 @@ func (d *decoder) strings(dst *[]string) field {
 }
 
 // scalar returns a field that decodes a scalar into dst. A null value
-// keeps dst. Integers must be written as integers: yaml.v3 would truncate
-// 2.5 to 2.
+// keeps dst; a bad value keeps it too, so Validate does not report the
+// key a second time.
 func scalar[T string | int | bool | time.Duration](d *decoder, dst *T) field {
 	return func(v *yaml.Node, path string) {
 		if isNull(v) {
 			return
 		}
+		var val T
 		var want string
-		switch any(dst).(type) {
+		ok := v.Kind == yaml.ScalarNode
+		switch p := any(&val).(type) {
 		case *string:
 			want = "a string"
-		case *int:
-			want = "an integer"
+			ok = ok && v.Decode(p) == nil
 		case *bool:
 			want = "true or false"
+			ok = ok && v.Decode(p) == nil
+		case *int:
+			// The tag check matters: yaml.v3 decodes 2.5 into an int as 2.
+			want = "an integer"
+			ok = ok && v.ShortTag() == "!!int" && v.Decode(p) == nil
 		case *time.Duration:
 			want = "a duration such as 500ms or 2m"
-		}
-		if v.Kind != yaml.ScalarNode {
-			d.errorf(v.Line, path, "want %s, got %s", want, describe(v))
-			return
-		}
-		var val T
-		var err error
-		switch p := any(&val).(type) {
-		case *time.Duration:
+			var err error
 			*p, err = time.ParseDuration(v.Value)
-		case *int:
-			if v.ShortTag() != "!!int" {
-				err = errors.New("not an integer")
-				break
-			}
-			err = v.Decode(p)
-		default:
-			err = v.Decode(p)
+			ok = ok && err == nil
 		}
-		if err != nil {
+		if !ok {
 			d.errorf(v.Line, path, "want %s, got %s", want, describe(v))
 			return
 		}

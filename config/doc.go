@@ -31,6 +31,7 @@
 //	  probe-timeout: 500ms           # at most probe-interval
 //	  suspicion-mult: 4
 //	  gossip-interval: 200ms
+//	  push-pull-interval: 15s
 //	metrics:
 //	  address: ""                    # host:port of the Prometheus endpoint; empty: off
 //	services:

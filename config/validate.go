@@ -126,6 +126,7 @@ func (c *Config) validate() []error {
 		v.add("membership.suspicion-mult", "must be at least 1, got %d", ms.SuspicionMult)
 	}
 	v.positive("membership.gossip-interval", ms.GossipInterval)
+	v.positive("membership.push-pull-interval", ms.PushPullInterval)
 
 	if c.Metrics.Address != "" {
 		v.addr("metrics.address", c.Metrics.Address, true, false)

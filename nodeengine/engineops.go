@@ -96,6 +96,6 @@ func (op *listProxiesOp) Run(ctx *spi.OpContext) error {
 	op.list = w.Bytes()
 	return nil
 }
-func (op *listProxiesOp) Response() any             { return op.list }
-func (op *listProxiesOp) WriteData(w *spi.Writer)   {}
+func (op *listProxiesOp) Response() any              { return op.list }
+func (op *listProxiesOp) WriteData(w *spi.Writer)    {}
 func (op *listProxiesOp) ReadData(*spi.Reader) error { return nil }

@@ -61,7 +61,7 @@ func (n *Node) refreshMembers() {
 	}
 	n.members.Store(&next)
 	for _, m := range prev {
-		if !containsMember(next, m.ID) {
+		if !containsMember(next, m.ID) && m.ID != n.id {
 			n.log.Info("member left", "left", m.Address, "left_id", m.ID, "members", len(next))
 			n.ops.MemberLeft(m.ID)
 			n.publish.Lock()

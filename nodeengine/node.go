@@ -148,6 +148,7 @@ func (n *Node) Start(ctx context.Context) (err error) {
 	if err := n.join(ctx); err != nil {
 		return err
 	}
+	n.refreshMembers()
 	n.wg.Add(1)
 	go n.membershipLoop()
 	n.state.Store(stateRunning)
@@ -195,7 +196,7 @@ func (n *Node) createServices() error {
 // join starts memberlist and joins the configured members (or those found
 // by multicast).
 func (n *Node) join(ctx context.Context) error {
-	mc := memberlist.DefaultLocalConfig()
+	mc := memberlist.DefaultLANConfig()
 	mc.Name = n.id
 	mc.Transport = n.tr
 	mc.BindAddr, mc.BindPort = n.tr.addr.IP.String(), n.tr.addr.Port
@@ -207,6 +208,7 @@ func (n *Node) join(ctx context.Context) error {
 	ms := n.cfg.Membership
 	mc.ProbeInterval, mc.ProbeTimeout = ms.ProbeInterval, ms.ProbeTimeout
 	mc.SuspicionMult, mc.GossipInterval = ms.SuspicionMult, ms.GossipInterval
+	mc.PushPullInterval = ms.PushPullInterval
 	mc.Logger = log.New(logWriter{n.log}, "", 0)
 	var err error
 	if n.ml, err = memberlist.Create(mc); err != nil {

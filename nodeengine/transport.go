@@ -39,7 +39,7 @@ type muxTransport struct {
 	wg       sync.WaitGroup
 }
 
-var _ memberlist.Transport = (*muxTransport)(nil)
+var _ memberlist.NodeAwareTransport = (*muxTransport)(nil)
 
 // listen binds TCP and UDP on one port of bind ("host:port"), trying the
 // next port up to tries times when auto-increment is on. Port 0 picks a free
@@ -211,6 +211,16 @@ func (t *muxTransport) PacketCh() <-chan *memberlist.Packet { return t.packetCh 
 // DialTimeout implements memberlist.Transport.
 func (t *muxTransport) DialTimeout(addr string, timeout time.Duration) (net.Conn, error) {
 	return dialSelect(context.Background(), addr, timeout, selectMemberlist)
+}
+
+// WriteToAddress implements memberlist.NodeAwareTransport.
+func (t *muxTransport) WriteToAddress(b []byte, addr memberlist.Address) (time.Time, error) {
+	return t.WriteTo(b, addr.Addr)
+}
+
+// DialAddressTimeout implements memberlist.NodeAwareTransport.
+func (t *muxTransport) DialAddressTimeout(addr memberlist.Address, timeout time.Duration) (net.Conn, error) {
+	return t.DialTimeout(addr.Addr, timeout)
 }
 
 // StreamCh implements memberlist.Transport.

@@ -224,7 +224,7 @@ func (s *Service) connTo(ctx context.Context, id, address string) (*conn, error)
 	case <-p.ready:
 		return p.c, p.err
 	case <-ctx.Done():
-		return nil, ctx.Err()
+		return nil, fmt.Errorf("%w: waiting for a connection to %s: %w", spi.ErrTimeout, address, ctx.Err())
 	}
 }
 

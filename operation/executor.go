@@ -15,10 +15,10 @@ type task struct {
 	svc    *serviceEntry
 	pid    int
 	caller string
-	local  *call   // answer to a local invocation, or
-	conn   *conn   // answer on this connection
-	callID uint64  // under this call id (0: no answer)
-	fn     func()  // instead of op
+	local  *call  // answer to a local invocation, or
+	conn   *conn  // answer on this connection
+	callID uint64 // under this call id (0: no answer)
+	fn     func() // instead of op
 }
 
 // executor is one goroutine with its queue. Partition p always runs on

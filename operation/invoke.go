@@ -60,6 +60,9 @@ func (s *Service) attempt(ctx context.Context, svc *serviceEntry, op spi.Operati
 	if s.closed.Load() {
 		return nil, spi.ErrShutdown
 	}
+	if err := ctx.Err(); err != nil {
+		return nil, fmt.Errorf("%w: %w", spi.ErrTimeout, err)
+	}
 	var id, address string
 	if pid >= 0 {
 		var ok bool

@@ -89,6 +89,7 @@ func (c *Cluster) Config(i int) *config.Config {
 	cfg.Membership.ProbeTimeout = 100 * time.Millisecond
 	cfg.Membership.SuspicionMult = 2
 	cfg.Membership.GossipInterval = 50 * time.Millisecond
+	cfg.Membership.PushPullInterval = time.Second
 	cfg.Operations.RetryPause = 2 * time.Millisecond
 	cfg.Operations.InvocationTimeout = 30 * time.Second
 	for j, sc := range cfg.Services {
@@ -246,4 +247,3 @@ func (w tWriter) Write(p []byte) (int, error) {
 	w.t.Logf("member %d: %s", w.i, p)
 	return len(p), nil
 }
-

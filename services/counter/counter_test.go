@@ -70,3 +70,63 @@ func TestConcurrentIncrementsExact(t *testing.T) {
 		}
 	}
 }
+
+func localValues(t *testing.T, c *clustertest.Cluster, member int) map[string]int64 {
+	t.Helper()
+	svc, _ := c.Member(member).Service(counter.ServiceName)
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	vals, err := svc.(*counter.Service).LocalValues(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return vals
+}
+
+func TestProxiesClusterWide(t *testing.T) {
+	c := clustertest.New(t, 3)
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancel()
+	a := getCounter(t, c, 0, "shared")
+	// Created on every member before Get returned.
+	for i, m := range c.Members() {
+		if names := m.Proxies().Names(counter.ServiceName); len(names) != 1 || names[0] != "shared" {
+			t.Fatalf("member %d knows %v, want [shared]", i, names)
+		}
+	}
+	// One cached proxy per member; proxies on different members are one counter.
+	if getCounter(t, c, 0, "shared") != a {
+		t.Fatal("second Get on member 0 returned a new proxy")
+	}
+	b := getCounter(t, c, 1, "shared")
+	if _, err := a.Inc(ctx, 5); err != nil {
+		t.Fatal(err)
+	}
+	if v, err := b.Inc(ctx, 2); err != nil || v != 7 {
+		t.Fatalf("inc through member 1 = %d, %v; want 7", v, err)
+	}
+	// A member that joins later learns the object.
+	c.AddMember()
+	c.WaitStable()
+	clustertest.Eventually(t, 10*time.Second, func() error {
+		if names := c.Member(3).Proxies().Names(counter.ServiceName); len(names) != 1 {
+			return fmt.Errorf("new member knows %v", names)
+		}
+		return nil
+	})
+	// Destroy on member 2 removes the value everywhere.
+	if err := getCounter(t, c, 2, "shared").Destroy(ctx); err != nil {
+		t.Fatal(err)
+	}
+	for i := range c.Members() {
+		if names := c.Member(i).Proxies().Names(counter.ServiceName); len(names) != 0 {
+			t.Fatalf("member %d still knows %v after destroy", i, names)
+		}
+		if v, ok := localValues(t, c, i)["shared"]; ok {
+			t.Fatalf("member %d still holds shared=%d after destroy", i, v)
+		}
+	}
+	if v, err := getCounter(t, c, 1, "shared").Get(ctx); err != nil || v != 0 {
+		t.Fatalf("recreated counter = %d, %v; want 0", v, err)
+	}
+}

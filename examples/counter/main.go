@@ -1,0 +1,233 @@
+// Command counter is the walk-through of the counter service, the Go
+// edition of the example program of Hazelcast's "User Defined Services"
+// guide: two members in one process, four distributed counters, two rounds
+// of increments.
+//
+//	go run ./examples/counter
+//
+// Each increment runs on the member that owns the counter's partition,
+// which logs "Executing <name>.inc() on: <address>"; the caller then prints
+// the new value:
+//
+//	Round 1
+//	level=INFO msg="Executing 0counter.inc() on: 127.0.0.1:40117" member=127.0.0.1:40117 service=CounterService partition=230
+//	0counter: 1
+//	...
+//	Round 2
+//	...
+//	0counter: 2
+//
+// The program prints which member owns each counter's partition. Member 0
+// makes every call: with today's partition assignment (the master keeps
+// the lower partitions, a joining member takes the upper ones) the four
+// names hash to partitions of member 1, so every increment crosses from
+// member 0 to member 1 over TCP.
+//
+// The members bind free ports on 127.0.0.1 and do not use multicast, so
+// the example runs anywhere and never meets another cluster.
+package main
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"log/slog"
+	"os"
+	"os/signal"
+	"slices"
+	"sync"
+	"time"
+
+	"github.com/partita-go/partita/config"
+	"github.com/partita-go/partita/nodeengine"
+	"github.com/partita-go/partita/services/counter"
+)
+
+// stableTimeout bounds the wait for both members to hold the same
+// partition table.
+const stableTimeout = 30 * time.Second
+
+// shutdownTimeout bounds the shutdown of each member.
+const shutdownTimeout = 30 * time.Second
+
+// counterNames are the counters of the seed's program.
+var counterNames = []string{"0counter", "1counter", "2counter", "3counter"}
+
+func main() {
+	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt)
+	err := run(ctx, os.Stdout)
+	stop()
+	if err != nil {
+		fmt.Fprintln(os.Stderr, "counter:", err)
+		os.Exit(1)
+	}
+}
+
+// run starts two members, increments the four counters twice through
+// member 0 and shuts the members down, writing the program's output and
+// the members' logs to w.
+func run(ctx context.Context, w io.Writer) (err error) {
+	sw := &syncWriter{w: w} // members log from their own goroutines
+	// memberlist's Shutdown does not wait for its goroutines, so a member
+	// may still log a line after Node.Shutdown returned; nothing may reach
+	// the caller's w once run has returned.
+	defer sw.close()
+	w = sw
+	log := slog.New(slog.NewTextHandler(w, &slog.HandlerOptions{Level: slog.LevelInfo, ReplaceAttr: dropTime}))
+
+	var members []*nodeengine.Node
+	defer func() {
+		// Reverse order: the master goes last, so the other member leaves
+		// a running cluster.
+		for _, n := range slices.Backward(members) {
+			sctx, cancel := context.WithTimeout(context.Background(), shutdownTimeout)
+			err = errors.Join(err, n.Shutdown(sctx))
+			cancel()
+		}
+	}()
+	for i := range 2 {
+		cfg := memberConfig(i, members)
+		n, err := nodeengine.New(cfg, nodeengine.WithLogger(log))
+		if err != nil {
+			return err
+		}
+		if err := n.Start(ctx); err != nil {
+			return fmt.Errorf("start member %d: %w", i, err)
+		}
+		members = append(members, n)
+		fmt.Fprintf(w, "Member %d: %s (id %s)\n", i, n.Address(), n.ID())
+	}
+	if err := waitSameTable(ctx, members); err != nil {
+		return err
+	}
+
+	counters := make([]*counter.Counter, len(counterNames))
+	for i, name := range counterNames {
+		obj, err := members[0].Proxies().Get(ctx, counter.ServiceName, name)
+		if err != nil {
+			return err
+		}
+		c, ok := obj.(*counter.Counter)
+		if !ok {
+			return fmt.Errorf("proxy %q is a %T, want *counter.Counter", name, obj)
+		}
+		counters[i] = c
+		pid := members[0].Partitions().PartitionID(name)
+		owner, _ := members[0].Partitions().Owner(pid)
+		fmt.Fprintf(w, "%s: partition %d, owned by member %d (%s)\n", name, pid, memberIndex(members, owner.ID), owner.Address)
+	}
+
+	for round := int64(1); round <= 2; round++ {
+		fmt.Fprintf(w, "Round %d\n", round)
+		for _, c := range counters {
+			v, err := c.Inc(ctx, 1)
+			if err != nil {
+				return err
+			}
+			fmt.Fprintf(w, "%s: %d\n", c.Name(), v)
+			if v != round {
+				return fmt.Errorf("%s is %d after round %d, want %d", c.Name(), v, round, round)
+			}
+		}
+	}
+	fmt.Fprintln(w, "Finished")
+	return nil
+}
+
+// memberConfig is the default config on a free port of 127.0.0.1, without
+// multicast, joining the members already started, with the counter's
+// per-increment log line at info.
+func memberConfig(i int, running []*nodeengine.Node) *config.Config {
+	cfg := config.Default()
+	cfg.Source = fmt.Sprintf("examples/counter member %d", i)
+	cfg.Network.Bind = "127.0.0.1:0"
+	cfg.Network.Join.Multicast.Enabled = false
+	cfg.Network.Join.Members = nil
+	for _, n := range running {
+		cfg.Network.Join.Members = append(cfg.Network.Join.Members, n.Address())
+	}
+	for j, sc := range cfg.Services {
+		if sc.Type == counter.TypeName {
+			cfg.Services[j].Properties = sc.Properties.With("log-level", "info")
+		}
+	}
+	return cfg
+}
+
+// waitSameTable waits until every member sees all of them and holds the
+// same version of a partition table that includes them all.
+func waitSameTable(ctx context.Context, members []*nodeengine.Node) error {
+	ctx, cancel := context.WithTimeout(ctx, stableTimeout)
+	defer cancel()
+	tick := time.NewTicker(10 * time.Millisecond)
+	defer tick.Stop()
+	for {
+		why := sameTable(members)
+		if why == "" {
+			return nil
+		}
+		select {
+		case <-ctx.Done():
+			return fmt.Errorf("members not stable: %s: %w", why, ctx.Err())
+		case <-tick.C:
+		}
+	}
+}
+
+// sameTable returns why members do not share a complete partition table,
+// or "" when they do.
+func sameTable(members []*nodeengine.Node) string {
+	first := members[0].Table()
+	for i, n := range members {
+		if got := len(n.Members()); got != len(members) {
+			return fmt.Sprintf("member %d sees %d members", i, got)
+		}
+		t := n.Table()
+		switch {
+		case t == nil:
+			return fmt.Sprintf("member %d has no partition table", i)
+		case len(t.Members) != len(members):
+			return fmt.Sprintf("member %d's table (version %d) spans %d members", i, t.Version, len(t.Members))
+		case first == nil || t.Version != first.Version:
+			return fmt.Sprintf("member %d holds table version %d, member 0 another", i, t.Version)
+		}
+	}
+	return ""
+}
+
+func memberIndex(members []*nodeengine.Node, id string) int {
+	return slices.IndexFunc(members, func(n *nodeengine.Node) bool { return n.ID() == id })
+}
+
+// dropTime keeps the log lines short, closer to the seed's: the members
+// run in this process, so the time adds nothing.
+func dropTime(groups []string, a slog.Attr) slog.Attr {
+	if a.Key == slog.TimeKey && len(groups) == 0 {
+		return slog.Attr{}
+	}
+	return a
+}
+
+// syncWriter serialises the writes of the members' loggers and of run,
+// and drops those that come after close.
+type syncWriter struct {
+	mu     sync.Mutex
+	w      io.Writer
+	closed bool
+}
+
+func (s *syncWriter) Write(p []byte) (int, error) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if s.closed {
+		return len(p), nil
+	}
+	return s.w.Write(p)
+}
+
+func (s *syncWriter) close() {
+	s.mu.Lock()
+	s.closed = true
+	s.mu.Unlock()
+}
