@@ -20,6 +20,7 @@ import (
 	_ "github.com/partita-go/partita/services/counter"
 	"github.com/partita-go/partita/spi"
 	"go.uber.org/goleak"
+	"gopkg.in/yaml.v3"
 )
 
 func TestMain(m *testing.M) { goleak.VerifyTestMain(m) }
@@ -393,5 +394,89 @@ func TestShutdownReleasesPortAndRestarts(t *testing.T) {
 		if strings.Count(logs.String(), want) != 2 {
 			t.Errorf("log has %d %q lines, want 2", strings.Count(logs.String(), want), want)
 		}
+	}
+}
+
+// parsedService records the order of its lifecycle calls.
+type parsedService struct {
+	calls []string
+	limit int
+}
+
+func (s *parsedService) ParseConfig(node *yaml.Node) error {
+	var v struct {
+		Limit int `yaml:"limit"`
+	}
+	if err := node.Decode(&v); err != nil {
+		return err
+	}
+	s.limit = v.Limit
+	s.calls = append(s.calls, "parse")
+	return nil
+}
+
+func (s *parsedService) Init(engine spi.NodeEngine, props spi.Properties) error {
+	n, err := props.Int("batch", 1)
+	if err != nil {
+		return err
+	}
+	s.calls = append(s.calls, fmt.Sprintf("init batch=%d limit=%d", n, s.limit))
+	return nil
+}
+func (s *parsedService) Shutdown(bool) { s.calls = append(s.calls, "shutdown") }
+func (s *parsedService) Reset()        {}
+
+func init() { config.RegisterService("parsed", func() spi.Service { return new(parsedService) }) }
+
+func TestServiceConfigurationAndLifecycle(t *testing.T) {
+	cfg, err := config.Parse("svc.yaml", []byte(`
+network:
+  bind: 127.0.0.1:0
+  join:
+    multicast: {enabled: false}
+services:
+  - name: Parsed
+    type: parsed
+    properties:
+      batch: 5
+    configuration:
+      limit: 42
+  - name: Off
+    type: parsed
+    enabled: false
+`))
+	if err != nil {
+		t.Fatal(err)
+	}
+	n := start(t, cfg, nil)
+	svc, ok := n.Service("Parsed")
+	if _, off := n.Service("Off"); !ok || off {
+		t.Fatalf("enabled service present: %v, disabled service present: %v", ok, off)
+	}
+	n.Shutdown(ctxT(t))
+	got := strings.Join(svc.(*parsedService).calls, ", ")
+	if got != "parse, init batch=5 limit=42, shutdown" {
+		t.Fatalf("lifecycle = %s", got)
+	}
+
+	// A bad property fails Start with the file, line and key.
+	cfg, err = config.Parse("bad.yaml", []byte(`
+network: {bind: "127.0.0.1:0", join: {multicast: {enabled: false}}}
+services:
+  - name: Parsed
+    type: parsed
+    properties:
+      batch: many
+`))
+	if err != nil {
+		t.Fatal(err)
+	}
+	bad, err := nodeengine.New(cfg)
+	if err != nil {
+		t.Fatal(err)
+	}
+	err = bad.Start(ctxT(t))
+	if err == nil || !strings.Contains(err.Error(), `bad.yaml:7: service "Parsed": property "batch": want an integer, got "many"`) {
+		t.Fatalf("start with a bad property: %v", err)
 	}
 }

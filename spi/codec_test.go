@@ -112,3 +112,17 @@ func TestPropertiesTypedGetters(t *testing.T) {
 		t.Fatalf("With changed the original or did not set: %q", s)
 	}
 }
+
+func TestPropertiesOneOf(t *testing.T) {
+	p := NewProperties("Svc", map[string]Property{"lvl": {Value: "DEBUG", Where: "f.yaml:2"}, "bad": {Value: "loud", Where: "f.yaml:3"}})
+	if v, err := p.OneOf("lvl", "info", "info", "debug"); v != "debug" || err != nil {
+		t.Fatalf("OneOf = %q, %v", v, err)
+	}
+	if v, err := p.OneOf("none", "info", "info", "debug"); v != "info" || err != nil {
+		t.Fatalf("OneOf default = %q, %v", v, err)
+	}
+	_, err := p.OneOf("bad", "info", "info", "debug")
+	if err == nil || err.Error() != `f.yaml:3: service "Svc": property "bad": want one of info, debug, got "loud"` {
+		t.Fatalf("OneOf(bad) = %v", err)
+	}
+}

@@ -4,6 +4,7 @@ import (
 	"fmt"
 	"sort"
 	"strconv"
+	"strings"
 	"time"
 )
 
@@ -91,6 +92,21 @@ func (p Properties) Duration(key string, def time.Duration) (time.Duration, erro
 		return def, p.bad(key, v, "a duration such as 250ms or 3s")
 	}
 	return d, nil
+}
+
+// OneOf returns the property, which must be one of allowed (compared
+// without case), or def when it is absent.
+func (p Properties) OneOf(key, def string, allowed ...string) (string, error) {
+	v, ok := p.m[key]
+	if !ok {
+		return def, nil
+	}
+	for _, a := range allowed {
+		if strings.EqualFold(v.Value, a) {
+			return a, nil
+		}
+	}
+	return def, p.bad(key, v, "one of "+strings.Join(allowed, ", "))
 }
 
 func (p Properties) bad(key string, v Property, want string) error {

@@ -24,7 +24,6 @@ import (
 	"context"
 	"fmt"
 	"log/slog"
-	"strings"
 
 	"github.com/partita-go/partita/config"
 	"github.com/partita-go/partita/spi"
@@ -72,17 +71,13 @@ var (
 func (s *Service) Init(engine spi.NodeEngine, props spi.Properties) error {
 	s.engine = engine
 	s.log = engine.Logger().With("service", ServiceName)
-	switch lvl := strings.ToLower(props.String("log-level", "info")); lvl {
-	case "info":
-		s.opLevel = slog.LevelInfo
-	case "debug":
+	lvl, err := props.OneOf("log-level", "info", "info", "debug")
+	if err != nil {
+		return err
+	}
+	s.opLevel = slog.LevelInfo
+	if lvl == "debug" {
 		s.opLevel = slog.LevelDebug
-	default:
-		where := ""
-		if p, ok := props.Lookup("log-level"); ok {
-			where = p.Where + ": "
-		}
-		return fmt.Errorf("%sproperty \"log-level\": want info or debug, got %q", where, lvl)
 	}
 	s.containers = make([]container, engine.Partitions().PartitionCount())
 	for i := range s.containers {

@@ -1,0 +1,212 @@
+package nodeengine_test
+
+import (
+	"bytes"
+	"context"
+	"fmt"
+	"net"
+	"os"
+	"os/exec"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/partita-go/partita/nodeengine"
+	"github.com/partita-go/partita/nodeengine/clustertest"
+)
+
+// multicastChildEnv marks the run of the test binary inside the private
+// network namespace that TestMulticastJoin creates.
+const multicastChildEnv = "PARTITA_NODEENGINE_MULTICAST_CHILD"
+
+// TestMulticastJoin starts real members that find each other by multicast.
+// Multicast must never be sent in the default network namespace, so the test
+// re-executes its own binary under `unshare --net` and the child does the
+// work on the loopback interface of that fresh namespace.
+func TestMulticastJoin(t *testing.T) {
+	if os.Getenv(multicastChildEnv) == "1" {
+		runMulticastChild(t)
+		return
+	}
+	if os.Geteuid() != 0 {
+		t.Skip("needs root to create a network namespace with unshare --net")
+	}
+	unshare, err := exec.LookPath("unshare")
+	if err != nil {
+		t.Skipf("unshare not found: %v", err)
+	}
+	if _, err := exec.LookPath("ip"); err != nil {
+		t.Skipf("ip not found: %v", err)
+	}
+	self, err := os.Executable()
+	if err != nil {
+		t.Fatal(err)
+	}
+	ctx, cancel := context.WithTimeout(t.Context(), 60*time.Second)
+	defer cancel()
+	if out, err := exec.CommandContext(ctx, unshare, "--net", "true").CombinedOutput(); err != nil {
+		t.Skipf("cannot create a network namespace: unshare --net: %v: %s", err, bytes.TrimSpace(out))
+	}
+
+	cmd := exec.CommandContext(ctx, unshare, "--net", self,
+		"-test.run=^TestMulticastJoin$", "-test.v", "-test.count=1", "-test.timeout=55s")
+	cmd.Env = append(os.Environ(), multicastChildEnv+"=1")
+	cmd.WaitDelay = time.Second
+	start := time.Now()
+	out, err := cmd.CombinedOutput()
+	elapsed := time.Since(start).Round(time.Millisecond)
+	if err != nil {
+		t.Fatalf("test in network namespace failed after %v: %v\n--- child output ---\n%s", elapsed, err, out)
+	}
+	if !bytes.Contains(out, []byte("--- PASS: TestMulticastJoin")) || bytes.Contains(out, []byte("--- SKIP")) {
+		t.Fatalf("child did not run the test to a pass (after %v):\n--- child output ---\n%s", elapsed, out)
+	}
+	if testing.Verbose() {
+		t.Logf("child output (%v):\n%s", elapsed, out)
+	}
+}
+
+// runMulticastChild runs inside the private network namespace.
+func runMulticastChild(t *testing.T) {
+	for _, args := range [][]string{
+		{"link", "set", "lo", "up"},
+		{"link", "set", "lo", "multicast", "on"},
+		{"route", "add", "224.0.0.0/4", "dev", "lo"},
+	} {
+		if out, err := exec.CommandContext(t.Context(), "ip", args...).CombinedOutput(); err != nil {
+			t.Fatalf("ip %s: %v: %s", strings.Join(args, " "), err, out)
+		}
+	}
+	lo, err := net.InterfaceByName("lo")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if lo.Flags&net.FlagMulticast == 0 || lo.Flags&net.FlagUp == 0 {
+		t.Fatalf("lo is not up with multicast after setup: %v", lo.Flags)
+	}
+
+	const group = "224.2.2.3:54327"
+	type member struct {
+		n    *nodeengine.Node
+		logs *logBuffer
+	}
+	startMember := func(cluster string) member {
+		t.Helper()
+		cfg := testConfig("127.0.0.1:0")
+		cfg.Cluster.Name = cluster
+		cfg.Network.Join.Members = nil
+		cfg.Network.Join.Multicast.Enabled = true
+		cfg.Network.Join.Multicast.Group = group
+		logs := new(logBuffer)
+		began := time.Now()
+		n := start(t, cfg, logs)
+		t.Logf("member %s of cluster %q started in %v with %d member(s) known",
+			n.Address(), cluster, time.Since(began).Round(time.Millisecond), len(n.Members()))
+		return member{n, logs}
+	}
+	dumpLogs := func(ms ...member) string {
+		var sb strings.Builder
+		for _, m := range ms {
+			fmt.Fprintf(&sb, "--- log of %s (%s) ---\n%s", m.n.Address(), m.n.ClusterName(), m.logs.String())
+		}
+		return sb.String()
+	}
+
+	// Three members of "dev", started one after another.
+	var devs []member
+	for range 3 {
+		devs = append(devs, startMember("dev"))
+	}
+	t.Cleanup(func() {
+		if t.Failed() {
+			t.Log(dumpLogs(devs...))
+		}
+	})
+	converged := func() error {
+		v := devs[0].n.Table()
+		for _, m := range devs {
+			if k := len(m.n.Members()); k != 3 {
+				return fmt.Errorf("member %s sees %d members, want 3", m.n.Address(), k)
+			}
+			tab := m.n.Table()
+			if tab == nil || v == nil {
+				return fmt.Errorf("member %s has no partition table yet", m.n.Address())
+			}
+			if tab.Version != v.Version {
+				return fmt.Errorf("member %s has table version %d, member %s has %d",
+					m.n.Address(), tab.Version, devs[0].n.Address(), v.Version)
+			}
+		}
+		return nil
+	}
+	began := time.Now()
+	clustertest.Eventually(t, 15*time.Second, converged)
+	t.Logf("three members converged %v after the third started", time.Since(began).Round(time.Millisecond))
+
+	// A counter incremented once through each member reads 3.
+	type incer interface {
+		Inc(context.Context, int64) (int64, error)
+	}
+	ctx := ctxT(t)
+	var last int64
+	for i, m := range devs {
+		obj, err := m.n.Proxies().Get(ctx, "CounterService", "mc")
+		if err != nil {
+			t.Fatalf("member %d: proxy: %v", i, err)
+		}
+		c, ok := obj.(incer)
+		if !ok {
+			t.Fatalf("member %d: proxy %T has no Inc", i, obj)
+		}
+		if last, err = c.Inc(ctx, 1); err != nil {
+			t.Fatalf("member %d: Inc: %v", i, err)
+		}
+		if want := int64(i + 1); last != want {
+			t.Fatalf("Inc through member %d returned %d, want %d", i, last, want)
+		}
+	}
+	if last != 3 {
+		t.Fatalf("counter reads %d after one Inc through each member, want 3", last)
+	}
+
+	// A member of another cluster on the same group stays alone.
+	other := startMember("other")
+	t.Cleanup(func() {
+		if t.Failed() {
+			t.Log(dumpLogs(other))
+		}
+	})
+	// Wait until beacons have crossed both ways (each side logged the
+	// other's as belonging to another cluster), so that "stays alone" is
+	// tested against members that did hear each other.
+	clustertest.Eventually(t, 15*time.Second, func() error {
+		for _, m := range devs {
+			if !strings.Contains(other.logs.String(), "ignoring multicast beacon from "+m.n.Address()+":") {
+				return fmt.Errorf("member of other has not heard %s yet", m.n.Address())
+			}
+			if !strings.Contains(m.logs.String(), "ignoring multicast beacon from "+other.n.Address()+":") {
+				return fmt.Errorf("member %s has not heard the member of other yet", m.n.Address())
+			}
+		}
+		return nil
+	})
+	// Leave time for a wrong join (several beacon and gossip rounds) and
+	// check all along that nobody merged.
+	hold := time.Now().Add(1500 * time.Millisecond)
+	for time.Now().Before(hold) {
+		if k := len(other.n.Members()); k != 1 {
+			t.Fatalf("member of cluster other sees %d members, want 1: %v", k, other.n.Members())
+		}
+		if err := converged(); err != nil {
+			t.Fatalf("after the member of other started: %v", err)
+		}
+		time.Sleep(50 * time.Millisecond)
+	}
+	for _, m := range devs {
+		for _, mm := range m.n.Members() {
+			if mm.ID == other.n.ID() {
+				t.Fatalf("member %s lists the member of cluster other", m.n.Address())
+			}
+		}
+	}
+}
