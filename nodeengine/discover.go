@@ -2,6 +2,8 @@ package nodeengine
 
 import (
 	"context"
+	"fmt"
+	"net"
 	"time"
 
 	"github.com/partita-go/partita/nodeengine/discovery"
@@ -17,8 +19,13 @@ const multicastWait = 2 * time.Second
 // multicast is unusable the member starts alone, with a warning.
 func (n *Node) discover(ctx context.Context) []string {
 	mc := n.cfg.Network.Join.Multicast
+	iface, err := interfaceOf(n.tr.addr.IP)
+	if err != nil {
+		n.log.Warn("multicast discovery unavailable; configure network.join.members to join others", "group", mc.Group, "error", err)
+		return nil
+	}
 	d, err := discovery.Start(discovery.Config{
-		Group: mc.Group, Cluster: n.cfg.Cluster.Name, Logger: n.log,
+		Group: mc.Group, Cluster: n.cfg.Cluster.Name, Logger: n.log, Interface: iface,
 		Self: discovery.Beacon{Cluster: n.cfg.Cluster.Name, Address: n.address, ID: n.id},
 	})
 	if err != nil {
@@ -61,4 +68,30 @@ func (n *Node) joinDiscovered(d *discovery.Discoverer) {
 			}
 		}
 	}
+}
+
+// interfaceOf returns the network interface that holds ip, so that
+// discovery beacons go where the member can be reached: a member bound to
+// 127.0.0.1 looks for others on the loopback interface only. An
+// unspecified ip (listen everywhere) leaves the choice to the routing table.
+func interfaceOf(ip net.IP) (*net.Interface, error) {
+	if ip.IsUnspecified() {
+		return nil, nil
+	}
+	ifaces, err := net.Interfaces()
+	if err != nil {
+		return nil, err
+	}
+	for i := range ifaces {
+		addrs, err := ifaces[i].Addrs()
+		if err != nil {
+			continue
+		}
+		for _, a := range addrs {
+			if ipn, ok := a.(*net.IPNet); ok && ipn.IP.Equal(ip) {
+				return &ifaces[i], nil
+			}
+		}
+	}
+	return nil, fmt.Errorf("no network interface holds the bind address %s", ip)
 }

@@ -182,28 +182,24 @@ func (n *Node) acceptTable(t *partition.Table, from string) int64 {
 			if cur == nil && from != n.address {
 				// First table: learn the distributed objects created before
 				// this member joined.
-				if masterID := t.Owners[0]; masterID != "" {
+				if sender := t.MemberAt(from); sender != "" {
 					n.wg.Add(1)
 					go func() {
 						defer n.wg.Done()
 						ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
 						defer cancel()
-						n.proxies.syncFrom(ctx, n.oldestOther())
+						go func() {
+							select {
+							case <-n.stop:
+								cancel()
+							case <-ctx.Done():
+							}
+						}()
+						n.proxies.syncFrom(ctx, sender)
 					}()
 				}
 			}
 			return t.Version
 		}
 	}
-}
-
-// oldestOther returns the master's ID, or the oldest member other than
-// this one.
-func (n *Node) oldestOther() string {
-	for _, m := range *n.members.Load() {
-		if m.ID != n.id {
-			return m.ID
-		}
-	}
-	return ""
 }

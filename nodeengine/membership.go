@@ -7,6 +7,7 @@ import (
 	"sort"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/hashicorp/memberlist"
@@ -120,9 +121,17 @@ func memberList(nodes []*memberlist.Node, cluster string) []spi.Member {
 
 // logWriter turns memberlist's log lines ("[WARN] memberlist: ...") into
 // slog records at the matching level.
-type logWriter struct{ log *slog.Logger }
+type logWriter struct {
+	log     *slog.Logger
+	stopped *atomic.Bool
+}
 
 func (w logWriter) Write(p []byte) (int, error) {
+	if w.stopped.Load() {
+		// memberlist's goroutines may still be finishing after its
+		// Shutdown returned; the member is gone, so are its logs.
+		return len(p), nil
+	}
 	line := string(bytes.TrimSpace(p))
 	level := slog.LevelInfo
 	for prefix, l := range map[string]slog.Level{"[DEBUG]": slog.LevelDebug, "[INFO]": slog.LevelInfo, "[WARN]": slog.LevelWarn, "[ERR]": slog.LevelError} {

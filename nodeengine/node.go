@@ -57,13 +57,15 @@ type Node struct {
 	members atomic.Pointer[[]spi.Member] // oldest first
 	table   atomic.Pointer[partition.Table]
 
-	wake    chan struct{} // membership changed
-	stop    chan struct{}
-	wg      sync.WaitGroup
-	state   atomic.Int32
-	master  masterState // touched only by the membership loop
-	publish sync.Mutex  // guards acked
-	acked   map[string]int64
+	wake  chan struct{} // membership changed
+	stop  chan struct{}
+	wg    sync.WaitGroup
+	state atomic.Int32
+	// mlStopped silences memberlist's late log lines after Shutdown.
+	mlStopped atomic.Bool
+	master    masterState // touched only by the membership loop
+	publish   sync.Mutex  // guards acked
+	acked     map[string]int64
 }
 
 const (
@@ -209,7 +211,7 @@ func (n *Node) join(ctx context.Context) error {
 	mc.ProbeInterval, mc.ProbeTimeout = ms.ProbeInterval, ms.ProbeTimeout
 	mc.SuspicionMult, mc.GossipInterval = ms.SuspicionMult, ms.GossipInterval
 	mc.PushPullInterval = ms.PushPullInterval
-	mc.Logger = log.New(logWriter{n.log}, "", 0)
+	mc.Logger = log.New(logWriter{n.log, &n.mlStopped}, "", 0)
 	var err error
 	if n.ml, err = memberlist.Create(mc); err != nil {
 		return fmt.Errorf("partita: start membership: %w", err)
@@ -270,6 +272,7 @@ func (n *Node) teardown(terminate bool) {
 	close(n.stop)
 	if n.ml != nil {
 		n.ml.Shutdown()
+		n.mlStopped.Store(true)
 	}
 	n.wg.Wait()
 	if n.ops != nil {

@@ -142,3 +142,22 @@ func TestTableEncodeDecode(t *testing.T) {
 		}
 	}
 }
+
+// A joining member takes partitions from the whole range, not one block,
+// so that a handful of keys spreads over the members.
+func TestRebalanceSpreadsPartitions(t *testing.T) {
+	two := Rebalance(Rebalance(nil, members(1), DefaultCount), members(2), DefaultCount)
+	for p := 0; p+1 < DefaultCount; p += 2 {
+		if two[p] == two[p+1] {
+			t.Fatalf("partitions %d and %d both on %s: the newcomer got a block", p, p+1, two[p])
+		}
+	}
+	// The seed's four counters land on both members.
+	seen := map[string]bool{}
+	for _, k := range []string{"0counter", "1counter", "2counter", "3counter"} {
+		seen[two[ID(k, DefaultCount)]] = true
+	}
+	if len(seen) != 2 {
+		t.Fatalf("the four counters are on %v, want both members", seen)
+	}
+}

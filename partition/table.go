@@ -27,6 +27,16 @@ func (t *Table) Owner(p int) string {
 	return t.Owners[p]
 }
 
+// MemberAt returns the ID of the member at address in the table, or "".
+func (t *Table) MemberAt(address string) string {
+	for id, a := range t.Members {
+		if a == address {
+			return id
+		}
+	}
+	return ""
+}
+
 // Counts returns how many partitions each member owns.
 func (t *Table) Counts() map[string]int {
 	c := make(map[string]int)
@@ -144,22 +154,39 @@ func Rebalance(prev []string, members []string, count int) []string {
 			quota[m]++
 		}
 	}
+	// A member over its quota gives up partitions spread evenly over the
+	// ones it holds, and free partitions are dealt round-robin, so every
+	// member ends with partitions from the whole range rather than one
+	// block.
 	for _, m := range order {
-		if h := held[m]; len(h) > quota[m] {
-			for _, p := range h[quota[m]:] {
+		h := held[m]
+		excess := len(h) - quota[m]
+		if excess <= 0 {
+			continue
+		}
+		give := make(map[int]bool, excess)
+		for i := 0; i < excess; i++ {
+			give[i*len(h)/excess] = true
+		}
+		kept := h[:0:0]
+		for i, p := range h {
+			if give[i] {
 				owners[p] = ""
 				free = append(free, p)
+			} else {
+				kept = append(kept, p)
 			}
-			held[m] = h[:quota[m]]
 		}
+		held[m] = kept
 	}
 	sort.Ints(free)
-	for _, m := range members {
-		for len(held[m]) < quota[m] {
-			p := free[0]
-			free = free[1:]
-			owners[p] = m
-			held[m] = append(held[m], p)
+	for len(free) > 0 {
+		for _, m := range members {
+			if len(free) > 0 && len(held[m]) < quota[m] {
+				owners[free[0]] = m
+				held[m] = append(held[m], free[0])
+				free = free[1:]
+			}
 		}
 	}
 	return owners

@@ -30,10 +30,6 @@ const (
 // shutdownTimeout bounds the graceful leave after a signal.
 const shutdownTimeout = 30 * time.Second
 
-// membersWait bounds the wait for the member list to include this member
-// after Start, so that the start-up line reports a real count.
-const membersWait = 2 * time.Second
-
 func main() { os.Exit(run(os.Args[1:], os.Stdout, os.Stderr)) }
 
 // run is the whole command: it parses args, loads the configuration, runs
@@ -74,9 +70,8 @@ func run(args []string, stdout, stderr io.Writer) int {
 		report(stderr, err)
 		return exitStart
 	}
-	members := waitMembers(ctx, node)
 	fmt.Fprintf(stdout, "partita member %s listening on %s (cluster %q, %d members)\n",
-		node.ID(), node.Address(), cfg.Cluster.Name, members)
+		node.ID(), node.Address(), cfg.Cluster.Name, len(node.Members()))
 
 	<-ctx.Done()
 	node.Logger().Info("shutting down", "reason", context.Cause(ctx).Error())
@@ -88,28 +83,6 @@ func run(args []string, stdout, stderr io.Writer) int {
 		return exitStart
 	}
 	return exitOK
-}
-
-// waitMembers returns the size of the member list once it includes this
-// member: the engine fills it in just after Start returns.
-func waitMembers(ctx context.Context, node *nodeengine.Node) int {
-	if n := len(node.Members()); n > 0 {
-		return n
-	}
-	ctx, cancel := context.WithTimeout(ctx, membersWait)
-	defer cancel()
-	tick := time.NewTicker(5 * time.Millisecond)
-	defer tick.Stop()
-	for {
-		select {
-		case <-ctx.Done():
-			return max(len(node.Members()), 1)
-		case <-tick.C:
-			if n := len(node.Members()); n > 0 {
-				return n
-			}
-		}
-	}
 }
 
 // report writes err to w, each line prefixed "partita: " once (a

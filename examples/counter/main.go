@@ -18,10 +18,9 @@
 //	0counter: 2
 //
 // The program prints which member owns each counter's partition. Member 0
-// makes every call: with today's partition assignment (the master keeps
-// the lower partitions, a joining member takes the upper ones) the four
-// names hash to partitions of member 1, so every increment crosses from
-// member 0 to member 1 over TCP.
+// makes every call: the joining member takes every other partition, so two
+// of the four counters live on member 0 (a local call, no encoding) and two
+// on member 1 (a remote call over TCP).
 //
 // The members bind free ports on 127.0.0.1 and do not use multicast, so
 // the example runs anywhere and never meets another cluster.

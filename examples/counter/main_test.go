@@ -43,6 +43,10 @@ func TestRun(t *testing.T) {
 			t.Errorf("owner of %s not printed", name)
 		}
 	}
+	// The four counters land on both members.
+	if !strings.Contains(text, "owned by member 0") || !strings.Contains(text, "owned by member 1") {
+		t.Errorf("the counters do not land on both members")
+	}
 	if n := strings.Count(text, "CounterService.shutdown"); n != 2 {
 		t.Errorf("CounterService.shutdown logged %d times, want 2 (one per member)", n)
 	}

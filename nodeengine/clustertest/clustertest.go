@@ -51,6 +51,9 @@ type Cluster struct {
 	level     slog.Level
 	timeout   time.Duration
 
+	logMu   sync.Mutex
+	logDone bool // set when the cluster is shut down: no more t.Log
+
 	mu      sync.Mutex
 	members []*nodeengine.Node // nil once shut down
 	started int                // members ever started, for config indexes
@@ -113,7 +116,7 @@ func (c *Cluster) AddMember() *nodeengine.Node {
 	c.started++
 	c.mu.Unlock()
 	cfg := c.Config(i)
-	log := slog.New(slog.NewTextHandler(tWriter{c.t, i}, &slog.HandlerOptions{Level: c.level}))
+	log := slog.New(slog.NewTextHandler(tWriter{c, i}, &slog.HandlerOptions{Level: c.level}))
 	n, err := nodeengine.New(cfg, nodeengine.WithLogger(log))
 	if err != nil {
 		c.t.Fatalf("clustertest: member %d: %v", i, err)
@@ -173,6 +176,9 @@ func (c *Cluster) shutdownAll() {
 	for len(c.Members()) > 0 {
 		c.Shutdown(len(c.Members()) - 1)
 	}
+	c.logMu.Lock()
+	c.logDone = true
+	c.logMu.Unlock()
 }
 
 // WaitStable waits until every running member sees all the others, holds
@@ -237,13 +243,18 @@ func Eventually(t testing.TB, timeout time.Duration, cond func() error) {
 	}
 }
 
-// tWriter sends log lines to t.Log, tagged with the member's index.
+// tWriter sends log lines to t.Log, tagged with the member's index, until
+// the cluster is shut down (t.Log after the test ends would panic).
 type tWriter struct {
-	t testing.TB
+	c *Cluster
 	i int
 }
 
 func (w tWriter) Write(p []byte) (int, error) {
-	w.t.Logf("member %d: %s", w.i, p)
+	w.c.logMu.Lock()
+	defer w.c.logMu.Unlock()
+	if !w.c.logDone {
+		w.c.t.Logf("member %d: %s", w.i, p)
+	}
 	return len(p), nil
 }
