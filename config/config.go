@@ -37,6 +37,8 @@ type Config struct {
 	Operations OperationsConfig
 	// Membership is the `membership:` section.
 	Membership MembershipConfig
+	// Migration is the `migration:` section.
+	Migration MigrationConfig
 	// Metrics is the `metrics:` section.
 	Metrics MetricsConfig
 	// Services is the `services:` list, disabled entries included.
@@ -131,7 +133,22 @@ type MembershipConfig struct {
 	PushPullInterval time.Duration
 }
 
-// MetricsConfig is the `metrics:` section.
+// MigrationConfig is the `migration:` section.
+type MigrationConfig struct {
+	// Parallel is how many partitions the master migrates at once
+	// (`parallel`, default 4).
+	Parallel int
+	// StepTimeout bounds one step of a migration on one member
+	// (`step-timeout`, default 30s); a step that takes longer is rolled
+	// back.
+	StepTimeout time.Duration
+	// ShutdownTimeout bounds how long a graceful Shutdown waits for this
+	// member's partitions to migrate away (`shutdown-timeout`, default
+	// 60s).
+	ShutdownTimeout time.Duration
+}
+
+// MetricsConfig configures the metrics endpoint.
 type MetricsConfig struct {
 	// Address is the host:port of the Prometheus endpoint (`address`,
 	// default "", which disables it).

@@ -67,7 +67,8 @@ func TestDefault(t *testing.T) {
 			GossipInterval:   200 * time.Millisecond,
 			PushPullInterval: 15 * time.Second,
 		},
-		Metrics: MetricsConfig{Address: ""},
+		Migration: MigrationConfig{Parallel: 4, StepTimeout: 30 * time.Second, ShutdownTimeout: time.Minute},
+		Metrics:   MetricsConfig{Address: ""},
 	}
 	got := *c
 	got.Services, got.lines = nil, nil

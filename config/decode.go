@@ -100,6 +100,11 @@ func (d *decoder) config(n *yaml.Node, c *Config) {
 			"gossip-interval":    scalar(d, &c.Membership.GossipInterval),
 			"push-pull-interval": scalar(d, &c.Membership.PushPullInterval),
 		}),
+		"migration": d.section(map[string]field{
+			"parallel":         scalar(d, &c.Migration.Parallel),
+			"step-timeout":     scalar(d, &c.Migration.StepTimeout),
+			"shutdown-timeout": scalar(d, &c.Migration.ShutdownTimeout),
+		}),
 		"metrics": d.section(map[string]field{
 			"address": scalar(d, &c.Metrics.Address),
 		}),

@@ -107,6 +107,9 @@ func (c *Config) validate() []error {
 	if op.PartitionThreads < 0 {
 		v.add("operations.partition-threads", "must not be negative (0: GOMAXPROCS), got %d", op.PartitionThreads)
 	}
+	if c.Migration.Parallel <= 0 {
+		v.add("migration.parallel", "must be positive, got %d", c.Migration.Parallel)
+	}
 	if op.QueueSize <= 0 {
 		v.add("operations.queue-size", "must be positive, got %d", op.QueueSize)
 	}
@@ -127,6 +130,8 @@ func (c *Config) validate() []error {
 	}
 	v.positive("membership.gossip-interval", ms.GossipInterval)
 	v.positive("membership.push-pull-interval", ms.PushPullInterval)
+	v.positive("migration.step-timeout", c.Migration.StepTimeout)
+	v.positive("migration.shutdown-timeout", c.Migration.ShutdownTimeout)
 
 	if c.Metrics.Address != "" {
 		v.addr("metrics.address", c.Metrics.Address, true, false)

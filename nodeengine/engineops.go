@@ -16,6 +16,10 @@ const (
 	opPublishTable uint16 = 1
 	opProxy        uint16 = 2
 	opListProxies  uint16 = 3
+	opMigPrepare   uint16 = 4
+	opMigApply     uint16 = 5
+	opMigFinish    uint16 = 6
+	opLeave        uint16 = 7
 )
 
 func engineOperationTypes() []spi.OperationType {
@@ -23,23 +27,26 @@ func engineOperationTypes() []spi.OperationType {
 		{ID: opPublishTable, New: func() spi.Operation { return new(publishTableOp) }},
 		{ID: opProxy, New: func() spi.Operation { return new(proxyOp) }},
 		{ID: opListProxies, New: func() spi.Operation { return new(listProxiesOp) }},
+		{ID: opMigPrepare, New: func() spi.Operation { return new(migPrepareOp) }},
+		{ID: opMigApply, New: func() spi.Operation { return new(migApplyOp) }},
+		{ID: opMigFinish, New: func() spi.Operation { return new(migFinishOp) }},
+		{ID: opLeave, New: func() spi.Operation { return new(leaveOp) }},
 	}
 }
 
 // publishTableOp carries a partition table from the master. Its response
 // is the receiver's table version after applying it.
 type publishTableOp struct {
-	table   *partition.Table
-	count   int
-	version int64
+	table *partition.Table
+	newer []byte // the receiver's table, when newer than the one pushed
 }
 
+func (op *publishTableOp) MessageKind() string { return "table.publish" }
 func (op *publishTableOp) Run(ctx *spi.OpContext) error {
-	n := ctx.Service.(*Node)
-	op.version = n.acceptTable(op.table, ctx.Caller)
+	op.newer = ctx.Service.(*Node).acceptTable(op.table, ctx.Caller)
 	return nil
 }
-func (op *publishTableOp) Response() any { return op.version }
+func (op *publishTableOp) Response() any { return op.newer }
 func (op *publishTableOp) WriteData(w *spi.Writer) {
 	w.WriteUvarint(uint64(len(op.table.Owners)))
 	op.table.Encode(w)

@@ -13,13 +13,6 @@ import (
 // list and re-sends the table to members that have not acknowledged it.
 const republishInterval = 200 * time.Millisecond
 
-// masterState is the membership loop's memory; only that goroutine
-// touches it.
-type masterState struct {
-	minVersion int64           // a member reported this version: go above it
-	inflight   map[string]bool // members with a table push in flight
-}
-
 // memberEvent wakes the membership loop; called from memberlist's
 // goroutines, it never blocks.
 func (n *Node) memberEvent() {
@@ -30,17 +23,16 @@ func (n *Node) memberEvent() {
 }
 
 // membershipLoop applies member list changes: it tells the operation
-// service about members that left and, on the master, keeps the partition
-// table balanced and published.
+// service about members that left, resolves migrations of a departed
+// master and, on the master, wakes the migration manager and publishes the
+// table to members that lack it.
 func (n *Node) membershipLoop() {
 	defer n.wg.Done()
-	n.master.inflight = make(map[string]bool)
 	tick := time.NewTicker(republishInterval)
 	defer tick.Stop()
 	for {
 		n.refreshMembers()
 		if n.IsMaster() {
-			n.rebalance()
 			n.publishTable()
 		}
 		select {
@@ -52,7 +44,7 @@ func (n *Node) membershipLoop() {
 	}
 }
 
-// refreshMembers reads memberlist's view and reports who left.
+// refreshMembers reads memberlist's view and reports who joined and left.
 func (n *Node) refreshMembers() {
 	next := memberList(n.ml.Members(), n.cfg.Cluster.Name)
 	prev := *n.members.Load()
@@ -67,6 +59,9 @@ func (n *Node) refreshMembers() {
 			n.publish.Lock()
 			delete(n.acked, m.ID)
 			n.publish.Unlock()
+			n.leavingMu.Lock()
+			delete(n.leaving, m.ID)
+			n.leavingMu.Unlock()
 		}
 	}
 	for _, m := range next {
@@ -76,6 +71,12 @@ func (n *Node) refreshMembers() {
 	}
 	if len(next) > 0 && (len(prev) == 0 || prev[0].ID != next[0].ID) {
 		n.log.Info("master is now", "master", next[0].Address, "master_id", next[0].ID, "self", next[0].ID == n.id)
+		if len(prev) > 0 {
+			n.resolveDepartedMaster()
+		}
+	}
+	if n.mgr != nil {
+		n.mgr.Trigger()
 	}
 }
 
@@ -88,36 +89,6 @@ func containsMember(ms []spi.Member, id string) bool {
 	return false
 }
 
-// rebalance makes a new table version when the member list no longer
-// matches the current table. Until migration exists, partitions that change
-// owner start empty on the new owner.
-func (n *Node) rebalance() {
-	members := *n.members.Load()
-	ids := make([]string, len(members))
-	addrs := make(map[string]string, len(members))
-	for i, m := range members {
-		ids[i] = m.ID
-		addrs[m.ID] = m.Address
-	}
-	cur := n.table.Load()
-	var prev []string
-	version := n.master.minVersion
-	if cur != nil {
-		prev = cur.Owners
-		version = max(version, cur.Version)
-	}
-	owners := partition.Rebalance(prev, ids, n.count)
-	if cur != nil && slices.Equal(owners, cur.Owners) && version == cur.Version {
-		return
-	}
-	t := &partition.Table{Version: version + 1, Owners: owners, Members: make(map[string]string)}
-	for _, o := range owners {
-		t.Members[o] = addrs[o]
-	}
-	n.table.Store(t)
-	n.log.Info("partition table published", "version", t.Version, "members", len(members), "owned", t.Counts()[n.id])
-}
-
 // publishTable sends the current table to every member that has not
 // acknowledged it, one push per member at a time.
 func (n *Node) publishTable() {
@@ -127,9 +98,9 @@ func (n *Node) publishTable() {
 	}
 	for _, m := range *n.members.Load() {
 		n.publish.Lock()
-		done := m.ID == n.id || n.acked[m.ID] >= t.Version || n.master.inflight[m.ID]
+		done := m.ID == n.id || n.acked[m.ID] >= t.Version || n.inflight[m.ID]
 		if !done {
-			n.master.inflight[m.ID] = true
+			n.inflight[m.ID] = true
 		}
 		n.publish.Unlock()
 		if done {
@@ -142,64 +113,96 @@ func (n *Node) publishTable() {
 
 func (n *Node) push(m spi.Member, t *partition.Table) {
 	defer n.wg.Done()
-	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Second)
+	ctx, cancel := n.stopContext(2 * time.Second)
 	defer cancel()
-	go func() {
-		select {
-		case <-n.stop:
-			cancel()
-		case <-ctx.Done():
-		}
-	}()
 	resp, err := n.ops.InvokeOnMember(ctx, engineService, &publishTableOp{table: t}, m.ID)
 	n.publish.Lock()
-	defer n.publish.Unlock()
-	delete(n.master.inflight, m.ID)
+	delete(n.inflight, m.ID)
+	if err == nil {
+		n.acked[m.ID] = max(n.acked[m.ID], t.Version)
+	}
+	n.publish.Unlock()
 	if err != nil {
 		n.log.Debug("table push failed; will retry", "to", m.Address, "version", t.Version, "error", err)
 		return
 	}
-	v, _ := resp.(int64)
-	n.acked[m.ID] = v
-	if v > t.Version {
-		// The member holds a newer table from an earlier master: publish
-		// above it on the next round.
-		n.master.minVersion = max(n.master.minVersion, v)
+	n.adoptNewer(resp, m.Address)
+}
+
+// adoptNewer installs a table a member answered with because it is newer
+// than the one pushed (it came from an earlier master): a new master plans
+// from the newest table in the cluster.
+func (n *Node) adoptNewer(resp any, from string) {
+	b, _ := resp.([]byte)
+	if len(b) == 0 {
+		return
+	}
+	t, err := partition.Decode(spi.NewReader(b), n.count)
+	if err != nil {
+		n.log.Warn("bad table in a publish answer", "from", from, "error", err)
+		return
+	}
+	if n.installTable(t) {
+		n.log.Info("adopted a newer partition table from a member", "version", t.Version, "from", from)
 		n.memberEvent()
+		n.mgr.Trigger()
 	}
 }
 
-// acceptTable installs t if it is newer than the current table and returns
-// the version this member holds afterwards.
-func (n *Node) acceptTable(t *partition.Table, from string) int64 {
+// stopContext returns a context that ends after d or when the node stops.
+func (n *Node) stopContext(d time.Duration) (context.Context, context.CancelFunc) {
+	return context.WithTimeout(n.ctx, d)
+}
+
+// installTable makes t the current table if it is newer; it reports
+// whether it did. Destination migrations waiting for their table are
+// released.
+func (n *Node) installTable(t *partition.Table) bool {
 	for {
 		cur := n.table.Load()
 		if cur != nil && cur.Version >= t.Version {
-			return cur.Version
+			return false
 		}
 		if n.table.CompareAndSwap(cur, t) {
-			n.log.Info("partition table received", "version", t.Version, "from", from, "owned", t.Counts()[n.id])
-			if cur == nil && from != n.address {
-				// First table: learn the distributed objects created before
-				// this member joined.
-				if sender := t.MemberAt(from); sender != "" {
-					n.wg.Add(1)
-					go func() {
-						defer n.wg.Done()
-						ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
-						defer cancel()
-						go func() {
-							select {
-							case <-n.stop:
-								cancel()
-							case <-ctx.Done():
-							}
-						}()
-						n.proxies.syncFrom(ctx, sender)
-					}()
+			for p, o := range t.Owners {
+				if o == n.id && (cur == nil || cur.Owners[p] != n.id) {
+					n.ops.RunOnPartition(p, func() {
+						if st := n.migs[p]; st != nil && st.committed {
+							n.setMig(p, nil)
+						}
+					})
 				}
 			}
-			return t.Version
+			return true
 		}
 	}
+}
+
+// acceptTable installs a table pushed by the master and returns the
+// encoded table this member holds when that one is newer (nil otherwise).
+func (n *Node) acceptTable(t *partition.Table, from string) []byte {
+	prev := n.table.Load()
+	if !n.installTable(t) {
+		if cur := n.table.Load(); cur.Version > t.Version {
+			w := spi.NewWriter(nil)
+			cur.Encode(w)
+			return w.Bytes()
+		}
+		return nil
+	}
+	n.log.Debug("partition table received", "version", t.Version, "from", from, "owned", t.Counts()[n.id])
+	if prev == nil && from != n.address {
+		// First table: learn the distributed objects created before this
+		// member joined.
+		if sender := t.MemberAt(from); sender != "" {
+			n.wg.Add(1)
+			go func() {
+				defer n.wg.Done()
+				ctx, cancel := n.stopContext(10 * time.Second)
+				defer cancel()
+				n.proxies.syncFrom(ctx, sender)
+			}()
+		}
+	}
+	return nil
 }

@@ -16,6 +16,7 @@ import (
 
 	"github.com/hashicorp/memberlist"
 	"github.com/partita-go/partita/config"
+	"github.com/partita-go/partita/migration"
 	"github.com/partita-go/partita/operation"
 	"github.com/partita-go/partita/partition"
 	"github.com/partita-go/partita/spi"
@@ -57,15 +58,25 @@ type Node struct {
 	members atomic.Pointer[[]spi.Member] // oldest first
 	table   atomic.Pointer[partition.Table]
 
-	wake  chan struct{} // membership changed
-	stop  chan struct{}
-	wg    sync.WaitGroup
-	state atomic.Int32
+	wake   chan struct{} // membership changed
+	stop   chan struct{}
+	ctx    context.Context // ends when the node stops
+	cancel context.CancelFunc
+	wg     sync.WaitGroup
+	state  atomic.Int32
 	// mlStopped silences memberlist's late log lines after Shutdown.
 	mlStopped atomic.Bool
-	master    masterState // touched only by the membership loop
-	publish   sync.Mutex  // guards acked
-	acked     map[string]int64
+
+	publish  sync.Mutex // guards acked and inflight
+	acked    map[string]int64
+	inflight map[string]bool // table pushes in flight, by member
+
+	mgr            *migration.Manager
+	migrationAware []migrationAware
+	migs           []*migState // by partition; touched on its executor only
+	migActive      atomic.Int32
+	leavingMu      sync.Mutex
+	leaving        map[string]bool // members draining before they leave (master)
 }
 
 const (
@@ -87,7 +98,9 @@ func New(cfg *config.Config, opts ...Option) (*Node, error) {
 	}
 	n := &Node{cfg: cfg, log: slog.Default(), count: cfg.Partitions.Count,
 		services: make(map[string]spi.Service), wake: make(chan struct{}, 1),
-		stop: make(chan struct{}), acked: make(map[string]int64)}
+		stop: make(chan struct{}), acked: make(map[string]int64), inflight: make(map[string]bool),
+		leaving: make(map[string]bool), migs: make([]*migState, cfg.Partitions.Count)}
+	n.ctx, n.cancel = context.WithCancel(context.Background())
 	for _, o := range opts {
 		o(n)
 	}
@@ -150,9 +163,15 @@ func (n *Node) Start(ctx context.Context) (err error) {
 	if err := n.join(ctx); err != nil {
 		return err
 	}
+	n.mgr = migration.New(masterEngine{n}, migration.Config{Count: n.count, Parallel: n.cfg.Migration.Parallel,
+		Timeout: n.cfg.Migration.StepTimeout, Logger: n.log})
 	n.refreshMembers()
-	n.wg.Add(1)
+	n.wg.Add(2)
 	go n.membershipLoop()
+	go func() {
+		defer n.wg.Done()
+		n.mgr.Run(n.ctx)
+	}()
 	n.state.Store(stateRunning)
 	n.log.Info("member started", "id", n.id, "cluster", n.cfg.Cluster.Name,
 		"partitions", n.count, "members", len(n.Members()))
@@ -182,6 +201,9 @@ func (n *Node) createServices() error {
 		}
 		n.services[sc.Name] = svc
 		n.order = append(n.order, sc)
+		if ma, ok := svc.(spi.MigrationAwareService); ok {
+			n.migrationAware = append(n.migrationAware, migrationAware{name: sc.Name, svc: ma})
+		}
 	}
 	for _, sc := range n.order {
 		if ms, ok := n.services[sc.Name].(spi.ManagedService); ok {
@@ -253,6 +275,9 @@ func (n *Node) Shutdown(ctx context.Context) error {
 	case stateNew:
 		return nil
 	}
+	dctx, cancel := context.WithTimeout(ctx, n.cfg.Migration.ShutdownTimeout)
+	n.drain(dctx)
+	cancel()
 	if n.ml != nil {
 		timeout := time.Second
 		if dl, ok := ctx.Deadline(); ok {
@@ -270,6 +295,7 @@ func (n *Node) Shutdown(ctx context.Context) error {
 // teardown stops everything Start started, in reverse.
 func (n *Node) teardown(terminate bool) {
 	close(n.stop)
+	n.cancel()
 	if n.ml != nil {
 		n.ml.Shutdown()
 		n.mlStopped.Store(true)
@@ -338,6 +364,12 @@ func (n *Node) Metrics() prometheus.Registerer { return n.registry }
 // Registry returns the member's metrics registry (for scraping).
 func (n *Node) Registry() *prometheus.Registry { return n.registry }
 
+// MigrationInFlight reports whether this member takes part in a partition
+// migration now or, on the master, has migrations left to plan or run.
+func (n *Node) MigrationInFlight() bool {
+	return n.migActive.Load() > 0 || (n.IsMaster() && n.mgr != nil && !n.mgr.Idle())
+}
+
 // IsMaster reports whether this member is the oldest, the one that owns
 // the partition table.
 func (n *Node) IsMaster() bool {
@@ -363,6 +395,13 @@ func (n *Node) MemberAddress(id string) (string, bool) {
 	for _, m := range *n.members.Load() {
 		if m.ID == id {
 			return m.Address, true
+		}
+	}
+	// A member that has just joined may hear from others (the master's
+	// table) before its own member list catches up.
+	if t := n.table.Load(); t != nil {
+		if a, ok := t.Members[id]; ok {
+			return a, true
 		}
 	}
 	return "", false

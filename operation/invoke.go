@@ -20,6 +20,15 @@ func (s *Service) Invoke(ctx context.Context, service string, op spi.Operation, 
 	return s.invoke(ctx, service, op, partitionID, "")
 }
 
+// InvokeOnPartitionOf runs op on partition pid's executor of the given
+// member, whoever owns the partition (the engine's migration steps).
+func (s *Service) InvokeOnPartitionOf(ctx context.Context, service string, op spi.Operation, pid int, memberID string) (any, error) {
+	if pid < 0 || pid >= s.cfg.PartitionCount {
+		return nil, fmt.Errorf("invoke %T: partition %d out of range", op, pid)
+	}
+	return s.invoke(ctx, service, op, pid, memberID)
+}
+
 // InvokeOnMember implements spi.OperationService.
 func (s *Service) InvokeOnMember(ctx context.Context, service string, op spi.Operation, memberID string) (any, error) {
 	return s.invoke(ctx, service, op, -1, memberID)
@@ -64,7 +73,7 @@ func (s *Service) attempt(ctx context.Context, svc *serviceEntry, op spi.Operati
 		return nil, fmt.Errorf("%w: %w", spi.ErrTimeout, err)
 	}
 	var id, address string
-	if pid >= 0 {
+	if member == "" {
 		var ok bool
 		if id, address, ok = s.cfg.Routing.Owner(pid); !ok {
 			return nil, spi.ErrNotReady
@@ -90,6 +99,11 @@ func (s *Service) attempt(ctx context.Context, svc *serviceEntry, op spi.Operati
 	typeID, ok := svc.typeIDs[reflect.TypeOf(op)]
 	if !ok {
 		return nil, fmt.Errorf("%w: %T is not among the operation types of service %q (see spi.OperationProvider)", spi.ErrUnknownOperation, op, svc.name)
+	}
+	if s.cfg.Hook != nil {
+		if err := s.cfg.Hook(ctx, Message{From: s.cfg.LocalID, To: id, Service: svc.name, Partition: pid, Op: op}); err != nil {
+			return nil, err
+		}
 	}
 	c, err := s.connTo(ctx, id, address)
 	if err != nil {

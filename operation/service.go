@@ -45,6 +45,35 @@ type Config struct {
 	// Dial opens a connection to another member's operation port. The
 	// node engine's dialer writes the protocol selector byte first.
 	Dial func(ctx context.Context, address string) (net.Conn, error)
+	// Hook, when set, sees every request before it is sent to another
+	// member (tests use it to drop, delay or hold messages). It runs on
+	// the invoking goroutine; an error drops the message and fails the
+	// attempt with that error (wrap spi.ErrMemberLeft to have it retried).
+	Hook func(ctx context.Context, m Message) error
+}
+
+// Message describes a request on its way to another member, for Hook.
+type Message struct {
+	From, To  string // member IDs
+	Service   string
+	Partition int // -1: generic
+	Op        spi.Operation
+}
+
+// Kind names the message for fault-injection rules: the operation's
+// MessageKind() when it has one, else "<service>/<Go type>".
+func (m Message) Kind() string {
+	if k, ok := m.Op.(interface{ MessageKind() string }); ok {
+		return k.MessageKind()
+	}
+	return fmt.Sprintf("%s/%T", m.Service, m.Op)
+}
+
+// OwnerCheckExempt is implemented by engine operations that run on a
+// partition's executor whatever its owner and migration state (the
+// migration steps themselves). They check what they need on their own.
+type OwnerCheckExempt interface {
+	OwnerCheckExempt()
 }
 
 // serviceEntry is one registered service.
@@ -64,6 +93,7 @@ type Service struct {
 	byName    map[string]*serviceEntry
 	byID      map[uint32]*serviceEntry
 	partition []*executor
+	migrating []atomic.Bool // by partition: operations are refused
 	generic   *executor // generic executors share one queue
 	quit      chan struct{}
 	wg        sync.WaitGroup
@@ -103,7 +133,8 @@ func New(cfg Config) *Service {
 		cfg.Dial = func(ctx context.Context, address string) (net.Conn, error) { return d.DialContext(ctx, "tcp", address) }
 	}
 	return &Service{
-		cfg:    cfg,
+		migrating: make([]atomic.Bool, cfg.PartitionCount),
+		cfg:       cfg,
 		log:    cfg.Logger,
 		byName: make(map[string]*serviceEntry),
 		byID:   make(map[uint32]*serviceEntry),
@@ -196,8 +227,73 @@ func (s *Service) checkOwner(pid int) error {
 		return spi.ErrNotReady
 	case id != s.cfg.LocalID:
 		return fmt.Errorf("%w: partition %d is owned by %s, not by %s", spi.ErrWrongTarget, pid, id, s.cfg.LocalID)
+	case s.migrating[pid].Load():
+		return fmt.Errorf("%w: partition %d", spi.ErrPartitionMigrating, pid)
 	}
 	return nil
+}
+
+// SetMigrating marks partition pid as migrating (operations on it are
+// refused with ErrPartitionMigrating) or not. Call it on pid's executor so
+// that it orders with the partition's operations.
+func (s *Service) SetMigrating(pid int, on bool) { s.migrating[pid].Store(on) }
+
+// IsMigrating reports whether partition pid is marked as migrating here.
+func (s *Service) IsMigrating(pid int) bool { return s.migrating[pid].Load() }
+
+// ServiceInstance returns a registered service by name.
+func (s *Service) ServiceInstance(name string) (spi.Service, bool) {
+	e := s.byName[name]
+	if e == nil {
+		return nil, false
+	}
+	return e.instance, true
+}
+
+// AppendOperation encodes op of service as it travels in a request
+// (service wire id, type id, data), for operations carried inside other
+// operations (migration bundles).
+func (s *Service) AppendOperation(w *spi.Writer, service string, op spi.Operation) error {
+	e := s.byName[service]
+	if e == nil {
+		return fmt.Errorf("%w: %q", spi.ErrUnknownService, service)
+	}
+	tid, ok := e.typeIDs[reflect.TypeOf(op)]
+	if !ok {
+		return fmt.Errorf("%w: %T is not among the operation types of service %q", spi.ErrUnknownOperation, op, service)
+	}
+	inner := spi.NewWriter(nil)
+	op.WriteData(inner)
+	w.WriteUint32(e.id)
+	w.WriteUint16(tid)
+	w.WriteBytes(inner.Bytes())
+	return nil
+}
+
+// ReadOperation decodes what AppendOperation wrote and returns the
+// service's name and instance with the operation.
+func (s *Service) ReadOperation(r *spi.Reader) (string, spi.Service, spi.Operation, error) {
+	sid, tid, data := r.ReadUint32(), r.ReadUint16(), r.ReadBytes()
+	if err := r.Err(); err != nil {
+		return "", nil, nil, err
+	}
+	e := s.byID[sid]
+	if e == nil {
+		return "", nil, nil, fmt.Errorf("%w: wire id %#x", spi.ErrUnknownService, sid)
+	}
+	f := e.types[tid]
+	if f == nil {
+		return "", nil, nil, fmt.Errorf("%w: service %q type %d", spi.ErrUnknownOperation, e.name, tid)
+	}
+	op := f()
+	inner := spi.NewReader(data)
+	if err := op.ReadData(inner); err != nil {
+		return "", nil, nil, fmt.Errorf("decoding %T of %q: %w", op, e.name, err)
+	}
+	if inner.Remaining() != 0 {
+		return "", nil, nil, fmt.Errorf("%w: %d trailing bytes after %T", spi.ErrProtocol, inner.Remaining(), op)
+	}
+	return e.name, e.instance, op, nil
 }
 
 // enqueue hands t to its executor, waiting for room while ctx allows.

@@ -190,6 +190,8 @@ func sameTable(members []*nodeengine.Node) string {
 			return fmt.Sprintf("member %d's table (version %d) spans %d members", i, t.Version, len(t.Members))
 		case first == nil || t.Version != first.Version:
 			return fmt.Sprintf("member %d holds table version %d, member 0 another", i, t.Version)
+		case n.MigrationInFlight():
+			return fmt.Sprintf("member %d is migrating partitions", i)
 		}
 	}
 	return ""

@@ -220,6 +220,9 @@ func (c *Cluster) stable() error {
 				return fmt.Errorf("member %s: partition %d owned by %q, not a running member", m.Address(), p, o)
 			}
 		}
+		if m.MigrationInFlight() {
+			return fmt.Errorf("member %s has migrations in flight", m.Address())
+		}
 	}
 	return nil
 }

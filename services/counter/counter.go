@@ -42,8 +42,9 @@ func init() {
 
 // Operation type ids of the counter service.
 const (
-	typeInc uint16 = 1
-	typeGet uint16 = 2
+	typeInc       uint16 = 1
+	typeGet       uint16 = 2
+	typeMigration uint16 = 3 // CounterMigrationOperation, see migration.go
 )
 
 // Service is the counter service of one member.
@@ -116,6 +117,7 @@ func (s *Service) OperationTypes() []spi.OperationType {
 	return []spi.OperationType{
 		{ID: typeInc, New: func() spi.Operation { return new(IncOperation) }},
 		{ID: typeGet, New: func() spi.Operation { return new(GetOperation) }},
+		{ID: typeMigration, New: func() spi.Operation { return new(CounterMigrationOperation) }},
 	}
 }
 

@@ -1,0 +1,39 @@
+package migration
+
+import (
+	"github.com/partita-go/partita/partition"
+)
+
+// Move is one planned migration of a partition's primary replica.
+type Move struct {
+	Partition   int
+	Source      string // member ID holding the partition
+	Destination string // member ID receiving it
+}
+
+// Plan compares the current owners with the balanced target for members
+// (IDs, oldest first) and returns the target, the moves that reach it, and
+// the partitions whose current owner is gone or unset (orphans: they are
+// assigned to their target owner directly, there is no data to move).
+// alive tells whether a current owner still runs (a leaving member is alive
+// but not in members).
+func Plan(current []string, members []string, count int, alive func(id string) bool) (target []string, moves []Move, orphans []int) {
+	// Partitions whose owner is dead are free in the target; partitions of
+	// a leaving (alive) member are moved with their data.
+	prev := make([]string, count)
+	for p := range prev {
+		if p < len(current) && current[p] != "" && alive(current[p]) {
+			prev[p] = current[p]
+		}
+	}
+	target = partition.Rebalance(prev, members, count)
+	for p := 0; p < count; p++ {
+		switch {
+		case prev[p] == "":
+			orphans = append(orphans, p)
+		case prev[p] != target[p]:
+			moves = append(moves, Move{Partition: p, Source: prev[p], Destination: target[p]})
+		}
+	}
+	return target, moves, orphans
+}

@@ -1,0 +1,426 @@
+package nodeengine
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"time"
+
+	"github.com/partita-go/partita/migration"
+	"github.com/partita-go/partita/partition"
+	"github.com/partita-go/partita/spi"
+)
+
+// migState is one migration in flight on this member for one partition.
+// It lives in Node.migs[p] and is touched only on partition p's executor.
+type migState struct {
+	move      migration.Move
+	endpoint  spi.MigrationEndpoint
+	event     spi.PartitionMigrationEvent
+	master    string // member ID of the master that started it
+	committed bool   // destination: committed, waiting for the table
+}
+
+// migrationAware is an enabled MigrationAwareService with its name.
+type migrationAware struct {
+	name string
+	svc  spi.MigrationAwareService
+}
+
+func (n *Node) eventFor(mv migration.Move, ep spi.MigrationEndpoint) spi.PartitionMigrationEvent {
+	e := spi.PartitionMigrationEvent{PartitionID: mv.Partition, Endpoint: ep, Source: mv.Source, Destination: mv.Destination,
+		CurrentReplicaIndex: 0, NewReplicaIndex: -1}
+	if ep == spi.MigrationDestination {
+		e.CurrentReplicaIndex, e.NewReplicaIndex = -1, 0
+	}
+	return e
+}
+
+// setMig installs or clears partition p's migration state (executor p).
+func (n *Node) setMig(p int, st *migState) {
+	switch {
+	case n.migs[p] == nil && st != nil:
+		n.migActive.Add(1)
+	case n.migs[p] != nil && st == nil:
+		n.migActive.Add(-1)
+	}
+	n.migs[p] = st
+	n.ops.SetMigrating(p, st != nil && !st.committed)
+}
+
+// endMig commits or rolls back the local side of a migration (executor p).
+func (n *Node) endMig(p int, commit bool) {
+	st := n.migs[p]
+	for _, ma := range n.migrationAware {
+		if commit {
+			ma.svc.CommitMigration(st.event)
+		} else {
+			ma.svc.RollbackMigration(st.event)
+		}
+	}
+	n.log.Debug("migration ended", "partition", p, "endpoint", st.endpoint.String(), "commit", commit)
+	if commit && st.endpoint == spi.MigrationDestination {
+		st.committed = true
+		if t := n.table.Load(); t != nil && t.Owner(p) == n.id {
+			st = nil // the table already names this member
+		}
+		n.setMig(p, st)
+		return
+	}
+	n.setMig(p, nil)
+}
+
+// resolveOrphan ends a migration whose master is gone, by what the table
+// says now (executor p). The new master plans from a table at least as new
+// as the one this member holds.
+func (n *Node) resolveOrphan(p int) {
+	st := n.migs[p]
+	if st == nil || st.master == n.masterID() {
+		return
+	}
+	owner := n.table.Load().Owner(p)
+	switch {
+	case st.committed:
+		if owner != n.id {
+			for _, ma := range n.migrationAware {
+				ma.svc.ClearPartitionReplica(p)
+			}
+		}
+		n.setMig(p, nil)
+	case st.endpoint == spi.MigrationSource:
+		n.endMig(p, owner != n.id)
+	default:
+		n.endMig(p, owner == n.id)
+	}
+	n.log.Info("resolved migration of a departed master", "partition", p, "endpoint", st.endpoint.String(), "owner_now", owner == n.id)
+}
+
+func (n *Node) masterID() string {
+	if ms := *n.members.Load(); len(ms) > 0 {
+		return ms[0].ID
+	}
+	return ""
+}
+
+// moveData is the wire form of a migration.Move.
+func writeMove(w *spi.Writer, mv migration.Move) {
+	w.WriteString(mv.Source)
+	w.WriteString(mv.Destination)
+}
+
+func readMove(r *spi.Reader, p int) migration.Move {
+	return migration.Move{Partition: p, Source: r.ReadString(), Destination: r.ReadString()}
+}
+
+// migPrepareOp is step 1, on the source's executor of the partition.
+type migPrepareOp struct {
+	move   migration.Move
+	master string
+	data   []byte
+}
+
+func (op *migPrepareOp) OwnerCheckExempt()   {}
+func (op *migPrepareOp) MessageKind() string { return "migration.prepare" }
+func (op *migPrepareOp) Response() any       { return op.data }
+func (op *migPrepareOp) WriteData(w *spi.Writer) {
+	writeMove(w, op.move)
+	w.WriteString(op.master)
+}
+func (op *migPrepareOp) ReadData(r *spi.Reader) error {
+	op.move = readMove(r, -1)
+	op.master = r.ReadString()
+	return r.Err()
+}
+
+func (op *migPrepareOp) Run(ctx *spi.OpContext) error {
+	n := ctx.Service.(*Node)
+	p := ctx.PartitionID
+	op.move.Partition = p
+	if st := n.migs[p]; st != nil {
+		return fmt.Errorf("partition %d: another migration is in flight (%s -> %s)", p, st.move.Source, st.move.Destination)
+	}
+	if owner := n.table.Load().Owner(p); owner != n.id {
+		return fmt.Errorf("%w: partition %d: source %s does not own it (owner %s)", spi.ErrWrongTarget, p, n.id, owner)
+	}
+	st := &migState{move: op.move, endpoint: spi.MigrationSource, event: n.eventFor(op.move, spi.MigrationSource), master: op.master}
+	n.setMig(p, st)
+	for _, ma := range n.migrationAware {
+		ma.svc.BeforeMigration(st.event)
+	}
+	w := spi.NewWriter(nil)
+	for _, ma := range n.migrationAware {
+		rop := ma.svc.PrepareReplicationOperation(spi.PartitionReplicationEvent{PartitionID: p, ReplicaIndex: 0, Destination: op.move.Destination})
+		if rop == nil {
+			continue
+		}
+		if err := n.ops.AppendOperation(w, ma.name, rop); err != nil {
+			n.endMig(p, false)
+			return fmt.Errorf("service %q: replication operation: %w", ma.name, err)
+		}
+	}
+	op.data = w.Bytes()
+	return nil
+}
+
+// migApplyOp is step 2, on the destination's executor of the partition.
+type migApplyOp struct {
+	move   migration.Move
+	master string
+	data   []byte
+}
+
+func (op *migApplyOp) OwnerCheckExempt()   {}
+func (op *migApplyOp) MessageKind() string { return "migration.apply" }
+func (op *migApplyOp) WriteData(w *spi.Writer) {
+	writeMove(w, op.move)
+	w.WriteString(op.master)
+	w.WriteBytes(op.data)
+}
+func (op *migApplyOp) ReadData(r *spi.Reader) error {
+	op.move = readMove(r, -1)
+	op.master = r.ReadString()
+	op.data = r.ReadBytes()
+	return r.Err()
+}
+
+func (op *migApplyOp) Run(ctx *spi.OpContext) error {
+	n := ctx.Service.(*Node)
+	p := ctx.PartitionID
+	op.move.Partition = p
+	if st := n.migs[p]; st != nil {
+		if st.move == op.move && st.endpoint == spi.MigrationDestination {
+			return nil // a retry of this very step
+		}
+		return fmt.Errorf("partition %d: another migration is in flight (%s -> %s)", p, st.move.Source, st.move.Destination)
+	}
+	if owner := n.table.Load().Owner(p); owner == n.id {
+		return fmt.Errorf("partition %d: destination %s already owns it", p, n.id)
+	}
+	// Whatever an unfinished earlier migration left here is stale.
+	for _, ma := range n.migrationAware {
+		ma.svc.ClearPartitionReplica(p)
+	}
+	st := &migState{move: op.move, endpoint: spi.MigrationDestination, event: n.eventFor(op.move, spi.MigrationDestination), master: op.master}
+	n.setMig(p, st)
+	for _, ma := range n.migrationAware {
+		ma.svc.BeforeMigration(st.event)
+	}
+	r := spi.NewReader(op.data)
+	for r.Remaining() > 0 {
+		name, inst, rop, err := n.ops.ReadOperation(r)
+		if err == nil {
+			rctx := spi.OpContext{Engine: n, Service: inst, PartitionID: p, Caller: ctx.Caller, Executor: ctx.Executor}
+			if err = rop.Run(&rctx); err != nil {
+				err = fmt.Errorf("service %q: %T: %w", name, rop, err)
+			}
+		}
+		if err != nil {
+			n.endMig(p, false)
+			return fmt.Errorf("partition %d: applying replication data: %w", p, err)
+		}
+	}
+	return nil
+}
+
+// migFinishOp commits or rolls back one endpoint (steps 3 and 5, and
+// rollbacks). Repeating it, or sending it for a migration that already
+// ended, does nothing.
+type migFinishOp struct {
+	move     migration.Move
+	endpoint spi.MigrationEndpoint
+	commit   bool
+}
+
+func (op *migFinishOp) OwnerCheckExempt() {}
+func (op *migFinishOp) MessageKind() string {
+	if op.commit {
+		return "migration.commit"
+	}
+	return "migration.rollback"
+}
+func (op *migFinishOp) WriteData(w *spi.Writer) {
+	writeMove(w, op.move)
+	w.WriteUint8(uint8(op.endpoint))
+	w.WriteBool(op.commit)
+}
+func (op *migFinishOp) ReadData(r *spi.Reader) error {
+	op.move = readMove(r, -1)
+	op.endpoint = spi.MigrationEndpoint(r.ReadUint8())
+	op.commit = r.ReadBool()
+	return r.Err()
+}
+
+func (op *migFinishOp) Run(ctx *spi.OpContext) error {
+	n := ctx.Service.(*Node)
+	p := ctx.PartitionID
+	op.move.Partition = p
+	st := n.migs[p]
+	if st == nil || st.move != op.move || st.endpoint != op.endpoint || st.committed {
+		return nil
+	}
+	n.endMig(p, op.commit)
+	return nil
+}
+
+// leaveOp asks the master to move every partition off a leaving member.
+type leaveOp struct{ member string }
+
+func (op *leaveOp) MessageKind() string          { return "member.leave" }
+func (op *leaveOp) WriteData(w *spi.Writer)      { w.WriteString(op.member) }
+func (op *leaveOp) ReadData(r *spi.Reader) error { op.member = r.ReadString(); return r.Err() }
+func (op *leaveOp) Run(ctx *spi.OpContext) error {
+	n := ctx.Service.(*Node)
+	n.leavingMu.Lock()
+	first := !n.leaving[op.member]
+	n.leaving[op.member] = true
+	n.leavingMu.Unlock()
+	if first {
+		n.log.Info("member asked to leave: moving its partitions away", "leaving", op.member)
+	}
+	n.mgr.Trigger()
+	return nil
+}
+
+// masterEngine adapts the Node to migration.Engine.
+type masterEngine struct{ n *Node }
+
+func (e masterEngine) IsMaster() bool          { return e.n.IsMaster() }
+func (e masterEngine) Table() *partition.Table { return e.n.table.Load() }
+func (e masterEngine) Alive(id string) bool    { return containsMember(*e.n.members.Load(), id) }
+func (e masterEngine) Address(id string) string {
+	a, _ := e.n.MemberAddress(id)
+	return a
+}
+
+func (e masterEngine) Targets() []spi.Member {
+	e.n.leavingMu.Lock()
+	defer e.n.leavingMu.Unlock()
+	var out []spi.Member
+	for _, m := range *e.n.members.Load() {
+		if !e.n.leaving[m.ID] {
+			out = append(out, m)
+		}
+	}
+	return out
+}
+
+func (e masterEngine) Install(t *partition.Table) bool {
+	if !e.n.installTable(t) {
+		return false
+	}
+	e.n.log.Debug("partition table published", "version", t.Version, "owned", t.Counts()[e.n.id])
+	e.n.memberEvent() // push it to everyone
+	return true
+}
+
+func (e masterEngine) Push(ctx context.Context, t *partition.Table, member string) error {
+	if member == e.n.id {
+		if cur := e.n.table.Load(); cur != nil && cur.Version >= t.Version {
+			return nil
+		}
+		return errors.New("local table is older than the one pushed")
+	}
+	_, err := e.n.ops.InvokeOnMember(ctx, engineService, &publishTableOp{table: t}, member)
+	if err == nil {
+		e.n.publish.Lock()
+		e.n.acked[member] = max(e.n.acked[member], t.Version)
+		e.n.publish.Unlock()
+	}
+	return err
+}
+
+func (e masterEngine) Prepare(ctx context.Context, mv migration.Move) ([]byte, error) {
+	v, err := e.n.ops.InvokeOnPartitionOf(ctx, engineService, &migPrepareOp{move: mv, master: e.n.id}, mv.Partition, mv.Source)
+	b, _ := v.([]byte)
+	return b, err
+}
+
+func (e masterEngine) Apply(ctx context.Context, mv migration.Move, data []byte) error {
+	_, err := e.n.ops.InvokeOnPartitionOf(ctx, engineService, &migApplyOp{move: mv, master: e.n.id, data: data}, mv.Partition, mv.Destination)
+	return err
+}
+
+func (e masterEngine) Finish(ctx context.Context, mv migration.Move, ep spi.MigrationEndpoint, commit bool) error {
+	member := mv.Source
+	if ep == spi.MigrationDestination {
+		member = mv.Destination
+	}
+	_, err := e.n.ops.InvokeOnPartitionOf(ctx, engineService, &migFinishOp{move: mv, endpoint: ep, commit: commit}, mv.Partition, member)
+	return err
+}
+
+// resolveDepartedMaster ends, on every partition, the migrations that a
+// master which is no longer master had started.
+func (n *Node) resolveDepartedMaster() {
+	for p := 0; p < n.count; p++ {
+		n.ops.RunOnPartition(p, func() { n.resolveOrphan(p) })
+	}
+}
+
+// drain asks the master to move this member's partitions away and waits,
+// until ctx ends, for the table to show it owns none.
+func (n *Node) drain(ctx context.Context) {
+	owned := func() int {
+		if t := n.table.Load(); t != nil {
+			return t.Counts()[n.id]
+		}
+		return 0
+	}
+	if len(n.Members()) <= 1 || owned() == 0 {
+		return
+	}
+	n.log.Info("graceful shutdown: moving partitions to other members", "owned", owned())
+	tick := time.NewTicker(100 * time.Millisecond)
+	defer tick.Stop()
+	var asked time.Time
+	for owned() > 0 {
+		if time.Since(asked) > time.Second {
+			// Ask again now and then: the master may have changed.
+			asked = time.Now()
+			ictx, cancel := context.WithTimeout(ctx, time.Second)
+			if _, err := n.ops.InvokeOnMember(ictx, engineService, &leaveOp{member: n.id}, n.masterID()); err != nil {
+				n.log.Debug("leave request failed", "error", err)
+			}
+			cancel()
+		}
+		select {
+		case <-ctx.Done():
+			n.log.Warn("graceful shutdown deadline passed; leaving with partitions still owned", "owned", owned())
+			return
+		case <-tick.C:
+		}
+	}
+	// A leaving master makes sure everyone holds its last table, so the
+	// next master plans from it.
+	if n.IsMaster() {
+		n.waitAllAcked(ctx)
+	}
+	n.log.Info("graceful shutdown: this member owns no partition")
+}
+
+// waitAllAcked waits until every other member acknowledged the current
+// table, or ctx ends.
+func (n *Node) waitAllAcked(ctx context.Context) {
+	tick := time.NewTicker(20 * time.Millisecond)
+	defer tick.Stop()
+	for {
+		t := n.table.Load()
+		all := true
+		n.publish.Lock()
+		for _, m := range *n.members.Load() {
+			if m.ID != n.id && n.acked[m.ID] < t.Version {
+				all = false
+			}
+		}
+		n.publish.Unlock()
+		if all {
+			return
+		}
+		n.memberEvent()
+		select {
+		case <-ctx.Done():
+			return
+		case <-tick.C:
+		}
+	}
+}
