@@ -29,6 +29,13 @@ type Option func(*Node)
 // WithLogger sets the member's logger (default: slog.Default()).
 func WithLogger(l *slog.Logger) Option { return func(n *Node) { n.log = l } }
 
+// WithOperationHook sets a hook that sees every request before it leaves
+// for another member (see operation.Config.Hook); tests use it to inject
+// faults.
+func WithOperationHook(h func(ctx context.Context, m operation.Message) error) Option {
+	return func(n *Node) { n.hook = h }
+}
+
 // WithRegistry sets the registry the member's metrics go to (default: a new
 // registry of its own, never the global one).
 func WithRegistry(r *prometheus.Registry) Option { return func(n *Node) { n.registry = r } }
@@ -39,6 +46,7 @@ func WithRegistry(r *prometheus.Registry) Option { return func(n *Node) { n.regi
 // to start again.
 type Node struct {
 	cfg      *config.Config
+	hook     func(ctx context.Context, m operation.Message) error
 	log      *slog.Logger
 	registry *prometheus.Registry
 
@@ -147,7 +155,7 @@ func (n *Node) Start(ctx context.Context) (err error) {
 		ClusterName: n.cfg.Cluster.Name, LocalID: n.id, LocalAddress: n.address,
 		PartitionCount: n.count, PartitionThreads: oc.PartitionThreads, QueueSize: oc.QueueSize,
 		InvocationTimeout: oc.InvocationTimeout, RetryPause: oc.RetryPause,
-		Engine: n, Routing: n, Logger: n.log,
+		Engine: n, Routing: n, Logger: n.log, Hook: n.hook,
 		Dial: func(ctx context.Context, addr string) (net.Conn, error) {
 			return dialSelect(ctx, addr, 0, selectOperations)
 		},
@@ -292,6 +300,19 @@ func (n *Node) Shutdown(ctx context.Context) error {
 	return nil
 }
 
+// Terminate stops the member at once, as if its process died: no
+// partitions are handed over, memberlist is stopped without a leave
+// message (the others detect the failure), connections are dropped and
+// services get Shutdown(true).
+func (n *Node) Terminate() {
+	switch n.state.Swap(stateStopped) {
+	case stateStopped, stateNew:
+		return
+	}
+	n.teardown(true)
+	n.log.Info("member terminated")
+}
+
 // teardown stops everything Start started, in reverse.
 func (n *Node) teardown(terminate bool) {
 	close(n.stop)
@@ -369,6 +390,10 @@ func (n *Node) Registry() *prometheus.Registry { return n.registry }
 func (n *Node) MigrationInFlight() bool {
 	return n.migActive.Load() > 0 || (n.IsMaster() && n.mgr != nil && !n.mgr.Idle())
 }
+
+// MigrationStats returns what this member's migration manager did while it
+// was master.
+func (n *Node) MigrationStats() migration.Stats { return n.mgr.Stats() }
 
 // IsMaster reports whether this member is the oldest, the one that owns
 // the partition table.

@@ -94,7 +94,7 @@ type Service struct {
 	byID      map[uint32]*serviceEntry
 	partition []*executor
 	migrating []atomic.Bool // by partition: operations are refused
-	generic   *executor // generic executors share one queue
+	generic   *executor     // generic executors share one queue
 	quit      chan struct{}
 	wg        sync.WaitGroup
 	started   atomic.Bool
@@ -135,12 +135,12 @@ func New(cfg Config) *Service {
 	return &Service{
 		migrating: make([]atomic.Bool, cfg.PartitionCount),
 		cfg:       cfg,
-		log:    cfg.Logger,
-		byName: make(map[string]*serviceEntry),
-		byID:   make(map[uint32]*serviceEntry),
-		quit:   make(chan struct{}),
-		conns:  make(map[string]*peer),
-		all:    make(map[*conn]struct{}),
+		log:       cfg.Logger,
+		byName:    make(map[string]*serviceEntry),
+		byID:      make(map[uint32]*serviceEntry),
+		quit:      make(chan struct{}),
+		conns:     make(map[string]*peer),
+		all:       make(map[*conn]struct{}),
 	}
 }
 

@@ -19,12 +19,16 @@ import (
 	"fmt"
 	"log/slog"
 	"slices"
+	"strings"
 	"sync"
+	"sync/atomic"
 	"testing"
 	"time"
 
 	"github.com/partita-go/partita/config"
 	"github.com/partita-go/partita/nodeengine"
+	"github.com/partita-go/partita/operation"
+	"github.com/partita-go/partita/spi"
 )
 
 // Option changes the cluster's set-up.
@@ -50,6 +54,9 @@ type Cluster struct {
 	configure func(int, *config.Config)
 	level     slog.Level
 	timeout   time.Duration
+
+	faultMu sync.Mutex
+	faults  []*Fault
 
 	logMu   sync.Mutex
 	logDone bool // set when the cluster is shut down: no more t.Log
@@ -111,25 +118,56 @@ func (c *Cluster) Config(i int) *config.Config {
 // does not wait for the cluster to be stable.
 func (c *Cluster) AddMember() *nodeengine.Node {
 	c.t.Helper()
+	n, err := c.startMember()
+	if err != nil {
+		c.t.Fatal(err)
+	}
+	return n
+}
+
+// AddMembers starts k members at once, all joining concurrently, and
+// returns them; it does not wait for the cluster to be stable.
+func (c *Cluster) AddMembers(k int) []*nodeengine.Node {
+	c.t.Helper()
+	out := make([]*nodeengine.Node, k)
+	errs := make([]error, k)
+	var wg sync.WaitGroup
+	for j := range out {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			out[j], errs[j] = c.startMember()
+		}()
+	}
+	wg.Wait()
+	for _, err := range errs {
+		if err != nil {
+			c.t.Fatal(err)
+		}
+	}
+	return out
+}
+
+func (c *Cluster) startMember() (*nodeengine.Node, error) {
 	c.mu.Lock()
 	i := c.started
 	c.started++
 	c.mu.Unlock()
 	cfg := c.Config(i)
 	log := slog.New(slog.NewTextHandler(tWriter{c, i}, &slog.HandlerOptions{Level: c.level}))
-	n, err := nodeengine.New(cfg, nodeengine.WithLogger(log))
+	n, err := nodeengine.New(cfg, nodeengine.WithLogger(log), nodeengine.WithOperationHook(c.hook))
 	if err != nil {
-		c.t.Fatalf("clustertest: member %d: %v", i, err)
+		return nil, fmt.Errorf("clustertest: member %d: %w", i, err)
 	}
 	ctx, cancel := context.WithTimeout(context.Background(), c.timeout)
 	defer cancel()
 	if err := n.Start(ctx); err != nil {
-		c.t.Fatalf("clustertest: start member %d: %v", i, err)
+		return nil, fmt.Errorf("clustertest: start member %d: %w", i, err)
 	}
 	c.mu.Lock()
 	c.members = append(c.members, n)
 	c.mu.Unlock()
-	return n
+	return n, nil
 }
 
 // Members returns the running members, oldest first.
@@ -154,17 +192,12 @@ func (c *Cluster) Member(i int) *nodeengine.Node {
 	return ms[i]
 }
 
-// Shutdown stops member i (oldest first) and removes it from the cluster.
+// Shutdown stops member i (oldest first) gracefully: its partitions move to
+// the others first.
 func (c *Cluster) Shutdown(i int) {
 	c.t.Helper()
 	n := c.Member(i)
-	c.mu.Lock()
-	for j, m := range c.members {
-		if m == n {
-			c.members[j] = nil
-		}
-	}
-	c.mu.Unlock()
+	c.remove(n)
 	ctx, cancel := context.WithTimeout(context.Background(), c.timeout)
 	defer cancel()
 	if err := n.Shutdown(ctx); err != nil {
@@ -260,4 +293,130 @@ func (w tWriter) Write(p []byte) (int, error) {
 		w.c.t.Logf("member %d: %s", w.i, p)
 	}
 	return len(p), nil
+}
+
+// Kill stops member i (oldest first) with no goodbye: its connections are
+// dropped and memberlist stops without a leave message, so the others
+// find out by failure detection.
+func (c *Cluster) Kill(i int) {
+	c.t.Helper()
+	n := c.Member(i)
+	c.remove(n)
+	n.Terminate()
+}
+
+func (c *Cluster) remove(n *nodeengine.Node) {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	for j, m := range c.members {
+		if m == n {
+			c.members[j] = nil
+		}
+	}
+}
+
+// PartitionOwnedBy returns a partition that member i owns, as member i's
+// table says.
+func (c *Cluster) PartitionOwnedBy(i int) int {
+	c.t.Helper()
+	n := c.Member(i)
+	for p, o := range n.Table().Owners {
+		if o == n.ID() {
+			return p
+		}
+	}
+	c.t.Fatalf("clustertest: member %d owns no partition", i)
+	return -1
+}
+
+// KeyOwnedBy returns a key, prefix followed by a number, whose partition
+// member i owns.
+func (c *Cluster) KeyOwnedBy(i int, prefix string) string {
+	c.t.Helper()
+	n := c.Member(i)
+	for k := 0; k < 100000; k++ {
+		key := fmt.Sprintf("%s%d", prefix, k)
+		if n.Table().Owner(n.Partitions().PartitionID(key)) == n.ID() {
+			return key
+		}
+	}
+	c.t.Fatalf("clustertest: no key owned by member %d", i)
+	return ""
+}
+
+// Fault is a rule for requests between members; the first rule that
+// matches a request decides its fate.
+type Fault struct {
+	// From and To are member IDs; "" matches any member.
+	From, To string
+	// Kind matches the start of operation.Message.Kind(), for example
+	// "migration.apply", "table.publish", "CounterService/"; "" matches
+	// any.
+	Kind string
+	// Drop fails the request as if the connection had broken (the caller
+	// sees a retryable ErrMemberLeft).
+	Drop bool
+	// Delay holds the request this long before it is sent.
+	Delay time.Duration
+	// Hold, when not nil, holds the request until the channel is closed,
+	// then sends it (or drops it when Drop is set).
+	Hold chan struct{}
+
+	hits atomic.Int64
+}
+
+// Hits returns how many requests the rule has matched.
+func (f *Fault) Hits() int64 { return f.hits.Load() }
+
+func (f *Fault) matches(m operation.Message) bool {
+	return (f.From == "" || f.From == m.From) && (f.To == "" || f.To == m.To) && strings.HasPrefix(m.Kind(), f.Kind)
+}
+
+// AddFault installs a rule for requests between members and returns a
+// function that removes it.
+func (c *Cluster) AddFault(fp *Fault) (remove func()) {
+	c.faultMu.Lock()
+	defer c.faultMu.Unlock()
+	c.faults = append(c.faults, fp)
+	return func() {
+		c.faultMu.Lock()
+		defer c.faultMu.Unlock()
+		c.faults = slices.DeleteFunc(c.faults, func(x *Fault) bool { return x == fp })
+	}
+}
+
+// hook applies the fault rules; it is every member's operation hook.
+func (c *Cluster) hook(ctx context.Context, m operation.Message) error {
+	c.faultMu.Lock()
+	var f *Fault
+	for _, x := range c.faults {
+		if x.matches(m) {
+			f = x
+			break
+		}
+	}
+	c.faultMu.Unlock()
+	if f == nil {
+		return nil
+	}
+	f.hits.Add(1)
+	if f.Hold != nil {
+		select {
+		case <-f.Hold:
+		case <-ctx.Done():
+			return fmt.Errorf("%w: held by a test fault until the caller gave up", spi.ErrTimeout)
+		}
+	}
+	if f.Delay > 0 {
+		t := time.NewTimer(f.Delay)
+		select {
+		case <-t.C:
+		case <-ctx.Done():
+			t.Stop()
+		}
+	}
+	if f.Drop {
+		return fmt.Errorf("%w: dropped by a test fault (%s)", spi.ErrMemberLeft, m.Kind())
+	}
+	return nil
 }

@@ -1,0 +1,312 @@
+package nodeengine_test
+
+import (
+	"context"
+	"fmt"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/partita-go/partita/config"
+	"github.com/partita-go/partita/nodeengine"
+	"github.com/partita-go/partita/nodeengine/clustertest"
+	"github.com/partita-go/partita/spi"
+)
+
+// ledger is a test service that records every migration hook call and
+// keeps one value per partition, so migrations carry data.
+type ledger struct {
+	engine spi.NodeEngine
+	data   []map[string]int64
+
+	mu      sync.Mutex
+	entries []ledgerEntry
+}
+
+type ledgerEntry struct {
+	kind string // before, commit, rollback
+	ev   spi.PartitionMigrationEvent
+}
+
+func (l *ledger) Init(e spi.NodeEngine, _ spi.Properties) error {
+	l.engine = e
+	l.data = make([]map[string]int64, e.Partitions().PartitionCount())
+	for i := range l.data {
+		l.data[i] = map[string]int64{}
+	}
+	return nil
+}
+func (l *ledger) Shutdown(bool) {}
+func (l *ledger) Reset()        {}
+func (l *ledger) OperationTypes() []spi.OperationType {
+	return []spi.OperationType{
+		{ID: 1, New: func() spi.Operation { return new(ledgerPut) }},
+		{ID: 2, New: func() spi.Operation { return new(ledgerCopy) }},
+	}
+}
+func (l *ledger) record(kind string, e spi.PartitionMigrationEvent) {
+	l.mu.Lock()
+	l.entries = append(l.entries, ledgerEntry{kind, e})
+	l.mu.Unlock()
+}
+func (l *ledger) BeforeMigration(e spi.PartitionMigrationEvent) { l.record("before", e) }
+func (l *ledger) CommitMigration(e spi.PartitionMigrationEvent) {
+	l.record("commit", e)
+	if e.Endpoint == spi.MigrationSource {
+		clear(l.data[e.PartitionID])
+	}
+}
+func (l *ledger) RollbackMigration(e spi.PartitionMigrationEvent) {
+	l.record("rollback", e)
+	if e.Endpoint == spi.MigrationDestination {
+		clear(l.data[e.PartitionID])
+	}
+}
+func (l *ledger) ClearPartitionReplica(p int) { clear(l.data[p]) }
+func (l *ledger) PrepareReplicationOperation(e spi.PartitionReplicationEvent) spi.Operation {
+	if len(l.data[e.PartitionID]) == 0 {
+		return nil
+	}
+	op := &ledgerCopy{Values: map[string]int64{}}
+	for k, v := range l.data[e.PartitionID] {
+		op.Values[k] = v
+	}
+	return op
+}
+
+func (l *ledger) log() []ledgerEntry {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	return append([]ledgerEntry(nil), l.entries...)
+}
+
+type ledgerPut struct{ Key string }
+
+func (o *ledgerPut) Run(ctx *spi.OpContext) error {
+	ctx.Service.(*ledger).data[ctx.PartitionID][o.Key]++
+	return nil
+}
+func (o *ledgerPut) WriteData(w *spi.Writer)      { w.WriteString(o.Key) }
+func (o *ledgerPut) ReadData(r *spi.Reader) error { o.Key = r.ReadString(); return r.Err() }
+
+type ledgerCopy struct{ Values map[string]int64 }
+
+func (o *ledgerCopy) Run(ctx *spi.OpContext) error {
+	for k, v := range o.Values {
+		ctx.Service.(*ledger).data[ctx.PartitionID][k] = v
+	}
+	return nil
+}
+func (o *ledgerCopy) WriteData(w *spi.Writer) {
+	w.WriteUvarint(uint64(len(o.Values)))
+	for k, v := range o.Values {
+		w.WriteString(k)
+		w.WriteVarint(v)
+	}
+}
+func (o *ledgerCopy) ReadData(r *spi.Reader) error {
+	n := r.ReadUvarint()
+	o.Values = map[string]int64{}
+	for i := uint64(0); i < n && r.Err() == nil; i++ {
+		o.Values[r.ReadString()] = r.ReadVarint()
+	}
+	return r.Err()
+}
+
+func init() { config.RegisterService("ledger", func() spi.Service { return new(ledger) }) }
+
+func withLedger(i int, c *config.Config) {
+	c.Services = append(c.Services, config.ServiceConfig{Name: "Ledger", Type: "ledger", Enabled: true})
+}
+
+func ledgerOf(n *nodeengine.Node) *ledger {
+	s, _ := n.Service("Ledger")
+	return s.(*ledger)
+}
+
+// checkLedgers asserts the migration hook contract on every member given:
+// each BeforeMigration is followed by exactly one Commit or Rollback of the
+// same event, and a migration's two endpoints agree on its outcome.
+func checkLedgers(t *testing.T, members []*nodeengine.Node) (migrations int) {
+	t.Helper()
+	type key struct {
+		p        int
+		src, dst string
+		nth      int
+	}
+	outcome := map[key]map[spi.MigrationEndpoint]string{}
+	for _, n := range members {
+		open := map[int]spi.PartitionMigrationEvent{} // partition -> event awaiting its end
+		seen := map[[3]any]int{}
+		for _, e := range ledgerOf(n).log() {
+			switch e.kind {
+			case "before":
+				if prev, ok := open[e.ev.PartitionID]; ok {
+					t.Fatalf("member %s: BeforeMigration %+v while %+v is not finished", n.Address(), e.ev, prev)
+				}
+				open[e.ev.PartitionID] = e.ev
+			default:
+				prev, ok := open[e.ev.PartitionID]
+				if !ok || prev != e.ev {
+					t.Fatalf("member %s: %s %+v without a matching BeforeMigration (open: %+v)", n.Address(), e.kind, e.ev, prev)
+				}
+				delete(open, e.ev.PartitionID)
+				id := [3]any{e.ev.PartitionID, e.ev.Source, e.ev.Destination}
+				k := key{e.ev.PartitionID, e.ev.Source, e.ev.Destination, seen[id]}
+				seen[id]++
+				if outcome[k] == nil {
+					outcome[k] = map[spi.MigrationEndpoint]string{}
+				}
+				outcome[k][e.ev.Endpoint] = e.kind
+				wantCur, wantNew := 0, -1
+				if e.ev.Endpoint == spi.MigrationDestination {
+					wantCur, wantNew = -1, 0
+				}
+				if e.ev.CurrentReplicaIndex != wantCur || e.ev.NewReplicaIndex != wantNew {
+					t.Fatalf("member %s: %s event %+v has replica indexes %d -> %d", n.Address(), e.ev.Endpoint, e.ev, e.ev.CurrentReplicaIndex, e.ev.NewReplicaIndex)
+				}
+			}
+		}
+		if len(open) != 0 {
+			t.Fatalf("member %s: %d BeforeMigration calls never finished: %+v", n.Address(), len(open), open)
+		}
+	}
+	for k, o := range outcome {
+		if len(o) == 2 && o[spi.MigrationSource] != o[spi.MigrationDestination] {
+			t.Fatalf("migration %+v: source %s, destination %s", k, o[spi.MigrationSource], o[spi.MigrationDestination])
+		}
+	}
+	return len(outcome)
+}
+
+func fillLedger(t *testing.T, n *nodeengine.Node, keys int) {
+	t.Helper()
+	ctx := ctxT(t)
+	for k := 0; k < keys; k++ {
+		key := fmt.Sprintf("k%d", k)
+		if _, err := n.Operations().Invoke(ctx, "Ledger", &ledgerPut{Key: key}, n.Partitions().PartitionID(key)); err != nil {
+			t.Fatal(err)
+		}
+	}
+}
+
+func TestMigrationHookLedger(t *testing.T) {
+	c := clustertest.New(t, 2, clustertest.WithConfig(withLedger))
+	fillLedger(t, c.Member(0), 2000)
+	all := c.Members()
+	all = append(all, c.AddMember())
+	c.WaitStable()
+	all = append(all, c.AddMembers(2)...)
+	c.WaitStable()
+	c.Shutdown(1)
+	c.WaitStable()
+	n := checkLedgers(t, all)
+	if n < 100 {
+		t.Fatalf("only %d migrations recorded", n)
+	}
+	t.Logf("%d migrations, every hook paired on both endpoints", n)
+}
+
+// The destination dies while the master holds its replication data: the
+// migrations roll back, are planned again without it, and the counters
+// stay exact.
+func TestKillDestinationMidMigration(t *testing.T) {
+	c := clustertest.New(t, 2, clustertest.WithConfig(withLedger))
+	fillLedger(t, c.Member(0), 1000)
+	ctx := ctxT(t)
+	counters := make([]interface {
+		Inc(context.Context, int64) (int64, error)
+		Get(context.Context) (int64, error)
+	}, 50)
+	for i := range counters {
+		obj, err := c.Member(i%2).Proxies().Get(ctx, "CounterService", fmt.Sprintf("c%d", i))
+		if err != nil {
+			t.Fatal(err)
+		}
+		counters[i] = obj.(interface {
+			Inc(context.Context, int64) (int64, error)
+			Get(context.Context) (int64, error)
+		})
+	}
+	var acked [50]int64
+	inc := func(rounds int) {
+		for r := 0; r < rounds; r++ {
+			for i, ctr := range counters {
+				if _, err := ctr.Inc(ctx, 1); err != nil {
+					t.Fatal(err)
+				}
+				acked[i]++
+			}
+		}
+	}
+	inc(3)
+
+	hold := &clustertest.Fault{Kind: "migration.apply", Hold: make(chan struct{})}
+	remove := c.AddFault(hold)
+	c.AddMember()
+	clustertest.Eventually(t, 10*time.Second, func() error {
+		if hold.Hits() == 0 {
+			return fmt.Errorf("no migration reached the destination yet")
+		}
+		return nil
+	})
+	// Increments keep working while partitions wait for the destination.
+	incDone := make(chan struct{})
+	go func() { defer close(incDone); inc(2) }()
+	c.Kill(2)
+	close(hold.Hold)
+	remove()
+	<-incDone
+	c.WaitStable()
+	inc(1)
+	for i, ctr := range counters {
+		if v, err := ctr.Get(ctx); err != nil || v != acked[i] {
+			t.Fatalf("counter c%d = %d (%v), acknowledged %d", i, v, err, acked[i])
+		}
+	}
+	if rb := c.Member(0).MigrationStats().RolledBack; rb == 0 {
+		t.Fatal("no migration was rolled back")
+	}
+	checkLedgers(t, c.Members())
+	// Each survivor owns half, holds only data it owns, and all 1000 keys
+	// survived.
+	tab := c.Member(0).Table()
+	keys := 0
+	for _, m := range c.Members() {
+		if k := tab.Counts()[m.ID()]; k < 135 || k > 136 {
+			t.Fatalf("member %s owns %d partitions", m.Address(), k)
+		}
+		for p, n := range ledgerHeld(t, m) {
+			if tab.Owner(p) != m.ID() {
+				t.Fatalf("member %s holds %d keys of partition %d, owned by %s", m.Address(), n, p, tab.Owner(p))
+			}
+			keys += n
+		}
+	}
+	if keys != 1000 {
+		t.Fatalf("the survivors hold %d ledger keys, want 1000", keys)
+	}
+}
+
+// ledgerHeld returns how many keys member n's ledger holds per partition,
+// read on the partition executors.
+func ledgerHeld(t *testing.T, n *nodeengine.Node) map[int]int {
+	t.Helper()
+	l := ledgerOf(n)
+	counts := make([]int, len(l.data))
+	var wg sync.WaitGroup
+	for p := range l.data {
+		wg.Add(1)
+		if err := n.Operations().RunOnPartition(p, func() { counts[p] = len(l.data[p]); wg.Done() }); err != nil {
+			t.Fatal(err)
+		}
+	}
+	wg.Wait()
+	out := map[int]int{}
+	for p, k := range counts {
+		if k > 0 {
+			out[p] = k
+		}
+	}
+	return out
+}
