@@ -190,3 +190,25 @@ func TestGracefulShutdownUnderLoadIsExact(t *testing.T) {
 	}
 	l.verify(t, c)
 }
+
+// The master leaves gracefully while a join's migrations run: its
+// partitions move away, the next oldest member becomes master, continues
+// from the published table, and no increment is lost or doubled.
+func TestMasterLeavesDuringRebalanceIsExact(t *testing.T) {
+	c := clustertest.New(t, 3)
+	last := c.Member(2)
+	l := startLoad(t, 32, 1000, func(*rand.Rand) *nodeengine.Node { return last })
+	l.waitOps(t, 2000)
+	c.AddMember()
+	master := c.Member(0)
+	c.Shutdown(0)
+	if owned := master.Table().Counts()[master.ID()]; owned != 0 {
+		t.Fatalf("the old master left owning %d partitions", owned)
+	}
+	c.WaitStable()
+	if !c.Member(0).IsMaster() {
+		t.Fatal("the oldest survivor is not the master")
+	}
+	l.waitOps(t, 1000)
+	l.verify(t, c)
+}
