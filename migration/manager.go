@@ -68,7 +68,6 @@ type Manager struct {
 
 	inflight                       atomic.Int32
 	planned, completed, rolledBack atomic.Int64
-	idle                           atomic.Bool // nothing left to do at the last look
 }
 
 // New returns a Manager; start Run on a goroutine of its own.
@@ -88,7 +87,6 @@ func New(e Engine, cfg Config) *Manager {
 // Trigger asks the Manager to look at the member list again. It never
 // blocks.
 func (m *Manager) Trigger() {
-	m.idle.Store(false)
 	select {
 	case m.wake <- struct{}{}:
 	default:
@@ -98,9 +96,27 @@ func (m *Manager) Trigger() {
 // InFlight returns the number of moves running now.
 func (m *Manager) InFlight() int { return int(m.inflight.Load()) }
 
-// Idle reports whether the last planning round found the table balanced
-// and nothing is running.
-func (m *Manager) Idle() bool { return m.idle.Load() && m.inflight.Load() == 0 }
+// Idle reports whether nothing is running and the table already is the
+// balanced target for the current members (so a member that just joined
+// makes the Manager busy at once, before it plans).
+func (m *Manager) Idle() bool {
+	if m.inflight.Load() > 0 {
+		return false
+	}
+	t := m.e.Table()
+	if t == nil {
+		return false
+	}
+	var ids []string
+	for _, mb := range m.e.Targets() {
+		ids = append(ids, mb.ID)
+	}
+	if len(ids) == 0 {
+		return false
+	}
+	_, moves, orphans := Plan(t.Owners, ids, m.cfg.Count, m.e.Alive)
+	return len(moves) == 0 && len(orphans) == 0
+}
 
 // Stats returns the counters.
 func (m *Manager) Stats() Stats {
@@ -149,10 +165,8 @@ func (m *Manager) round(ctx context.Context) {
 		m.log.Info("partitions assigned without data", "count", len(orphans), "reason", "no live owner")
 	}
 	if len(moves) == 0 {
-		m.idle.Store(true)
 		return
 	}
-	m.idle.Store(false)
 	m.planned.Add(int64(len(moves)))
 	m.log.Info("migrations planned", "moves", len(moves), "members", len(ids))
 	sem := make(chan struct{}, m.cfg.Parallel)

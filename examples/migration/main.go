@@ -1,0 +1,304 @@
+// Command migration is the partition migration run of the counter service,
+// the Go edition of the "Enable partition migration" step of Hazelcast's
+// "User Defined Services" guide: data moves with its partition.
+//
+//	go run ./examples/migration
+//
+// Three members start in one process and four counters, 0counter to
+// 3counter, are incremented once through member 0 (Round 1). Three more
+// members then join; the master rebalances the partition table and each
+// partition that changes owner migrates, its counters with it (the counter
+// service's CounterMigrationOperation). The program prints each counter's
+// owner before and after the join, marking the counters that moved:
+//
+//	0counter: partition 230, owner 1 (127.0.0.1:40117)
+//	...
+//	3 members joined; partitions migrated
+//	0counter: partition 230, owner 4 (127.0.0.1:40221)   <- moved from member 1
+//	...
+//
+// Round 2 then increments every counter again. A counter that moved is
+// now served by a member that never ran an increment, yet it reads 2, not
+// 1: its value travelled with the partition.
+//
+// Members are numbered in start order (0 to 5). The members bind free ports
+// on 127.0.0.1 and do not use multicast, so the example runs anywhere and
+// never meets another cluster. The members log at warn and the counter's
+// per-increment line is at debug, so the output shows just the story.
+package main
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"log/slog"
+	"os"
+	"os/signal"
+	"slices"
+	"sync"
+	"time"
+
+	"github.com/partita-go/partita/config"
+	"github.com/partita-go/partita/nodeengine"
+	"github.com/partita-go/partita/services/counter"
+)
+
+const (
+	// firstMembers start the cluster; joiners join it after Round 1.
+	firstMembers = 3
+	joiners      = 3
+)
+
+// stableTimeout bounds each wait for the members to agree on a settled
+// partition table.
+const stableTimeout = 60 * time.Second
+
+// shutdownTimeout bounds the shutdown of each member.
+const shutdownTimeout = 30 * time.Second
+
+// counterNames are the counters of the seed's program.
+var counterNames = []string{"0counter", "1counter", "2counter", "3counter"}
+
+// beforeShutdown, when set, is called with the running members (in start
+// order) after Round 2, before they shut down. The test uses it to read the
+// final partition table.
+var beforeShutdown func(members []*nodeengine.Node)
+
+func main() {
+	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt)
+	err := run(ctx, os.Stdout)
+	stop()
+	if err != nil {
+		fmt.Fprintln(os.Stderr, "migration:", err)
+		os.Exit(1)
+	}
+}
+
+// run starts three members, increments the four counters through member 0,
+// starts three more members, waits for the partitions to migrate,
+// increments the counters again and shuts the members down, writing the
+// program's output and the members' warnings to w.
+func run(ctx context.Context, w io.Writer) (err error) {
+	sw := &syncWriter{w: w} // members log from their own goroutines
+	// memberlist's Shutdown does not wait for its goroutines, so a member
+	// may still log a line after Node.Shutdown returned; nothing may reach
+	// the caller's w once run has returned.
+	defer sw.close()
+	w = sw
+	log := slog.New(slog.NewTextHandler(w, &slog.HandlerOptions{Level: slog.LevelWarn, ReplaceAttr: dropTime}))
+
+	var members []*nodeengine.Node
+	defer func() {
+		// Reverse start order: the master goes last, so every other member
+		// leaves a running cluster and hands its partitions over.
+		for _, n := range slices.Backward(members) {
+			sctx, cancel := context.WithTimeout(context.Background(), shutdownTimeout)
+			err = errors.Join(err, n.Shutdown(sctx))
+			cancel()
+		}
+	}()
+	start := func(k int) error {
+		for range k {
+			i := len(members)
+			n, err := nodeengine.New(memberConfig(i, members), nodeengine.WithLogger(log))
+			if err != nil {
+				return err
+			}
+			if err := n.Start(ctx); err != nil {
+				return fmt.Errorf("start member %d: %w", i, err)
+			}
+			members = append(members, n)
+			fmt.Fprintf(w, "Member %d: %s\n", i, n.Address())
+		}
+		return waitStable(ctx, members)
+	}
+
+	if err := start(firstMembers); err != nil {
+		return err
+	}
+	counters := make([]*counter.Counter, len(counterNames))
+	for i, name := range counterNames {
+		obj, err := members[0].Proxies().Get(ctx, counter.ServiceName, name)
+		if err != nil {
+			return err
+		}
+		c, ok := obj.(*counter.Counter)
+		if !ok {
+			return fmt.Errorf("proxy %q is a %T, want *counter.Counter", name, obj)
+		}
+		counters[i] = c
+	}
+	before, err := printOwners(w, members, nil)
+	if err != nil {
+		return err
+	}
+	if err := incAll(ctx, w, 1, counters); err != nil {
+		return err
+	}
+
+	if err := start(joiners); err != nil {
+		return err
+	}
+	fmt.Fprintf(w, "%d members joined; partitions migrated\n", joiners)
+	if _, err := printOwners(w, members, before); err != nil {
+		return err
+	}
+	if err := incAll(ctx, w, 2, counters); err != nil {
+		return err
+	}
+	if beforeShutdown != nil {
+		beforeShutdown(slices.Clone(members))
+	}
+	fmt.Fprintln(w, "Finished")
+	return nil
+}
+
+// printOwners prints the partition and owner of each counter as member 0
+// sees them, and returns the owners' member indexes. When before is not
+// nil, the counters whose owner is not before's are marked as moved.
+func printOwners(w io.Writer, members []*nodeengine.Node, before []int) ([]int, error) {
+	ps := members[0].Partitions()
+	owners := make([]int, len(counterNames))
+	for i, name := range counterNames {
+		pid := ps.PartitionID(name)
+		owner, ok := ps.Owner(pid)
+		if !ok {
+			return nil, fmt.Errorf("%s: partition %d has no owner", name, pid)
+		}
+		idx := memberIndex(members, owner.ID)
+		if idx < 0 {
+			return nil, fmt.Errorf("%s: partition %d is owned by %s, not a running member", name, pid, owner.ID)
+		}
+		owners[i] = idx
+		line := fmt.Sprintf("%s: partition %d, owner %d (%s)", name, pid, idx, owner.Address)
+		if before != nil && before[i] != idx {
+			line += fmt.Sprintf("   <- moved from member %d", before[i])
+		}
+		fmt.Fprintln(w, line)
+	}
+	return owners, nil
+}
+
+// incAll prints "Round <round>" and increments each counter by one, which
+// must bring it to round.
+func incAll(ctx context.Context, w io.Writer, round int64, counters []*counter.Counter) error {
+	fmt.Fprintf(w, "Round %d\n", round)
+	for _, c := range counters {
+		v, err := c.Inc(ctx, 1)
+		if err != nil {
+			return err
+		}
+		fmt.Fprintf(w, "%s: %d\n", c.Name(), v)
+		if v != round {
+			return fmt.Errorf("%s is %d after round %d, want %d", c.Name(), v, round, round)
+		}
+	}
+	return nil
+}
+
+// memberConfig is the default config on a free port of 127.0.0.1, without
+// multicast, joining member 0 (if running), with the counter's
+// per-increment log line at debug.
+func memberConfig(i int, running []*nodeengine.Node) *config.Config {
+	cfg := config.Default()
+	cfg.Source = fmt.Sprintf("examples/migration member %d", i)
+	cfg.Network.Bind = "127.0.0.1:0"
+	cfg.Network.Join.Multicast.Enabled = false
+	cfg.Network.Join.Members = nil
+	if len(running) > 0 {
+		cfg.Network.Join.Members = []string{running[0].Address()}
+	}
+	for j, sc := range cfg.Services {
+		if sc.Type == counter.TypeName {
+			cfg.Services[j].Properties = sc.Properties.With("log-level", "debug")
+		}
+	}
+	return cfg
+}
+
+// waitStable waits until every member sees all of them, holds the same
+// version of a partition table in which each of them owns partitions, and
+// none of them is migrating partitions.
+func waitStable(ctx context.Context, members []*nodeengine.Node) error {
+	ctx, cancel := context.WithTimeout(ctx, stableTimeout)
+	defer cancel()
+	tick := time.NewTicker(10 * time.Millisecond)
+	defer tick.Stop()
+	for {
+		why := unstable(members)
+		if why == "" {
+			return nil
+		}
+		select {
+		case <-ctx.Done():
+			return fmt.Errorf("members not stable: %s: %w", why, ctx.Err())
+		case <-tick.C:
+		}
+	}
+}
+
+// unstable returns why members are not stable, or "" when they are.
+func unstable(members []*nodeengine.Node) string {
+	first := members[0].Table()
+	for i, n := range members {
+		if got := len(n.Members()); got != len(members) {
+			return fmt.Sprintf("member %d sees %d members", i, got)
+		}
+		t := n.Table()
+		switch {
+		case t == nil:
+			return fmt.Sprintf("member %d has no partition table", i)
+		case first == nil || t.Version != first.Version:
+			return fmt.Sprintf("member %d holds table version %d, member 0 another", i, t.Version)
+		case len(t.Members) != len(members):
+			return fmt.Sprintf("member %d's table (version %d) spans %d members", i, t.Version, len(t.Members))
+		case n.MigrationInFlight():
+			return fmt.Sprintf("member %d is migrating partitions", i)
+		}
+		for id := range t.Members {
+			if memberIndex(members, id) < 0 {
+				return fmt.Sprintf("member %d's table names %s, not a running member", i, id)
+			}
+		}
+	}
+	return ""
+}
+
+// memberIndex returns the start-order index of the member with that id, or
+// -1.
+func memberIndex(members []*nodeengine.Node, id string) int {
+	return slices.IndexFunc(members, func(n *nodeengine.Node) bool { return n.ID() == id })
+}
+
+// dropTime keeps the log lines short: the members run in this process, so
+// the time adds nothing.
+func dropTime(groups []string, a slog.Attr) slog.Attr {
+	if a.Key == slog.TimeKey && len(groups) == 0 {
+		return slog.Attr{}
+	}
+	return a
+}
+
+// syncWriter serialises the writes of the members' loggers and of run,
+// and drops those that come after close.
+type syncWriter struct {
+	mu     sync.Mutex
+	w      io.Writer
+	closed bool
+}
+
+func (s *syncWriter) Write(p []byte) (int, error) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if s.closed {
+		return len(p), nil
+	}
+	return s.w.Write(p)
+}
+
+func (s *syncWriter) close() {
+	s.mu.Lock()
+	s.closed = true
+	s.mu.Unlock()
+}
