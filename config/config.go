@@ -94,6 +94,14 @@ type PartitionsConfig struct {
 	// Count is the number of partitions (`count`, default 271), 1..65535.
 	// Every member of a cluster must use the same count.
 	Count int
+	// BackupCount is how many backup replicas the partition table keeps
+	// per partition (`backup-count`, default 1, 0..6), on other members
+	// than the primary. A service can use up to this many backups.
+	BackupCount int
+	// AntiEntropyInterval is how often a primary sends its replica
+	// versions to its backups, which resynchronise when behind
+	// (`anti-entropy-interval`, default 30s).
+	AntiEntropyInterval time.Duration
 }
 
 // OperationsConfig is the `operations:` section.

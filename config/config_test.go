@@ -53,7 +53,7 @@ func TestDefault(t *testing.T) {
 				Multicast: MulticastConfig{Enabled: true, Group: "224.2.2.3:54327"},
 			},
 		},
-		Partitions: PartitionsConfig{Count: 271},
+		Partitions: PartitionsConfig{Count: 271, BackupCount: 1, AntiEntropyInterval: 30 * time.Second},
 		Operations: OperationsConfig{
 			PartitionThreads:  0,
 			QueueSize:         4096,

@@ -85,7 +85,9 @@ func (d *decoder) config(n *yaml.Node, c *Config) {
 			}),
 		}),
 		"partitions": d.section(map[string]field{
-			"count": scalar(d, &c.Partitions.Count),
+			"count":                 scalar(d, &c.Partitions.Count),
+			"backup-count":          scalar(d, &c.Partitions.BackupCount),
+			"anti-entropy-interval": scalar(d, &c.Partitions.AntiEntropyInterval),
 		}),
 		"operations": d.section(map[string]field{
 			"partition-threads":  scalar(d, &c.Operations.PartitionThreads),

@@ -102,6 +102,9 @@ func (c *Config) validate() []error {
 	if n := c.Partitions.Count; n <= 0 || n > 65535 {
 		v.add("partitions.count", "must be 1..65535, got %d", n)
 	}
+	if n := c.Partitions.BackupCount; n < 0 || n > 6 {
+		v.add("partitions.backup-count", "must be 0..6, got %d", n)
+	}
 
 	op := c.Operations
 	if op.PartitionThreads < 0 {
@@ -131,6 +134,7 @@ func (c *Config) validate() []error {
 	v.positive("membership.gossip-interval", ms.GossipInterval)
 	v.positive("membership.push-pull-interval", ms.PushPullInterval)
 	v.positive("migration.step-timeout", c.Migration.StepTimeout)
+	v.positive("partitions.anti-entropy-interval", c.Partitions.AntiEntropyInterval)
 	v.positive("migration.shutdown-timeout", c.Migration.ShutdownTimeout)
 
 	if c.Metrics.Address != "" {

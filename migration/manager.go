@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
+	"slices"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -28,6 +29,9 @@ type Engine interface {
 	Alive(id string) bool
 	// Address returns a live member's address.
 	Address(id string) string
+	// Lost reports partitions whose every replica was gone; they were
+	// assigned again, empty.
+	Lost(partitions []int)
 	// Install makes t this member's table and has it published to all;
 	// false when the member already holds a newer table (then the change
 	// is void).
@@ -46,6 +50,7 @@ type Engine interface {
 // Config configures a Manager.
 type Config struct {
 	Count    int           // partitions
+	Backups  int           // backup replicas per partition in the table
 	Parallel int           // moves at once (default 4)
 	Timeout  time.Duration // one step of a move (default 30s)
 	Logger   *slog.Logger
@@ -151,19 +156,12 @@ func (m *Manager) round(ctx context.Context) {
 	for i, t := range targets {
 		ids[i] = t.ID
 	}
-	var current []string
-	if t := m.e.Table(); t != nil {
-		current = t.Owners
+	m.repair(ids)
+	t := m.e.Table()
+	if t == nil {
+		return
 	}
-	target, moves, orphans := Plan(current, ids, m.cfg.Count, m.e.Alive)
-	if len(orphans) > 0 {
-		m.update(func(owners []string) {
-			for _, p := range orphans {
-				owners[p] = target[p]
-			}
-		})
-		m.log.Info("partitions assigned without data", "count", len(orphans), "reason", "no live owner")
-	}
+	_, moves, _ := Plan(t.Owners, ids, m.cfg.Count, m.e.Alive)
 	if len(moves) == 0 {
 		return
 	}
@@ -203,27 +201,108 @@ func (m *Manager) round(ctx context.Context) {
 	m.Trigger() // look again: the plan may be stale or some moves failed
 }
 
-// update changes the master's table under the lock and installs it.
-func (m *Manager) update(change func(owners []string)) *partition.Table {
+// repair makes a new table version when a partition has no live primary
+// (a backup is promoted; with no live replica the partition is lost and
+// assigned empty) or its backups do not match the members.
+func (m *Manager) repair(ids []string) {
+	var promoted, lost []int
+	changed := false
+	m.update(func(t *partition.Table, first bool) bool {
+		target := partition.Rebalance(nil, ids, m.cfg.Count)
+		if !first {
+			alive := make([]string, m.cfg.Count)
+			for p, o := range t.Owners {
+				if o != "" && m.e.Alive(o) {
+					alive[p] = o
+				}
+			}
+			target = partition.Rebalance(alive, ids, m.cfg.Count)
+		}
+		for p, o := range t.Owners {
+			if o != "" && m.e.Alive(o) {
+				continue
+			}
+			k := 0
+			for i, b := range t.Backups[p] {
+				if b != "" && m.e.Alive(b) {
+					k = i + 1
+					break
+				}
+			}
+			switch {
+			case k > 0:
+				t.Owners[p] = t.Backups[p][k-1]
+				t.Backups[p][k-1] = ""
+				promoted = append(promoted, p)
+			default:
+				t.Owners[p] = target[p]
+				if !first {
+					lost = append(lost, p)
+				}
+			}
+			changed = true
+		}
+		backups := partition.RebalanceBackups(t.Owners, t.Backups, ids, m.cfg.Backups)
+		if backups == nil {
+			backups = make([][]string, m.cfg.Count)
+		}
+		if !slices.EqualFunc(backups, t.Backups, slices.Equal[[]string]) {
+			t.Backups = backups
+			changed = true
+		}
+		return changed
+	})
+	if len(promoted) > 0 {
+		m.log.Info("backups promoted to primary", "partitions", len(promoted))
+	}
+	if len(lost) > 0 {
+		m.log.Error("partitions lost: every replica is gone; they start empty", "count", len(lost), "partitions", lost)
+		m.e.Lost(lost)
+	}
+}
+
+// update changes a copy of the master's table under the lock and installs
+// it as the next version when change reports a change. first is true when
+// there was no table yet. It returns the installed table, or nil.
+func (m *Manager) update(change func(t *partition.Table, first bool) bool) *partition.Table {
 	m.mu.Lock()
 	defer m.mu.Unlock()
 	cur := m.e.Table()
-	next := &partition.Table{Owners: make([]string, m.cfg.Count), Members: make(map[string]string)}
+	var next *partition.Table
 	if cur != nil {
-		next.Version = cur.Version
-		copy(next.Owners, cur.Owners)
+		next = cur.Clone()
+	} else {
+		next = &partition.Table{Owners: make([]string, m.cfg.Count)}
+	}
+	if next.Backups == nil {
+		next.Backups = make([][]string, m.cfg.Count)
+	}
+	if !change(next, cur == nil) {
+		return nil
+	}
+	if len(next.Backups) != m.cfg.Count {
+		next.Backups = make([][]string, m.cfg.Count)
 	}
 	next.Version++
-	change(next.Owners)
-	for _, o := range next.Owners {
-		if o == "" {
-			continue
+	next.Members = make(map[string]string)
+	add := func(id string) {
+		if id == "" {
+			return
 		}
-		if a := m.e.Address(o); a != "" {
-			next.Members[o] = a
-		} else if cur != nil {
-			next.Members[o] = cur.Members[o]
+		if a := m.e.Address(id); a != "" {
+			next.Members[id] = a
+		} else if cur != nil && cur.Members[id] != "" {
+			next.Members[id] = cur.Members[id]
 		}
+	}
+	for p, o := range next.Owners {
+		add(o)
+		for _, b := range next.Backups[p] {
+			add(b)
+		}
+	}
+	if next.BackupCount() == 0 {
+		next.Backups = nil
 	}
 	if !m.e.Install(next) {
 		return nil
@@ -263,6 +342,13 @@ func (m *Manager) migrate(ctx context.Context, mv Move) error {
 	if t == nil || t.Owner(mv.Partition) != mv.Source || !m.e.Alive(mv.Destination) {
 		return errors.New("plan is stale")
 	}
+	// A destination that is a backup of the partition swaps places with
+	// the source, which becomes that backup and keeps its data.
+	mv.DestinationIndex = t.ReplicaIndex(mv.Partition, mv.Destination)
+	mv.SourceNewIndex = -1
+	if mv.DestinationIndex > 0 {
+		mv.SourceNewIndex = mv.DestinationIndex
+	}
 	step, cancel := context.WithTimeout(ctx, m.cfg.Timeout)
 	data, err := m.e.Prepare(step, mv)
 	cancel()
@@ -284,7 +370,16 @@ func (m *Manager) migrate(ctx context.Context, mv Move) error {
 		m.finish(ctx, mv, spi.MigrationSource, false)
 		return fmt.Errorf("commit on destination: %w", err)
 	}
-	next := m.update(func(owners []string) { owners[mv.Partition] = mv.Destination })
+	next := m.update(func(t *partition.Table, _ bool) bool {
+		if t.Owners[mv.Partition] != mv.Source {
+			return false
+		}
+		t.Owners[mv.Partition] = mv.Destination
+		if k := mv.DestinationIndex; k > 0 && k <= len(t.Backups[mv.Partition]) && t.Backups[mv.Partition][k-1] == mv.Destination {
+			t.Backups[mv.Partition][k-1] = mv.Source
+		}
+		return true
+	})
 	if next == nil {
 		// A newer table (from an earlier master) arrived meanwhile; the
 		// destination committed data that the table does not name it for.
@@ -297,10 +392,15 @@ func (m *Manager) migrate(ctx context.Context, mv Move) error {
 		// The destination died with the data: give the partition back to
 		// the source, which still holds it.
 		if m.e.Alive(mv.Source) {
-			m.update(func(owners []string) {
-				if owners[mv.Partition] == mv.Destination {
-					owners[mv.Partition] = mv.Source
+			m.update(func(t *partition.Table, _ bool) bool {
+				if t.Owners[mv.Partition] != mv.Destination {
+					return false
 				}
+				t.Owners[mv.Partition] = mv.Source
+				if k := mv.DestinationIndex; k > 0 && k <= len(t.Backups[mv.Partition]) && t.Backups[mv.Partition][k-1] == mv.Source {
+					t.Backups[mv.Partition][k-1] = ""
+				}
+				return true
 			})
 		}
 		m.finish(ctx, mv, spi.MigrationSource, false)

@@ -9,6 +9,11 @@ type Move struct {
 	Partition   int
 	Source      string // member ID holding the partition
 	Destination string // member ID receiving it
+	// DestinationIndex is the destination's replica index before the move
+	// (-1 none, or the backup it held); SourceNewIndex is the source's
+	// after it (-1, or that same backup index: they swap). The Manager
+	// fills both in when the move starts.
+	DestinationIndex, SourceNewIndex int
 }
 
 // Plan compares the current owners with the balanced target for members

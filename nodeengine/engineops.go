@@ -13,13 +13,16 @@ import (
 const engineService = "partita.engine"
 
 const (
-	opPublishTable uint16 = 1
-	opProxy        uint16 = 2
-	opListProxies  uint16 = 3
-	opMigPrepare   uint16 = 4
-	opMigApply     uint16 = 5
-	opMigFinish    uint16 = 6
-	opLeave        uint16 = 7
+	opPublishTable  uint16 = 1
+	opProxy         uint16 = 2
+	opListProxies   uint16 = 3
+	opMigPrepare    uint16 = 4
+	opMigApply      uint16 = 5
+	opMigFinish     uint16 = 6
+	opLeave         uint16 = 7
+	opReplicaSync   uint16 = 8
+	opReplicaCheck  uint16 = 9
+	opReplicaStatus uint16 = 10
 )
 
 func engineOperationTypes() []spi.OperationType {
@@ -31,6 +34,9 @@ func engineOperationTypes() []spi.OperationType {
 		{ID: opMigApply, New: func() spi.Operation { return new(migApplyOp) }},
 		{ID: opMigFinish, New: func() spi.Operation { return new(migFinishOp) }},
 		{ID: opLeave, New: func() spi.Operation { return new(leaveOp) }},
+		{ID: opReplicaSync, New: func() spi.Operation { return new(replicaSyncOp) }},
+		{ID: opReplicaCheck, New: func() spi.Operation { return new(replicaCheckOp) }},
+		{ID: opReplicaStatus, New: func() spi.Operation { return new(replicaStatusOp) }},
 	}
 }
 

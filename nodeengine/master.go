@@ -163,18 +163,25 @@ func (n *Node) installTable(t *partition.Table) bool {
 		if cur != nil && cur.Version >= t.Version {
 			return false
 		}
-		if n.table.CompareAndSwap(cur, t) {
-			for p, o := range t.Owners {
-				if o == n.id && (cur == nil || cur.Owners[p] != n.id) {
-					n.ops.RunOnPartition(p, func() {
-						if st := n.migs[p]; st != nil && st.committed {
-							n.setMig(p, nil)
-						}
-					})
+		// A promoted backup refuses operations until its promotion hooks
+		// ran: mark it before the table becomes visible.
+		var promoted []int
+		if cur != nil {
+			for p := range t.Owners {
+				if t.Owners[p] == n.id && cur.ReplicaIndex(p, n.id) > 0 {
+					promoted = append(promoted, p)
+					n.ops.SetMigrating(p, true)
 				}
 			}
-			return true
 		}
+		if !n.table.CompareAndSwap(cur, t) {
+			for _, p := range promoted {
+				n.ops.RunOnPartition(p, func() { n.ops.SetMigrating(p, n.migs[p] != nil && !n.migs[p].committed) })
+			}
+			continue
+		}
+		n.replicaChanges(cur, t)
+		return true
 	}
 }
 

@@ -29,9 +29,9 @@ type migrationAware struct {
 
 func (n *Node) eventFor(mv migration.Move, ep spi.MigrationEndpoint) spi.PartitionMigrationEvent {
 	e := spi.PartitionMigrationEvent{PartitionID: mv.Partition, Endpoint: ep, Source: mv.Source, Destination: mv.Destination,
-		CurrentReplicaIndex: 0, NewReplicaIndex: -1}
+		CurrentReplicaIndex: 0, NewReplicaIndex: mv.SourceNewIndex}
 	if ep == spi.MigrationDestination {
-		e.CurrentReplicaIndex, e.NewReplicaIndex = -1, 0
+		e.CurrentReplicaIndex, e.NewReplicaIndex = mv.DestinationIndex, 0
 	}
 	return e
 }
@@ -59,6 +59,10 @@ func (n *Node) endMig(p int, commit bool) {
 		}
 	}
 	n.log.Debug("migration ended", "partition", p, "endpoint", st.endpoint.String(), "commit", commit)
+	if (commit && st.endpoint == spi.MigrationSource && st.event.NewReplicaIndex < 0) ||
+		(!commit && st.endpoint == spi.MigrationDestination && st.event.CurrentReplicaIndex < 0) {
+		n.ops.ResetReplica(p)
+	}
 	if commit && st.endpoint == spi.MigrationDestination {
 		st.committed = true
 		if t := n.table.Load(); t != nil && t.Owner(p) == n.id {
@@ -106,10 +110,14 @@ func (n *Node) masterID() string {
 func writeMove(w *spi.Writer, mv migration.Move) {
 	w.WriteString(mv.Source)
 	w.WriteString(mv.Destination)
+	w.WriteVarint(int64(mv.DestinationIndex))
+	w.WriteVarint(int64(mv.SourceNewIndex))
 }
 
 func readMove(r *spi.Reader, p int) migration.Move {
-	return migration.Move{Partition: p, Source: r.ReadString(), Destination: r.ReadString()}
+	mv := migration.Move{Partition: p, Source: r.ReadString(), Destination: r.ReadString()}
+	mv.DestinationIndex, mv.SourceNewIndex = int(r.ReadVarint()), int(r.ReadVarint())
+	return mv
 }
 
 // migPrepareOp is step 1, on the source's executor of the partition.
@@ -148,15 +156,10 @@ func (op *migPrepareOp) Run(ctx *spi.OpContext) error {
 		ma.svc.BeforeMigration(st.event)
 	}
 	w := spi.NewWriter(nil)
-	for _, ma := range n.migrationAware {
-		rop := ma.svc.PrepareReplicationOperation(spi.PartitionReplicationEvent{PartitionID: p, ReplicaIndex: 0, Destination: op.move.Destination})
-		if rop == nil {
-			continue
-		}
-		if err := n.ops.AppendOperation(w, ma.name, rop); err != nil {
-			n.endMig(p, false)
-			return fmt.Errorf("service %q: replication operation: %w", ma.name, err)
-		}
+	w.WriteUvarint(uint64(n.ops.ReplicaVersion(p)))
+	if err := n.appendBundle(w, p, 0, op.move.Destination); err != nil {
+		n.endMig(p, false)
+		return err
 	}
 	op.data = w.Bytes()
 	return nil
@@ -206,19 +209,18 @@ func (op *migApplyOp) Run(ctx *spi.OpContext) error {
 		ma.svc.BeforeMigration(st.event)
 	}
 	r := spi.NewReader(op.data)
-	for r.Remaining() > 0 {
-		name, inst, rop, err := n.ops.ReadOperation(r)
-		if err == nil {
-			rctx := spi.OpContext{Engine: n, Service: inst, PartitionID: p, Caller: ctx.Caller, Executor: ctx.Executor}
-			if err = rop.Run(&rctx); err != nil {
-				err = fmt.Errorf("service %q: %T: %w", name, rop, err)
-			}
-		}
-		if err != nil {
-			n.endMig(p, false)
-			return fmt.Errorf("partition %d: applying replication data: %w", p, err)
-		}
+	version := int64(r.ReadUvarint())
+	err := r.Err()
+	if err == nil {
+		n.ops.ResetReplica(p)
+		err = n.runBundle(p, r, ctx.Caller, 0)
 	}
+	if err != nil {
+		n.endMig(p, false)
+		n.ops.ResetReplica(p)
+		return fmt.Errorf("partition %d: applying replication data: %w", p, err)
+	}
+	n.ops.SetReplicaVersion(p, version)
 	return nil
 }
 
@@ -290,6 +292,16 @@ func (e masterEngine) Alive(id string) bool    { return containsMember(*e.n.memb
 func (e masterEngine) Address(id string) string {
 	a, _ := e.n.MemberAddress(id)
 	return a
+}
+
+func (e masterEngine) Lost(ps []int) {
+	for _, s := range e.n.services {
+		if l, ok := s.(spi.PartitionLostListener); ok {
+			for _, p := range ps {
+				l.PartitionLost(p)
+			}
+		}
+	}
 }
 
 func (e masterEngine) Targets() []spi.Member {

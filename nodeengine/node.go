@@ -155,7 +155,7 @@ func (n *Node) Start(ctx context.Context) (err error) {
 		ClusterName: n.cfg.Cluster.Name, LocalID: n.id, LocalAddress: n.address,
 		PartitionCount: n.count, PartitionThreads: oc.PartitionThreads, QueueSize: oc.QueueSize,
 		InvocationTimeout: oc.InvocationTimeout, RetryPause: oc.RetryPause,
-		Engine: n, Routing: n, Logger: n.log, Hook: n.hook,
+		Engine: n, Routing: n, Logger: n.log, Hook: n.hook, OnReplicaGap: n.requestSync,
 		Dial: func(ctx context.Context, addr string) (net.Conn, error) {
 			return dialSelect(ctx, addr, 0, selectOperations)
 		},
@@ -172,9 +172,10 @@ func (n *Node) Start(ctx context.Context) (err error) {
 		return err
 	}
 	n.mgr = migration.New(masterEngine{n}, migration.Config{Count: n.count, Parallel: n.cfg.Migration.Parallel,
-		Timeout: n.cfg.Migration.StepTimeout, Logger: n.log})
+		Backups: n.cfg.Partitions.BackupCount, Timeout: n.cfg.Migration.StepTimeout, Logger: n.log})
 	n.refreshMembers()
-	n.wg.Add(2)
+	n.wg.Add(3)
+	go n.antiEntropy(n.cfg.Partitions.AntiEntropyInterval)
 	go n.membershipLoop()
 	go func() {
 		defer n.wg.Done()
@@ -322,6 +323,13 @@ func (n *Node) teardown(terminate bool) {
 		n.mlStopped.Store(true)
 	}
 	n.wg.Wait()
+	if n.ml != nil {
+		// memberlist's Shutdown does not wait for a probe in flight, which
+		// waits for its ack for up to a probe interval: let it end, so that
+		// nothing of the member runs once Shutdown returns.
+		t := time.NewTimer(n.cfg.Membership.ProbeInterval)
+		<-t.C
+	}
 	if n.ops != nil {
 		n.ops.Shutdown()
 	}
@@ -424,7 +432,7 @@ func (n *Node) MemberAddress(id string) (string, bool) {
 	}
 	// A member that has just joined may hear from others (the master's
 	// table) before its own member list catches up.
-	if t := n.table.Load(); t != nil {
+	if t := n.table.Load(); t != nil && len(*n.members.Load()) <= 1 {
 		if a, ok := t.Members[id]; ok {
 			return a, true
 		}
@@ -442,6 +450,13 @@ func (v *partitionView) TableVersion() int64 {
 		return t.Version
 	}
 	return 0
+}
+func (v *partitionView) BackupCount() int { return v.n.table.Load().BackupCount() }
+func (v *partitionView) ReplicaIndex(p int) int {
+	return v.n.table.Load().ReplicaIndex(p, v.n.id)
+}
+func (v *partitionView) IsClusterSafe(ctx context.Context) (bool, error) {
+	return v.n.IsClusterSafe(ctx)
 }
 func (v *partitionView) IsLocalOwner(p int) bool {
 	id, _, ok := v.n.Owner(p)

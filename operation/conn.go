@@ -20,11 +20,18 @@ type call struct {
 	resp any
 	err  error
 	done chan struct{}
+	// then, when set, is called instead of closing done (backup acks);
+	// it runs on the goroutine that completes the call.
+	then func(err error)
 }
 
 func newCall(op spi.Operation) *call { return &call{op: op, done: make(chan struct{})} }
 
 func (c *call) complete(resp any, err error) {
+	if c.then != nil {
+		c.then(err)
+		return
+	}
 	c.resp, c.err = resp, err
 	close(c.done)
 }
@@ -381,6 +388,40 @@ func (c *conn) sendRequest(cl *call, svc *serviceEntry, typeID uint16, pid int) 
 	return id, nil
 }
 
+// sendBackup queues a backup frame, registering cl for its ack when cl is
+// not nil (a synchronous backup).
+func (c *conn) sendBackup(cl *call, svc *serviceEntry, typeID uint16, pid, replica int, version int64, op spi.Operation) error {
+	var id uint64
+	if cl != nil {
+		id = c.s.nextCall.Add(1)
+		c.mu.Lock()
+		if c.closed {
+			err := c.err
+			c.mu.Unlock()
+			return err
+		}
+		c.pending[id] = cl
+		c.mu.Unlock()
+	}
+	err := c.queue(func(buf []byte) ([]byte, error) {
+		buf, start := beginFrame(buf, kindBackup, id)
+		w := spi.Writer{}
+		w.SetBuffer(buf)
+		w.WriteUint32(svc.id)
+		w.WriteUint16(typeID)
+		w.WriteVarint(int64(pid))
+		w.WriteUint8(uint8(replica))
+		w.WriteUvarint(uint64(version))
+		op.WriteData(&w)
+		buf = w.Bytes()
+		return buf, endFrame(buf, start)
+	})
+	if err != nil && cl != nil {
+		c.forget(id)
+	}
+	return err
+}
+
 // forget drops a pending call (its caller gave up).
 func (c *conn) forget(id uint64) {
 	c.mu.Lock()
@@ -456,7 +497,9 @@ func (c *conn) handle(body []byte) error {
 	}
 	switch h.kind {
 	case kindRequest:
-		c.handleRequest(h.callID, payload)
+		c.handleRequest(h.callID, payload, false)
+	case kindBackup:
+		c.handleRequest(h.callID, payload, true)
 	case kindResponse, kindError:
 		c.mu.Lock()
 		cl := c.pending[h.callID]
@@ -481,10 +524,21 @@ func (c *conn) handle(body []byte) error {
 	return nil
 }
 
-func (c *conn) handleRequest(callID uint64, payload []byte) {
+func (c *conn) handleRequest(callID uint64, payload []byte, backup bool) {
 	s := c.s
 	r := spi.NewReader(payload)
 	sid, tid, pid := r.ReadUint32(), r.ReadUint16(), r.ReadVarint()
+	var replica uint8
+	var version uint64
+	if backup {
+		replica, version = r.ReadUint8(), r.ReadUvarint()
+		if r.Err() == nil && (pid < 0 || replica == 0 || replica > 6) {
+			fail := fmt.Errorf("%w: backup for partition %d replica %d", spi.ErrProtocol, pid, replica)
+			s.log.Warn("rejecting backup", "remote", c.remote.address, "error", fail)
+			c.queue(func(buf []byte) ([]byte, error) { return appendError(buf, callID, fail), nil })
+			return
+		}
+	}
 	fail := func(err error) {
 		s.log.Warn("rejecting request", "remote", c.remote.address, "error", err)
 		if callID != 0 {
@@ -518,7 +572,8 @@ func (c *conn) handleRequest(callID uint64, payload []byte) {
 		fail(fmt.Errorf("%w: %d trailing bytes after %T", spi.ErrProtocol, r.Remaining(), op))
 		return
 	}
-	t := task{op: op, svc: svc, pid: int(pid), caller: c.remote.address, conn: c, callID: callID}
+	t := task{op: op, svc: svc, pid: int(pid), caller: c.remote.address, conn: c, callID: callID,
+		replica: int(replica), version: int64(version)}
 	// Blocking here pushes back on the sender through TCP.
 	if err := s.enqueue(context.Background(), t); err != nil {
 		s.finish(t, nil, err)

@@ -19,6 +19,10 @@ type task struct {
 	conn   *conn  // answer on this connection
 	callID uint64 // under this call id (0: no answer)
 	fn     func() // instead of op
+	// For a backup: the replica index it is for and the version the
+	// primary stamped it with.
+	replica int
+	version int64
 }
 
 // executor is one goroutine with its queue. Partition p always runs on
@@ -55,6 +59,10 @@ func (e *executor) run(t task) {
 		e.safely(func() error { t.fn(); return nil })
 		return
 	}
+	if t.replica > 0 {
+		e.s.runBackup(e, t)
+		return
+	}
 	if _, exempt := t.op.(OwnerCheckExempt); t.pid >= 0 && !exempt {
 		if err := e.s.checkOwner(t.pid); err != nil {
 			e.s.finish(t, nil, err)
@@ -71,6 +79,11 @@ func (e *executor) run(t task) {
 		}
 	}
 	*c = spi.OpContext{}
+	if err == nil && t.pid >= 0 {
+		if bo, ok := t.op.(spi.BackupAwareOperation); ok && bo.ShouldBackup() && e.s.sendBackups(t, bo, resp) {
+			return // the last synchronous ack finishes the task
+		}
+	}
 	e.s.finish(t, resp, err)
 }
 

@@ -32,6 +32,8 @@ func (r *flakyRouting) Owner(int) (string, string, bool) {
 	return "self", "local", true
 }
 func (r *flakyRouting) MemberAddress(string) (string, bool) { return "", false }
+func (r *flakyRouting) Backups(int, []Replica) []Replica    { return nil }
+func (r *flakyRouting) ReplicaIndex(int) int                { return 0 }
 
 func TestInvokeRetriesUntilServed(t *testing.T) {
 	r := &flakyRouting{notReady: 3, wrongOwner: 2}

@@ -21,6 +21,11 @@ import (
 // Routing tells the operation service where partitions and members are.
 // Its methods are called on any goroutine, often, and must not block.
 type Routing interface {
+	// Backups appends partition p's backup replicas, in replica order, to
+	// dst (only the ones set in the table).
+	Backups(p int, dst []Replica) []Replica
+	// ReplicaIndex returns this member's replica index of partition p.
+	ReplicaIndex(p int) int
 	// Owner returns the ID and address of partition p's owner; false when
 	// this member has no table yet.
 	Owner(p int) (id, address string, ok bool)
@@ -50,6 +55,15 @@ type Config struct {
 	// the invoking goroutine; an error drops the message and fails the
 	// attempt with that error (wrap spi.ErrMemberLeft to have it retried).
 	Hook func(ctx context.Context, m Message) error
+	// OnReplicaGap is called on partition p's executor when a backup
+	// arrives ahead of a missing one: this replica needs a full sync from
+	// the primary (see ReplicaSynced). It must not block.
+	OnReplicaGap func(p int)
+}
+
+// Replica is one backup replica of a partition.
+type Replica struct {
+	ID, Address string
 }
 
 // Message describes a request on its way to another member, for Hook.
@@ -93,8 +107,11 @@ type Service struct {
 	byName    map[string]*serviceEntry
 	byID      map[uint32]*serviceEntry
 	partition []*executor
-	migrating []atomic.Bool // by partition: operations are refused
-	generic   *executor     // generic executors share one queue
+	migrating []atomic.Bool   // by partition: operations are refused
+	versions  []atomic.Int64  // by partition: replica version (see backup.go)
+	replicas  []*replicaState // by partition; touched on its executor only
+	syncs     atomic.Int32    // partitions whose replica waits for a sync
+	generic   *executor       // generic executors share one queue
 	quit      chan struct{}
 	wg        sync.WaitGroup
 	started   atomic.Bool
@@ -134,6 +151,8 @@ func New(cfg Config) *Service {
 	}
 	return &Service{
 		migrating: make([]atomic.Bool, cfg.PartitionCount),
+		versions:  make([]atomic.Int64, cfg.PartitionCount),
+		replicas:  make([]*replicaState, cfg.PartitionCount),
 		cfg:       cfg,
 		log:       cfg.Logger,
 		byName:    make(map[string]*serviceEntry),

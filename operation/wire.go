@@ -35,6 +35,7 @@ const (
 	kindRequest  = 2 // service id uint32, op type uint16, partition varint, op data
 	kindResponse = 3 // tagged value (see writeValue)
 	kindError    = 4 // code uint8, message string
+	kindBackup   = 5 // service id uint32, op type uint16, partition varint, replica uint8, version uvarint, op data
 )
 
 // frameHeader is the parsed fixed part of a frame.
@@ -49,7 +50,7 @@ func parseHeader(body []byte) (frameHeader, []byte, error) {
 		return frameHeader{}, nil, fmt.Errorf("%w: frame of %d bytes is shorter than its %d-byte header", spi.ErrProtocol, len(body), headerSize-4)
 	}
 	h := frameHeader{kind: body[0], callID: binary.LittleEndian.Uint64(body[1:9])}
-	if h.kind < kindHello || h.kind > kindError {
+	if h.kind < kindHello || h.kind > kindBackup {
 		return h, nil, fmt.Errorf("%w: unknown frame kind %d", spi.ErrProtocol, h.kind)
 	}
 	return h, body[9:], nil

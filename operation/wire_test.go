@@ -31,6 +31,8 @@ type selfRouting struct{ id string }
 
 func (r selfRouting) Owner(int) (string, string, bool)    { return r.id, "local", true }
 func (r selfRouting) MemberAddress(string) (string, bool) { return "", false }
+func (r selfRouting) Backups(int, []Replica) []Replica    { return nil }
+func (r selfRouting) ReplicaIndex(int) int                { return 0 }
 
 // newTestService starts a Service that owns every partition.
 func newTestService(t testing.TB) *Service {

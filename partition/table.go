@@ -2,6 +2,7 @@ package partition
 
 import (
 	"fmt"
+	"slices"
 	"sort"
 
 	"github.com/partita-go/partita/spi"
@@ -13,8 +14,13 @@ import (
 type Table struct {
 	// Version increases with every change; members accept only newer ones.
 	Version int64
-	// Owners[p] is the ID of the member owning partition p ("" for none).
+	// Owners[p] is the ID of the member owning partition p, its primary
+	// replica ("" for none).
 	Owners []string
+	// Backups[p][i] is the ID of the member holding backup replica i+1 of
+	// partition p ("" for none). Nil when the table keeps no backups. A
+	// member never holds two replicas of one partition.
+	Backups [][]string
 	// Members maps member IDs to addresses for every owner in the table.
 	Members map[string]string
 }
@@ -35,6 +41,69 @@ func (t *Table) MemberAt(address string) string {
 		}
 	}
 	return ""
+}
+
+// ReplicaIndex returns member id's replica index of partition p: 0 for the
+// primary, i for backup i, -1 for none.
+func (t *Table) ReplicaIndex(p int, id string) int {
+	if t == nil || p < 0 || p >= len(t.Owners) || id == "" {
+		return -1
+	}
+	if t.Owners[p] == id {
+		return 0
+	}
+	if p < len(t.Backups) {
+		for i, b := range t.Backups[p] {
+			if b == id {
+				return i + 1
+			}
+		}
+	}
+	return -1
+}
+
+// Replica returns the member holding replica i of partition p ("" none).
+func (t *Table) Replica(p, i int) string {
+	if i == 0 {
+		return t.Owner(p)
+	}
+	if t == nil || p < 0 || p >= len(t.Backups) || i > len(t.Backups[p]) {
+		return ""
+	}
+	return t.Backups[p][i-1]
+}
+
+// BackupsOf returns partition p's backup replicas (nil when none; do not
+// modify).
+func (t *Table) BackupsOf(p int) []string {
+	if t == nil || p < 0 || p >= len(t.Backups) {
+		return nil
+	}
+	return t.Backups[p]
+}
+
+// BackupCount returns how many backup replicas the table keeps per
+// partition.
+func (t *Table) BackupCount() int {
+	if t == nil || len(t.Backups) == 0 {
+		return 0
+	}
+	return len(t.Backups[0])
+}
+
+// Clone returns a deep copy of t with the same version.
+func (t *Table) Clone() *Table {
+	c := &Table{Version: t.Version, Owners: append([]string(nil), t.Owners...), Members: make(map[string]string, len(t.Members))}
+	for id, a := range t.Members {
+		c.Members[id] = a
+	}
+	if t.Backups != nil {
+		c.Backups = make([][]string, len(t.Backups))
+		for p, b := range t.Backups {
+			c.Backups[p] = append([]string(nil), b...)
+		}
+	}
+	return c
 }
 
 // Counts returns how many partitions each member owns.
@@ -63,13 +132,22 @@ func (t *Table) Encode(w *spi.Writer) {
 		w.WriteString(id)
 		w.WriteString(t.Members[id])
 	}
+	ref := func(id string) uint64 {
+		if id == "" {
+			return 0
+		}
+		return uint64(index[id] + 1)
+	}
 	w.WriteUvarint(uint64(len(t.Owners)))
 	for _, o := range t.Owners {
-		if o == "" {
-			w.WriteUvarint(0)
-			continue
+		w.WriteUvarint(ref(o))
+	}
+	b := t.BackupCount()
+	w.WriteUvarint(uint64(b))
+	for p := 0; p < len(t.Owners) && b > 0; p++ {
+		for i := 0; i < b; i++ {
+			w.WriteUvarint(ref(t.Backups[p][i]))
 		}
-		w.WriteUvarint(uint64(index[o] + 1))
 	}
 }
 
@@ -95,23 +173,97 @@ func Decode(r *spi.Reader, count int) (*Table, error) {
 	if np != uint64(count) {
 		return nil, fmt.Errorf("%w: table has %d partitions, this member is configured for %d", spi.ErrProtocol, np, count)
 	}
-	t.Owners = make([]string, count)
-	for p := range t.Owners {
+	ref := func(p int) (string, error) {
 		i := r.ReadUvarint()
 		if r.Err() != nil {
-			break
+			return "", r.Err()
 		}
 		if i > uint64(len(ids)) {
-			return nil, fmt.Errorf("%w: partition %d names member %d of %d", spi.ErrProtocol, p, i, len(ids))
+			return "", fmt.Errorf("%w: partition %d names member %d of %d", spi.ErrProtocol, p, i, len(ids))
 		}
-		if i > 0 {
-			t.Owners[p] = ids[i-1]
+		if i == 0 {
+			return "", nil
+		}
+		return ids[i-1], nil
+	}
+	var err error
+	t.Owners = make([]string, count)
+	for p := range t.Owners {
+		if t.Owners[p], err = ref(p); err != nil {
+			return nil, err
+		}
+	}
+	b := r.ReadUvarint()
+	if r.Err() == nil && b > MaxBackups {
+		return nil, fmt.Errorf("%w: table has %d backups per partition, at most %d", spi.ErrProtocol, b, MaxBackups)
+	}
+	if b > 0 {
+		t.Backups = make([][]string, count)
+		for p := range t.Backups {
+			t.Backups[p] = make([]string, b)
+			for i := range t.Backups[p] {
+				if t.Backups[p][i], err = ref(p); err != nil {
+					return nil, err
+				}
+			}
 		}
 	}
 	if err := r.Err(); err != nil {
 		return nil, err
 	}
 	return t, nil
+}
+
+// MaxBackups is the most backup replicas a partition can have.
+const MaxBackups = 6
+
+// RebalanceBackups returns the backup replicas for owners over members
+// (IDs, oldest first), keeping backups of prev that are still members and
+// not the partition's owner, so as few replicas as possible change, and
+// filling the missing ones from the members holding the fewest backups. A
+// partition gets min(backups, members-1) backups, never on its owner or
+// twice on one member. Members holding more than their share give some up.
+func RebalanceBackups(owners []string, prev [][]string, members []string, backups int) [][]string {
+	b := min(backups, len(members)-1, MaxBackups)
+	if b <= 0 {
+		return nil
+	}
+	count := len(owners)
+	member := make(map[string]bool, len(members))
+	for _, m := range members {
+		member[m] = true
+	}
+	quota := (count*b + len(members) - 1) / len(members)
+	load := make(map[string]int, len(members))
+	out := make([][]string, count)
+	for p := range out {
+		out[p] = make([]string, 0, b)
+		if p >= len(prev) {
+			continue
+		}
+		for _, id := range prev[p] {
+			if len(out[p]) < b && member[id] && id != owners[p] && !slices.Contains(out[p], id) && load[id] < quota {
+				out[p] = append(out[p], id)
+				load[id]++
+			}
+		}
+	}
+	for p := range out {
+		for len(out[p]) < b {
+			best := ""
+			for _, m := range members {
+				if m == owners[p] || slices.Contains(out[p], m) {
+					continue
+				}
+				if best == "" || load[m] < load[best] {
+					best = m
+				}
+			}
+			out[p] = append(out[p], best)
+			load[best]++
+		}
+	}
+	return out
 }
 
 // Rebalance returns the owners for count partitions over members (IDs,

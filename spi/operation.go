@@ -72,4 +72,7 @@ type OpContext struct {
 	// Executor is the index of the executor goroutine running the
 	// operation (partition p runs on executor p % N).
 	Executor int
+	// ReplicaIndex is 0 for an operation on the primary, i for a backup
+	// operation on backup replica i.
+	ReplicaIndex int
 }

@@ -115,6 +115,15 @@ type PartitionService interface {
 	IsLocalOwner(partitionID int) bool
 	// TableVersion returns the version of this member's table (0: none).
 	TableVersion() int64
+	// BackupCount returns how many backup replicas the table keeps per
+	// partition (partitions.backup-count, fewer while members are few).
+	BackupCount() int
+	// ReplicaIndex returns this member's replica index of the partition:
+	// 0 primary, i backup i, -1 none.
+	ReplicaIndex(partitionID int) int
+	// IsClusterSafe asks every member and reports whether no migration is
+	// in flight and every backup replica holds what its primary holds.
+	IsClusterSafe(ctx context.Context) (bool, error)
 }
 
 // OperationService sends operations to the members that must run them.

@@ -100,6 +100,7 @@ func (c *Cluster) Config(i int) *config.Config {
 	cfg.Membership.SuspicionMult = 2
 	cfg.Membership.GossipInterval = 50 * time.Millisecond
 	cfg.Membership.PushPullInterval = time.Second
+	cfg.Partitions.AntiEntropyInterval = 500 * time.Millisecond
 	cfg.Operations.RetryPause = 2 * time.Millisecond
 	cfg.Operations.InvocationTimeout = 30 * time.Second
 	for j, sc := range cfg.Services {

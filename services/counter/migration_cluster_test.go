@@ -122,7 +122,7 @@ func (l *load) verify(t *testing.T, c *clustertest.Cluster) {
 }
 
 // checkPlacement asserts every member owns floor/ceil of the partitions
-// and holds data only for partitions it owns.
+// and holds data only for partitions it holds a replica of.
 func checkPlacement(t *testing.T, c *clustertest.Cluster) {
 	t.Helper()
 	ms := c.Members()
@@ -134,8 +134,8 @@ func checkPlacement(t *testing.T, c *clustertest.Cluster) {
 			t.Errorf("member %d owns %d partitions, want %d..%d", i, k, lo, hi)
 		}
 		for name := range localValues(t, c, i) {
-			if p := m.Partitions().PartitionID(name); tab.Owner(p) != m.ID() {
-				t.Errorf("member %d holds counter %s of partition %d, owned by %s: leaked data", i, name, p, tab.Owner(p))
+			if p := m.Partitions().PartitionID(name); tab.ReplicaIndex(p, m.ID()) < 0 {
+				t.Errorf("member %d holds counter %s of partition %d, replicas %s %v: leaked data", i, name, p, tab.Owner(p), tab.BackupsOf(p))
 			}
 		}
 	}

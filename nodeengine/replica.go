@@ -1,0 +1,410 @@
+package nodeengine
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"time"
+
+	"github.com/partita-go/partita/operation"
+	"github.com/partita-go/partita/partition"
+	"github.com/partita-go/partita/spi"
+)
+
+// Backups implements operation.Routing.
+func (n *Node) Backups(p int, dst []operation.Replica) []operation.Replica {
+	t := n.table.Load()
+	if t == nil || p >= len(t.Backups) {
+		return dst
+	}
+	for _, id := range t.Backups[p] {
+		if id != "" {
+			dst = append(dst, operation.Replica{ID: id, Address: t.Members[id]})
+		}
+	}
+	return dst
+}
+
+// ReplicaIndex implements operation.Routing.
+func (n *Node) ReplicaIndex(p int) int { return n.table.Load().ReplicaIndex(p, n.id) }
+
+// replicaChanges runs, after a new table is installed, what this member's
+// change of role requires for each partition: a promoted backup runs the
+// promotion hooks, a member that lost every replica of a partition drops
+// its data, and a new backup asks its primary for a full copy. The work
+// runs on each partition's executor, where the migration state lives.
+func (n *Node) replicaChanges(prev, t *partition.Table) {
+	for p := range t.Owners {
+		was, now := prev.ReplicaIndex(p, n.id), t.ReplicaIndex(p, n.id)
+		if was == now {
+			continue
+		}
+		switch {
+		case now == 0:
+			// A migration's destination that committed waited for this
+			// table; otherwise a backup became primary: a promotion.
+			n.ops.RunOnPartition(p, func() {
+				if st := n.migs[p]; st != nil {
+					if st.committed {
+						n.setMig(p, nil)
+					} else {
+						n.ops.SetMigrating(p, true)
+					}
+					return
+				}
+				if was > 0 {
+					n.promote(p, was, prev.Owner(p))
+				}
+			})
+		case now < 0 && was >= 0:
+			n.ops.RunOnPartition(p, func() { n.dropReplica(p) })
+		case now > 0 && was < 0:
+			n.ops.RunOnPartition(p, func() {
+				if n.migs[p] == nil && n.table.Load().ReplicaIndex(p, n.id) > 0 {
+					n.ops.ResetReplica(p)
+					n.requestSync(p)
+				}
+			})
+		}
+	}
+}
+
+// promote makes this member, backup k of partition p, its primary
+// (executor p).
+func (n *Node) promote(p, k int, oldOwner string) {
+	ev := spi.PartitionMigrationEvent{PartitionID: p, Endpoint: spi.MigrationDestination,
+		CurrentReplicaIndex: k, NewReplicaIndex: 0, Source: oldOwner, Destination: n.id}
+	for _, ma := range n.migrationAware {
+		ma.svc.BeforeMigration(ev)
+	}
+	for _, ma := range n.migrationAware {
+		ma.svc.CommitMigration(ev)
+	}
+	n.ops.BumpEpoch(p)
+	n.ops.SetMigrating(p, false)
+	n.log.Debug("backup promoted to primary", "partition", p, "replica", k)
+}
+
+// dropReplica clears partition p's data on a member that holds no replica
+// of it any more, unless a migration still needs it (executor p).
+func (n *Node) dropReplica(p int) {
+	if n.migs[p] != nil || n.table.Load().ReplicaIndex(p, n.id) >= 0 {
+		return
+	}
+	for _, ma := range n.migrationAware {
+		ma.svc.ClearPartitionReplica(p)
+	}
+	n.ops.ResetReplica(p)
+}
+
+// requestSync asks partition p's primary for a full copy of its replica,
+// off the executor; the copy is installed on p's executor. Called on
+// executor p (operation.Config.OnReplicaGap).
+func (n *Node) requestSync(p int) {
+	if n.state.Load() != stateRunning && n.state.Load() != stateStarting {
+		return
+	}
+	n.wg.Add(1)
+	go func() {
+		defer n.wg.Done()
+		pause := 20 * time.Millisecond
+		for attempt := 0; ; attempt++ {
+			t := n.table.Load()
+			k := t.ReplicaIndex(p, n.id)
+			if k <= 0 || n.ctx.Err() != nil {
+				n.ops.RunOnPartition(p, func() { n.ops.ReplicaSynced(p, -1) })
+				return
+			}
+			ctx, cancel := n.stopContext(n.cfg.Migration.StepTimeout)
+			v, err := n.ops.InvokeOnPartitionOf(ctx, engineService, &replicaSyncOp{replica: k}, p, t.Owner(p))
+			cancel()
+			if err == nil {
+				data, _ := v.([]byte)
+				n.ops.RunOnPartition(p, func() { n.installSync(p, data) })
+				return
+			}
+			n.log.Debug("replica sync failed; retrying", "partition", p, "attempt", attempt, "error", err)
+			select {
+			case <-n.stop:
+				return
+			case <-time.After(pause):
+			}
+			pause = min(2*pause, time.Second)
+		}
+	}()
+}
+
+// installSync replaces partition p's backup replica with the primary's copy
+// (executor p).
+func (n *Node) installSync(p int, data []byte) {
+	if n.migs[p] != nil || n.table.Load().ReplicaIndex(p, n.id) <= 0 {
+		n.ops.ReplicaSynced(p, -1)
+		return
+	}
+	r := spi.NewReader(data)
+	version := int64(r.ReadUvarint())
+	if err := r.Err(); err != nil {
+		n.log.Error("bad replica sync data", "partition", p, "error", err)
+		n.ops.ReplicaSynced(p, -1)
+		return
+	}
+	if version <= n.ops.ReplicaVersion(p) {
+		n.ops.ReplicaSynced(p, version) // already there
+		return
+	}
+	for _, ma := range n.migrationAware {
+		ma.svc.ClearPartitionReplica(p)
+	}
+	if err := n.runBundle(p, r, n.address, n.table.Load().ReplicaIndex(p, n.id)); err != nil {
+		n.log.Error("replica sync failed", "partition", p, "error", err)
+		for _, ma := range n.migrationAware {
+			ma.svc.ClearPartitionReplica(p)
+		}
+		n.ops.ResetReplica(p)
+		n.ops.ReplicaSynced(p, -1)
+		return
+	}
+	n.ops.ReplicaSynced(p, version)
+	n.log.Debug("backup replica synced", "partition", p, "version", version)
+}
+
+// runBundle runs the replication operations in r on partition p's
+// executor (the caller's goroutine).
+func (n *Node) runBundle(p int, r *spi.Reader, caller string, replica int) error {
+	for r.Remaining() > 0 {
+		name, inst, rop, err := n.ops.ReadOperation(r)
+		if err == nil {
+			rctx := spi.OpContext{Engine: n, Service: inst, PartitionID: p, Caller: caller,
+				Executor: p % n.ops.PartitionThreads(), ReplicaIndex: replica}
+			if err = rop.Run(&rctx); err != nil {
+				err = fmt.Errorf("service %q: %T: %w", name, rop, err)
+			}
+		}
+		if err != nil {
+			return err
+		}
+	}
+	return nil
+}
+
+// appendBundle writes the replication operations of every migration-aware
+// service for replica index k of partition p (executor p).
+func (n *Node) appendBundle(w *spi.Writer, p, k int, dest string) error {
+	for _, ma := range n.migrationAware {
+		rop := ma.svc.PrepareReplicationOperation(spi.PartitionReplicationEvent{PartitionID: p, ReplicaIndex: k, Destination: dest})
+		if rop == nil {
+			continue
+		}
+		if err := n.ops.AppendOperation(w, ma.name, rop); err != nil {
+			return fmt.Errorf("service %q: replication operation: %w", ma.name, err)
+		}
+	}
+	return nil
+}
+
+// replicaSyncOp runs on the primary's executor of a partition and returns
+// its replica version and data for backup replica index `replica`.
+type replicaSyncOp struct {
+	replica int
+	data    []byte
+}
+
+func (op *replicaSyncOp) OwnerCheckExempt()   {}
+func (op *replicaSyncOp) MessageKind() string { return "replica.sync" }
+func (op *replicaSyncOp) Response() any       { return op.data }
+func (op *replicaSyncOp) WriteData(w *spi.Writer) {
+	w.WriteUvarint(uint64(op.replica))
+}
+func (op *replicaSyncOp) ReadData(r *spi.Reader) error {
+	op.replica = int(r.ReadUvarint())
+	return r.Err()
+}
+func (op *replicaSyncOp) Run(ctx *spi.OpContext) error {
+	n := ctx.Service.(*Node)
+	p := ctx.PartitionID
+	if n.table.Load().Owner(p) != n.id {
+		return fmt.Errorf("%w: partition %d: not the primary", spi.ErrWrongTarget, p)
+	}
+	if n.migs[p] != nil || n.ops.IsMigrating(p) {
+		return fmt.Errorf("%w: partition %d", spi.ErrPartitionMigrating, p)
+	}
+	w := spi.NewWriter(nil)
+	w.WriteUvarint(uint64(n.ops.ReplicaVersion(p)))
+	if err := n.appendBundle(w, p, op.replica, ctx.Caller); err != nil {
+		return err
+	}
+	op.data = w.Bytes()
+	return nil
+}
+
+// replicaCheckOp carries a primary's replica versions to one backup member
+// (anti-entropy); the backup asks for a sync where it is behind.
+type replicaCheckOp struct {
+	partitions []int
+	versions   []int64
+}
+
+func (op *replicaCheckOp) MessageKind() string { return "replica.check" }
+func (op *replicaCheckOp) WriteData(w *spi.Writer) {
+	w.WriteUvarint(uint64(len(op.partitions)))
+	for i, p := range op.partitions {
+		w.WriteUvarint(uint64(p))
+		w.WriteUvarint(uint64(op.versions[i]))
+	}
+}
+func (op *replicaCheckOp) ReadData(r *spi.Reader) error {
+	k := r.ReadUvarint()
+	if r.Err() == nil && k > uint64(r.Remaining()) {
+		return fmt.Errorf("%w: replica check of %d partitions in %d bytes", spi.ErrProtocol, k, r.Remaining())
+	}
+	for i := uint64(0); i < k && r.Err() == nil; i++ {
+		op.partitions = append(op.partitions, int(r.ReadUvarint()))
+		op.versions = append(op.versions, int64(r.ReadUvarint()))
+	}
+	return r.Err()
+}
+func (op *replicaCheckOp) Run(ctx *spi.OpContext) error {
+	n := ctx.Service.(*Node)
+	for i, p := range op.partitions {
+		if p < 0 || p >= n.count {
+			return fmt.Errorf("%w: partition %d", spi.ErrProtocol, p)
+		}
+		v := op.versions[i]
+		n.ops.RunOnPartition(p, func() {
+			// Backups the primary stamped before this check travelled
+			// ahead of it on the same connection, so a lower version here
+			// means some were lost.
+			if n.migs[p] == nil && n.ReplicaIndex(p) > 0 && !n.ops.ReplicaPending(p) && n.ops.ReplicaVersion(p) < v {
+				n.log.Info("anti-entropy: backup replica behind its primary; syncing", "partition", p,
+					"have", n.ops.ReplicaVersion(p), "primary", v)
+				n.ops.MarkSyncing(p)
+				n.requestSync(p)
+			}
+		})
+	}
+	return nil
+}
+
+// antiEntropy sends, every interval, this member's primary replica versions
+// to its backups.
+func (n *Node) antiEntropy(interval time.Duration) {
+	defer n.wg.Done()
+	tick := time.NewTicker(interval)
+	defer tick.Stop()
+	for {
+		select {
+		case <-n.stop:
+			return
+		case <-tick.C:
+		}
+		n.checkReplicas()
+	}
+}
+
+func (n *Node) checkReplicas() {
+	t := n.table.Load()
+	if t == nil {
+		return
+	}
+	ops := map[string]*replicaCheckOp{}
+	for p, o := range t.Owners {
+		if o != n.id || n.ops.IsMigrating(p) {
+			continue
+		}
+		for _, b := range t.BackupsOf(p) {
+			if b == "" {
+				continue
+			}
+			op := ops[b]
+			if op == nil {
+				op = &replicaCheckOp{}
+				ops[b] = op
+			}
+			op.partitions = append(op.partitions, p)
+			op.versions = append(op.versions, n.ops.ReplicaVersion(p))
+		}
+	}
+	for id, op := range ops {
+		ctx, cancel := n.stopContext(5 * time.Second)
+		_, err := n.ops.InvokeOnMember(ctx, engineService, op, id)
+		cancel()
+		if err != nil && !errors.Is(err, spi.ErrNoSuchMember) {
+			n.log.Debug("anti-entropy check failed", "member", id, "error", err)
+		}
+	}
+}
+
+// replicaStatusOp returns a member's replica versions and whether it is
+// migrating or syncing anything, for IsClusterSafe.
+type replicaStatusOp struct{ status []byte }
+
+func (op *replicaStatusOp) MessageKind() string          { return "replica.status" }
+func (op *replicaStatusOp) Response() any                { return op.status }
+func (op *replicaStatusOp) WriteData(*spi.Writer)        {}
+func (op *replicaStatusOp) ReadData(r *spi.Reader) error { return r.Err() }
+func (op *replicaStatusOp) Run(ctx *spi.OpContext) error {
+	op.status = ctx.Service.(*Node).replicaStatus()
+	return nil
+}
+
+func (n *Node) replicaStatus() []byte {
+	w := spi.NewWriter(nil)
+	busy := n.migActive.Load() > 0 || n.ops.SyncsPending() > 0 || (n.IsMaster() && !n.mgr.Idle())
+	w.WriteBool(busy)
+	var version int64
+	if t := n.table.Load(); t != nil {
+		version = t.Version
+	}
+	w.WriteVarint(version)
+	for p := 0; p < n.count; p++ {
+		w.WriteUvarint(uint64(n.ops.ReplicaVersion(p)))
+	}
+	return w.Bytes()
+}
+
+// IsClusterSafe asks every member for its replica state and reports
+// whether all hold the same table, none migrates or syncs, and every
+// backup replica has its primary's version.
+func (n *Node) IsClusterSafe(ctx context.Context) (bool, error) {
+	t := n.table.Load()
+	if t == nil {
+		return false, nil
+	}
+	versions := map[string][]int64{}
+	for _, m := range n.Members() {
+		var b []byte
+		if m.ID == n.id {
+			b = n.replicaStatus()
+		} else {
+			v, err := n.ops.InvokeOnMember(ctx, engineService, &replicaStatusOp{}, m.ID)
+			if err != nil {
+				return false, err
+			}
+			b, _ = v.([]byte)
+		}
+		r := spi.NewReader(b)
+		busy, tv := r.ReadBool(), r.ReadVarint()
+		vs := make([]int64, n.count)
+		for p := range vs {
+			vs[p] = int64(r.ReadUvarint())
+		}
+		if err := r.Err(); err != nil {
+			return false, fmt.Errorf("replica status of %s: %w", m.Address, err)
+		}
+		if busy || tv != t.Version {
+			return false, nil
+		}
+		versions[m.ID] = vs
+	}
+	for p, o := range t.Owners {
+		for _, b := range t.BackupsOf(p) {
+			if b == "" {
+				continue
+			}
+			if versions[o] == nil || versions[b] == nil || versions[o][p] != versions[b][p] {
+				return false, nil
+			}
+		}
+	}
+	return true, nil
+}

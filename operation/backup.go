@@ -1,0 +1,241 @@
+package operation
+
+import (
+	"context"
+	"fmt"
+	"reflect"
+	"sync/atomic"
+
+	"github.com/partita-go/partita/spi"
+)
+
+// Replica versions. Each member keeps, per partition, the version of its
+// replica: the primary adds one for every operation it backs up and stamps
+// the backups with it; a backup applies them in version order, each once.
+// The high 32 bits are an epoch, bumped when a backup is promoted, so that
+// the other backups see a gap and resynchronise from the new primary.
+
+// maxPendingBackups bounds the backups a replica holds while it waits for
+// a missing one or for a full sync.
+const maxPendingBackups = 4096
+
+// replicaState is a backup replica's bookkeeping for one partition,
+// touched only on the partition's executor.
+type replicaState struct {
+	pending map[int64]task // backups that arrived ahead of a missing one
+	syncing bool           // a full sync was asked for
+}
+
+func (s *Service) replicaState(p int) *replicaState {
+	if s.replicas[p] == nil {
+		s.replicas[p] = &replicaState{pending: make(map[int64]task)}
+	}
+	return s.replicas[p]
+}
+
+// ReplicaVersion returns this member's replica version of partition p.
+func (s *Service) ReplicaVersion(p int) int64 { return s.versions[p].Load() }
+
+// SetReplicaVersion sets partition p's replica version (a migration's
+// destination takes the source's). Call it on p's executor.
+func (s *Service) SetReplicaVersion(p int, v int64) { s.versions[p].Store(v) }
+
+// BumpEpoch starts a new epoch of partition p's versions (a promoted
+// backup, so that the other backups resynchronise). Call it on p's
+// executor.
+func (s *Service) BumpEpoch(p int) {
+	v := s.versions[p].Load()
+	s.versions[p].Store((v>>32 + 1) << 32)
+}
+
+// SyncsPending returns how many partitions' replicas wait for a sync.
+func (s *Service) SyncsPending() int { return int(s.syncs.Load()) }
+
+// MarkSyncing records that a full sync of partition p's replica was asked
+// for (by the engine's anti-entropy). Call it on p's executor.
+func (s *Service) MarkSyncing(p int) {
+	rs := s.replicaState(p)
+	if !rs.syncing {
+		rs.syncing = true
+		s.syncs.Add(1)
+	}
+}
+
+// ReplicaPending reports whether partition p's replica waits for missing
+// backups or a sync. Call it on p's executor.
+func (s *Service) ReplicaPending(p int) bool {
+	rs := s.replicas[p]
+	return rs != nil && (rs.syncing || len(rs.pending) > 0)
+}
+
+// sendBackups sends t's backups after it ran on the primary. It reports
+// whether it took over finishing t (there are synchronous backups: the last
+// ack, or the failure of the last, finishes it).
+func (s *Service) sendBackups(t task, bo spi.BackupAwareOperation, resp any) bool {
+	var buf [6]Replica
+	reps := s.cfg.Routing.Backups(t.pid, buf[:0])
+	total := min(max(bo.SyncBackupCount(), 0)+max(bo.AsyncBackupCount(), 0), len(reps))
+	if total == 0 {
+		return false
+	}
+	syncN := min(max(bo.SyncBackupCount(), 0), total)
+	bop := bo.BackupOperation()
+	typeID, ok := t.svc.typeIDs[reflect.TypeOf(bop)]
+	if !ok {
+		s.log.Error("backup operation type not registered; no backup taken", "service", t.svc.name, "op", fmt.Sprintf("%T", bop))
+		return false
+	}
+	version := s.versions[t.pid].Add(1)
+	var remaining atomic.Int32
+	remaining.Store(int32(syncN))
+	done := func(err error) {
+		if err != nil {
+			s.log.Debug("synchronous backup not acknowledged; the write is safe on the primary", "partition", t.pid, "error", err)
+		}
+		if remaining.Add(-1) == 0 {
+			s.finish(t, resp, nil)
+		}
+	}
+	for i := 0; i < total; i++ {
+		var cl *call
+		if i < syncN {
+			cl = &call{then: done}
+		}
+		err := s.sendBackup(cl, t, reps[i], i+1, version, typeID, bop)
+		if err != nil {
+			s.log.Debug("backup not sent", "partition", t.pid, "replica", i+1, "to", reps[i].Address, "error", err)
+			if cl != nil {
+				done(err)
+			}
+		}
+	}
+	return syncN > 0
+}
+
+func (s *Service) sendBackup(cl *call, t task, r Replica, replica int, version int64, typeID uint16, bop spi.Operation) error {
+	ctx, cancel := context.WithTimeout(context.Background(), handshakeTimeout)
+	defer cancel()
+	c, err := s.connTo(ctx, r.ID, r.Address)
+	if err != nil {
+		return err
+	}
+	return c.sendBackup(cl, t.svc, typeID, t.pid, replica, version, bop)
+}
+
+// runBackup applies a backup in version order (on the partition's
+// executor): a stale one is acknowledged and dropped, one ahead of a
+// missing version waits (and a full sync is requested), and the ack of a
+// synchronous backup goes out only once it is applied.
+func (s *Service) runBackup(e *executor, t task) {
+	p := t.pid
+	if s.cfg.Routing.ReplicaIndex(p) <= 0 {
+		s.finish(t, nil, fmt.Errorf("%w: backup for partition %d: %s holds no backup replica of it", spi.ErrWrongTarget, p, s.cfg.LocalAddress))
+		return
+	}
+	cur := s.versions[p].Load()
+	switch {
+	case t.version <= cur:
+		s.finish(t, nil, nil) // already applied, or covered by a sync
+	case t.version == cur+1:
+		s.applyBackup(e, t)
+		s.drainBackups(e, p)
+	default:
+		rs := s.replicaState(p)
+		if len(rs.pending) >= maxPendingBackups {
+			s.dropPending(p, fmt.Errorf("%w: partition %d: too many backups waiting for a sync", spi.ErrOverloaded, p))
+			rs = s.replicaState(p)
+		}
+		rs.pending[t.version] = t
+		if !rs.syncing {
+			rs.syncing = true
+			s.syncs.Add(1)
+			s.log.Debug("backup replica behind; asking the primary for a sync", "partition", p, "have", cur, "got", t.version)
+			if s.cfg.OnReplicaGap != nil {
+				s.cfg.OnReplicaGap(p)
+			}
+		}
+	}
+}
+
+func (s *Service) applyBackup(e *executor, t task) {
+	c := &e.opctx
+	*c = spi.OpContext{Engine: s.cfg.Engine, Service: t.svc.instance, PartitionID: t.pid, Caller: t.caller,
+		Executor: e.index, ReplicaIndex: t.replica}
+	err := e.safely(func() error { return t.op.Run(c) })
+	*c = spi.OpContext{}
+	if err != nil {
+		s.log.Error("backup operation failed", "service", t.svc.name, "partition", t.pid, "error", err)
+	}
+	s.versions[t.pid].Store(t.version)
+	s.finish(t, nil, err)
+}
+
+// drainBackups applies the waiting backups that are now next in order and
+// acknowledges the ones a sync covered.
+func (s *Service) drainBackups(e *executor, p int) {
+	rs := s.replicas[p]
+	if rs == nil {
+		return
+	}
+	cur := s.versions[p].Load()
+	for v, t := range rs.pending {
+		if v <= cur {
+			delete(rs.pending, v)
+			s.finish(t, nil, nil)
+		}
+	}
+	for {
+		t, ok := rs.pending[cur+1]
+		if !ok {
+			break
+		}
+		delete(rs.pending, cur+1)
+		s.applyBackup(e, t)
+		cur++
+	}
+}
+
+func (s *Service) dropPending(p int, err error) {
+	rs := s.replicas[p]
+	if rs == nil {
+		return
+	}
+	for _, t := range rs.pending {
+		s.finish(t, nil, err)
+	}
+	if rs.syncing {
+		s.syncs.Add(-1)
+	}
+	s.replicas[p] = nil
+}
+
+// ReplicaSynced is called on partition p's executor once the engine
+// installed a full copy of the primary's replica at version v (or gave up,
+// with v = -1): waiting backups past v are applied in order.
+func (s *Service) ReplicaSynced(p int, v int64) {
+	rs := s.replicaState(p)
+	if rs.syncing {
+		rs.syncing = false
+		s.syncs.Add(-1)
+	}
+	if v > s.versions[p].Load() {
+		s.versions[p].Store(v)
+	}
+	e := s.partition[p%len(s.partition)]
+	s.drainBackups(e, p)
+	if len(rs.pending) > 0 && !rs.syncing && v >= 0 {
+		// Still a hole: the sync was older than the waiting backups.
+		rs.syncing = true
+		s.syncs.Add(1)
+		if s.cfg.OnReplicaGap != nil {
+			s.cfg.OnReplicaGap(p)
+		}
+	}
+}
+
+// ResetReplica forgets partition p's replica (this member no longer holds
+// one): version 0, waiting backups failed. Call it on p's executor.
+func (s *Service) ResetReplica(p int) {
+	s.dropPending(p, fmt.Errorf("%w: partition %d: replica dropped", spi.ErrWrongTarget, p))
+	s.versions[p].Store(0)
+}

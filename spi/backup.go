@@ -1,0 +1,46 @@
+package spi
+
+// BackupAwareOperation is an operation whose effect is copied to the
+// partition's backup replicas after it ran on the primary. The engine
+// calls these methods on the primary's partition executor, right after a
+// successful Run (and Response).
+//
+// The backups go to the partition's replicas 1..n from the partition
+// table, in replica order: the first SyncBackupCount of them are
+// synchronous (Invoke returns only after each applied its backup, or was
+// declared dead), the next AsyncBackupCount asynchronous (not waited for).
+// Both counts are clamped, silently, to the backups the table holds for the
+// partition (at most members-1 and partitions.backup-count).
+type BackupAwareOperation interface {
+	Operation
+	// SyncBackupCount returns the number of synchronous backups.
+	SyncBackupCount() int
+	// AsyncBackupCount returns the number of asynchronous backups.
+	AsyncBackupCount() int
+	// ShouldBackup reports whether this run changed anything worth
+	// copying (a read-only or no-op run returns false).
+	ShouldBackup() bool
+	// BackupOperation returns the operation the backup replicas run. It
+	// must be one of the service's OperationTypes and should implement
+	// BackupOperation.
+	BackupOperation() Operation
+}
+
+// BackupOperation marks an operation that runs on a backup replica. It runs
+// on the backup member's executor of the partition, in the order the
+// primary stamped the backups (each backup exactly once), and its
+// OpContext.ReplicaIndex is the backup's replica index (1..6). Its response
+// and errors are not returned to the caller; an error is logged.
+type BackupOperation interface {
+	Operation
+	// Backup is a marker; it does nothing.
+	Backup()
+}
+
+// PartitionLostListener is implemented by a service that wants to know
+// when a partition lost every replica (its data is gone; the partition
+// starts empty on a new owner). PartitionLost is called on the master, on
+// the goroutine of the migration planner, and must not block.
+type PartitionLostListener interface {
+	PartitionLost(partitionID int)
+}
