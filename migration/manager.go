@@ -71,6 +71,7 @@ type Manager struct {
 
 	mu sync.Mutex // serialises table changes
 
+	seq                            atomic.Uint64 // move ids
 	inflight                       atomic.Int32
 	planned, completed, rolledBack atomic.Int64
 }
@@ -170,6 +171,7 @@ func (m *Manager) round(ctx context.Context) {
 	sem := make(chan struct{}, m.cfg.Parallel)
 	var wg sync.WaitGroup
 	var done atomic.Int32
+	var failed atomic.Bool
 	for _, mv := range moves {
 		select {
 		case sem <- struct{}{}:
@@ -184,8 +186,9 @@ func (m *Manager) round(ctx context.Context) {
 		wg.Add(1)
 		m.inflight.Add(1)
 		go func(mv Move) {
-			defer func() { <-sem; m.inflight.Add(-1); wg.Done() }()
+			defer func() { m.inflight.Add(-1); <-sem; wg.Done() }()
 			if err := m.migrate(ctx, mv); err != nil {
+				failed.Store(true)
 				m.rolledBack.Add(1)
 				m.log.Warn("migration rolled back", "partition", mv.Partition,
 					"from", m.e.Address(mv.Source), "to", m.e.Address(mv.Destination), "error", err)
@@ -198,7 +201,9 @@ func (m *Manager) round(ctx context.Context) {
 		}(mv)
 	}
 	wg.Wait()
-	m.Trigger() // look again: the plan may be stale or some moves failed
+	if !failed.Load() {
+		m.Trigger() // look again at once: members may have changed meanwhile
+	} // after a failure, wait for the next tick rather than spin
 }
 
 // repair makes a new table version when a partition has no live primary
@@ -342,6 +347,7 @@ func (m *Manager) migrate(ctx context.Context, mv Move) error {
 	if t == nil || t.Owner(mv.Partition) != mv.Source || !m.e.Alive(mv.Destination) {
 		return errors.New("plan is stale")
 	}
+	mv.ID = m.seq.Add(1)
 	// A destination that is a backup of the partition swaps places with
 	// the source, which becomes that backup and keeps its data.
 	mv.DestinationIndex = t.ReplicaIndex(mv.Partition, mv.Destination)
@@ -389,6 +395,11 @@ func (m *Manager) migrate(ctx context.Context, mv Move) error {
 	if err := m.untilGone(ctx, mv.Destination, func(ctx context.Context) error {
 		return m.e.Push(ctx, next, mv.Destination)
 	}); err != nil {
+		if !errors.Is(err, errGone) {
+			// The master is stopping: the table names the destination,
+			// which committed; the next master resolves the source.
+			return fmt.Errorf("publish to destination: %w", err)
+		}
 		// The destination died with the data: give the partition back to
 		// the source, which still holds it.
 		if m.e.Alive(mv.Source) {

@@ -5,7 +5,6 @@ import (
 	"errors"
 	"fmt"
 	"maps"
-	"os"
 	"slices"
 	"strings"
 	"sync"
@@ -15,6 +14,7 @@ import (
 
 	"github.com/partita-go/partita/partition"
 	"github.com/partita-go/partita/spi"
+	"go.uber.org/goleak"
 )
 
 // testTimeout bounds every Manager test; waits give up well before it.
@@ -374,6 +374,9 @@ func startManager(t *testing.T, f *fakeEngine, cfg Config) *harness {
 	if cfg.Timeout == 0 {
 		cfg.Timeout = 5 * time.Second
 	}
+	// Cleanups run last first: stop, then no goroutine of the Manager
+	// may be left.
+	t.Cleanup(func() { goleak.VerifyNone(t) })
 	ctx, cancel := context.WithTimeout(context.Background(), testTimeout)
 	h := &harness{t: t, f: f, m: New(f, cfg), ctx: ctx, cancel: cancel, done: make(chan struct{})}
 	go func() {
@@ -414,9 +417,35 @@ func (h *harness) waitFor(what string, cond func() bool) {
 	}
 }
 
+// looks makes the Run loop go round k more times and returns once the
+// last one ended: after a Trigger is taken (IsMaster asked), a second one
+// waits in the channel until that iteration ends, and is taken next.
+func (h *harness) looks(k int) {
+	h.t.Helper()
+	masterCalls := func() int {
+		h.f.mu.Lock()
+		defer h.f.mu.Unlock()
+		return h.f.isMasterCalls
+	}
+	for range k {
+		n := masterCalls()
+		h.m.Trigger()
+		h.waitFor("the Run loop to take a Trigger", func() bool { return masterCalls() > n })
+		n = masterCalls()
+		h.m.Trigger()
+		h.waitFor("the Run loop to end an iteration", func() bool { return masterCalls() > n })
+	}
+}
+
 func (h *harness) waitBalancedIdle() {
 	h.t.Helper()
-	h.waitFor("a balanced table and an idle manager", func() bool { return h.f.balanced() && h.m.Idle() })
+	// Idle() looks at the table only: the last moves of a round whose
+	// destination died may still be ending (as stale), so wait for the
+	// counters too.
+	h.waitFor("a balanced table and an idle manager", func() bool {
+		s := h.m.Stats()
+		return h.f.balanced() && h.m.Idle() && s.Completed+s.RolledBack == s.Planned
+	})
 }
 
 func (h *harness) wantTrace(p int, want []string) {
@@ -752,12 +781,11 @@ func TestManagerParallelLimit(t *testing.T) {
 				}
 			}
 			h := startManager(t, f, Config{Parallel: tc.parallel})
-			var inflight int
 			for released := 0; released < len(moves); released++ {
 				want := int32(min(tc.want, len(moves)-released))
+				// InFlight() may lag by one (see TestBugInFlightAboveParallel).
 				h.waitFor(fmt.Sprintf("%d prepares blocked", want), func() bool {
-					inflight = max(inflight, h.m.InFlight())
-					return in.Load() == want
+					return in.Load() == want && h.m.InFlight() == int(want)
 				})
 				select {
 				case gate <- struct{}{}:
@@ -769,9 +797,6 @@ func TestManagerParallelLimit(t *testing.T) {
 			h.stop()
 			if got := most.Load(); got != int32(tc.want) {
 				t.Errorf("at most %d prepares at once, want %d", got, tc.want)
-			}
-			if inflight > tc.want {
-				t.Errorf("InFlight() reached %d, want at most %d", inflight, tc.want)
 			}
 			h.wantStats(Stats{Planned: 9, Completed: 9})
 			for _, mv := range moves {
@@ -787,16 +812,7 @@ func TestManagerNotMaster(t *testing.T) {
 	f := newFake("a a a a a a a a", "a", "b")
 	f.setMaster(false)
 	h := startManager(t, f, Config{})
-	masterCalls := func() int {
-		f.mu.Lock()
-		defer f.mu.Unlock()
-		return f.isMasterCalls
-	}
-	for range 3 {
-		n := masterCalls()
-		h.m.Trigger()
-		h.waitFor("another look", func() bool { return masterCalls() > n })
-	}
+	h.looks(3)
 	f.mu.Lock()
 	other, logged := f.otherCalls, len(f.log)
 	f.mu.Unlock()
@@ -867,6 +883,17 @@ func TestManagerLeaveAndDeath(t *testing.T) {
 	if got := f.current().Counts(); !maps.Equal(got, map[string]int{"a": 4, "b": 4}) {
 		t.Errorf("counts %v", got)
 	}
+	// Without backups the dead member's partitions are reported lost,
+	// once; the leaving member's are not.
+	var lost [][]int
+	for _, c := range f.calls() {
+		if c.op == "lost" {
+			lost = append(lost, c.lost)
+		}
+	}
+	if len(lost) != 1 || !slices.Equal(lost[0], []int{3, 7}) {
+		t.Errorf("Lost calls %v, want one with [3 7]", lost)
+	}
 	h.wantStats(Stats{Planned: 2, Completed: 2})
 }
 
@@ -875,18 +902,7 @@ func TestManagerLeaveAndDeath(t *testing.T) {
 func TestManagerBalancedNoOp(t *testing.T) {
 	f := newFake("a b c a b c a b", "a", "b", "c")
 	h := startManager(t, f, Config{})
-	masterCalls := func() int {
-		f.mu.Lock()
-		defer f.mu.Unlock()
-		return f.isMasterCalls
-	}
-	// Each Trigger makes one more round; the IsMaster call after a
-	// round's end shows it ended.
-	for range 3 {
-		n := masterCalls()
-		h.m.Trigger()
-		h.waitFor("another round", func() bool { return masterCalls() >= n+2 })
-	}
+	h.looks(3)
 	if !h.m.Idle() {
 		t.Errorf("Idle() = false on a balanced table")
 	}
@@ -900,22 +916,15 @@ func TestManagerBalancedNoOp(t *testing.T) {
 	h.wantStats(Stats{})
 }
 
-// The tests below show defects; they fail on the current code and run
-// only with PARTITA_MIGRATION_BUGS=1.
-func bugTest(t *testing.T) {
-	if os.Getenv("PARTITA_MIGRATION_BUGS") == "" {
-		t.Skip("shows a known defect; set PARTITA_MIGRATION_BUGS=1 to run")
-	}
-}
+// Regression tests for defects found by review (fixed).
 
-// BUG: the Manager gives the partition back to the source after the table
+// Regression: the Manager gives the partition back to the source after the table
 // naming the destination was installed although the destination is alive:
 // Push to the destination failed only because the Manager's context ended
 // (the master stops). The package doc allows that only for a destination
 // that died. The destination committed the data and may already serve the
 // partition under the installed table; the revert then loses its writes.
-func TestBugGiveBackWhileDestinationAlive(t *testing.T) {
-	bugTest(t)
+func TestNoGiveBackWhileDestinationAlive(t *testing.T) {
 	f := newFake("a a a a a a a a", "a", "b")
 	entered := make(chan struct{})
 	var once sync.Once
@@ -950,12 +959,11 @@ func TestBugGiveBackWhileDestinationAlive(t *testing.T) {
 	}
 }
 
-// BUG: a move that keeps failing is retried at once, round after round,
+// Regression: a move that keeps failing is retried at once, round after round,
 // with no pause: Run's round ends with Trigger(), which skips the 250ms
 // tick. A persistent failure (a destination refusing Apply) becomes a busy
 // loop of Prepare/Apply/rollback calls and a Warn log line per attempt.
-func TestBugRetryWithoutPause(t *testing.T) {
-	bugTest(t)
+func TestFailedMoveWaitsBeforeRetry(t *testing.T) {
 	f := newFake("a a a a a a a a", "a", "b")
 	var mu sync.Mutex
 	var at []time.Time
@@ -979,5 +987,38 @@ func TestBugRetryWithoutPause(t *testing.T) {
 	defer mu.Unlock()
 	if d := at[4].Sub(at[1]); d < 30*time.Millisecond {
 		t.Errorf("attempts 2 to 5 of a failing move within %v: no pause between rounds", d)
+	}
+}
+
+// Regression: InFlight() can exceed Config.Parallel. A move's goroutine frees its
+// semaphore slot before it decrements the in-flight counter (the deferred
+// func in round: `<-sem; m.inflight.Add(-1); wg.Done()`), so round starts
+// the next move and increments the counter while the previous one still
+// counts. The moves themselves stay within the limit (see
+// TestManagerParallelLimit); the counter does not. Timing-dependent: it
+// shows in most runs of this test under -race.
+func TestInFlightNeverAboveParallel(t *testing.T) {
+	owners := strings.TrimSpace(strings.Repeat("a ", 48))
+	f := newFake(owners, "a", "b", "c", "d", "e", "f", "g", "h")
+	var most atomic.Int32
+	var mgr atomic.Pointer[Manager]
+	f.onPrepare = func(ctx context.Context, c call) error {
+		mg := mgr.Load()
+		if mg == nil {
+			return nil
+		}
+		for {
+			m, n := most.Load(), int32(mg.InFlight())
+			if n <= m || most.CompareAndSwap(m, n) {
+				return nil
+			}
+		}
+	}
+	h := startManager(t, f, Config{Parallel: 1})
+	mgr.Store(h.m)
+	h.waitBalancedIdle()
+	h.stop()
+	if n := most.Load(); n > 1 {
+		t.Errorf("InFlight() = %d with Parallel 1", n)
 	}
 }

@@ -14,6 +14,8 @@ type Move struct {
 	// after it (-1, or that same backup index: they swap). The Manager
 	// fills both in when the move starts.
 	DestinationIndex, SourceNewIndex int
+	// ID tells attempts of the same move apart (set by the Manager).
+	ID uint64
 }
 
 // Plan compares the current owners with the balanced target for members
@@ -23,6 +25,10 @@ type Move struct {
 // alive tells whether a current owner still runs (a leaving member is alive
 // but not in members).
 func Plan(current []string, members []string, count int, alive func(id string) bool) (target []string, moves []Move, orphans []int) {
+	members = uniqueMembers(members)
+	if len(members) == 0 {
+		return make([]string, count), nil, nil
+	}
 	// Partitions whose owner is dead are free in the target; partitions of
 	// a leaving (alive) member are moved with their data.
 	prev := make([]string, count)
@@ -41,4 +47,17 @@ func Plan(current []string, members []string, count int, alive func(id string) b
 		}
 	}
 	return target, moves, orphans
+}
+
+// uniqueMembers drops empty and repeated IDs, keeping the order.
+func uniqueMembers(ms []string) []string {
+	seen := make(map[string]bool, len(ms))
+	out := make([]string, 0, len(ms))
+	for _, m := range ms {
+		if m != "" && !seen[m] {
+			seen[m] = true
+			out = append(out, m)
+		}
+	}
+	return out
 }

@@ -12,6 +12,7 @@ import (
 	"strconv"
 	"strings"
 	"testing"
+	"time"
 )
 
 // Run `go test ./migration -run TestPlanData -update` to rewrite the
@@ -435,5 +436,26 @@ func TestPlanDeathMovesNothing(t *testing.T) {
 		if len(orphans) != Counts(owners)[victim] {
 			t.Fatalf("seed %d: %d orphans, %s owned %d", seed, len(orphans), victim, Counts(owners)[victim])
 		}
+	}
+}
+
+// Plan tolerates bad member lists (regression test).
+func TestPlanBadMembers(t *testing.T) {
+	alive := func(string) bool { return true }
+	// No members: Plan returns moves to the member "".
+	if _, moves, _ := Plan([]string{"a", "a"}, nil, 2, alive); len(moves) != 0 {
+		t.Errorf("no members: moves %+v (destination \"\")", moves)
+	}
+	// A member listed twice: partition.Rebalance gives it one quota and
+	// never places the rest, looping for ever.
+	done := make(chan struct{})
+	go func() {
+		defer close(done)
+		Plan(nil, []string{"a", "a"}, 3, alive)
+	}()
+	select {
+	case <-done:
+	case <-time.After(2 * time.Second):
+		t.Errorf("Plan with a member listed twice did not return (the goroutine spins until the process exits)")
 	}
 }

@@ -112,11 +112,13 @@ func writeMove(w *spi.Writer, mv migration.Move) {
 	w.WriteString(mv.Destination)
 	w.WriteVarint(int64(mv.DestinationIndex))
 	w.WriteVarint(int64(mv.SourceNewIndex))
+	w.WriteUvarint(mv.ID)
 }
 
 func readMove(r *spi.Reader, p int) migration.Move {
 	mv := migration.Move{Partition: p, Source: r.ReadString(), Destination: r.ReadString()}
 	mv.DestinationIndex, mv.SourceNewIndex = int(r.ReadVarint()), int(r.ReadVarint())
+	mv.ID = r.ReadUvarint()
 	return mv
 }
 
@@ -157,6 +159,7 @@ func (op *migPrepareOp) Run(ctx *spi.OpContext) error {
 	}
 	w := spi.NewWriter(nil)
 	w.WriteUvarint(uint64(n.ops.ReplicaVersion(p)))
+	n.ops.AppendDedup(w, p)
 	if err := n.appendBundle(w, p, 0, op.move.Destination); err != nil {
 		n.endMig(p, false)
 		return err
@@ -191,10 +194,16 @@ func (op *migApplyOp) Run(ctx *spi.OpContext) error {
 	p := ctx.PartitionID
 	op.move.Partition = p
 	if st := n.migs[p]; st != nil {
-		if st.move == op.move && st.endpoint == spi.MigrationDestination {
+		switch {
+		case st.move == op.move && st.master == op.master && st.endpoint == spi.MigrationDestination && !st.committed:
 			return nil // a retry of this very step
+		case st.committed:
+			// An earlier attempt committed here but its table never came:
+			// what it left is stale, and this attempt replaces it.
+			n.setMig(p, nil)
+		default:
+			return fmt.Errorf("partition %d: another migration is in flight (%s -> %s)", p, st.move.Source, st.move.Destination)
 		}
-		return fmt.Errorf("partition %d: another migration is in flight (%s -> %s)", p, st.move.Source, st.move.Destination)
 	}
 	if owner := n.table.Load().Owner(p); owner == n.id {
 		return fmt.Errorf("partition %d: destination %s already owns it", p, n.id)
@@ -213,6 +222,9 @@ func (op *migApplyOp) Run(ctx *spi.OpContext) error {
 	err := r.Err()
 	if err == nil {
 		n.ops.ResetReplica(p)
+		err = n.ops.ReadDedup(r, p)
+	}
+	if err == nil {
 		err = n.runBundle(p, r, ctx.Caller, 0)
 	}
 	if err != nil {

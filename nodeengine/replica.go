@@ -155,7 +155,11 @@ func (n *Node) installSync(p int, data []byte) {
 	for _, ma := range n.migrationAware {
 		ma.svc.ClearPartitionReplica(p)
 	}
-	if err := n.runBundle(p, r, n.address, n.table.Load().ReplicaIndex(p, n.id)); err != nil {
+	err := n.ops.ReadDedup(r, p)
+	if err == nil {
+		err = n.runBundle(p, r, n.address, n.table.Load().ReplicaIndex(p, n.id))
+	}
+	if err != nil {
 		n.log.Error("replica sync failed", "partition", p, "error", err)
 		for _, ma := range n.migrationAware {
 			ma.svc.ClearPartitionReplica(p)
@@ -230,6 +234,7 @@ func (op *replicaSyncOp) Run(ctx *spi.OpContext) error {
 	}
 	w := spi.NewWriter(nil)
 	w.WriteUvarint(uint64(n.ops.ReplicaVersion(p)))
+	n.ops.AppendDedup(w, p)
 	if err := n.appendBundle(w, p, op.replica, ctx.Caller); err != nil {
 		return err
 	}

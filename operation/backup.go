@@ -5,6 +5,7 @@ import (
 	"fmt"
 	"reflect"
 	"sync/atomic"
+	"time"
 
 	"github.com/partita-go/partita/spi"
 )
@@ -93,6 +94,15 @@ func (s *Service) sendBackups(t task, bo spi.BackupAwareOperation, resp any) boo
 			s.log.Debug("synchronous backup not acknowledged; the write is safe on the primary", "partition", t.pid, "error", err)
 		}
 		if remaining.Add(-1) == 0 {
+			if s.closed.Load() {
+				// This member is going away: an ack that failed with it
+				// proves nothing, so send no answer (a remote caller
+				// retries with the same invocation id).
+				if t.local != nil {
+					t.local.complete(nil, spi.ErrShutdown)
+				}
+				return
+			}
 			s.finish(t, resp, nil)
 		}
 	}
@@ -113,13 +123,41 @@ func (s *Service) sendBackups(t task, bo spi.BackupAwareOperation, resp any) boo
 }
 
 func (s *Service) sendBackup(cl *call, t task, r Replica, replica int, version int64, typeID uint16, bop spi.Operation) error {
+	if s.cfg.Hook != nil {
+		// Fault injection may delay, hold or drop a backup: do it off the
+		// executor. Backups then leave in any order, which the replicas'
+		// version ordering absorbs.
+		s.wg.Add(1)
+		go func() {
+			defer s.wg.Done()
+			ctx, cancel := context.WithTimeout(context.Background(), s.cfg.InvocationTimeout)
+			defer cancel()
+			err := s.cfg.Hook(ctx, Message{From: s.cfg.LocalID, To: r.ID, Service: t.svc.name, Partition: t.pid, Op: backupMessage{bop}})
+			if err == nil {
+				err = s.sendBackupNow(cl, t, r, replica, version, typeID, bop)
+			}
+			if err != nil && cl != nil {
+				cl.complete(nil, err)
+			}
+		}()
+		return nil
+	}
+	return s.sendBackupNow(cl, t, r, replica, version, typeID, bop)
+}
+
+// backupMessage names a backup for fault rules: "backup/<Go type>".
+type backupMessage struct{ spi.Operation }
+
+func (b backupMessage) MessageKind() string { return fmt.Sprintf("backup/%T", b.Operation) }
+
+func (s *Service) sendBackupNow(cl *call, t task, r Replica, replica int, version int64, typeID uint16, bop spi.Operation) error {
 	ctx, cancel := context.WithTimeout(context.Background(), handshakeTimeout)
 	defer cancel()
 	c, err := s.connTo(ctx, r.ID, r.Address)
 	if err != nil {
 		return err
 	}
-	return c.sendBackup(cl, t.svc, typeID, t.pid, replica, version, bop)
+	return c.sendBackup(cl, t, typeID, replica, version, bop)
 }
 
 // runBackup applies a backup in version order (on the partition's
@@ -167,6 +205,7 @@ func (s *Service) applyBackup(e *executor, t task) {
 		s.log.Error("backup operation failed", "service", t.svc.name, "partition", t.pid, "error", err)
 	}
 	s.versions[t.pid].Store(t.version)
+	s.record(t.pid, t.key, t.resp, time.Now().UnixNano())
 	s.finish(t, nil, err)
 }
 
@@ -238,4 +277,5 @@ func (s *Service) ReplicaSynced(p int, v int64) {
 func (s *Service) ResetReplica(p int) {
 	s.dropPending(p, fmt.Errorf("%w: partition %d: replica dropped", spi.ErrWrongTarget, p))
 	s.versions[p].Store(0)
+	s.DropDedup(p)
 }

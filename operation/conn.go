@@ -44,6 +44,16 @@ type peer struct {
 	err   error
 }
 
+// holds reports whether the peer's dial finished with c.
+func (p *peer) holds(c *conn) bool {
+	select {
+	case <-p.ready:
+		return p.c == c
+	default:
+		return false // still dialling: p.c is not ours to read yet
+	}
+}
+
 // conn is one member-to-member TCP connection. Both sides may send
 // requests and responses on it; one writer goroutine batches frames.
 type conn struct {
@@ -294,7 +304,7 @@ func (c *conn) close(err error) {
 	s := c.s
 	s.mu.Lock()
 	delete(s.all, c)
-	if p, ok := s.conns[c.remote.id]; ok && p.c == c {
+	if p, ok := s.conns[c.remote.id]; ok && p.holds(c) {
 		delete(s.conns, c.remote.id)
 	}
 	s.mu.Unlock()
@@ -363,7 +373,7 @@ func (c *conn) queue(fill func(buf []byte) ([]byte, error)) error {
 }
 
 // sendRequest registers cl under a new call id and queues the request.
-func (c *conn) sendRequest(cl *call, svc *serviceEntry, typeID uint16, pid int) (uint64, error) {
+func (c *conn) sendRequest(cl *call, svc *serviceEntry, typeID uint16, pid int, key invKey) (uint64, error) {
 	id := c.s.nextCall.Add(1)
 	c.mu.Lock()
 	if !c.closed {
@@ -377,6 +387,8 @@ func (c *conn) sendRequest(cl *call, svc *serviceEntry, typeID uint16, pid int) 
 		w.WriteUint32(svc.id)
 		w.WriteUint16(typeID)
 		w.WriteVarint(int64(pid))
+		w.WriteUint64(key.origin)
+		w.WriteUvarint(key.seq)
 		cl.op.WriteData(&w)
 		buf = w.Bytes()
 		return buf, endFrame(buf, start)
@@ -390,7 +402,7 @@ func (c *conn) sendRequest(cl *call, svc *serviceEntry, typeID uint16, pid int) 
 
 // sendBackup queues a backup frame, registering cl for its ack when cl is
 // not nil (a synchronous backup).
-func (c *conn) sendBackup(cl *call, svc *serviceEntry, typeID uint16, pid, replica int, version int64, op spi.Operation) error {
+func (c *conn) sendBackup(cl *call, t task, typeID uint16, replica int, version int64, op spi.Operation) error {
 	var id uint64
 	if cl != nil {
 		id = c.s.nextCall.Add(1)
@@ -407,11 +419,14 @@ func (c *conn) sendBackup(cl *call, svc *serviceEntry, typeID uint16, pid, repli
 		buf, start := beginFrame(buf, kindBackup, id)
 		w := spi.Writer{}
 		w.SetBuffer(buf)
-		w.WriteUint32(svc.id)
+		w.WriteUint32(t.svc.id)
 		w.WriteUint16(typeID)
-		w.WriteVarint(int64(pid))
+		w.WriteVarint(int64(t.pid))
 		w.WriteUint8(uint8(replica))
 		w.WriteUvarint(uint64(version))
+		w.WriteUint64(t.key.origin)
+		w.WriteUvarint(t.key.seq)
+		w.WriteBytes(t.resp)
 		op.WriteData(&w)
 		buf = w.Bytes()
 		return buf, endFrame(buf, start)
@@ -530,8 +545,13 @@ func (c *conn) handleRequest(callID uint64, payload []byte, backup bool) {
 	sid, tid, pid := r.ReadUint32(), r.ReadUint16(), r.ReadVarint()
 	var replica uint8
 	var version uint64
+	var resp []byte
 	if backup {
 		replica, version = r.ReadUint8(), r.ReadUvarint()
+	}
+	key := invKey{origin: r.ReadUint64(), seq: r.ReadUvarint()}
+	if backup {
+		resp = r.ReadBytes()
 		if r.Err() == nil && (pid < 0 || replica == 0 || replica > 6) {
 			fail := fmt.Errorf("%w: backup for partition %d replica %d", spi.ErrProtocol, pid, replica)
 			s.log.Warn("rejecting backup", "remote", c.remote.address, "error", fail)
@@ -573,7 +593,7 @@ func (c *conn) handleRequest(callID uint64, payload []byte, backup bool) {
 		return
 	}
 	t := task{op: op, svc: svc, pid: int(pid), caller: c.remote.address, conn: c, callID: callID,
-		replica: int(replica), version: int64(version)}
+		replica: int(replica), version: int64(version), key: key, resp: resp}
 	// Blocking here pushes back on the sender through TCP.
 	if err := s.enqueue(context.Background(), t); err != nil {
 		s.finish(t, nil, err)

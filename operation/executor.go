@@ -4,6 +4,7 @@ import (
 	"fmt"
 	"runtime/debug"
 	"sync"
+	"time"
 
 	"github.com/partita-go/partita/spi"
 )
@@ -23,6 +24,8 @@ type task struct {
 	// primary stamped it with.
 	replica int
 	version int64
+	key     invKey // the invocation, for exactly-once
+	resp    []byte // a backup: the primary's encoded response
 }
 
 // executor is one goroutine with its queue. Partition p always runs on
@@ -69,6 +72,16 @@ func (e *executor) run(t task) {
 			return
 		}
 	}
+	bo, backupAware := t.op.(spi.BackupAwareOperation)
+	if backupAware && t.pid >= 0 {
+		if b, ok := e.s.lookup(t.pid, t.key); ok {
+			// A retry of an invocation that already ran here, or on the
+			// primary this member took over from.
+			resp, err := decodeResponse(t.op, b)
+			e.s.finish(t, resp, err)
+			return
+		}
+	}
 	c := &e.opctx
 	*c = spi.OpContext{Engine: e.s.cfg.Engine, Service: t.svc.instance, PartitionID: t.pid, Caller: t.caller, Executor: e.index}
 	err := e.safely(func() error { return t.op.Run(c) })
@@ -79,8 +92,15 @@ func (e *executor) run(t task) {
 		}
 	}
 	*c = spi.OpContext{}
-	if err == nil && t.pid >= 0 {
-		if bo, ok := t.op.(spi.BackupAwareOperation); ok && bo.ShouldBackup() && e.s.sendBackups(t, bo, resp) {
+	if err == nil && t.pid >= 0 && backupAware && bo.ShouldBackup() {
+		enc, eerr := encodeResponse(t.op, resp)
+		if eerr != nil {
+			e.s.finish(t, nil, eerr)
+			return
+		}
+		t.resp = enc
+		e.s.record(t.pid, t.key, enc, time.Now().UnixNano())
+		if e.s.sendBackups(t, bo, resp) {
 			return // the last synchronous ack finishes the task
 		}
 	}

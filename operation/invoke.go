@@ -2,6 +2,7 @@ package operation
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"reflect"
 	"time"
@@ -45,13 +46,22 @@ func (s *Service) invoke(ctx context.Context, service string, op spi.Operation, 
 		defer cancel()
 	}
 	pause := s.cfg.RetryPause
+	var key invKey
+	if pid >= 0 {
+		key = invKey{origin: s.origin, seq: s.seq.Add(1)}
+	}
+	first := time.Now()
 	for {
-		resp, err := s.attempt(ctx, svc, op, pid, member)
+		resp, err := s.attempt(ctx, svc, op, pid, member, key)
 		if err == nil || !spi.IsRetryable(err) {
 			return resp, err
 		}
 		if s.closed.Load() {
 			return nil, spi.ErrShutdown
+		}
+		if errors.Is(err, spi.ErrMemberLeft) && time.Since(first) > s.cfg.DedupWindow {
+			// The record that would recognise a retry may be gone.
+			return nil, fmt.Errorf("%w: %s %T on partition %d: %w", spi.ErrIndeterminate, service, op, pid, err)
 		}
 		t := time.NewTimer(pause)
 		select {
@@ -65,7 +75,7 @@ func (s *Service) invoke(ctx context.Context, service string, op spi.Operation, 
 }
 
 // attempt sends op once to the member that should run it.
-func (s *Service) attempt(ctx context.Context, svc *serviceEntry, op spi.Operation, pid int, member string) (any, error) {
+func (s *Service) attempt(ctx context.Context, svc *serviceEntry, op spi.Operation, pid int, member string, key invKey) (any, error) {
 	if s.closed.Load() {
 		return nil, spi.ErrShutdown
 	}
@@ -90,7 +100,7 @@ func (s *Service) attempt(ctx context.Context, svc *serviceEntry, op spi.Operati
 	cl := newCall(op)
 	if id == s.cfg.LocalID {
 		// Local fast path: hand the operation itself to the executor.
-		t := task{op: op, svc: svc, pid: pid, caller: s.cfg.LocalAddress, local: cl}
+		t := task{op: op, svc: svc, pid: pid, caller: s.cfg.LocalAddress, local: cl, key: key}
 		if err := s.enqueue(ctx, t); err != nil {
 			return nil, err
 		}
@@ -109,11 +119,18 @@ func (s *Service) attempt(ctx context.Context, svc *serviceEntry, op spi.Operati
 	if err != nil {
 		return nil, err
 	}
-	callID, err := c.sendRequest(cl, svc, typeID, pid)
+	callID, err := c.sendRequest(cl, svc, typeID, pid, key)
 	if err != nil {
 		return nil, err
 	}
-	return s.wait(ctx, cl, c, callID)
+	resp, err := s.wait(ctx, cl, c, callID)
+	if err == nil && s.cfg.Hook != nil {
+		m := Message{From: s.cfg.LocalID, To: id, Service: svc.name, Partition: pid, Op: op, Response: true}
+		if herr := s.cfg.Hook(ctx, m); herr != nil {
+			return nil, herr
+		}
+	}
+	return resp, err
 }
 
 func (s *Service) wait(ctx context.Context, cl *call, c *conn, callID uint64) (any, error) {

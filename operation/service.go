@@ -44,6 +44,7 @@ type Config struct {
 	QueueSize         int // per executor; 0: 4096
 	InvocationTimeout time.Duration
 	RetryPause        time.Duration
+	DedupWindow       time.Duration  // how long invocation records are kept; 0: 30s
 	Engine            spi.NodeEngine // handed to operations in OpContext
 	Routing           Routing
 	Logger            *slog.Logger
@@ -51,9 +52,10 @@ type Config struct {
 	// node engine's dialer writes the protocol selector byte first.
 	Dial func(ctx context.Context, address string) (net.Conn, error)
 	// Hook, when set, sees every request before it is sent to another
-	// member (tests use it to drop, delay or hold messages). It runs on
-	// the invoking goroutine; an error drops the message and fails the
-	// attempt with that error (wrap spi.ErrMemberLeft to have it retried).
+	// member, and every successful answer to one when it arrives (tests
+	// use it to drop, delay or hold messages). It runs on the invoking
+	// goroutine; an error drops the message and fails the attempt with
+	// that error (wrap spi.ErrMemberLeft to have it retried).
 	Hook func(ctx context.Context, m Message) error
 	// OnReplicaGap is called on partition p's executor when a backup
 	// arrives ahead of a missing one: this replica needs a full sync from
@@ -68,10 +70,14 @@ type Replica struct {
 
 // Message describes a request on its way to another member, for Hook.
 type Message struct {
-	From, To  string // member IDs
+	From, To  string // member IDs: the request's sender and receiver
 	Service   string
 	Partition int // -1: generic
 	Op        spi.Operation
+	// Response is set when the hook sees the answer arriving back at the
+	// caller (From) instead of the request leaving it; an error then makes
+	// the caller treat the answer as lost with the connection.
+	Response bool
 }
 
 // Kind names the message for fault-injection rules: the operation's
@@ -111,7 +117,10 @@ type Service struct {
 	versions  []atomic.Int64  // by partition: replica version (see backup.go)
 	replicas  []*replicaState // by partition; touched on its executor only
 	syncs     atomic.Int32    // partitions whose replica waits for a sync
-	generic   *executor       // generic executors share one queue
+	dedup     []*dedupLog     // by partition; touched on its executor only
+	origin    uint64          // this member's incarnation, for invocation ids
+	seq       atomic.Uint64
+	generic   *executor // generic executors share one queue
 	quit      chan struct{}
 	wg        sync.WaitGroup
 	started   atomic.Bool
@@ -139,6 +148,9 @@ func New(cfg Config) *Service {
 	if cfg.InvocationTimeout <= 0 {
 		cfg.InvocationTimeout = 2 * time.Minute
 	}
+	if cfg.DedupWindow <= 0 {
+		cfg.DedupWindow = 30 * time.Second
+	}
 	if cfg.RetryPause <= 0 {
 		cfg.RetryPause = 10 * time.Millisecond
 	}
@@ -153,6 +165,8 @@ func New(cfg Config) *Service {
 		migrating: make([]atomic.Bool, cfg.PartitionCount),
 		versions:  make([]atomic.Int64, cfg.PartitionCount),
 		replicas:  make([]*replicaState, cfg.PartitionCount),
+		dedup:     make([]*dedupLog, cfg.PartitionCount),
+		origin:    newIncarnation(),
 		cfg:       cfg,
 		log:       cfg.Logger,
 		byName:    make(map[string]*serviceEntry),

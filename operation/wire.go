@@ -126,6 +126,7 @@ var errorCodes = []error{
 	spi.ErrProtocol,
 	spi.ErrClusterMismatch,
 	spi.ErrNoSuchMember,
+	spi.ErrIndeterminate,
 }
 
 func errorCode(err error) uint8 {

@@ -53,6 +53,12 @@ var (
 	// another protocol version.
 	ErrClusterMismatch = errors.New("partita: peer belongs to another cluster or protocol version")
 
+	// ErrIndeterminate means the operation may or may not have run: the
+	// member it was sent to left before answering, and too long has passed
+	// since the first attempt for a retry to be answered from the
+	// exactly-once record (operations.dedup-window).
+	ErrIndeterminate = errors.New("partita: outcome unknown: the target left after the operation was sent")
+
 	// ErrNoSuchMember means the member named as a target is not in the
 	// member list.
 	ErrNoSuchMember = errors.New("partita: no such member")

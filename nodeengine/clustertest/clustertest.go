@@ -306,6 +306,26 @@ func (c *Cluster) Kill(i int) {
 	n.Terminate()
 }
 
+// KillMany kills the members at the given indexes (oldest first) at the
+// same instant.
+func (c *Cluster) KillMany(idx ...int) {
+	c.t.Helper()
+	var victims []*nodeengine.Node
+	for _, i := range idx {
+		victims = append(victims, c.Member(i))
+	}
+	var wg sync.WaitGroup
+	for _, n := range victims {
+		c.remove(n)
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			n.Terminate()
+		}()
+	}
+	wg.Wait()
+}
+
 func (c *Cluster) remove(n *nodeengine.Node) {
 	c.mu.Lock()
 	defer c.mu.Unlock()
@@ -362,6 +382,10 @@ type Fault struct {
 	// Hold, when not nil, holds the request until the channel is closed,
 	// then sends it (or drops it when Drop is set).
 	Hold chan struct{}
+	// Responses makes the rule apply to answers arriving back at From
+	// instead of requests leaving it: a dropped answer is lost as with a
+	// broken connection (the operation ran; the caller retries it).
+	Responses bool
 
 	hits atomic.Int64
 }
@@ -370,7 +394,8 @@ type Fault struct {
 func (f *Fault) Hits() int64 { return f.hits.Load() }
 
 func (f *Fault) matches(m operation.Message) bool {
-	return (f.From == "" || f.From == m.From) && (f.To == "" || f.To == m.To) && strings.HasPrefix(m.Kind(), f.Kind)
+	return f.Responses == m.Response && (f.From == "" || f.From == m.From) && (f.To == "" || f.To == m.To) &&
+		strings.HasPrefix(m.Kind(), f.Kind)
 }
 
 // AddFault installs a rule for requests between members and returns a

@@ -45,14 +45,17 @@ const (
 	typeInc       uint16 = 1
 	typeGet       uint16 = 2
 	typeMigration uint16 = 3 // CounterMigrationOperation, see migration.go
+	typeIncBackup uint16 = 4
 )
 
 // Service is the counter service of one member.
 type Service struct {
-	engine     spi.NodeEngine
-	log        *slog.Logger
-	opLevel    slog.Level
-	containers []container // by partition id
+	engine  spi.NodeEngine
+	log     *slog.Logger
+	opLevel slog.Level
+	// Backups of each increment: synchronous (waited for) and not.
+	syncBackups, asyncBackups int
+	containers                []container // by partition id
 }
 
 // container holds the counters of one partition. Only that partition's
@@ -79,6 +82,20 @@ func (s *Service) Init(engine spi.NodeEngine, props spi.Properties) error {
 	s.opLevel = slog.LevelInfo
 	if lvl == "debug" {
 		s.opLevel = slog.LevelDebug
+	}
+	if s.syncBackups, err = props.Int("backup-count", 1); err != nil {
+		return err
+	}
+	if s.asyncBackups, err = props.Int("async-backup-count", 0); err != nil {
+		return err
+	}
+	if s.syncBackups < 0 || s.asyncBackups < 0 || s.syncBackups+s.asyncBackups > 6 {
+		where := ""
+		if p, ok := props.Lookup("backup-count"); ok && p.Where != "" {
+			where = p.Where + ": "
+		}
+		return fmt.Errorf("%sservice %q: backup-count %d + async-backup-count %d must be 0..6",
+			where, ServiceName, s.syncBackups, s.asyncBackups)
 	}
 	s.containers = make([]container, engine.Partitions().PartitionCount())
 	for i := range s.containers {
@@ -118,6 +135,7 @@ func (s *Service) OperationTypes() []spi.OperationType {
 		{ID: typeInc, New: func() spi.Operation { return new(IncOperation) }},
 		{ID: typeGet, New: func() spi.Operation { return new(GetOperation) }},
 		{ID: typeMigration, New: func() spi.Operation { return new(CounterMigrationOperation) }},
+		{ID: typeIncBackup, New: func() spi.Operation { return new(IncBackupOperation) }},
 	}
 }
 
@@ -193,16 +211,71 @@ func (c *Counter) Get(ctx context.Context) (int64, error) {
 }
 
 // IncOperation adds Amount to the counter Name and responds with the new
-// value.
+// value. It is backed up: IncBackupOperation repeats the addition on the
+// backup replicas (backup-count of them synchronously, async-backup-count
+// more without waiting).
 type IncOperation struct {
 	Name   string
 	Amount int64
 	value  int64
+	svc    *Service
+}
+
+var _ spi.BackupAwareOperation = (*IncOperation)(nil)
+
+// SyncBackupCount implements spi.BackupAwareOperation.
+func (op *IncOperation) SyncBackupCount() int { return op.svc.syncBackups }
+
+// AsyncBackupCount implements spi.BackupAwareOperation.
+func (op *IncOperation) AsyncBackupCount() int { return op.svc.asyncBackups }
+
+// ShouldBackup implements spi.BackupAwareOperation: adding 0 changes
+// nothing.
+func (op *IncOperation) ShouldBackup() bool { return op.Amount != 0 }
+
+// BackupOperation implements spi.BackupAwareOperation.
+func (op *IncOperation) BackupOperation() spi.Operation {
+	return &IncBackupOperation{Name: op.Name, Amount: op.Amount}
+}
+
+// IncBackupOperation repeats an increment on a backup replica.
+type IncBackupOperation struct {
+	Name   string
+	Amount int64
+}
+
+var _ spi.BackupOperation = (*IncBackupOperation)(nil)
+
+// Backup implements spi.BackupOperation.
+func (op *IncBackupOperation) Backup() {}
+
+// Run implements spi.Operation, on the backup's partition executor.
+func (op *IncBackupOperation) Run(ctx *spi.OpContext) error {
+	s := ctx.Service.(*Service)
+	if s.log.Enabled(context.Background(), s.opLevel) {
+		s.log.Log(context.Background(), s.opLevel, "Executing backup "+op.Name+".inc() on: "+ctx.Engine.LocalMember().Address,
+			"partition", ctx.PartitionID, "replica", ctx.ReplicaIndex)
+	}
+	s.containers[ctx.PartitionID].values[op.Name] += op.Amount
+	return nil
+}
+
+// WriteData implements spi.Operation.
+func (op *IncBackupOperation) WriteData(w *spi.Writer) {
+	w.WriteString(op.Name)
+	w.WriteVarint(op.Amount)
+}
+
+// ReadData implements spi.Operation.
+func (op *IncBackupOperation) ReadData(r *spi.Reader) error {
+	op.Name, op.Amount = r.ReadString(), r.ReadVarint()
+	return r.Err()
 }
 
 // Run implements spi.Operation.
 func (op *IncOperation) Run(ctx *spi.OpContext) error {
 	s := ctx.Service.(*Service)
+	op.svc = s
 	if s.log.Enabled(context.Background(), s.opLevel) {
 		s.log.Log(context.Background(), s.opLevel, "Executing "+op.Name+".inc() on: "+ctx.Engine.LocalMember().Address,
 			"partition", ctx.PartitionID)

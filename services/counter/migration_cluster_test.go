@@ -18,9 +18,10 @@ import (
 // load keeps goroutines incrementing counters through the members that
 // pick returns, counting acknowledged increments per counter.
 type load struct {
-	names  []string
-	acked  []atomic.Int64
-	failed atomic.Int64
+	names     []string
+	acked     []atomic.Int64
+	failedPer []atomic.Int64 // increments that returned an error: may or may not have applied
+	failed    atomic.Int64
 	ops    atomic.Int64
 	mu     sync.Mutex
 	errs   []error
@@ -29,7 +30,8 @@ type load struct {
 }
 
 func startLoad(t *testing.T, goroutines, counters int, pick func(r *rand.Rand) *nodeengine.Node) *load {
-	l := &load{names: make([]string, counters), acked: make([]atomic.Int64, counters), stop: make(chan struct{})}
+	l := &load{names: make([]string, counters), acked: make([]atomic.Int64, counters),
+		failedPer: make([]atomic.Int64, counters), stop: make(chan struct{})}
 	for i := range l.names {
 		l.names[i] = fmt.Sprintf("load-%d", i)
 	}
@@ -55,6 +57,7 @@ func startLoad(t *testing.T, goroutines, counters int, pick func(r *rand.Rand) *
 				l.ops.Add(1)
 				if err != nil {
 					l.failed.Add(1)
+					l.failedPer[k].Add(1)
 					l.mu.Lock()
 					if len(l.errs) < 5 {
 						l.errs = append(l.errs, err)

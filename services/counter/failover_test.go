@@ -1,0 +1,132 @@
+package counter_test
+
+import (
+	"context"
+	"fmt"
+	"testing"
+	"time"
+
+	"github.com/partita-go/partita/config"
+	"github.com/partita-go/partita/nodeengine/clustertest"
+	"github.com/partita-go/partita/services/counter"
+)
+
+// verifyAfterFailure checks, once the load stopped and the cluster is
+// stable, that no acknowledged increment was lost and none applied twice:
+// acked <= value <= acked + failed, per counter. Then it waits for the
+// cluster to be safe and checks that every backup equals its primary.
+func (l *load) verifyAfterFailure(t *testing.T, c *clustertest.Cluster) {
+	t.Helper()
+	l.halt()
+	c.WaitStable()
+	ctx, cancel := context.WithTimeout(context.Background(), 60*time.Second)
+	defer cancel()
+	var acked, failed int64
+	for k, name := range l.names {
+		obj, err := c.Member(0).Proxies().Get(ctx, counter.ServiceName, name)
+		if err != nil {
+			t.Fatal(err)
+		}
+		got, err := obj.(*counter.Counter).Get(ctx)
+		if err != nil {
+			t.Fatal(err)
+		}
+		a, f := l.acked[k].Load(), l.failedPer[k].Load()
+		if got < a || got > a+f {
+			t.Errorf("counter %s = %d, want %d..%d (acknowledged %d, failed %d)", name, got, a, a+f, a, f)
+		}
+		acked += a
+		failed += f
+	}
+	t.Logf("%d increments acknowledged, %d failed (in flight at the failure)", acked, failed)
+	clustertest.Eventually(t, 30*time.Second, func() error {
+		safe, err := c.Member(0).Partitions().IsClusterSafe(ctx)
+		if err != nil {
+			return err
+		}
+		if !safe {
+			return fmt.Errorf("cluster not safe yet")
+		}
+		return nil
+	})
+	checkBackupsEqualPrimaries(t, c)
+}
+
+// checkBackupsEqualPrimaries compares every counter on every backup
+// replica with its primary.
+func checkBackupsEqualPrimaries(t *testing.T, c *clustertest.Cluster) {
+	t.Helper()
+	ms := c.Members()
+	tab := ms[0].Table()
+	values := map[string]map[string]int64{}
+	for i, m := range ms {
+		values[m.ID()] = localValues(t, c, i)
+	}
+	compared := 0
+	for _, m := range ms {
+		for name, v := range values[m.ID()] {
+			p := m.Partitions().PartitionID(name)
+			if tab.Owner(p) != m.ID() {
+				continue
+			}
+			for _, b := range tab.BackupsOf(p) {
+				if bv, ok := values[b][name]; !ok || bv != v {
+					t.Errorf("counter %s: primary %d, backup on %s %d (present %v)", name, v, b, bv, ok)
+				}
+				compared++
+			}
+		}
+	}
+	if compared == 0 {
+		t.Fatal("no backup compared")
+	}
+}
+
+func TestKillOneOfThreeLosesNothing(t *testing.T) {
+	for _, victim := range []int{0, 2} { // the master, and another member
+		t.Run(fmt.Sprintf("victim%d", victim), func(t *testing.T) {
+			c := clustertest.New(t, 3)
+			l := startLoad(t, 64, 1000, anyMember(c))
+			l.waitOps(t, 3000)
+			c.Kill(victim)
+			l.waitOps(t, 3000)
+			l.verifyAfterFailure(t, c)
+		})
+	}
+}
+
+func withTwoBackups(i int, cfg *config.Config) {
+	cfg.Partitions.BackupCount = 2
+	for j, sc := range cfg.Services {
+		if sc.Type == counter.TypeName {
+			cfg.Services[j].Properties = sc.Properties.With("backup-count", "2")
+		}
+	}
+}
+
+func TestKillTwoOfFiveWithTwoBackupsLosesNothing(t *testing.T) {
+	c := clustertest.New(t, 5, clustertest.WithConfig(withTwoBackups))
+	l := startLoad(t, 64, 1000, anyMember(c))
+	l.waitOps(t, 3000)
+	c.KillMany(1, 3)
+	l.waitOps(t, 3000)
+	l.verifyAfterFailure(t, c)
+}
+
+// Backups between two members are dropped for a while, then delayed (and
+// so reordered): the backup replicas notice the gaps, resynchronise from
+// their primaries, and end equal to them.
+func TestLostAndReorderedBackupsAreRepaired(t *testing.T) {
+	c := clustertest.New(t, 3)
+	a, b := c.Member(0), c.Member(1)
+	l := startLoad(t, 16, 200, anyMember(c))
+	l.waitOps(t, 1000)
+	remove := c.AddFault(&clustertest.Fault{From: a.ID(), To: b.ID(), Kind: "backup/", Drop: true})
+	l.waitOps(t, 2000)
+	remove()
+	remove = c.AddFault(&clustertest.Fault{From: b.ID(), To: a.ID(), Kind: "backup/", Delay: 2 * time.Millisecond})
+	l.waitOps(t, 2000)
+	remove()
+	l.waitOps(t, 1000)
+	l.verifyAfterFailure(t, c)
+}
