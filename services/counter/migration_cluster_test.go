@@ -22,11 +22,11 @@ type load struct {
 	acked     []atomic.Int64
 	failedPer []atomic.Int64 // increments that returned an error: may or may not have applied
 	failed    atomic.Int64
-	ops    atomic.Int64
-	mu     sync.Mutex
-	errs   []error
-	stop   chan struct{}
-	wg     sync.WaitGroup
+	ops       atomic.Int64
+	mu        sync.Mutex
+	errs      []error
+	stop      chan struct{}
+	wg        sync.WaitGroup
 }
 
 func startLoad(t *testing.T, goroutines, counters int, pick func(r *rand.Rand) *nodeengine.Node) *load {
