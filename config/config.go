@@ -118,6 +118,11 @@ type OperationsConfig struct {
 	// RetryPause is the first back-off between retries (`retry-pause`,
 	// default 10ms); it must be shorter than InvocationTimeout.
 	RetryPause time.Duration
+	// DedupWindow is how long a primary remembers the invocations it ran
+	// (`dedup-window`, default 30s), so that a retry after a lost answer
+	// or a failover is answered instead of applied again. A retry later
+	// than this after the first attempt fails with spi.ErrIndeterminate.
+	DedupWindow time.Duration
 }
 
 // MembershipConfig is the `membership:` section: failure detection and
@@ -208,6 +213,18 @@ var parsedDefault = sync.OnceValue(func() *Config {
 	c.lines = nil
 	return c
 })
+
+// UseFastFailureDetection tunes membership for tests and demos on one
+// host: a dead member is noticed in about a second instead of several, and
+// anti-entropy runs twice a second.
+func (c *Config) UseFastFailureDetection() {
+	c.Membership.ProbeInterval = 200 * time.Millisecond
+	c.Membership.ProbeTimeout = 100 * time.Millisecond
+	c.Membership.SuspicionMult = 2
+	c.Membership.GossipInterval = 50 * time.Millisecond
+	c.Membership.PushPullInterval = time.Second
+	c.Partitions.AntiEntropyInterval = 500 * time.Millisecond
+}
 
 // Load reads the file at path and parses it with Parse.
 func Load(path string) (*Config, error) {

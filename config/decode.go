@@ -94,6 +94,7 @@ func (d *decoder) config(n *yaml.Node, c *Config) {
 			"queue-size":         scalar(d, &c.Operations.QueueSize),
 			"invocation-timeout": scalar(d, &c.Operations.InvocationTimeout),
 			"retry-pause":        scalar(d, &c.Operations.RetryPause),
+			"dedup-window":       scalar(d, &c.Operations.DedupWindow),
 		}),
 		"membership": d.section(map[string]field{
 			"probe-interval":     scalar(d, &c.Membership.ProbeInterval),

@@ -115,7 +115,9 @@ func (n *Node) requestSync(p int) {
 				n.ops.RunOnPartition(p, func() { n.ops.ReplicaSynced(p, -1) })
 				return
 			}
-			ctx, cancel := n.stopContext(n.cfg.Migration.StepTimeout)
+			// Short attempts: the owner may be dead and about to be
+			// replaced in the table, so look it up again each time.
+			ctx, cancel := n.stopContext(min(2*time.Second, n.cfg.Migration.StepTimeout))
 			v, err := n.ops.InvokeOnPartitionOf(ctx, engineService, &replicaSyncOp{replica: k}, p, t.Owner(p))
 			cancel()
 			if err == nil {

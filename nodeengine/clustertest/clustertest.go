@@ -95,12 +95,7 @@ func (c *Cluster) Config(i int) *config.Config {
 		cfg.Network.Join.Members = append(cfg.Network.Join.Members, m.Address())
 		break
 	}
-	cfg.Membership.ProbeInterval = 200 * time.Millisecond
-	cfg.Membership.ProbeTimeout = 100 * time.Millisecond
-	cfg.Membership.SuspicionMult = 2
-	cfg.Membership.GossipInterval = 50 * time.Millisecond
-	cfg.Membership.PushPullInterval = time.Second
-	cfg.Partitions.AntiEntropyInterval = 500 * time.Millisecond
+	cfg.UseFastFailureDetection()
 	cfg.Operations.RetryPause = 2 * time.Millisecond
 	cfg.Operations.InvocationTimeout = 30 * time.Second
 	for j, sc := range cfg.Services {
@@ -259,6 +254,25 @@ func (c *Cluster) stable() error {
 		}
 	}
 	return nil
+}
+
+// WaitClusterSafe waits until the cluster is stable and safe: every backup
+// replica holds what its primary holds and nothing migrates or syncs.
+func (c *Cluster) WaitClusterSafe() {
+	c.t.Helper()
+	c.WaitStable()
+	Eventually(c.t, c.timeout, func() error {
+		ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+		defer cancel()
+		safe, err := c.Member(0).Partitions().IsClusterSafe(ctx)
+		switch {
+		case err != nil:
+			return err
+		case !safe:
+			return fmt.Errorf("cluster not safe yet")
+		}
+		return nil
+	})
 }
 
 // Eventually calls cond until it returns nil, failing t with cond's last

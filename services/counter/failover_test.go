@@ -39,16 +39,7 @@ func (l *load) verifyAfterFailure(t *testing.T, c *clustertest.Cluster) {
 		failed += f
 	}
 	t.Logf("%d increments acknowledged, %d failed (in flight at the failure)", acked, failed)
-	clustertest.Eventually(t, 30*time.Second, func() error {
-		safe, err := c.Member(0).Partitions().IsClusterSafe(ctx)
-		if err != nil {
-			return err
-		}
-		if !safe {
-			return fmt.Errorf("cluster not safe yet")
-		}
-		return nil
-	})
+	c.WaitClusterSafe()
 	checkBackupsEqualPrimaries(t, c)
 }
 
