@@ -32,7 +32,7 @@ func WithLogger(l *slog.Logger) Option { return func(n *Node) { n.log = l } }
 // WithOperationHook sets a hook that sees every request before it leaves
 // for another member (see operation.Config.Hook); tests use it to inject
 // faults.
-func WithOperationHook(h func(ctx context.Context, m operation.Message) error) Option {
+func WithOperationHook(h func(m operation.Message) operation.Verdict) Option {
 	return func(n *Node) { n.hook = h }
 }
 
@@ -46,7 +46,7 @@ func WithRegistry(r *prometheus.Registry) Option { return func(n *Node) { n.regi
 // to start again.
 type Node struct {
 	cfg      *config.Config
-	hook     func(ctx context.Context, m operation.Message) error
+	hook     func(m operation.Message) operation.Verdict
 	log      *slog.Logger
 	registry *prometheus.Registry
 

@@ -124,23 +124,26 @@ func (s *Service) sendBackups(t task, bo spi.BackupAwareOperation, resp any) boo
 
 func (s *Service) sendBackup(cl *call, t task, r Replica, replica int, version int64, typeID uint16, bop spi.Operation) error {
 	if s.cfg.Hook != nil {
-		// Fault injection may delay, hold or drop a backup: do it off the
-		// executor. Backups then leave in any order, which the replicas'
-		// version ordering absorbs.
-		s.wg.Add(1)
-		go func() {
-			defer s.wg.Done()
-			ctx, cancel := context.WithTimeout(context.Background(), s.cfg.InvocationTimeout)
-			defer cancel()
-			err := s.cfg.Hook(ctx, Message{From: s.cfg.LocalID, To: r.ID, Service: t.svc.name, Partition: t.pid, Op: backupMessage{bop}})
-			if err == nil {
-				err = s.sendBackupNow(cl, t, r, replica, version, typeID, bop)
-			}
-			if err != nil && cl != nil {
-				cl.complete(nil, err)
-			}
-		}()
-		return nil
+		m := Message{From: s.cfg.LocalID, To: r.ID, Service: t.svc.name, Partition: t.pid, Op: backupMessage{bop}}
+		if v := s.cfg.Hook(m); !v.pass() {
+			// A delayed, held or dropped backup is handled off the
+			// executor; backups then leave out of order, which the
+			// replicas' version ordering absorbs.
+			s.wg.Add(1)
+			go func() {
+				defer s.wg.Done()
+				ctx, cancel := context.WithTimeout(context.Background(), s.cfg.InvocationTimeout)
+				defer cancel()
+				err := v.apply(ctx, m)
+				if err == nil {
+					err = s.sendBackupNow(cl, t, r, replica, version, typeID, bop)
+				}
+				if err != nil && cl != nil {
+					cl.complete(nil, err)
+				}
+			}()
+			return nil
+		}
 	}
 	return s.sendBackupNow(cl, t, r, replica, version, typeID, bop)
 }

@@ -111,8 +111,11 @@ func (s *Service) attempt(ctx context.Context, svc *serviceEntry, op spi.Operati
 		return nil, fmt.Errorf("%w: %T is not among the operation types of service %q (see spi.OperationProvider)", spi.ErrUnknownOperation, op, svc.name)
 	}
 	if s.cfg.Hook != nil {
-		if err := s.cfg.Hook(ctx, Message{From: s.cfg.LocalID, To: id, Service: svc.name, Partition: pid, Op: op}); err != nil {
-			return nil, err
+		m := Message{From: s.cfg.LocalID, To: id, Service: svc.name, Partition: pid, Op: op}
+		if v := s.cfg.Hook(m); !v.pass() {
+			if err := v.apply(ctx, m); err != nil {
+				return nil, err
+			}
 		}
 	}
 	c, err := s.connTo(ctx, id, address)
@@ -126,8 +129,10 @@ func (s *Service) attempt(ctx context.Context, svc *serviceEntry, op spi.Operati
 	resp, err := s.wait(ctx, cl, c, callID)
 	if err == nil && s.cfg.Hook != nil {
 		m := Message{From: s.cfg.LocalID, To: id, Service: svc.name, Partition: pid, Op: op, Response: true}
-		if herr := s.cfg.Hook(ctx, m); herr != nil {
-			return nil, herr
+		if v := s.cfg.Hook(m); !v.pass() {
+			if herr := v.apply(ctx, m); herr != nil {
+				return nil, herr
+			}
 		}
 	}
 	return resp, err

@@ -51,12 +51,12 @@ type Config struct {
 	// Dial opens a connection to another member's operation port. The
 	// node engine's dialer writes the protocol selector byte first.
 	Dial func(ctx context.Context, address string) (net.Conn, error)
-	// Hook, when set, sees every request before it is sent to another
-	// member, and every successful answer to one when it arrives (tests
-	// use it to drop, delay or hold messages). It runs on the invoking
-	// goroutine; an error drops the message and fails the attempt with
-	// that error (wrap spi.ErrMemberLeft to have it retried).
-	Hook func(ctx context.Context, m Message) error
+	// Hook, when set, decides the fate of every request before it is sent
+	// to another member, every backup, and every successful answer when it
+	// arrives (tests use it to drop, delay or hold messages). It must
+	// return at once; the service applies the Verdict without blocking a
+	// partition executor.
+	Hook func(m Message) Verdict
 	// OnReplicaGap is called on partition p's executor when a backup
 	// arrives ahead of a missing one: this replica needs a full sync from
 	// the primary (see ReplicaSynced). It must not block.
@@ -66,6 +66,44 @@ type Config struct {
 // Replica is one backup replica of a partition.
 type Replica struct {
 	ID, Address string
+}
+
+// Verdict is a Hook's decision about one message. The zero Verdict lets
+// the message through untouched.
+type Verdict struct {
+	// Hold, when not nil, holds the message until it is closed.
+	Hold <-chan struct{}
+	// Delay holds the message this long (after Hold).
+	Delay time.Duration
+	// Drop loses the message: the sender sees a broken connection
+	// (spi.ErrMemberLeft), a dropped answer is lost after the operation
+	// ran, a dropped backup never reaches its replica.
+	Drop bool
+}
+
+func (v Verdict) pass() bool { return v.Hold == nil && v.Delay == 0 && !v.Drop }
+
+// apply waits as v says, then returns the error a dropped message gives.
+func (v Verdict) apply(ctx context.Context, m Message) error {
+	if v.Hold != nil {
+		select {
+		case <-v.Hold:
+		case <-ctx.Done():
+			return fmt.Errorf("%w: %s held by a fault hook until the caller gave up", spi.ErrTimeout, m.Kind())
+		}
+	}
+	if v.Delay > 0 {
+		t := time.NewTimer(v.Delay)
+		select {
+		case <-t.C:
+		case <-ctx.Done():
+			t.Stop()
+		}
+	}
+	if v.Drop {
+		return fmt.Errorf("%w: %s dropped by a fault hook", spi.ErrMemberLeft, m.Kind())
+	}
+	return nil
 }
 
 // Message describes a request on its way to another member, for Hook.

@@ -161,3 +161,75 @@ func TestRebalanceSpreadsPartitions(t *testing.T) {
 		t.Fatalf("the four counters are on %v, want both members", seen)
 	}
 }
+
+func TestRebalanceBackups(t *testing.T) {
+	for _, n := range []int{1, 2, 3, 5, 7} {
+		for _, b := range []int{0, 1, 2, 6} {
+			ms := members(n)
+			owners := Rebalance(nil, ms, DefaultCount)
+			backups := RebalanceBackups(owners, nil, ms, b)
+			want := min(b, n-1)
+			if want == 0 {
+				if backups != nil {
+					t.Fatalf("n=%d b=%d: backups %v, want none", n, b, backups[0])
+				}
+				continue
+			}
+			load := map[string]int{}
+			for p := range owners {
+				if len(backups[p]) != want {
+					t.Fatalf("n=%d b=%d: partition %d has %d backups", n, b, p, len(backups[p]))
+				}
+				seen := map[string]bool{owners[p]: true}
+				for _, id := range backups[p] {
+					if seen[id] || id == "" {
+						t.Fatalf("n=%d b=%d: partition %d replicas %s %v repeat a member", n, b, p, owners[p], backups[p])
+					}
+					seen[id] = true
+					load[id]++
+				}
+			}
+			lo, hi := DefaultCount*want/n-1, (DefaultCount*want+n-1)/n+1
+			for _, m := range ms {
+				if load[m] < lo || load[m] > hi {
+					t.Fatalf("n=%d b=%d: member %s holds %d backups, want about %d..%d", n, b, m, load[m], lo, hi)
+				}
+			}
+			// Stable: the same inputs keep every backup where it is.
+			again := RebalanceBackups(owners, backups, ms, b)
+			for p := range again {
+				for i := range again[p] {
+					if again[p][i] != backups[p][i] {
+						t.Fatalf("n=%d b=%d: rebalancing moved backup %d of partition %d", n, b, i+1, p)
+					}
+				}
+			}
+		}
+	}
+}
+
+func TestTableEncodeDecodeBackups(t *testing.T) {
+	ms := members(4)
+	owners := Rebalance(nil, ms, 9)
+	tab := &Table{Version: 3, Owners: owners, Backups: RebalanceBackups(owners, nil, ms, 2),
+		Members: map[string]string{"m0": "a:1", "m1": "b:2", "m2": "c:3", "m3": "d:4"}}
+	w := spi.NewWriter(nil)
+	tab.Encode(w)
+	got, err := Decode(spi.NewReader(w.Bytes()), 9)
+	if err != nil {
+		t.Fatal(err)
+	}
+	for p := range owners {
+		for i := 0; i <= 2; i++ {
+			if got.Replica(p, i) != tab.Replica(p, i) {
+				t.Fatalf("partition %d replica %d: %q, want %q", p, i, got.Replica(p, i), tab.Replica(p, i))
+			}
+			if id := tab.Replica(p, i); got.ReplicaIndex(p, id) != i {
+				t.Fatalf("ReplicaIndex(%d, %s) = %d, want %d", p, id, got.ReplicaIndex(p, id), i)
+			}
+		}
+	}
+	if got.BackupCount() != 2 || got.ReplicaIndex(0, "nobody") != -1 {
+		t.Fatal("backup count or missing replica index wrong")
+	}
+}

@@ -28,7 +28,6 @@ import (
 	"github.com/partita-go/partita/config"
 	"github.com/partita-go/partita/nodeengine"
 	"github.com/partita-go/partita/operation"
-	"github.com/partita-go/partita/spi"
 )
 
 // Option changes the cluster's set-up.
@@ -426,37 +425,14 @@ func (c *Cluster) AddFault(fp *Fault) (remove func()) {
 }
 
 // hook applies the fault rules; it is every member's operation hook.
-func (c *Cluster) hook(ctx context.Context, m operation.Message) error {
+func (c *Cluster) hook(m operation.Message) operation.Verdict {
 	c.faultMu.Lock()
-	var f *Fault
-	for _, x := range c.faults {
-		if x.matches(m) {
-			f = x
-			break
+	defer c.faultMu.Unlock()
+	for _, f := range c.faults {
+		if f.matches(m) {
+			f.hits.Add(1)
+			return operation.Verdict{Hold: f.Hold, Delay: f.Delay, Drop: f.Drop}
 		}
 	}
-	c.faultMu.Unlock()
-	if f == nil {
-		return nil
-	}
-	f.hits.Add(1)
-	if f.Hold != nil {
-		select {
-		case <-f.Hold:
-		case <-ctx.Done():
-			return fmt.Errorf("%w: held by a test fault until the caller gave up", spi.ErrTimeout)
-		}
-	}
-	if f.Delay > 0 {
-		t := time.NewTimer(f.Delay)
-		select {
-		case <-t.C:
-		case <-ctx.Done():
-			t.Stop()
-		}
-	}
-	if f.Drop {
-		return fmt.Errorf("%w: dropped by a test fault (%s)", spi.ErrMemberLeft, m.Kind())
-	}
-	return nil
+	return operation.Verdict{}
 }

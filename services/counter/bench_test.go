@@ -1,0 +1,61 @@
+package counter_test
+
+import (
+	"context"
+	"fmt"
+	"testing"
+
+	"github.com/partita-go/partita/config"
+	"github.com/partita-go/partita/nodeengine/clustertest"
+	"github.com/partita-go/partita/services/counter"
+)
+
+func withBackups(n int) clustertest.Option {
+	return clustertest.WithConfig(func(i int, cfg *config.Config) {
+		cfg.Partitions.BackupCount = n
+		for j, sc := range cfg.Services {
+			if sc.Type == counter.TypeName {
+				cfg.Services[j].Properties = sc.Properties.With("backup-count", fmt.Sprint(n))
+			}
+		}
+	})
+}
+
+// benchInc increments a counter owned by member owner through a proxy on
+// member caller, from b.N sequential calls or, parallel, from GOMAXPROCS*p
+// goroutines.
+func benchInc(b *testing.B, backups, caller, owner int, parallel bool) {
+	c := clustertest.New(b, 2, withBackups(backups))
+	ctx := context.Background()
+	name := c.KeyOwnedBy(owner, "bench")
+	obj, err := c.Member(caller).Proxies().Get(ctx, counter.ServiceName, name)
+	if err != nil {
+		b.Fatal(err)
+	}
+	ctr := obj.(*counter.Counter)
+	b.ReportAllocs()
+	b.ResetTimer()
+	if !parallel {
+		for i := 0; i < b.N; i++ {
+			if _, err := ctr.Inc(ctx, 1); err != nil {
+				b.Fatal(err)
+			}
+		}
+		return
+	}
+	b.SetParallelism(32)
+	b.RunParallel(func(pb *testing.PB) {
+		for pb.Next() {
+			if _, err := ctr.Inc(ctx, 1); err != nil {
+				b.Error(err)
+				return
+			}
+		}
+	})
+}
+
+func BenchmarkLocalInc(b *testing.B)                { benchInc(b, 0, 0, 0, false) }
+func BenchmarkRemoteInc(b *testing.B)               { benchInc(b, 0, 0, 1, false) }
+func BenchmarkRemoteIncSyncBackup(b *testing.B)     { benchInc(b, 1, 0, 1, false) }
+func BenchmarkRemoteIncParallel(b *testing.B)       { benchInc(b, 0, 0, 1, true) }
+func BenchmarkRemoteIncBackupParallel(b *testing.B) { benchInc(b, 1, 0, 1, true) }
