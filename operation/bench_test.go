@@ -28,6 +28,7 @@ func BenchmarkFrameEncode(b *testing.B) {
 		w.WriteVarint(17)
 		w.WriteUint64(7)
 		w.WriteUvarint(uint64(i))
+		w.WriteBool(false)
 		op.WriteData(&w)
 		buf = w.Bytes()
 		if err := endFrame(buf, start); err != nil {
@@ -67,6 +68,7 @@ func BenchmarkFrameDecode(b *testing.B) {
 		r.ReadVarint()
 		r.ReadUint64()
 		r.ReadUvarint()
+		r.ReadBool()
 		if err := op.ReadData(r); err != nil {
 			b.Fatal(err)
 		}

@@ -373,7 +373,7 @@ func (c *conn) queue(fill func(buf []byte) ([]byte, error)) error {
 }
 
 // sendRequest registers cl under a new call id and queues the request.
-func (c *conn) sendRequest(cl *call, svc *serviceEntry, typeID uint16, pid int, key invKey) (uint64, error) {
+func (c *conn) sendRequest(cl *call, svc *serviceEntry, typeID uint16, pid int, key invKey, retry bool) (uint64, error) {
 	id := c.s.nextCall.Add(1)
 	c.mu.Lock()
 	if !c.closed {
@@ -389,6 +389,7 @@ func (c *conn) sendRequest(cl *call, svc *serviceEntry, typeID uint16, pid int, 
 		w.WriteVarint(int64(pid))
 		w.WriteUint64(key.origin)
 		w.WriteUvarint(key.seq)
+		w.WriteBool(retry)
 		cl.op.WriteData(&w)
 		buf = w.Bytes()
 		return buf, endFrame(buf, start)
@@ -550,6 +551,7 @@ func (c *conn) handleRequest(callID uint64, payload []byte, backup bool) {
 		replica, version = r.ReadUint8(), r.ReadUvarint()
 	}
 	key := invKey{origin: r.ReadUint64(), seq: r.ReadUvarint()}
+	retry := false
 	if backup {
 		resp = r.ReadBytes()
 		if r.Err() == nil && (pid < 0 || replica == 0 || replica > 6) {
@@ -558,6 +560,8 @@ func (c *conn) handleRequest(callID uint64, payload []byte, backup bool) {
 			c.queue(func(buf []byte) ([]byte, error) { return appendError(buf, callID, fail), nil })
 			return
 		}
+	} else {
+		retry = r.ReadBool()
 	}
 	fail := func(err error) {
 		s.log.Warn("rejecting request", "remote", c.remote.address, "error", err)
@@ -593,7 +597,7 @@ func (c *conn) handleRequest(callID uint64, payload []byte, backup bool) {
 		return
 	}
 	t := task{op: op, svc: svc, pid: int(pid), caller: c.remote.address, conn: c, callID: callID,
-		replica: int(replica), version: int64(version), key: key, resp: resp}
+		replica: int(replica), version: int64(version), key: key, resp: resp, retry: retry}
 	// Blocking here pushes back on the sender through TCP.
 	if err := s.enqueue(context.Background(), t); err != nil {
 		s.finish(t, nil, err)

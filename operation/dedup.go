@@ -33,20 +33,23 @@ func newIncarnation() uint64 {
 }
 
 type dedupEntry struct {
-	resp []byte // encoded response (see writeValue)
-	at   int64  // unix nanoseconds when recorded
+	key  invKey
+	at   int64 // unix nanoseconds when recorded
+	resp []byte
 }
 
-// dedupLog is one partition's record, touched on its executor only.
+// dedupLog is one partition's record, oldest first, touched on its
+// executor only. Recording appends; pruning by age advances head. Only a
+// retry looks an id up (a first attempt cannot be a duplicate), scanning
+// from the newest entry, so the hot path keeps no index.
 type dedupLog struct {
-	entries map[invKey]dedupEntry
-	order   []invKey // insertion order, for pruning by age
+	entries []dedupEntry
 	head    int
 }
 
 func (s *Service) dedupOf(p int) *dedupLog {
 	if s.dedup[p] == nil {
-		s.dedup[p] = &dedupLog{entries: make(map[invKey]dedupEntry)}
+		s.dedup[p] = &dedupLog{}
 	}
 	return s.dedup[p]
 }
@@ -57,39 +60,41 @@ func (s *Service) record(p int, k invKey, resp []byte, at int64) {
 		return
 	}
 	d := s.dedupOf(p)
-	if _, dup := d.entries[k]; !dup {
-		d.order = append(d.order, k)
-	}
-	d.entries[k] = dedupEntry{resp: resp, at: at}
+	d.entries = append(d.entries, dedupEntry{key: k, at: at, resp: resp})
 	s.prune(d, at)
 }
 
 func (s *Service) prune(d *dedupLog, now int64) {
 	limit := now - int64(s.cfg.DedupWindow)
-	for d.head < len(d.order) {
-		k := d.order[d.head]
-		if e, ok := d.entries[k]; ok && e.at >= limit {
-			break
-		}
-		delete(d.entries, k)
+	for d.head < len(d.entries) && d.entries[d.head].at < limit {
+		d.entries[d.head] = dedupEntry{}
 		d.head++
 	}
-	if d.head > 1024 && d.head > len(d.order)/2 {
-		d.order = append(d.order[:0], d.order[d.head:]...)
+	if d.head > 1024 && d.head > len(d.entries)/2 {
+		n := copy(d.entries, d.entries[d.head:])
+		clear(d.entries[n:])
+		d.entries = d.entries[:n]
 		d.head = 0
 	}
 }
 
 // lookup returns the recorded response of k in partition p, if any.
 func (s *Service) lookup(p int, k invKey) ([]byte, bool) {
-	if k.zero() || s.dedup[p] == nil {
+	d := s.dedup[p]
+	if k.zero() || d == nil {
 		return nil, false
 	}
-	e, ok := s.dedup[p].entries[k]
-	if ok && e.at < time.Now().UnixNano()-int64(s.cfg.DedupWindow) {
-		return nil, false
+	limit := time.Now().UnixNano() - int64(s.cfg.DedupWindow)
+	for i := len(d.entries) - 1; i >= d.head; i-- {
+		e := &d.entries[i]
+		if e.at < limit {
+			break
+		}
+		if e.key == k {
+			return e.resp, true
+		}
 	}
-	return e.resp, ok
+	return nil, false
 }
 
 // DropDedup forgets partition p's record (executor p).
@@ -104,14 +109,11 @@ func (s *Service) AppendDedup(w *spi.Writer, p int) {
 		return
 	}
 	s.prune(d, time.Now().UnixNano())
-	w.WriteUvarint(uint64(len(d.entries)))
-	for _, k := range d.order[d.head:] {
-		e, ok := d.entries[k]
-		if !ok {
-			continue
-		}
-		w.WriteUint64(k.origin)
-		w.WriteUvarint(k.seq)
+	live := d.entries[d.head:]
+	w.WriteUvarint(uint64(len(live)))
+	for _, e := range live {
+		w.WriteUint64(e.key.origin)
+		w.WriteUvarint(e.key.seq)
 		w.WriteVarint(e.at)
 		w.WriteBytes(e.resp)
 	}

@@ -25,6 +25,7 @@ type task struct {
 	replica int
 	version int64
 	key     invKey // the invocation, for exactly-once
+	retry   bool   // not the invocation's first attempt
 	resp    []byte // a backup: the primary's encoded response
 }
 
@@ -73,7 +74,7 @@ func (e *executor) run(t task) {
 		}
 	}
 	bo, backupAware := t.op.(spi.BackupAwareOperation)
-	if backupAware && t.pid >= 0 {
+	if backupAware && t.retry && t.pid >= 0 {
 		if b, ok := e.s.lookup(t.pid, t.key); ok {
 			// A retry of an invocation that already ran here, or on the
 			// primary this member took over from.

@@ -51,8 +51,8 @@ func (s *Service) invoke(ctx context.Context, service string, op spi.Operation, 
 		key = invKey{origin: s.origin, seq: s.seq.Add(1)}
 	}
 	first := time.Now()
-	for {
-		resp, err := s.attempt(ctx, svc, op, pid, member, key)
+	for n := 0; ; n++ {
+		resp, err := s.attempt(ctx, svc, op, pid, member, key, n > 0)
 		if err == nil || !spi.IsRetryable(err) {
 			return resp, err
 		}
@@ -75,7 +75,7 @@ func (s *Service) invoke(ctx context.Context, service string, op spi.Operation, 
 }
 
 // attempt sends op once to the member that should run it.
-func (s *Service) attempt(ctx context.Context, svc *serviceEntry, op spi.Operation, pid int, member string, key invKey) (any, error) {
+func (s *Service) attempt(ctx context.Context, svc *serviceEntry, op spi.Operation, pid int, member string, key invKey, retry bool) (any, error) {
 	if s.closed.Load() {
 		return nil, spi.ErrShutdown
 	}
@@ -100,7 +100,7 @@ func (s *Service) attempt(ctx context.Context, svc *serviceEntry, op spi.Operati
 	cl := newCall(op)
 	if id == s.cfg.LocalID {
 		// Local fast path: hand the operation itself to the executor.
-		t := task{op: op, svc: svc, pid: pid, caller: s.cfg.LocalAddress, local: cl, key: key}
+		t := task{op: op, svc: svc, pid: pid, caller: s.cfg.LocalAddress, local: cl, key: key, retry: retry}
 		if err := s.enqueue(ctx, t); err != nil {
 			return nil, err
 		}
@@ -122,7 +122,7 @@ func (s *Service) attempt(ctx context.Context, svc *serviceEntry, op spi.Operati
 	if err != nil {
 		return nil, err
 	}
-	callID, err := c.sendRequest(cl, svc, typeID, pid, key)
+	callID, err := c.sendRequest(cl, svc, typeID, pid, key, retry)
 	if err != nil {
 		return nil, err
 	}
