@@ -119,7 +119,7 @@ type OperationsConfig struct {
 	// default 10ms); it must be shorter than InvocationTimeout.
 	RetryPause time.Duration
 	// DedupWindow is how long a primary remembers the invocations it ran
-	// (`dedup-window`, default 30s), so that a retry after a lost answer
+	// (`dedup-window`, default 10s), so that a retry after a lost answer
 	// or a failover is answered instead of applied again. A retry later
 	// than this after the first attempt fails with spi.ErrIndeterminate.
 	DedupWindow time.Duration

@@ -18,6 +18,10 @@ import (
 // the dedup window are dropped; an invocation does not retry an attempt
 // that may have run once the window has passed since its first attempt.
 
+// maxCarried bounds the records one migration or replica sync carries
+// for a partition (the newest ones), about 3 MiB.
+const maxCarried = 100_000
+
 // invKey identifies one invocation across its attempts.
 type invKey struct {
 	origin uint64 // the invoking member's incarnation
@@ -110,6 +114,11 @@ func (s *Service) AppendDedup(w *spi.Writer, p int) {
 	}
 	s.prune(d, time.Now().UnixNano())
 	live := d.entries[d.head:]
+	if len(live) > maxCarried {
+		// Keep the bundle well under the frame limit: the newest entries
+		// are the ones a retry can still need.
+		live = live[len(live)-maxCarried:]
+	}
 	w.WriteUvarint(uint64(len(live)))
 	for _, e := range live {
 		w.WriteUint64(e.key.origin)

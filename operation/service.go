@@ -44,7 +44,7 @@ type Config struct {
 	QueueSize         int // per executor; 0: 4096
 	InvocationTimeout time.Duration
 	RetryPause        time.Duration
-	DedupWindow       time.Duration  // how long invocation records are kept; 0: 30s
+	DedupWindow       time.Duration  // how long invocation records are kept; 0: 10s
 	Engine            spi.NodeEngine // handed to operations in OpContext
 	Routing           Routing
 	Logger            *slog.Logger
@@ -187,7 +187,7 @@ func New(cfg Config) *Service {
 		cfg.InvocationTimeout = 2 * time.Minute
 	}
 	if cfg.DedupWindow <= 0 {
-		cfg.DedupWindow = 30 * time.Second
+		cfg.DedupWindow = 10 * time.Second
 	}
 	if cfg.RetryPause <= 0 {
 		cfg.RetryPause = 10 * time.Millisecond
