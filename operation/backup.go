@@ -154,11 +154,14 @@ type backupMessage struct{ spi.Operation }
 func (b backupMessage) MessageKind() string { return fmt.Sprintf("backup/%T", b.Operation) }
 
 func (s *Service) sendBackupNow(cl *call, t task, r Replica, replica int, version int64, typeID uint16, bop spi.Operation) error {
-	ctx, cancel := context.WithTimeout(context.Background(), handshakeTimeout)
-	defer cancel()
-	c, err := s.connTo(ctx, r.ID, r.Address)
-	if err != nil {
-		return err
+	c := s.connected(r.ID)
+	if c == nil {
+		ctx, cancel := context.WithTimeout(context.Background(), handshakeTimeout)
+		defer cancel()
+		var err error
+		if c, err = s.connTo(ctx, r.ID, r.Address); err != nil {
+			return err
+		}
 	}
 	return c.sendBackup(cl, t, typeID, replica, version, bop)
 }

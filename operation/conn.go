@@ -67,6 +67,8 @@ type conn struct {
 	closed  bool
 	err     error // why it closed
 
+	rd spi.Reader // reused by the reader goroutine for each frame
+
 	wake chan struct{} // cap 1: frames queued
 	done chan struct{} // closed when closing
 	wg   sync.WaitGroup
@@ -219,6 +221,20 @@ func (s *Service) dial(ctx context.Context, id, address string) (*conn, error) {
 		c.readLoop(br)
 	}()
 	return c, nil
+}
+
+// connected returns the established connection to member id, or nil.
+func (s *Service) connected(id string) *conn {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if p, ok := s.conns[id]; ok {
+		select {
+		case <-p.ready:
+			return p.c
+		default:
+		}
+	}
+	return nil
 }
 
 // connTo returns the connection to member id, dialling it once.
@@ -529,7 +545,8 @@ func (c *conn) handle(body []byte) error {
 			return nil
 		}
 		codec, _ := cl.op.(spi.ResponseCodec)
-		v, err := readValue(spi.NewReader(payload), codec)
+		c.rd.Reset(payload)
+		v, err := readValue(&c.rd, codec)
 		if err != nil {
 			err = fmt.Errorf("bad response from %s: %w", c.remote.address, err)
 		}
@@ -542,7 +559,8 @@ func (c *conn) handle(body []byte) error {
 
 func (c *conn) handleRequest(callID uint64, payload []byte, backup bool) {
 	s := c.s
-	r := spi.NewReader(payload)
+	r := &c.rd
+	r.Reset(payload)
 	sid, tid, pid := r.ReadUint32(), r.ReadUint16(), r.ReadVarint()
 	var replica uint8
 	var version uint64

@@ -18,7 +18,8 @@ type Operation interface {
 	// WriteData encodes the operation's fields.
 	WriteData(w *Writer)
 
-	// ReadData decodes what WriteData wrote.
+	// ReadData decodes what WriteData wrote. r is valid only during the
+	// call (the engine reuses it); keep copies, never r itself.
 	ReadData(r *Reader) error
 }
 
