@@ -42,15 +42,15 @@ func (n *Node) discover(ctx context.Context) []string {
 		}
 	case <-wait.Done():
 	}
-	n.wg.Add(1)
-	go n.joinDiscovered(d)
+	if !n.spawn(func() { n.joinDiscovered(d) }) {
+		d.Close()
+	}
 	return seeds
 }
 
 // joinDiscovered joins members heard by multicast that are not yet in the
 // member list, until the node stops.
 func (n *Node) joinDiscovered(d *discovery.Discoverer) {
-	defer n.wg.Done()
 	defer d.Close()
 	for {
 		select {

@@ -106,13 +106,11 @@ func (n *Node) publishTable() {
 		if done {
 			continue
 		}
-		n.wg.Add(1)
-		go n.push(m, t)
+		n.spawn(func() { n.push(m, t) })
 	}
 }
 
 func (n *Node) push(m spi.Member, t *partition.Table) {
-	defer n.wg.Done()
 	ctx, cancel := n.stopContext(2 * time.Second)
 	defer cancel()
 	resp, err := n.ops.InvokeOnMember(ctx, engineService, &publishTableOp{table: t}, m.ID)
@@ -202,13 +200,11 @@ func (n *Node) acceptTable(t *partition.Table, from string) []byte {
 		// First table: learn the distributed objects created before this
 		// member joined.
 		if sender := t.MemberAt(from); sender != "" {
-			n.wg.Add(1)
-			go func() {
-				defer n.wg.Done()
+			n.spawn(func() {
 				ctx, cancel := n.stopContext(10 * time.Second)
 				defer cancel()
 				n.proxies.syncFrom(ctx, sender)
-			}()
+			})
 		}
 	}
 	return nil

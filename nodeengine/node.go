@@ -72,6 +72,9 @@ type Node struct {
 	cancel context.CancelFunc
 	wg     sync.WaitGroup
 	state  atomic.Int32
+	// spawnMu and stopping keep wg.Add from racing with wg.Wait.
+	spawnMu  sync.Mutex
+	stopping bool
 	// mlStopped silences memberlist's late log lines after Shutdown.
 	mlStopped atomic.Bool
 
@@ -314,8 +317,27 @@ func (n *Node) Terminate() {
 	n.log.Info("member terminated")
 }
 
+// spawn runs f on a goroutine the node waits for at shutdown, unless the
+// node is stopping (then it reports false and f does not run).
+func (n *Node) spawn(f func()) bool {
+	n.spawnMu.Lock()
+	defer n.spawnMu.Unlock()
+	if n.stopping {
+		return false
+	}
+	n.wg.Add(1)
+	go func() {
+		defer n.wg.Done()
+		f()
+	}()
+	return true
+}
+
 // teardown stops everything Start started, in reverse.
 func (n *Node) teardown(terminate bool) {
+	n.spawnMu.Lock()
+	n.stopping = true // no goroutine joins wg once Wait may run
+	n.spawnMu.Unlock()
 	close(n.stop)
 	n.cancel()
 	if n.ml != nil {

@@ -101,12 +101,7 @@ func (n *Node) dropReplica(p int) {
 // off the executor; the copy is installed on p's executor. Called on
 // executor p (operation.Config.OnReplicaGap).
 func (n *Node) requestSync(p int) {
-	if n.state.Load() != stateRunning && n.state.Load() != stateStarting {
-		return
-	}
-	n.wg.Add(1)
-	go func() {
-		defer n.wg.Done()
+	n.spawn(func() {
 		pause := 20 * time.Millisecond
 		for attempt := 0; ; attempt++ {
 			t := n.table.Load()
@@ -133,7 +128,7 @@ func (n *Node) requestSync(p int) {
 			}
 			pause = min(2*pause, time.Second)
 		}
-	}()
+	})
 }
 
 // installSync replaces partition p's backup replica with the primary's copy

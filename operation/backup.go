@@ -72,9 +72,9 @@ func (s *Service) ReplicaPending(p int) bool {
 // sendBackups sends t's backups after it ran on the primary. It reports
 // whether it took over finishing t (there are synchronous backups: the last
 // ack, or the failure of the last, finishes it).
-func (s *Service) sendBackups(t task, bo spi.BackupAwareOperation, resp any) bool {
-	var buf [6]Replica
-	reps := s.cfg.Routing.Backups(t.pid, buf[:0])
+func (s *Service) sendBackups(e *executor, t task, bo spi.BackupAwareOperation, resp any) bool {
+	e.reps = s.cfg.Routing.Backups(t.pid, e.reps[:0])
+	reps := e.reps
 	total := min(max(bo.SyncBackupCount(), 0)+max(bo.AsyncBackupCount(), 0), len(reps))
 	if total == 0 {
 		return false

@@ -25,15 +25,32 @@ type call struct {
 	then func(err error)
 }
 
-func newCall(op spi.Operation) *call { return &call{op: op, done: make(chan struct{})} }
+// calls recycles calls (and their channels) whose answer was received.
+var calls = sync.Pool{New: func() any { return &call{done: make(chan struct{}, 1)} }}
 
+func newCall(op spi.Operation) *call {
+	c := calls.Get().(*call)
+	c.op = op
+	return c
+}
+
+// complete delivers the answer; it is called exactly once per use (the
+// pending map hands a call to one completer).
 func (c *call) complete(resp any, err error) {
 	if c.then != nil {
 		c.then(err)
 		return
 	}
 	c.resp, c.err = resp, err
-	close(c.done)
+	c.done <- struct{}{}
+}
+
+// result returns the answer received on done and recycles the call.
+func (c *call) result() (any, error) {
+	resp, err := c.resp, c.err
+	c.op, c.resp, c.err = nil, nil, nil
+	calls.Put(c)
+	return resp, err
 }
 
 // peer is the connection used to reach one member; dialled once, shared
@@ -68,6 +85,7 @@ type conn struct {
 	err     error // why it closed
 
 	rd spi.Reader // reused by the reader goroutine for each frame
+	wr spi.Writer // reused under mu to encode frames into out
 
 	wake chan struct{} // cap 1: frames queued
 	done chan struct{} // closed when closing
@@ -373,7 +391,7 @@ func (c *conn) queue(fill func(buf []byte) ([]byte, error)) error {
 		return fmt.Errorf("%w: %d bytes queued to %s", spi.ErrOverloaded, maxQueued, c.remote.address)
 	}
 	mark := len(c.out)
-	out, err := fill(c.out)
+	out, err := c.fill(fill)
 	if err != nil {
 		c.out = out[:mark]
 		c.mu.Unlock()
@@ -388,6 +406,17 @@ func (c *conn) queue(fill func(buf []byte) ([]byte, error)) error {
 	return nil
 }
 
+// fill runs a frame encoder under c.mu, turning a panic in an operation's
+// WriteData into an error so the connection's lock is never left held.
+func (c *conn) fill(f func(buf []byte) ([]byte, error)) (out []byte, err error) {
+	defer func() {
+		if r := recover(); r != nil {
+			out, err = c.out, fmt.Errorf("encoding a frame panicked: %v", r)
+		}
+	}()
+	return f(c.out)
+}
+
 // sendRequest registers cl under a new call id and queues the request.
 func (c *conn) sendRequest(cl *call, svc *serviceEntry, typeID uint16, pid int, key invKey, retry bool) (uint64, error) {
 	id := c.s.nextCall.Add(1)
@@ -398,7 +427,7 @@ func (c *conn) sendRequest(cl *call, svc *serviceEntry, typeID uint16, pid int, 
 	c.mu.Unlock()
 	err := c.queue(func(buf []byte) ([]byte, error) {
 		buf, start := beginFrame(buf, kindRequest, id)
-		w := spi.Writer{}
+		w := &c.wr // fill runs under c.mu
 		w.SetBuffer(buf)
 		w.WriteUint32(svc.id)
 		w.WriteUint16(typeID)
@@ -406,7 +435,7 @@ func (c *conn) sendRequest(cl *call, svc *serviceEntry, typeID uint16, pid int, 
 		w.WriteUint64(key.origin)
 		w.WriteUvarint(key.seq)
 		w.WriteBool(retry)
-		cl.op.WriteData(&w)
+		cl.op.WriteData(w)
 		buf = w.Bytes()
 		return buf, endFrame(buf, start)
 	})
@@ -434,7 +463,7 @@ func (c *conn) sendBackup(cl *call, t task, typeID uint16, replica int, version 
 	}
 	err := c.queue(func(buf []byte) ([]byte, error) {
 		buf, start := beginFrame(buf, kindBackup, id)
-		w := spi.Writer{}
+		w := &c.wr // fill runs under c.mu
 		w.SetBuffer(buf)
 		w.WriteUint32(t.svc.id)
 		w.WriteUint16(typeID)
@@ -444,7 +473,7 @@ func (c *conn) sendBackup(cl *call, t task, typeID uint16, replica int, version 
 		w.WriteUint64(t.key.origin)
 		w.WriteUvarint(t.key.seq)
 		w.WriteBytes(t.resp)
-		op.WriteData(&w)
+		op.WriteData(w)
 		buf = w.Bytes()
 		return buf, endFrame(buf, start)
 	})
@@ -466,12 +495,12 @@ func (c *conn) sendResponse(callID uint64, op spi.Operation, resp any, err error
 	if err == nil {
 		err = c.queue(func(buf []byte) ([]byte, error) {
 			buf, start := beginFrame(buf, kindResponse, callID)
-			w := spi.Writer{}
+			w := &c.wr // fill runs under c.mu
 			w.SetBuffer(buf)
 			if codec, ok := op.(spi.ResponseCodec); ok && resp != nil {
 				w.WriteUint8(tagCustom)
-				codec.WriteResponse(&w, resp)
-			} else if err := writeValue(&w, resp); err != nil {
+				codec.WriteResponse(w, resp)
+			} else if err := writeValue(w, resp); err != nil {
 				return w.Bytes(), err
 			}
 			buf = w.Bytes()

@@ -36,6 +36,7 @@ type executor struct {
 	index int // partition executors: 0..N-1; generic executors: -1
 	queue chan task
 	opctx spi.OpContext // reused: an OpContext is valid only during Run
+	reps  []Replica     // scratch for a partition's backups
 }
 
 func (e *executor) loop(wg *sync.WaitGroup) {
@@ -101,7 +102,7 @@ func (e *executor) run(t task) {
 		}
 		t.resp = enc
 		e.s.record(t.pid, t.key, enc, time.Now().UnixNano())
-		if e.s.sendBackups(t, bo, resp) {
+		if e.s.sendBackups(e, t, bo, resp) {
 			return // the last synchronous ack finishes the task
 		}
 	}

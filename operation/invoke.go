@@ -141,13 +141,15 @@ func (s *Service) attempt(ctx context.Context, svc *serviceEntry, op spi.Operati
 func (s *Service) wait(ctx context.Context, cl *call, c *conn, callID uint64) (any, error) {
 	select {
 	case <-cl.done:
-		return cl.resp, cl.err
+		return cl.result()
 	case <-ctx.Done():
 		select {
 		case <-cl.done: // answered just in time
-			return cl.resp, cl.err
+			return cl.result()
 		default:
 		}
+		// Abandoned: a late answer may still arrive, so the call is not
+		// recycled.
 		if c != nil {
 			c.forget(callID)
 		}
