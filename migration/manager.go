@@ -29,9 +29,13 @@ type Engine interface {
 	Alive(id string) bool
 	// Address returns a live member's address.
 	Address(id string) string
-	// Lost reports partitions whose every replica was gone; they were
-	// assigned again, empty.
+	// Lost reports partitions whose every replica was gone (they were
+	// assigned again, empty), or whose promoted backup was still syncing
+	// (it may lack acknowledged writes).
 	Lost(partitions []int)
+	// ReplicaStatus returns a member's replica version and whether that
+	// replica still waits for a full sync, per partition.
+	ReplicaStatus(ctx context.Context, member string) (versions []int64, syncing []bool, err error)
 	// Install makes t this member's table and has it published to all;
 	// false when the member already holds a newer table (then the change
 	// is void).
@@ -212,6 +216,7 @@ func (m *Manager) round(ctx context.Context) {
 func (m *Manager) repair(ids []string) {
 	var promoted, lost []int
 	changed := false
+	status := m.candidateStatus()
 	m.update(func(t *partition.Table, first bool) bool {
 		target := partition.Rebalance(nil, ids, m.cfg.Count)
 		if !first {
@@ -227,11 +232,20 @@ func (m *Manager) repair(ids []string) {
 			if o != "" && m.e.Alive(o) {
 				continue
 			}
-			k := 0
+			// Promote the most advanced live backup that is in sync; one
+			// still syncing may lack acknowledged writes: promote it only
+			// if no other is left, and report the partition as lost.
+			k, best, bestSynced := 0, int64(-1), false
 			for i, b := range t.Backups[p] {
-				if b != "" && m.e.Alive(b) {
-					k = i + 1
-					break
+				if b == "" || !m.e.Alive(b) {
+					continue
+				}
+				v, synced := int64(0), true
+				if st, ok := status[b]; ok {
+					v, synced = st.versions[p], !st.syncing[p]
+				}
+				if k == 0 || (synced && !bestSynced) || (synced == bestSynced && v > best) {
+					k, best, bestSynced = i+1, v, synced
 				}
 			}
 			switch {
@@ -239,6 +253,9 @@ func (m *Manager) repair(ids []string) {
 				t.Owners[p] = t.Backups[p][k-1]
 				t.Backups[p][k-1] = ""
 				promoted = append(promoted, p)
+				if !bestSynced {
+					lost = append(lost, p)
+				}
 			default:
 				t.Owners[p] = target[p]
 				if !first {
@@ -261,9 +278,47 @@ func (m *Manager) repair(ids []string) {
 		m.log.Info("backups promoted to primary", "partitions", len(promoted))
 	}
 	if len(lost) > 0 {
-		m.log.Error("partitions lost: every replica is gone; they start empty", "count", len(lost), "partitions", lost)
+		m.log.Error("partitions lost: no live replica was in sync; they start empty or from a backup that may lack acknowledged writes",
+			"count", len(lost), "partitions", lost)
 		m.e.Lost(lost)
 	}
+}
+
+type replicaStatus struct {
+	versions []int64
+	syncing  []bool
+}
+
+// candidateStatus asks the live backups of partitions whose primary is
+// gone for their replica state (nil when no promotion is due).
+func (m *Manager) candidateStatus() map[string]replicaStatus {
+	t := m.e.Table()
+	if t == nil {
+		return nil
+	}
+	want := map[string]bool{}
+	for p, o := range t.Owners {
+		if o != "" && m.e.Alive(o) {
+			continue
+		}
+		for _, b := range t.BackupsOf(p) {
+			if b != "" && m.e.Alive(b) {
+				want[b] = true
+			}
+		}
+	}
+	out := make(map[string]replicaStatus, len(want))
+	for id := range want {
+		ctx, cancel := context.WithTimeout(context.Background(), 2*time.Second)
+		v, s, err := m.e.ReplicaStatus(ctx, id)
+		cancel()
+		if err != nil {
+			m.log.Warn("cannot read a backup's replica state before promoting", "member", m.e.Address(id), "error", err)
+			continue
+		}
+		out[id] = replicaStatus{versions: v, syncing: s}
+	}
+	return out
 }
 
 // update changes a copy of the master's table under the lock and installs
@@ -343,8 +398,18 @@ func (m *Manager) untilGone(ctx context.Context, member string, f func(ctx conte
 
 // migrate runs one move (see the package doc for the steps).
 func (m *Manager) migrate(ctx context.Context, mv Move) error {
+	// A member may have died since the round was planned: repair first
+	// (promote backups, assign lost partitions) rather than after the
+	// whole round.
+	var ids []string
+	for _, t := range m.e.Targets() {
+		ids = append(ids, t.ID)
+	}
+	if len(ids) > 0 {
+		m.repair(ids)
+	}
 	t := m.e.Table()
-	if t == nil || t.Owner(mv.Partition) != mv.Source || !m.e.Alive(mv.Destination) {
+	if t == nil || t.Owner(mv.Partition) != mv.Source || !m.e.Alive(mv.Destination) || !m.e.Alive(mv.Source) {
 		return errors.New("plan is stale")
 	}
 	mv.ID = m.seq.Add(1)
@@ -400,8 +465,17 @@ func (m *Manager) migrate(ctx context.Context, mv Move) error {
 			// which committed; the next master resolves the source.
 			return fmt.Errorf("publish to destination: %w", err)
 		}
-		// The destination died with the data: give the partition back to
-		// the source, which still holds it.
+		// The destination died after the table naming it was installed:
+		// it may have served writes, which its backups hold and the
+		// source does not. With backups, repair promotes the most
+		// advanced one and the source's data is stale: it commits (drops
+		// it, or keeps it as a backup after a swap). Only a partition
+		// without backups goes back to the source, its best copy left.
+		if len(next.BackupsOf(mv.Partition)) > 0 && slices.ContainsFunc(next.BackupsOf(mv.Partition), func(b string) bool { return b != "" && b != mv.Source && m.e.Alive(b) }) {
+			m.finish(ctx, mv, spi.MigrationSource, true)
+			m.Trigger()
+			return fmt.Errorf("destination died after taking over: %w", err)
+		}
 		if m.e.Alive(mv.Source) {
 			m.update(func(t *partition.Table, _ bool) bool {
 				if t.Owners[mv.Partition] != mv.Destination {

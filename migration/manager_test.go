@@ -183,6 +183,12 @@ func (f *fakeEngine) Lost(partitions []int) {
 	f.log = append(f.log, call{op: "lost", lost: slices.Clone(partitions)})
 }
 
+// ReplicaStatus reports every replica in sync at version 0: the fake's
+// scenarios do not need promotion choices.
+func (f *fakeEngine) ReplicaStatus(ctx context.Context, member string) ([]int64, []bool, error) {
+	return make([]int64, 64), make([]bool, 64), nil
+}
+
 func (f *fakeEngine) Install(t *partition.Table) bool {
 	f.mu.Lock()
 	defer f.mu.Unlock()

@@ -156,31 +156,26 @@ func (n *Node) stopContext(d time.Duration) (context.Context, context.CancelFunc
 // whether it did. Destination migrations waiting for their table are
 // released.
 func (n *Node) installTable(t *partition.Table) bool {
-	for {
-		cur := n.table.Load()
-		if cur != nil && cur.Version >= t.Version {
-			return false
-		}
-		// A promoted backup refuses operations until its promotion hooks
-		// ran: mark it before the table becomes visible.
-		var promoted []int
-		if cur != nil {
-			for p := range t.Owners {
-				if t.Owners[p] == n.id && cur.ReplicaIndex(p, n.id) > 0 {
-					promoted = append(promoted, p)
-					n.ops.SetMigrating(p, true)
-				}
-			}
-		}
-		if !n.table.CompareAndSwap(cur, t) {
-			for _, p := range promoted {
-				n.ops.RunOnPartition(p, func() { n.ops.SetMigrating(p, n.migs[p] != nil && !n.migs[p].committed) })
-			}
-			continue
-		}
-		n.replicaChanges(cur, t)
-		return true
+	// One install at a time: the role changes of two tables must not
+	// interleave (a promotion's mark could be undone by the other).
+	n.installMu.Lock()
+	defer n.installMu.Unlock()
+	cur := n.table.Load()
+	if cur != nil && cur.Version >= t.Version {
+		return false
 	}
+	// A promoted backup refuses operations until its promotion hooks ran:
+	// mark it before the table becomes visible.
+	if cur != nil {
+		for p := range t.Owners {
+			if t.Owners[p] == n.id && cur.ReplicaIndex(p, n.id) > 0 {
+				n.ops.SetMigrating(p, true)
+			}
+		}
+	}
+	n.table.Store(t)
+	n.replicaChanges(cur, t)
+	return true
 }
 
 // acceptTable installs a table pushed by the master and returns the

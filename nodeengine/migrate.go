@@ -72,6 +72,21 @@ func (n *Node) endMig(p int, commit bool) {
 		return
 	}
 	n.setMig(p, nil)
+	// The table may have changed during the migration: a member that holds
+	// no replica now drops the data (its table change skipped the drop
+	// while the migration ran), and a destination that was a backup and
+	// rolled back pulls a fresh copy (the failed apply replaced its data).
+	switch idx := n.table.Load().ReplicaIndex(p, n.id); {
+	case idx < 0:
+		for _, ma := range n.migrationAware {
+			ma.svc.ClearPartitionReplica(p)
+		}
+		n.ops.ResetReplica(p)
+	case idx > 0 && !commit && st.endpoint == spi.MigrationDestination:
+		n.ops.ResetReplica(p)
+		n.ops.MarkSyncing(p)
+		n.requestSync(p)
+	}
 }
 
 // resolveOrphan ends a migration whose master is gone, by what the table
@@ -150,7 +165,8 @@ func (op *migPrepareOp) Run(ctx *spi.OpContext) error {
 		return fmt.Errorf("partition %d: another migration is in flight (%s -> %s)", p, st.move.Source, st.move.Destination)
 	}
 	if owner := n.table.Load().Owner(p); owner != n.id {
-		return fmt.Errorf("%w: partition %d: source %s does not own it (owner %s)", spi.ErrWrongTarget, p, n.id, owner)
+		// Not ErrWrongTarget: retrying cannot help, the plan is stale.
+		return fmt.Errorf("partition %d: source %s does not own it (owner %s): the plan is stale", p, n.id, owner)
 	}
 	st := &migState{move: op.move, endpoint: spi.MigrationSource, event: n.eventFor(op.move, spi.MigrationSource), master: op.master}
 	n.setMig(p, st)
@@ -304,6 +320,11 @@ func (e masterEngine) Alive(id string) bool    { return containsMember(*e.n.memb
 func (e masterEngine) Address(id string) string {
 	a, _ := e.n.MemberAddress(id)
 	return a
+}
+
+func (e masterEngine) ReplicaStatus(ctx context.Context, member string) ([]int64, []bool, error) {
+	_, _, v, s, err := e.n.replicaStatusOf(ctx, member)
+	return v, s, err
 }
 
 func (e masterEngine) Lost(ps []int) {

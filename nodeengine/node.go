@@ -66,12 +66,13 @@ type Node struct {
 	members atomic.Pointer[[]spi.Member] // oldest first
 	table   atomic.Pointer[partition.Table]
 
-	wake   chan struct{} // membership changed
-	stop   chan struct{}
-	ctx    context.Context // ends when the node stops
-	cancel context.CancelFunc
-	wg     sync.WaitGroup
-	state  atomic.Int32
+	wake      chan struct{} // membership changed
+	stop      chan struct{}
+	ctx       context.Context // ends when the node stops
+	cancel    context.CancelFunc
+	wg        sync.WaitGroup
+	state     atomic.Int32
+	installMu sync.Mutex // serialises table installs
 	// spawnMu and stopping keep wg.Add from racing with wg.Wait.
 	spawnMu  sync.Mutex
 	stopping bool

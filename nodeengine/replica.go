@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"slices"
 	"time"
 
 	"github.com/partita-go/partita/operation"
@@ -62,6 +63,21 @@ func (n *Node) replicaChanges(prev, t *partition.Table) {
 			n.ops.RunOnPartition(p, func() {
 				if n.migs[p] == nil && n.table.Load().ReplicaIndex(p, n.id) > 0 {
 					n.ops.ResetReplica(p)
+					n.ops.MarkSyncing(p) // not a candidate for promotion until synced
+					n.requestSync(p)
+				}
+			})
+		case now > 0 && was == 0:
+			// A primary demoted to backup. After a migration's swap its
+			// data is current; otherwise (a table of another master won)
+			// its history may differ from the primary's: start over.
+			n.ops.RunOnPartition(p, func() {
+				if n.migs[p] == nil && n.table.Load().ReplicaIndex(p, n.id) > 0 {
+					for _, ma := range n.migrationAware {
+						ma.svc.ClearPartitionReplica(p)
+					}
+					n.ops.ResetReplica(p)
+					n.ops.MarkSyncing(p)
 					n.requestSync(p)
 				}
 			})
@@ -276,9 +292,11 @@ func (op *replicaCheckOp) Run(ctx *spi.OpContext) error {
 			// Backups the primary stamped before this check travelled
 			// ahead of it on the same connection, so a lower version here
 			// means some were lost.
-			if n.migs[p] == nil && n.ReplicaIndex(p) > 0 && !n.ops.ReplicaPending(p) && n.ops.ReplicaVersion(p) < v {
-				n.log.Info("anti-entropy: backup replica behind its primary; syncing", "partition", p,
-					"have", n.ops.ReplicaVersion(p), "primary", v)
+			// A different epoch is another history: resync too.
+			mine := n.ops.ReplicaVersion(p)
+			if n.migs[p] == nil && n.ReplicaIndex(p) > 0 && !n.ops.ReplicaPending(p) && (mine < v || mine>>32 != v>>32) {
+				n.log.Info("anti-entropy: backup replica differs from its primary; syncing", "partition", p,
+					"have", mine, "primary", v)
 				n.ops.MarkSyncing(p)
 				n.requestSync(p)
 			}
@@ -360,8 +378,33 @@ func (n *Node) replicaStatus() []byte {
 	w.WriteVarint(version)
 	for p := 0; p < n.count; p++ {
 		w.WriteUvarint(uint64(n.ops.ReplicaVersion(p)))
+		w.WriteBool(n.ops.IsSyncing(p))
 	}
 	return w.Bytes()
+}
+
+// replicaStatusOf returns a member's replica versions and syncing flags.
+func (n *Node) replicaStatusOf(ctx context.Context, id string) (busy bool, tableVersion int64, versions []int64, syncing []bool, err error) {
+	var b []byte
+	if id == n.id {
+		b = n.replicaStatus()
+	} else {
+		v, err := n.ops.InvokeOnMember(ctx, engineService, &replicaStatusOp{}, id)
+		if err != nil {
+			return false, 0, nil, nil, err
+		}
+		b, _ = v.([]byte)
+	}
+	r := spi.NewReader(b)
+	busy, tableVersion = r.ReadBool(), r.ReadVarint()
+	versions, syncing = make([]int64, n.count), make([]bool, n.count)
+	for p := range versions {
+		versions[p], syncing[p] = int64(r.ReadUvarint()), r.ReadBool()
+	}
+	if err := r.Err(); err != nil {
+		return false, 0, nil, nil, fmt.Errorf("replica status of %s: %w", id, err)
+	}
+	return busy, tableVersion, versions, syncing, nil
 }
 
 // IsClusterSafe asks every member for its replica state and reports
@@ -374,26 +417,11 @@ func (n *Node) IsClusterSafe(ctx context.Context) (bool, error) {
 	}
 	versions := map[string][]int64{}
 	for _, m := range n.Members() {
-		var b []byte
-		if m.ID == n.id {
-			b = n.replicaStatus()
-		} else {
-			v, err := n.ops.InvokeOnMember(ctx, engineService, &replicaStatusOp{}, m.ID)
-			if err != nil {
-				return false, err
-			}
-			b, _ = v.([]byte)
+		busy, tv, vs, syncing, err := n.replicaStatusOf(ctx, m.ID)
+		if err != nil {
+			return false, err
 		}
-		r := spi.NewReader(b)
-		busy, tv := r.ReadBool(), r.ReadVarint()
-		vs := make([]int64, n.count)
-		for p := range vs {
-			vs[p] = int64(r.ReadUvarint())
-		}
-		if err := r.Err(); err != nil {
-			return false, fmt.Errorf("replica status of %s: %w", m.Address, err)
-		}
-		if busy || tv != t.Version {
+		if busy || tv != t.Version || slices.Contains(syncing, true) {
 			return false, nil
 		}
 		versions[m.ID] = vs

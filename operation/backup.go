@@ -56,11 +56,27 @@ func (s *Service) SyncsPending() int { return int(s.syncs.Load()) }
 // for (by the engine's anti-entropy). Call it on p's executor.
 func (s *Service) MarkSyncing(p int) {
 	rs := s.replicaState(p)
-	if !rs.syncing {
-		rs.syncing = true
+	s.setSyncing(p, rs, true)
+}
+
+// setSyncing records whether partition p's replica waits for a full sync
+// (executor p); other goroutines read it through IsSyncing.
+func (s *Service) setSyncing(p int, rs *replicaState, on bool) {
+	if rs.syncing == on {
+		return
+	}
+	rs.syncing = on
+	s.syncFlag[p].Store(on)
+	if on {
 		s.syncs.Add(1)
+	} else {
+		s.syncs.Add(-1)
 	}
 }
+
+// IsSyncing reports whether partition p's replica here waits for a full
+// copy from its primary (it may lack acknowledged writes).
+func (s *Service) IsSyncing(p int) bool { return s.syncFlag[p].Load() }
 
 // ReplicaPending reports whether partition p's replica waits for missing
 // backups or a sync. Call it on p's executor.
@@ -72,7 +88,7 @@ func (s *Service) ReplicaPending(p int) bool {
 // sendBackups sends t's backups after it ran on the primary. It reports
 // whether it took over finishing t (there are synchronous backups: the last
 // ack, or the failure of the last, finishes it).
-func (s *Service) sendBackups(e *executor, t task, bo spi.BackupAwareOperation, resp any) bool {
+func (s *Service) sendBackups(e *executor, t task, bo spi.BackupAwareOperation, resp any, busy *atomic.Bool) bool {
 	e.reps = s.cfg.Routing.Backups(t.pid, e.reps[:0])
 	reps := e.reps
 	total := min(max(bo.SyncBackupCount(), 0)+max(bo.AsyncBackupCount(), 0), len(reps))
@@ -94,6 +110,7 @@ func (s *Service) sendBackups(e *executor, t task, bo spi.BackupAwareOperation, 
 			s.log.Debug("synchronous backup not acknowledged; the write is safe on the primary", "partition", t.pid, "error", err)
 		}
 		if remaining.Add(-1) == 0 {
+			busy.Store(false)
 			if s.closed.Load() {
 				// This member is going away: an ack that failed with it
 				// proves nothing, so send no answer (a remote caller
@@ -107,19 +124,69 @@ func (s *Service) sendBackups(e *executor, t task, bo spi.BackupAwareOperation, 
 		}
 	}
 	for i := 0; i < total; i++ {
-		var cl *call
-		if i < syncN {
-			cl = &call{then: done}
-		}
-		err := s.sendBackup(cl, t, reps[i], i+1, version, typeID, bop)
-		if err != nil {
-			s.log.Debug("backup not sent", "partition", t.pid, "replica", i+1, "to", reps[i].Address, "error", err)
-			if cl != nil {
-				done(err)
+		if i >= syncN {
+			if err := s.sendBackup(nil, t, reps[i], i+1, version, typeID, bop); err != nil {
+				s.log.Debug("asynchronous backup not sent", "partition", t.pid, "replica", i+1, "to", reps[i].Address, "error", err)
 			}
+			continue
 		}
+		b := &syncBackup{s: s, t: t, r: reps[i], replica: i + 1, version: version, typeID: typeID, op: bop, done: done}
+		b.send()
 	}
 	return syncN > 0
+}
+
+// syncBackup is one synchronous backup until its replica acknowledges it.
+// Only the replica member's death excuses a missing ack: any other failure
+// (the replica's table is behind and it refused, a broken connection to a
+// live member, an overloaded replica) is retried, so an acknowledged write
+// is on every synchronous backup replica.
+type syncBackup struct {
+	s       *Service
+	t       task
+	r       Replica
+	replica int
+	version int64
+	typeID  uint16
+	op      spi.Operation
+	done    func(error)
+	tries   int
+}
+
+// maxBackupTries bounds the retries of one synchronous backup (about 10 s
+// with the back-off below); past it the write is answered with only the
+// primary's copy and an error is logged.
+const maxBackupTries = 40
+
+func (b *syncBackup) send() {
+	if err := b.s.sendBackup(&call{then: b.acked}, b.t, b.r, b.replica, b.version, b.typeID, b.op); err != nil {
+		b.acked(err)
+	}
+}
+
+func (b *syncBackup) acked(err error) {
+	s := b.s
+	if err == nil {
+		b.done(nil)
+		return
+	}
+	_, member := s.cfg.Routing.MemberAddress(b.r.ID)
+	b.tries++
+	if !member || s.closed.Load() || b.tries >= maxBackupTries {
+		if member && !s.closed.Load() {
+			s.log.Error("synchronous backup never acknowledged; the write is only on the primary", "partition", b.t.pid,
+				"replica", b.replica, "to", b.r.Address, "error", err)
+		}
+		b.done(err)
+		return
+	}
+	s.log.Debug("synchronous backup failed; retrying", "partition", b.t.pid, "replica", b.replica, "to", b.r.Address, "error", err)
+	pause := min(time.Duration(b.tries)*20*time.Millisecond, 500*time.Millisecond)
+	s.wg.Add(1)
+	time.AfterFunc(pause, func() {
+		defer s.wg.Done()
+		b.send()
+	})
 }
 
 func (s *Service) sendBackup(cl *call, t task, r Replica, replica int, version int64, typeID uint16, bop spi.Operation) error {
@@ -154,16 +221,27 @@ type backupMessage struct{ spi.Operation }
 func (b backupMessage) MessageKind() string { return fmt.Sprintf("backup/%T", b.Operation) }
 
 func (s *Service) sendBackupNow(cl *call, t task, r Replica, replica int, version int64, typeID uint16, bop spi.Operation) error {
-	c := s.connected(r.ID)
-	if c == nil {
+	if c := s.connected(r.ID); c != nil {
+		return c.sendBackup(cl, t, typeID, replica, version, bop)
+	}
+	// Dialling can take long: never on a partition executor.
+	if s.closed.Load() {
+		return spi.ErrShutdown
+	}
+	s.wg.Add(1)
+	go func() {
+		defer s.wg.Done()
 		ctx, cancel := context.WithTimeout(context.Background(), handshakeTimeout)
 		defer cancel()
-		var err error
-		if c, err = s.connTo(ctx, r.ID, r.Address); err != nil {
-			return err
+		c, err := s.connTo(ctx, r.ID, r.Address)
+		if err == nil {
+			err = c.sendBackup(cl, t, typeID, replica, version, bop)
 		}
-	}
-	return c.sendBackup(cl, t, typeID, replica, version, bop)
+		if err != nil && cl != nil {
+			cl.complete(nil, err)
+		}
+	}()
+	return nil
 }
 
 // runBackup applies a backup in version order (on the partition's
@@ -191,8 +269,7 @@ func (s *Service) runBackup(e *executor, t task) {
 		}
 		rs.pending[t.version] = t
 		if !rs.syncing {
-			rs.syncing = true
-			s.syncs.Add(1)
+			s.setSyncing(p, rs, true)
 			s.log.Debug("backup replica behind; asking the primary for a sync", "partition", p, "have", cur, "got", t.version)
 			if s.cfg.OnReplicaGap != nil {
 				s.cfg.OnReplicaGap(p)
@@ -211,7 +288,7 @@ func (s *Service) applyBackup(e *executor, t task) {
 		s.log.Error("backup operation failed", "service", t.svc.name, "partition", t.pid, "error", err)
 	}
 	s.versions[t.pid].Store(t.version)
-	s.record(t.pid, t.key, t.resp, time.Now().UnixNano())
+	s.record(t.pid, t.key, t.resp, time.Now().UnixNano(), nil)
 	s.finish(t, nil, err)
 }
 
@@ -248,9 +325,7 @@ func (s *Service) dropPending(p int, err error) {
 	for _, t := range rs.pending {
 		s.finish(t, nil, err)
 	}
-	if rs.syncing {
-		s.syncs.Add(-1)
-	}
+	s.setSyncing(p, rs, false)
 	s.replicas[p] = nil
 }
 
@@ -259,10 +334,7 @@ func (s *Service) dropPending(p int, err error) {
 // with v = -1): waiting backups past v are applied in order.
 func (s *Service) ReplicaSynced(p int, v int64) {
 	rs := s.replicaState(p)
-	if rs.syncing {
-		rs.syncing = false
-		s.syncs.Add(-1)
-	}
+	s.setSyncing(p, rs, false)
 	if v > s.versions[p].Load() {
 		s.versions[p].Store(v)
 	}
@@ -270,8 +342,7 @@ func (s *Service) ReplicaSynced(p int, v int64) {
 	s.drainBackups(e, p)
 	if len(rs.pending) > 0 && !rs.syncing && v >= 0 {
 		// Still a hole: the sync was older than the waiting backups.
-		rs.syncing = true
-		s.syncs.Add(1)
+		s.setSyncing(p, rs, true)
 		if s.cfg.OnReplicaGap != nil {
 			s.cfg.OnReplicaGap(p)
 		}

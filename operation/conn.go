@@ -421,9 +421,12 @@ func (c *conn) fill(f func(buf []byte) ([]byte, error)) (out []byte, err error) 
 func (c *conn) sendRequest(cl *call, svc *serviceEntry, typeID uint16, pid int, key invKey, retry bool) (uint64, error) {
 	id := c.s.nextCall.Add(1)
 	c.mu.Lock()
-	if !c.closed {
-		c.pending[id] = cl
+	if c.closed {
+		err := c.err
+		c.mu.Unlock()
+		return 0, err
 	}
+	c.pending[id] = cl
 	c.mu.Unlock()
 	err := c.queue(func(buf []byte) ([]byte, error) {
 		buf, start := beginFrame(buf, kindRequest, id)
@@ -440,7 +443,10 @@ func (c *conn) sendRequest(cl *call, svc *serviceEntry, typeID uint16, pid int, 
 		return buf, endFrame(buf, start)
 	})
 	if err != nil {
-		c.forget(id)
+		if !c.forget(id) {
+			// close completed the call already; its answer is waiting.
+			return id, nil
+		}
 		return 0, err
 	}
 	return id, nil
@@ -477,17 +483,21 @@ func (c *conn) sendBackup(cl *call, t task, typeID uint16, replica int, version 
 		buf = w.Bytes()
 		return buf, endFrame(buf, start)
 	})
-	if err != nil && cl != nil {
-		c.forget(id)
+	if err != nil && cl != nil && !c.forget(id) {
+		return nil // close completed the call already: report it once
 	}
 	return err
 }
 
 // forget drops a pending call (its caller gave up).
-func (c *conn) forget(id uint64) {
+// forget drops a pending call and reports whether it was still pending
+// (false: a completer, such as close, already took it).
+func (c *conn) forget(id uint64) bool {
 	c.mu.Lock()
+	defer c.mu.Unlock()
+	_, ok := c.pending[id]
 	delete(c.pending, id)
-	c.mu.Unlock()
+	return ok
 }
 
 // sendResponse queues the answer to a request received on this connection.

@@ -4,6 +4,7 @@ import (
 	"crypto/rand"
 	"encoding/binary"
 	"fmt"
+	"sync/atomic"
 	"time"
 
 	"github.com/partita-go/partita/spi"
@@ -40,6 +41,9 @@ type dedupEntry struct {
 	key  invKey
 	at   int64 // unix nanoseconds when recorded
 	resp []byte
+	// busy, when set and true, means the synchronous backups of the
+	// recorded run are not all acknowledged: a retry must wait.
+	busy *atomic.Bool
 }
 
 // dedupLog is one partition's record, oldest first, touched on its
@@ -59,12 +63,12 @@ func (s *Service) dedupOf(p int) *dedupLog {
 }
 
 // record stores k's response for partition p (executor p).
-func (s *Service) record(p int, k invKey, resp []byte, at int64) {
+func (s *Service) record(p int, k invKey, resp []byte, at int64, busy *atomic.Bool) {
 	if k.zero() {
 		return
 	}
 	d := s.dedupOf(p)
-	d.entries = append(d.entries, dedupEntry{key: k, at: at, resp: resp})
+	d.entries = append(d.entries, dedupEntry{key: k, at: at, resp: resp, busy: busy})
 	s.prune(d, at)
 }
 
@@ -82,11 +86,12 @@ func (s *Service) prune(d *dedupLog, now int64) {
 	}
 }
 
-// lookup returns the recorded response of k in partition p, if any.
-func (s *Service) lookup(p int, k invKey) ([]byte, bool) {
+// lookup returns the recorded response of k in partition p, if any, and
+// whether that run still waits for its synchronous backups.
+func (s *Service) lookup(p int, k invKey) (resp []byte, found, busy bool) {
 	d := s.dedup[p]
 	if k.zero() || d == nil {
-		return nil, false
+		return nil, false, false
 	}
 	limit := time.Now().UnixNano() - int64(s.cfg.DedupWindow)
 	for i := len(d.entries) - 1; i >= d.head; i-- {
@@ -95,10 +100,10 @@ func (s *Service) lookup(p int, k invKey) ([]byte, bool) {
 			break
 		}
 		if e.key == k {
-			return e.resp, true
+			return e.resp, true, e.busy != nil && e.busy.Load()
 		}
 	}
-	return nil, false
+	return nil, false, false
 }
 
 // DropDedup forgets partition p's record (executor p).
@@ -140,7 +145,7 @@ func (s *Service) ReadDedup(r *spi.Reader, p int) error {
 		k := invKey{origin: r.ReadUint64(), seq: r.ReadUvarint()}
 		at, resp := r.ReadVarint(), r.ReadBytes()
 		if r.Err() == nil {
-			s.record(p, k, resp, at)
+			s.record(p, k, resp, at, nil)
 		}
 	}
 	return r.Err()

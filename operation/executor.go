@@ -4,6 +4,7 @@ import (
 	"fmt"
 	"runtime/debug"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/partita-go/partita/spi"
@@ -76,7 +77,10 @@ func (e *executor) run(t task) {
 	}
 	bo, backupAware := t.op.(spi.BackupAwareOperation)
 	if backupAware && t.retry && t.pid >= 0 {
-		if b, ok := e.s.lookup(t.pid, t.key); ok {
+		if b, ok, busy := e.s.lookup(t.pid, t.key); busy {
+			e.s.finish(t, nil, fmt.Errorf("%w: partition %d", spi.ErrInProgress, t.pid))
+			return
+		} else if ok {
 			// A retry of an invocation that already ran here, or on the
 			// primary this member took over from.
 			resp, err := decodeResponse(t.op, b)
@@ -101,8 +105,17 @@ func (e *executor) run(t task) {
 			return
 		}
 		t.resp = enc
-		e.s.record(t.pid, t.key, enc, time.Now().UnixNano())
-		if e.s.sendBackups(e, t, bo, resp) {
+		// Recorded after the backups left: no retry can run on this
+		// executor in between, and a retry must wait until they are
+		// acknowledged.
+		busy := new(atomic.Bool)
+		busy.Store(true)
+		took := e.s.sendBackups(e, t, bo, resp, busy)
+		if !took {
+			busy = nil
+		}
+		e.s.record(t.pid, t.key, enc, time.Now().UnixNano(), busy)
+		if took {
 			return // the last synchronous ack finishes the task
 		}
 	}

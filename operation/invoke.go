@@ -51,15 +51,18 @@ func (s *Service) invoke(ctx context.Context, service string, op spi.Operation, 
 		key = invKey{origin: s.origin, seq: s.seq.Add(1)}
 	}
 	first := time.Now()
+	mayHaveRun := false // an attempt went out and its answer was lost
 	for n := 0; ; n++ {
-		resp, err := s.attempt(ctx, svc, op, pid, member, key, n > 0)
+		var sent bool
+		resp, err := s.attempt(ctx, svc, op, pid, member, key, n > 0, &sent)
 		if err == nil || !spi.IsRetryable(err) {
 			return resp, err
 		}
 		if s.closed.Load() {
 			return nil, spi.ErrShutdown
 		}
-		if errors.Is(err, spi.ErrMemberLeft) && time.Since(first) > s.cfg.DedupWindow {
+		mayHaveRun = mayHaveRun || (sent && errors.Is(err, spi.ErrMemberLeft))
+		if mayHaveRun && time.Since(first) > s.cfg.DedupWindow {
 			// The record that would recognise a retry may be gone.
 			return nil, fmt.Errorf("%w: %s %T on partition %d: %w", spi.ErrIndeterminate, service, op, pid, err)
 		}
@@ -75,7 +78,7 @@ func (s *Service) invoke(ctx context.Context, service string, op spi.Operation, 
 }
 
 // attempt sends op once to the member that should run it.
-func (s *Service) attempt(ctx context.Context, svc *serviceEntry, op spi.Operation, pid int, member string, key invKey, retry bool) (any, error) {
+func (s *Service) attempt(ctx context.Context, svc *serviceEntry, op spi.Operation, pid int, member string, key invKey, retry bool, sent *bool) (any, error) {
 	if s.closed.Load() {
 		return nil, spi.ErrShutdown
 	}
@@ -104,6 +107,7 @@ func (s *Service) attempt(ctx context.Context, svc *serviceEntry, op spi.Operati
 		if err := s.enqueue(ctx, t); err != nil {
 			return nil, err
 		}
+		*sent = true
 		return s.wait(ctx, cl, nil, 0)
 	}
 	typeID, ok := svc.typeIDs[reflect.TypeOf(op)]
@@ -126,6 +130,7 @@ func (s *Service) attempt(ctx context.Context, svc *serviceEntry, op spi.Operati
 	if err != nil {
 		return nil, err
 	}
+	*sent = true
 	resp, err := s.wait(ctx, cl, c, callID)
 	if err == nil && s.cfg.Hook != nil {
 		m := Message{From: s.cfg.LocalID, To: id, Service: svc.name, Partition: pid, Op: op, Response: true}

@@ -155,6 +155,7 @@ type Service struct {
 	versions  []atomic.Int64  // by partition: replica version (see backup.go)
 	replicas  []*replicaState // by partition; touched on its executor only
 	syncs     atomic.Int32    // partitions whose replica waits for a sync
+	syncFlag  []atomic.Bool   // by partition: that replica waits for a sync
 	dedup     []*dedupLog     // by partition; touched on its executor only
 	origin    uint64          // this member's incarnation, for invocation ids
 	seq       atomic.Uint64
@@ -204,6 +205,7 @@ func New(cfg Config) *Service {
 		versions:  make([]atomic.Int64, cfg.PartitionCount),
 		replicas:  make([]*replicaState, cfg.PartitionCount),
 		dedup:     make([]*dedupLog, cfg.PartitionCount),
+		syncFlag:  make([]atomic.Bool, cfg.PartitionCount),
 		origin:    newIncarnation(),
 		cfg:       cfg,
 		log:       cfg.Logger,

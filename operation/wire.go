@@ -127,6 +127,7 @@ var errorCodes = []error{
 	spi.ErrClusterMismatch,
 	spi.ErrNoSuchMember,
 	spi.ErrIndeterminate,
+	spi.ErrInProgress,
 }
 
 func errorCode(err error) uint8 {

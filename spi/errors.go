@@ -59,6 +59,11 @@ var (
 	// exactly-once record (operations.dedup-window).
 	ErrIndeterminate = errors.New("partita: outcome unknown: the target left after the operation was sent")
 
+	// ErrInProgress means a retried operation's first attempt is still
+	// running (its synchronous backups are not all acknowledged yet).
+	// Retryable.
+	ErrInProgress = errors.New("partita: the operation's first attempt is still in progress")
+
 	// ErrNoSuchMember means the member named as a target is not in the
 	// member list.
 	ErrNoSuchMember = errors.New("partita: no such member")
@@ -68,7 +73,7 @@ var (
 // operation was not applied and may succeed on another attempt.
 func IsRetryable(err error) bool {
 	return errors.Is(err, ErrWrongTarget) || errors.Is(err, ErrPartitionMigrating) ||
-		errors.Is(err, ErrMemberLeft) || errors.Is(err, ErrNotReady)
+		errors.Is(err, ErrMemberLeft) || errors.Is(err, ErrNotReady) || errors.Is(err, ErrInProgress)
 }
 
 // RemoteError is an error raised on another member while it handled an

@@ -112,8 +112,16 @@ func TestLostAndReorderedBackupsAreRepaired(t *testing.T) {
 	a, b := c.Member(0), c.Member(1)
 	l := startLoad(t, 16, 200, anyMember(c))
 	l.waitOps(t, 1000)
-	remove := c.AddFault(&clustertest.Fault{From: a.ID(), To: b.ID(), Kind: "backup/", Drop: true})
-	l.waitOps(t, 2000)
+	// Synchronous backups that are dropped are retried, so writes wait
+	// while the fault lasts: count drops, not operations.
+	drop := &clustertest.Fault{From: a.ID(), To: b.ID(), Kind: "backup/", Drop: true}
+	remove := c.AddFault(drop)
+	clustertest.Eventually(t, 30*time.Second, func() error {
+		if n := drop.Hits(); n < 200 {
+			return fmt.Errorf("%d backups dropped so far", n)
+		}
+		return nil
+	})
 	remove()
 	remove = c.AddFault(&clustertest.Fault{From: b.ID(), To: a.ID(), Kind: "backup/", Delay: 2 * time.Millisecond})
 	l.waitOps(t, 2000)

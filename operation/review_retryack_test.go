@@ -1,0 +1,95 @@
+package operation
+
+import (
+	"context"
+	"net"
+	"testing"
+	"time"
+
+	"github.com/partita-go/partita/spi"
+)
+
+// threeRouting: "p" owns every partition, "b" is its one backup replica.
+type threeRouting struct{ self string }
+
+func (r threeRouting) Owner(int) (string, string, bool)    { return "p", "p:1", true }
+func (r threeRouting) MemberAddress(string) (string, bool) { return "", false }
+func (r threeRouting) Backups(_ int, dst []Replica) []Replica {
+	return append(dst, Replica{ID: "b", Address: "b:1"})
+}
+func (r threeRouting) ReplicaIndex(int) int {
+	if r.self == "b" {
+		return 1
+	}
+	return 0
+}
+
+func reviewSvcTypes() []spi.OperationType {
+	return []spi.OperationType{
+		{ID: 1, New: func() spi.Operation { return new(echoOp) }},
+		{ID: 2, New: func() spi.Operation { return new(reviewBackedOp) }},
+	}
+}
+
+func reviewMember(t *testing.T, id string, dial func(string) *Service, hook func(Message) Verdict) *Service {
+	s := New(Config{ClusterName: "dev", LocalID: id, LocalAddress: id + ":1", PartitionCount: 7, PartitionThreads: 1,
+		Routing: threeRouting{id}, RetryPause: time.Millisecond, Hook: hook,
+		Dial: func(ctx context.Context, address string) (net.Conn, error) {
+			a, b := net.Pipe()
+			dial(address).HandleConn(b)
+			return a, nil
+		}})
+	if err := s.Register("svc", nil, reviewSvcTypes()); err != nil {
+		t.Fatal(err)
+	}
+	s.Start()
+	return s
+}
+
+// Review finding: the primary records an invocation before its synchronous
+// backups are acknowledged (executor.go run: record, then sendBackups). A
+// retry of that invocation (its first answer lost with a broken connection)
+// is answered from the record at once, while the backup has not been
+// applied: the caller holds an acknowledgement that only the primary backs.
+func TestReviewRetryAnsweredBeforeSyncBackupApplied(t *testing.T) {
+	hold := make(chan struct{})
+	var bSvc, pSvc *Service
+	members := func(addr string) *Service {
+		if addr == "b:1" {
+			return bSvc
+		}
+		return pSvc
+	}
+	bSvc = reviewMember(t, "b", members, nil)
+	defer bSvc.Shutdown()
+	pSvc = reviewMember(t, "p", members, func(m Message) Verdict {
+		if _, ok := m.Op.(backupMessage); ok {
+			return Verdict{Hold: hold} // the backup is slow to leave
+		}
+		return Verdict{}
+	})
+	defer pSvc.Shutdown()
+	defer close(hold)
+	caller := reviewMember(t, "c", members, nil)
+	defer caller.Shutdown()
+
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	done := make(chan error, 1)
+	go func() {
+		_, err := caller.Invoke(ctx, "svc", &reviewBackedOp{}, 1)
+		done <- err
+	}()
+	for pSvc.ReplicaVersion(1) == 0 { // the primary ran it; its backup is held
+		time.Sleep(time.Millisecond)
+	}
+	caller.MemberLeft("p") // the caller's connection breaks; it retries
+	select {
+	case err := <-done:
+		if err == nil && bSvc.ReplicaVersion(1) == 0 {
+			t.Errorf("the invocation was acknowledged while its synchronous backup was not applied (backup version %d)", bSvc.ReplicaVersion(1))
+		}
+	case <-time.After(5 * time.Second):
+		t.Log("the retry waited for the backup (expected behaviour)")
+	}
+}
