@@ -20,7 +20,7 @@ import (
 // repair only runs between rounds, the dead master's partitions stay owned
 // by the dead member meanwhile: every operation on them stalls.
 func TestReviewMasterDiesMidPublish(t *testing.T) {
-	for attempt := 1; attempt <= 5; attempt++ {
+	for attempt := 1; attempt <= 2; attempt++ {
 		stalled, diverged := reviewMasterDiesMidPublish(t)
 		t.Logf("attempt %d: load stalled %v, partitions whose backup version differs from the primary's when idle: %d", attempt, stalled, diverged)
 		if stalled || diverged > 0 {
@@ -53,17 +53,20 @@ func reviewMasterDiesMidPublish(t *testing.T) (stalled bool, diverged int) {
 	c.Kill(0)
 	remove()
 	close(hold)
-	// Give failure detection and promotion 2s, then ask for progress.
-	time.Sleep(2 * time.Second)
+	// Progress: the load must complete operations again within 12s of the
+	// master's death (failure detection, promotion, repair).
 	before := l.ops.Load()
-	deadline := time.Now().Add(10 * time.Second)
-	for l.ops.Load() < before+100 && time.Now().Before(deadline) {
-		time.Sleep(50 * time.Millisecond)
+	deadline := time.Now().Add(12 * time.Second)
+	tick := time.NewTicker(50 * time.Millisecond)
+	for l.ops.Load() < before+1100 && time.Now().Before(deadline) {
+		<-tick.C
 	}
-	stalled = l.ops.Load() < before+100
+	tick.Stop()
+	stalled = l.ops.Load() < before+1100
 	l.halt()
-	c.WaitStable()
-	time.Sleep(3 * time.Second) // several anti-entropy rounds
+	// Divergence: once the cluster is safe every backup must equal its
+	// primary; a permanently diverged backup keeps it from becoming safe.
+	c.WaitClusterSafe()
 	ms := c.Members()
 	byID := map[string]int{}
 	for i, m := range ms {
