@@ -328,6 +328,7 @@ func (e masterEngine) ReplicaStatus(ctx context.Context, member string) ([]int64
 }
 
 func (e masterEngine) Lost(ps []int) {
+	e.n.lostPartitions.Add(float64(len(ps)))
 	for _, s := range e.n.services {
 		if l, ok := s.(spi.PartitionLostListener); ok {
 			for _, p := range ps {

@@ -73,6 +73,8 @@ type Node struct {
 	wg        sync.WaitGroup
 	state     atomic.Int32
 	installMu sync.Mutex // serialises table installs
+
+	lostPartitions prometheus.Counter
 	// spawnMu and stopping keep wg.Add from racing with wg.Wait.
 	spawnMu  sync.Mutex
 	stopping bool
@@ -118,6 +120,13 @@ func New(cfg *config.Config, opts ...Option) (*Node, error) {
 	}
 	if n.registry == nil {
 		n.registry = prometheus.NewRegistry()
+	}
+	n.lostPartitions = prometheus.NewCounter(prometheus.CounterOpts{
+		Name: "partita_partitions_lost_total",
+		Help: "Partitions this member, as master, found without any in-sync replica (their data is gone or incomplete).",
+	})
+	if err := n.registry.Register(n.lostPartitions); err != nil {
+		return nil, fmt.Errorf("partita: register metrics: %w", err)
 	}
 	n.parts = &partitionView{n: n}
 	n.proxies = &proxyRegistry{n: n, objs: make(map[string]map[string]spi.DistributedObject)}

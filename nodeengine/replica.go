@@ -407,6 +407,22 @@ func (n *Node) replicaStatusOf(ctx context.Context, id string) (busy bool, table
 	return busy, tableVersion, versions, syncing, nil
 }
 
+// WaitClusterSafe polls IsClusterSafe until it reports true or ctx ends.
+func (n *Node) WaitClusterSafe(ctx context.Context) error {
+	tick := time.NewTicker(100 * time.Millisecond)
+	defer tick.Stop()
+	for {
+		if safe, err := n.IsClusterSafe(ctx); err == nil && safe {
+			return nil
+		}
+		select {
+		case <-ctx.Done():
+			return fmt.Errorf("cluster not safe: %w", ctx.Err())
+		case <-tick.C:
+		}
+	}
+}
+
 // IsClusterSafe asks every member for its replica state and reports
 // whether all hold the same table, none migrates or syncs, and every
 // backup replica has its primary's version.

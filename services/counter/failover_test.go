@@ -129,3 +129,26 @@ func TestLostAndReorderedBackupsAreRepaired(t *testing.T) {
 	l.waitOps(t, 1000)
 	l.verifyAfterFailure(t, c)
 }
+
+// A partition whose every replica dies is reported lost: the master logs
+// it, calls PartitionLostListener and counts it in
+// partita_partitions_lost_total.
+func TestAllReplicasGoneIsReportedLost(t *testing.T) {
+	c := clustertest.New(t, 3)
+	c.WaitClusterSafe()
+	c.KillMany(1, 2) // one backup per partition: those with both replicas on 1 and 2 are lost
+	c.WaitStable()
+	mfs, err := c.Member(0).Registry().Gather()
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, mf := range mfs {
+		if mf.GetName() == "partita_partitions_lost_total" {
+			if v := mf.GetMetric()[0].GetCounter().GetValue(); v == 0 {
+				t.Fatal("no partition counted as lost")
+			}
+			return
+		}
+	}
+	t.Fatal("partita_partitions_lost_total not registered")
+}
