@@ -50,33 +50,18 @@ func counterName(i int) string { return "bench-" + strconv.Itoa(i) }
 // the members already started, to be shut down.
 func startCluster(ctx context.Context, o options, log *slog.Logger) (*cluster, error) {
 	c := &cluster{joined: o.join != ""}
-	var bindHost string
+	sctx, cancel := context.WithTimeout(ctx, stableTimeout)
+	var err error
 	if c.joined {
-		var err error
-		if bindHost, err = localAddressFor(o.join); err != nil {
-			return nil, err
-		}
+		err = c.startJoined(sctx, o, log)
+	} else {
+		c.members, err = nodeengine.StartLocal(sctx, o.members, func(i int, cfg *config.Config) {
+			configure(o, i, cfg)
+		}, nodeengine.WithLogger(log))
 	}
-	for i := range o.members {
-		var seeds []string
-		switch {
-		case c.joined:
-			seeds = []string{o.join}
-		case i > 0:
-			seeds = []string{c.members[0].Address()}
-		}
-		cfg := memberConfig(o, i, bindHost, seeds)
-		n, err := nodeengine.New(cfg, nodeengine.WithLogger(log))
-		if err != nil {
-			return c, err
-		}
-		sctx, cancel := context.WithTimeout(ctx, stableTimeout)
-		err = n.Start(sctx)
-		cancel()
-		if err != nil {
-			return c, fmt.Errorf("start member %d: %w", i, err)
-		}
-		c.members = append(c.members, n)
+	cancel()
+	if err != nil {
+		return c, err
 	}
 	if c.joined {
 		if err := c.waitJoined(ctx, o.join); err != nil {
@@ -90,19 +75,34 @@ func startCluster(ctx context.Context, o options, log *slog.Logger) (*cluster, e
 	return c, nil
 }
 
-// memberConfig is the default config for local member i: bound to a free
-// port of bindHost (127.0.0.1 when empty), multicast off, joining seeds,
-// with the partition table's backups and the counter's properties set from
-// the flags and the counter's per-increment log line at debug.
-func memberConfig(o options, i int, bindHost string, seeds []string) *config.Config {
-	cfg := config.Default()
-	cfg.Source = fmt.Sprintf("cmd/bench member %d", i)
-	if bindHost == "" {
-		bindHost = "127.0.0.1"
+// startJoined starts, with -join, the one local member: bound to a free
+// port of the interface that reaches o.join, multicast off, joining o.join.
+func (c *cluster) startJoined(ctx context.Context, o options, log *slog.Logger) error {
+	bindHost, err := localAddressFor(o.join)
+	if err != nil {
+		return err
 	}
+	cfg := config.Default()
 	cfg.Network.Bind = net.JoinHostPort(bindHost, "0")
 	cfg.Network.Join.Multicast.Enabled = false
-	cfg.Network.Join.Members = seeds
+	cfg.Network.Join.Members = []string{o.join}
+	configure(o, 0, cfg)
+	n, err := nodeengine.New(cfg, nodeengine.WithLogger(log))
+	if err != nil {
+		return err
+	}
+	if err := n.Start(ctx); err != nil {
+		return fmt.Errorf("start member 0: %w", err)
+	}
+	c.members = append(c.members, n)
+	return nil
+}
+
+// configure sets local member i's config (bound and joining as it should
+// be) from the flags: the partition table's backups, the counter's
+// properties and its per-increment log line at debug.
+func configure(o options, i int, cfg *config.Config) {
+	cfg.Source = fmt.Sprintf("cmd/bench member %d", i)
 	if o.join == "" {
 		// All members share this host: a member that dies is noticed
 		// fast. A remote cluster keeps the default timing.
@@ -118,7 +118,6 @@ func memberConfig(o options, i int, bindHost string, seeds []string) *config.Con
 				With("async-backup-count", strconv.Itoa(o.asyncBackups))
 		}
 	}
-	return cfg
 }
 
 // localAddressFor returns the IP of this host's interface that reaches
@@ -145,14 +144,23 @@ func (c *cluster) waitJoined(ctx context.Context, addr string) error {
 	})
 }
 
-// waitStable waits until every local member sees the same members (all
-// local members among them), holds the same table version spanning exactly
-// those members, nothing migrates, and the cluster is safe (every backup
-// holds what its primary holds).
+// waitStable waits until the cluster is stable (the local members with
+// nodeengine.WaitStable, or with -join the local member's view of the
+// remote cluster) and safe (every backup holds what its primary holds).
 func (c *cluster) waitStable(ctx context.Context) error {
+	if !c.joined {
+		sctx, cancel := context.WithTimeout(ctx, stableTimeout)
+		err := nodeengine.WaitStable(sctx, c.members)
+		cancel()
+		if err != nil {
+			return err
+		}
+	}
 	return poll(ctx, stableTimeout, func() string {
-		if why := c.unstable(); why != "" {
-			return why
+		if c.joined {
+			if why := c.joinedUnstable(); why != "" {
+				return why
+			}
 		}
 		sctx, cancel := context.WithTimeout(ctx, 5*time.Second)
 		defer cancel()
@@ -167,44 +175,24 @@ func (c *cluster) waitStable(ctx context.Context) error {
 	})
 }
 
-// unstable returns why the cluster is not stable yet, or "" when it is.
-func (c *cluster) unstable() string {
-	var ids []string
-	for _, m := range c.members[0].Members() {
-		ids = append(ids, m.ID)
+// joinedUnstable returns, with -join, why the local member does not hold a
+// settled table whose owners are exactly the members it sees, or "" when
+// it does.
+func (c *cluster) joinedUnstable() string {
+	n := c.members[0]
+	seen := n.Members()
+	t := n.Table()
+	switch {
+	case t == nil:
+		return "no partition table"
+	case len(t.Members) != len(seen):
+		return fmt.Sprintf("table version %d spans %d members, want %d", t.Version, len(t.Members), len(seen))
+	case n.MigrationInFlight():
+		return "migrating partitions"
 	}
-	slices.Sort(ids)
-	if !c.joined && len(ids) != len(c.members) {
-		return fmt.Sprintf("member 0 sees %d members, want %d", len(ids), len(c.members))
-	}
-	first := c.members[0].Table()
-	for i, n := range c.members {
-		var seen []string
-		for _, m := range n.Members() {
-			seen = append(seen, m.ID)
-		}
-		slices.Sort(seen)
-		if !slices.Equal(seen, ids) {
-			return fmt.Sprintf("member %d sees %d members, member 0 %d", i, len(seen), len(ids))
-		}
-		if _, ok := slices.BinarySearch(ids, n.ID()); !ok {
-			return fmt.Sprintf("member 0 does not see member %d", i)
-		}
-		t := n.Table()
-		switch {
-		case t == nil:
-			return fmt.Sprintf("member %d has no partition table", i)
-		case first == nil || t.Version != first.Version:
-			return fmt.Sprintf("member %d holds table version %d, member 0 another", i, t.Version)
-		case len(t.Members) != len(ids):
-			return fmt.Sprintf("member %d's table (version %d) spans %d members, want %d", i, t.Version, len(t.Members), len(ids))
-		case n.MigrationInFlight():
-			return fmt.Sprintf("member %d is migrating partitions", i)
-		}
-		for id := range t.Members {
-			if _, ok := slices.BinarySearch(ids, id); !ok {
-				return fmt.Sprintf("member %d's table names %s, not a member", i, id)
-			}
+	for _, m := range seen {
+		if _, ok := t.Members[m.ID]; !ok {
+			return fmt.Sprintf("table version %d lacks member %s", t.Version, m.ID)
 		}
 	}
 	return ""

@@ -117,15 +117,11 @@ func run(ctx context.Context, w io.Writer) (err error) {
 			cancel()
 		}
 	}()
-	for i := range 2 {
-		n, err := nodeengine.New(memberConfig(i, members), nodeengine.WithLogger(log))
-		if err != nil {
-			return err
-		}
-		if err := n.Start(ctx); err != nil {
-			return fmt.Errorf("start member %d: %w", i, err)
-		}
-		members = append(members, n)
+	members, err = nodeengine.StartLocal(ctx, 2, configure, nodeengine.WithLogger(log))
+	if err != nil {
+		return err
+	}
+	for i, n := range members {
 		fmt.Fprintf(w, "Member %d: %s\n", i, n.Address())
 	}
 	if err := waitStable(ctx, members); err != nil {
@@ -224,18 +220,11 @@ func inc(ctx context.Context, w io.Writer, c *counter.Counter, want int64) error
 	return nil
 }
 
-// memberConfig is the default config on a free port of 127.0.0.1, without
-// multicast, joining the members already started, with fast failure
+// configure sets member i's config (the default config on a free port of
+// 127.0.0.1, without multicast, joining member 0) to fast failure
 // detection and the counter's per-increment log lines at info.
-func memberConfig(i int, running []*nodeengine.Node) *config.Config {
-	cfg := config.Default()
+func configure(i int, cfg *config.Config) {
 	cfg.Source = fmt.Sprintf("examples/backup member %d", i)
-	cfg.Network.Bind = "127.0.0.1:0"
-	cfg.Network.Join.Multicast.Enabled = false
-	cfg.Network.Join.Members = nil
-	for _, n := range running {
-		cfg.Network.Join.Members = append(cfg.Network.Join.Members, n.Address())
-	}
 	// One backup replica per partition (the default), on the other member.
 	cfg.Partitions.BackupCount = 1
 	// Fast failure detection, as in nodeengine/clustertest: the killed
@@ -247,19 +236,17 @@ func memberConfig(i int, running []*nodeengine.Node) *config.Config {
 			cfg.Services[j].Properties = sc.Properties.With("log-level", "info")
 		}
 	}
-	return cfg
 }
 
-// waitStable waits until every member sees all of them, holds the same
-// version of a partition table that includes them all, nothing migrates
+// waitStable waits until the members are stable (nodeengine.WaitStable)
 // and the cluster is safe (every backup holds what its primary holds).
 func waitStable(ctx context.Context, members []*nodeengine.Node) error {
 	ctx, cancel := context.WithTimeout(ctx, stableTimeout)
 	defer cancel()
+	if err := nodeengine.WaitStable(ctx, members); err != nil {
+		return err
+	}
 	return poll(ctx, "members not stable", func() string {
-		if why := unstable(members); why != "" {
-			return why
-		}
 		sctx, cancel := context.WithTimeout(ctx, time.Second)
 		defer cancel()
 		safe, err := members[0].Partitions().IsClusterSafe(sctx)
@@ -271,29 +258,6 @@ func waitStable(ctx context.Context, members []*nodeengine.Node) error {
 		}
 		return ""
 	})
-}
-
-// unstable returns why members do not share a settled partition table, or
-// "" when they do.
-func unstable(members []*nodeengine.Node) string {
-	first := members[0].Table()
-	for i, n := range members {
-		if got := len(n.Members()); got != len(members) {
-			return fmt.Sprintf("member %d sees %d members", i, got)
-		}
-		t := n.Table()
-		switch {
-		case t == nil:
-			return fmt.Sprintf("member %d has no partition table", i)
-		case first == nil || t.Version != first.Version:
-			return fmt.Sprintf("member %d holds table version %d, member 0 another", i, t.Version)
-		case len(t.Members) != len(members):
-			return fmt.Sprintf("member %d's table (version %d) spans %d members", i, t.Version, len(t.Members))
-		case n.MigrationInFlight():
-			return fmt.Sprintf("member %d is migrating partitions", i)
-		}
-	}
-	return ""
 }
 
 // waitOwner waits until n's partition table names n the owner of

@@ -85,19 +85,17 @@ func run(ctx context.Context, w io.Writer) (err error) {
 			cancel()
 		}
 	}()
-	for i := range 2 {
-		cfg := memberConfig(i, members)
-		n, err := nodeengine.New(cfg, nodeengine.WithLogger(log))
-		if err != nil {
-			return err
-		}
-		if err := n.Start(ctx); err != nil {
-			return fmt.Errorf("start member %d: %w", i, err)
-		}
-		members = append(members, n)
+	members, err = nodeengine.StartLocal(ctx, 2, configure, nodeengine.WithLogger(log))
+	if err != nil {
+		return err
+	}
+	for i, n := range members {
 		fmt.Fprintf(w, "Member %d: %s (id %s)\n", i, n.Address(), n.ID())
 	}
-	if err := waitSameTable(ctx, members); err != nil {
+	sctx, cancel := context.WithTimeout(ctx, stableTimeout)
+	err = nodeengine.WaitStable(sctx, members)
+	cancel()
+	if err != nil {
 		return err
 	}
 
@@ -134,67 +132,16 @@ func run(ctx context.Context, w io.Writer) (err error) {
 	return nil
 }
 
-// memberConfig is the default config on a free port of 127.0.0.1, without
-// multicast, joining the members already started, with the counter's
-// per-increment log line at info.
-func memberConfig(i int, running []*nodeengine.Node) *config.Config {
-	cfg := config.Default()
+// configure sets member i's config (the default config on a free port of
+// 127.0.0.1, without multicast, joining member 0) to log the counter's
+// per-increment line at info.
+func configure(i int, cfg *config.Config) {
 	cfg.Source = fmt.Sprintf("examples/counter member %d", i)
-	cfg.Network.Bind = "127.0.0.1:0"
-	cfg.Network.Join.Multicast.Enabled = false
-	cfg.Network.Join.Members = nil
-	for _, n := range running {
-		cfg.Network.Join.Members = append(cfg.Network.Join.Members, n.Address())
-	}
 	for j, sc := range cfg.Services {
 		if sc.Type == counter.TypeName {
 			cfg.Services[j].Properties = sc.Properties.With("log-level", "info")
 		}
 	}
-	return cfg
-}
-
-// waitSameTable waits until every member sees all of them and holds the
-// same version of a partition table that includes them all.
-func waitSameTable(ctx context.Context, members []*nodeengine.Node) error {
-	ctx, cancel := context.WithTimeout(ctx, stableTimeout)
-	defer cancel()
-	tick := time.NewTicker(10 * time.Millisecond)
-	defer tick.Stop()
-	for {
-		why := sameTable(members)
-		if why == "" {
-			return nil
-		}
-		select {
-		case <-ctx.Done():
-			return fmt.Errorf("members not stable: %s: %w", why, ctx.Err())
-		case <-tick.C:
-		}
-	}
-}
-
-// sameTable returns why members do not share a complete partition table,
-// or "" when they do.
-func sameTable(members []*nodeengine.Node) string {
-	first := members[0].Table()
-	for i, n := range members {
-		if got := len(n.Members()); got != len(members) {
-			return fmt.Sprintf("member %d sees %d members", i, got)
-		}
-		t := n.Table()
-		switch {
-		case t == nil:
-			return fmt.Sprintf("member %d has no partition table", i)
-		case len(t.Members) != len(members):
-			return fmt.Sprintf("member %d's table (version %d) spans %d members", i, t.Version, len(t.Members))
-		case first == nil || t.Version != first.Version:
-			return fmt.Sprintf("member %d holds table version %d, member 0 another", i, t.Version)
-		case n.MigrationInFlight():
-			return fmt.Sprintf("member %d is migrating partitions", i)
-		}
-	}
-	return ""
 }
 
 func memberIndex(members []*nodeengine.Node, id string) int {

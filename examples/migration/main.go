@@ -99,19 +99,24 @@ func run(ctx context.Context, w io.Writer) (err error) {
 		}
 	}()
 	start := func(k int) error {
-		for range k {
-			i := len(members)
-			n, err := nodeengine.New(memberConfig(i, members), nodeengine.WithLogger(log))
-			if err != nil {
-				return err
+		first := len(members)
+		started, err := nodeengine.StartLocal(ctx, k, func(i int, cfg *config.Config) {
+			configure(first+i, cfg)
+			if first > 0 {
+				// Joiners join the running cluster, not a new one.
+				cfg.Network.Join.Members = []string{members[0].Address()}
 			}
-			if err := n.Start(ctx); err != nil {
-				return fmt.Errorf("start member %d: %w", i, err)
-			}
-			members = append(members, n)
-			fmt.Fprintf(w, "Member %d: %s\n", i, n.Address())
+		}, nodeengine.WithLogger(log))
+		if err != nil {
+			return err
 		}
-		return waitStable(ctx, members)
+		members = append(members, started...)
+		for i, n := range started {
+			fmt.Fprintf(w, "Member %d: %s\n", first+i, n.Address())
+		}
+		sctx, cancel := context.WithTimeout(ctx, stableTimeout)
+		defer cancel()
+		return nodeengine.WaitStable(sctx, members)
 	}
 
 	if err := start(firstMembers); err != nil {
@@ -197,72 +202,16 @@ func incAll(ctx context.Context, w io.Writer, round int64, counters []*counter.C
 	return nil
 }
 
-// memberConfig is the default config on a free port of 127.0.0.1, without
-// multicast, joining member 0 (if running), with the counter's
-// per-increment log line at debug.
-func memberConfig(i int, running []*nodeengine.Node) *config.Config {
-	cfg := config.Default()
+// configure sets member i's config (the default config on a free port of
+// 127.0.0.1, without multicast, joining member 0) to log the counter's
+// per-increment line at debug.
+func configure(i int, cfg *config.Config) {
 	cfg.Source = fmt.Sprintf("examples/migration member %d", i)
-	cfg.Network.Bind = "127.0.0.1:0"
-	cfg.Network.Join.Multicast.Enabled = false
-	cfg.Network.Join.Members = nil
-	if len(running) > 0 {
-		cfg.Network.Join.Members = []string{running[0].Address()}
-	}
 	for j, sc := range cfg.Services {
 		if sc.Type == counter.TypeName {
 			cfg.Services[j].Properties = sc.Properties.With("log-level", "debug")
 		}
 	}
-	return cfg
-}
-
-// waitStable waits until every member sees all of them, holds the same
-// version of a partition table in which each of them owns partitions, and
-// none of them is migrating partitions.
-func waitStable(ctx context.Context, members []*nodeengine.Node) error {
-	ctx, cancel := context.WithTimeout(ctx, stableTimeout)
-	defer cancel()
-	tick := time.NewTicker(10 * time.Millisecond)
-	defer tick.Stop()
-	for {
-		why := unstable(members)
-		if why == "" {
-			return nil
-		}
-		select {
-		case <-ctx.Done():
-			return fmt.Errorf("members not stable: %s: %w", why, ctx.Err())
-		case <-tick.C:
-		}
-	}
-}
-
-// unstable returns why members are not stable, or "" when they are.
-func unstable(members []*nodeengine.Node) string {
-	first := members[0].Table()
-	for i, n := range members {
-		if got := len(n.Members()); got != len(members) {
-			return fmt.Sprintf("member %d sees %d members", i, got)
-		}
-		t := n.Table()
-		switch {
-		case t == nil:
-			return fmt.Sprintf("member %d has no partition table", i)
-		case first == nil || t.Version != first.Version:
-			return fmt.Sprintf("member %d holds table version %d, member 0 another", i, t.Version)
-		case len(t.Members) != len(members):
-			return fmt.Sprintf("member %d's table (version %d) spans %d members", i, t.Version, len(t.Members))
-		case n.MigrationInFlight():
-			return fmt.Sprintf("member %d is migrating partitions", i)
-		}
-		for id := range t.Members {
-			if memberIndex(members, id) < 0 {
-				return fmt.Sprintf("member %d's table names %s, not a running member", i, id)
-			}
-		}
-	}
-	return ""
 }
 
 // memberIndex returns the start-order index of the member with that id, or
