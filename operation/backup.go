@@ -156,7 +156,7 @@ type syncBackup struct {
 // maxBackupTries bounds the retries of one synchronous backup (about 10 s
 // with the back-off below); past it the write is answered with only the
 // primary's copy and an error is logged.
-const maxBackupTries = 40
+const maxBackupTries = 64
 
 func (b *syncBackup) send() {
 	if err := b.s.sendBackup(&call{then: b.acked}, b.t, b.r, b.replica, b.version, b.typeID, b.op); err != nil {
@@ -181,7 +181,7 @@ func (b *syncBackup) acked(err error) {
 		return
 	}
 	s.log.Debug("synchronous backup failed; retrying", "partition", b.t.pid, "replica", b.replica, "to", b.r.Address, "error", err)
-	pause := min(time.Duration(b.tries)*20*time.Millisecond, 500*time.Millisecond)
+	pause := min(time.Duration(b.tries)*5*time.Millisecond, 500*time.Millisecond)
 	s.wg.Add(1)
 	time.AfterFunc(pause, func() {
 		defer s.wg.Done()
