@@ -289,20 +289,44 @@ func (op *replicaCheckOp) Run(ctx *spi.OpContext) error {
 		}
 		v := op.versions[i]
 		n.ops.RunOnPartition(p, func() {
-			// Backups the primary stamped before this check travelled
-			// ahead of it on the same connection, so a lower version here
-			// means some were lost.
-			// A different epoch is another history: resync too.
-			mine := n.ops.ReplicaVersion(p)
-			if n.migs[p] == nil && n.ReplicaIndex(p) > 0 && !n.ops.ReplicaPending(p) && (mine < v || mine>>32 != v>>32) {
-				n.log.Info("anti-entropy: backup replica differs from its primary; syncing", "partition", p,
-					"have", mine, "primary", v)
-				n.ops.MarkSyncing(p)
-				n.requestSync(p)
+			if !n.behind(p, v) {
+				return
 			}
+			// The primary read its version v while backups stamped up to v
+			// may still have been on their way: look again a little later,
+			// and sync only if this replica is still behind (or of another
+			// epoch, another history).
+			n.spawn(func() {
+				t := time.NewTimer(antiEntropyGrace)
+				defer t.Stop()
+				select {
+				case <-n.stop:
+					return
+				case <-t.C:
+				}
+				n.ops.RunOnPartition(p, func() {
+					if n.behind(p, v) {
+						n.log.Info("anti-entropy: backup replica differs from its primary; syncing", "partition", p,
+							"have", n.ops.ReplicaVersion(p), "primary", v)
+						n.ops.MarkSyncing(p)
+						n.requestSync(p)
+					}
+				})
+			})
 		})
 	}
 	return nil
+}
+
+// antiEntropyGrace is how long a backup that looks behind its primary's
+// reported version waits for the backups in flight before it syncs.
+const antiEntropyGrace = 100 * time.Millisecond
+
+// behind reports whether this backup replica of p lacks what its primary
+// had at version v (executor p).
+func (n *Node) behind(p int, v int64) bool {
+	mine := n.ops.ReplicaVersion(p)
+	return n.migs[p] == nil && n.ReplicaIndex(p) > 0 && !n.ops.ReplicaPending(p) && (mine < v || mine>>32 != v>>32)
 }
 
 // antiEntropy sends, every interval, this member's primary replica versions
