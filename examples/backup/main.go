@@ -56,10 +56,10 @@ import (
 	"os/signal"
 	"slices"
 	"strings"
-	"sync"
 	"time"
 
 	"github.com/partita-go/partita/config"
+	"github.com/partita-go/partita/examples/internal/demo"
 	"github.com/partita-go/partita/nodeengine"
 	"github.com/partita-go/partita/partition"
 	"github.com/partita-go/partita/services/counter"
@@ -99,13 +99,13 @@ func main() {
 // and shuts the survivor down, writing the program's output and the
 // members' logs to w.
 func run(ctx context.Context, w io.Writer) (err error) {
-	sw := &syncWriter{w: w} // members log from their own goroutines
+	sw := demo.NewWriter(w) // members log from their own goroutines
 	// memberlist's Shutdown does not wait for its goroutines, so a member
 	// may still log a line after Node.Shutdown returned; nothing may reach
 	// the caller's w once run has returned.
-	defer sw.close()
+	defer sw.Close()
 	w = sw
-	log := slog.New(&executingFilter{slog.NewTextHandler(w, &slog.HandlerOptions{Level: slog.LevelInfo, ReplaceAttr: dropTime})})
+	log := slog.New(&executingFilter{slog.NewTextHandler(w, &slog.HandlerOptions{Level: slog.LevelInfo, ReplaceAttr: demo.DropTime})})
 
 	var members []*nodeengine.Node
 	defer func() {
@@ -328,36 +328,4 @@ func (f *executingFilter) WithAttrs(as []slog.Attr) slog.Handler {
 
 func (f *executingFilter) WithGroup(name string) slog.Handler {
 	return &executingFilter{f.h.WithGroup(name)}
-}
-
-// dropTime keeps the log lines short: the members run in this process, so
-// the time adds nothing.
-func dropTime(groups []string, a slog.Attr) slog.Attr {
-	if a.Key == slog.TimeKey && len(groups) == 0 {
-		return slog.Attr{}
-	}
-	return a
-}
-
-// syncWriter serialises the writes of the members' loggers and of run,
-// and drops those that come after close.
-type syncWriter struct {
-	mu     sync.Mutex
-	w      io.Writer
-	closed bool
-}
-
-func (s *syncWriter) Write(p []byte) (int, error) {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	if s.closed {
-		return len(p), nil
-	}
-	return s.w.Write(p)
-}
-
-func (s *syncWriter) close() {
-	s.mu.Lock()
-	s.closed = true
-	s.mu.Unlock()
 }

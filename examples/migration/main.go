@@ -36,10 +36,10 @@ import (
 	"os"
 	"os/signal"
 	"slices"
-	"sync"
 	"time"
 
 	"github.com/partita-go/partita/config"
+	"github.com/partita-go/partita/examples/internal/demo"
 	"github.com/partita-go/partita/nodeengine"
 	"github.com/partita-go/partita/services/counter"
 )
@@ -80,13 +80,13 @@ func main() {
 // increments the counters again and shuts the members down, writing the
 // program's output and the members' warnings to w.
 func run(ctx context.Context, w io.Writer) (err error) {
-	sw := &syncWriter{w: w} // members log from their own goroutines
+	sw := demo.NewWriter(w) // members log from their own goroutines
 	// memberlist's Shutdown does not wait for its goroutines, so a member
 	// may still log a line after Node.Shutdown returned; nothing may reach
 	// the caller's w once run has returned.
-	defer sw.close()
+	defer sw.Close()
 	w = sw
-	log := slog.New(slog.NewTextHandler(w, &slog.HandlerOptions{Level: slog.LevelWarn, ReplaceAttr: dropTime}))
+	log := slog.New(slog.NewTextHandler(w, &slog.HandlerOptions{Level: slog.LevelWarn, ReplaceAttr: demo.DropTime}))
 
 	var members []*nodeengine.Node
 	defer func() {
@@ -218,36 +218,4 @@ func configure(i int, cfg *config.Config) {
 // -1.
 func memberIndex(members []*nodeengine.Node, id string) int {
 	return slices.IndexFunc(members, func(n *nodeengine.Node) bool { return n.ID() == id })
-}
-
-// dropTime keeps the log lines short: the members run in this process, so
-// the time adds nothing.
-func dropTime(groups []string, a slog.Attr) slog.Attr {
-	if a.Key == slog.TimeKey && len(groups) == 0 {
-		return slog.Attr{}
-	}
-	return a
-}
-
-// syncWriter serialises the writes of the members' loggers and of run,
-// and drops those that come after close.
-type syncWriter struct {
-	mu     sync.Mutex
-	w      io.Writer
-	closed bool
-}
-
-func (s *syncWriter) Write(p []byte) (int, error) {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	if s.closed {
-		return len(p), nil
-	}
-	return s.w.Write(p)
-}
-
-func (s *syncWriter) close() {
-	s.mu.Lock()
-	s.closed = true
-	s.mu.Unlock()
 }

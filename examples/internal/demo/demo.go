@@ -1,0 +1,46 @@
+// Package demo holds what the example programs share to print a readable
+// story: members and the program write to one writer.
+package demo
+
+import (
+	"io"
+	"log/slog"
+	"sync"
+)
+
+// DropTime is a slog ReplaceAttr that drops the time: the members run in
+// this process, so it adds nothing and the lines stay close to the seed's.
+func DropTime(groups []string, a slog.Attr) slog.Attr {
+	if a.Key == slog.TimeKey && len(groups) == 0 {
+		return slog.Attr{}
+	}
+	return a
+}
+
+// Writer serialises the writes of the members' loggers and of the
+// program, and drops those that come after Close.
+type Writer struct {
+	mu     sync.Mutex
+	w      io.Writer
+	closed bool
+}
+
+// NewWriter returns a Writer over w.
+func NewWriter(w io.Writer) *Writer { return &Writer{w: w} }
+
+// Write implements io.Writer.
+func (s *Writer) Write(p []byte) (int, error) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if s.closed {
+		return len(p), nil
+	}
+	return s.w.Write(p)
+}
+
+// Close drops every later write.
+func (s *Writer) Close() {
+	s.mu.Lock()
+	s.closed = true
+	s.mu.Unlock()
+}
