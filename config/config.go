@@ -163,8 +163,9 @@ type MigrationConfig struct {
 
 // MetricsConfig configures the metrics endpoint.
 type MetricsConfig struct {
-	// Address is the host:port of the Prometheus endpoint (`address`,
-	// default "", which disables it).
+	// Address is the host:port of the member's HTTP endpoint: metrics,
+	// health and the cluster view (`address`, default 127.0.0.1:9701; ""
+	// disables it). Port auto-increment applies as for network.bind.
 	Address string
 }
 

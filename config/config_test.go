@@ -69,7 +69,7 @@ func TestDefault(t *testing.T) {
 			PushPullInterval: 15 * time.Second,
 		},
 		Migration: MigrationConfig{Parallel: 4, StepTimeout: 30 * time.Second, ShutdownTimeout: time.Minute},
-		Metrics:   MetricsConfig{Address: ""},
+		Metrics:   MetricsConfig{Address: "127.0.0.1:9701"},
 	}
 	got := *c
 	got.Services, got.lines = nil, nil
@@ -86,8 +86,8 @@ func TestDefault(t *testing.T) {
 	if !strings.HasPrefix(s.Where, DefaultSource+":") {
 		t.Errorf("default service Where = %q", s.Where)
 	}
-	if got := s.Properties.String("log-level", ""); got != "info" {
-		t.Errorf("log-level = %q, want info", got)
+	if got := s.Properties.String("log-level", ""); got != "debug" {
+		t.Errorf("log-level = %q, want debug", got)
 	}
 	if got := s.Properties.Keys(); !reflect.DeepEqual(got, []string{"log-level"}) {
 		t.Errorf("property keys = %v", got)

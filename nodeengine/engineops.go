@@ -23,6 +23,7 @@ const (
 	opReplicaSync   uint16 = 8
 	opReplicaCheck  uint16 = 9
 	opReplicaStatus uint16 = 10
+	opMemberStats   uint16 = 11
 )
 
 func engineOperationTypes() []spi.OperationType {
@@ -37,6 +38,7 @@ func engineOperationTypes() []spi.OperationType {
 		{ID: opReplicaSync, New: func() spi.Operation { return new(replicaSyncOp) }},
 		{ID: opReplicaCheck, New: func() spi.Operation { return new(replicaCheckOp) }},
 		{ID: opReplicaStatus, New: func() spi.Operation { return new(replicaStatusOp) }},
+		{ID: opMemberStats, New: func() spi.Operation { return new(memberStatsOp) }},
 	}
 }
 

@@ -35,6 +35,7 @@ func StartLocal(ctx context.Context, n int, configure func(i int, cfg *config.Co
 	for i := range n {
 		cfg := config.Default()
 		cfg.Network.Bind = "127.0.0.1:0"
+		cfg.Metrics.Address = "127.0.0.1:0"
 		cfg.Network.Join.Multicast.Enabled = false
 		cfg.Network.Join.Members = nil
 		if i > 0 {

@@ -175,7 +175,24 @@ func (n *Node) installTable(t *partition.Table) bool {
 	}
 	n.table.Store(t)
 	n.replicaChanges(cur, t)
+	n.metrics.tableInstalls.Inc()
+	n.logTable(t)
 	return true
+}
+
+// logTable reports an installed table at info, at most once a second (a
+// rebalance installs one per migration: the migration manager logs the
+// progress), and every version at debug. Called under installMu.
+func (n *Node) logTable(t *partition.Table) {
+	if time.Since(n.tableLogged) < time.Second {
+		n.tableSkipped++
+		n.log.Debug("partition table installed", "version", t.Version)
+		return
+	}
+	owned, backups, _ := n.replicaCounts()
+	n.log.Info("partition table installed", "version", t.Version, "owned", owned, "backups", backups,
+		"versions_since_last_line", n.tableSkipped)
+	n.tableLogged, n.tableSkipped = time.Now(), 0
 }
 
 // acceptTable installs a table pushed by the master and returns the

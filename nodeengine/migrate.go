@@ -45,6 +45,7 @@ func (n *Node) setMig(p int, st *migState) {
 		n.migActive.Add(-1)
 	}
 	n.migs[p] = st
+	n.migView.set(p, st)
 	n.ops.SetMigrating(p, st != nil && !st.committed)
 }
 
@@ -181,6 +182,7 @@ func (op *migPrepareOp) Run(ctx *spi.OpContext) error {
 		return err
 	}
 	op.data = w.Bytes()
+	n.metrics.migBytesSent.Add(float64(len(op.data)))
 	return nil
 }
 
@@ -233,6 +235,7 @@ func (op *migApplyOp) Run(ctx *spi.OpContext) error {
 	for _, ma := range n.migrationAware {
 		ma.svc.BeforeMigration(st.event)
 	}
+	n.metrics.migBytesRecv.Add(float64(len(op.data)))
 	r := spi.NewReader(op.data)
 	version := int64(r.ReadUvarint())
 	err := r.Err()
@@ -328,7 +331,7 @@ func (e masterEngine) ReplicaStatus(ctx context.Context, member string) ([]int64
 }
 
 func (e masterEngine) Lost(ps []int) {
-	e.n.lostPartitions.Add(float64(len(ps)))
+	e.n.metrics.lost.Add(float64(len(ps)))
 	for _, s := range e.n.services {
 		if l, ok := s.(spi.PartitionLostListener); ok {
 			for _, p := range ps {
@@ -420,6 +423,11 @@ func (n *Node) drain(ctx context.Context) {
 	defer tick.Stop()
 	var asked time.Time
 	for owned() > 0 {
+		if len(n.Members()) <= 1 {
+			// The others left meanwhile: nobody to hand over to.
+			n.log.Warn("graceful shutdown: no other member left to take this member's partitions", "owned", owned())
+			return
+		}
 		if time.Since(asked) > time.Second {
 			// Ask again now and then: the master may have changed.
 			asked = time.Now()

@@ -9,6 +9,7 @@ import (
 	"log"
 	"log/slog"
 	"net"
+	"net/http"
 	"slices"
 	"sync"
 	"sync/atomic"
@@ -21,6 +22,7 @@ import (
 	"github.com/partita-go/partita/partition"
 	"github.com/partita-go/partita/spi"
 	"github.com/prometheus/client_golang/prometheus"
+	"github.com/prometheus/client_golang/prometheus/collectors"
 )
 
 // Option changes how New builds a Node.
@@ -73,8 +75,17 @@ type Node struct {
 	wg        sync.WaitGroup
 	state     atomic.Int32
 	installMu sync.Mutex // serialises table installs
+	// tableLogged and tableSkipped rate-limit the table log line (under
+	// installMu).
+	tableLogged  time.Time
+	tableSkipped int
 
-	lostPartitions prometheus.Counter
+	metrics  engineMetrics
+	safe     safeCache
+	migView  migView
+	http     *http.Server
+	httpAddr string
+	httpDone chan struct{}
 	// spawnMu and stopping keep wg.Add from racing with wg.Wait.
 	spawnMu  sync.Mutex
 	stopping bool
@@ -119,14 +130,13 @@ func New(cfg *config.Config, opts ...Option) (*Node, error) {
 		o(n)
 	}
 	if n.registry == nil {
+		// A registry of its own also gets the Go runtime and process
+		// collectors (one given with WithRegistry may have them already).
 		n.registry = prometheus.NewRegistry()
+		n.registry.MustRegister(collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
 	}
-	n.lostPartitions = prometheus.NewCounter(prometheus.CounterOpts{
-		Name: "partita_partitions_lost_total",
-		Help: "Partitions this member, as master, found without any in-sync replica (their data is gone or incomplete).",
-	})
-	if err := n.registry.Register(n.lostPartitions); err != nil {
-		return nil, fmt.Errorf("partita: register metrics: %w", err)
+	if err := n.registerMetrics(); err != nil {
+		return nil, err
 	}
 	n.parts = &partitionView{n: n}
 	n.proxies = &proxyRegistry{n: n, objs: make(map[string]map[string]spi.DistributedObject)}
@@ -173,19 +183,26 @@ func (n *Node) Start(ctx context.Context) (err error) {
 			return dialSelect(ctx, addr, 0, selectOperations)
 		},
 	})
+	if err := n.ops.RegisterMetrics(n.registry); err != nil {
+		return fmt.Errorf("partita: register metrics: %w", err)
+	}
 	if err := n.ops.Register(engineService, n, engineOperationTypes()); err != nil {
 		return err
 	}
 	if err := n.createServices(); err != nil {
 		return err
 	}
+	n.mgr = migration.New(masterEngine{n}, migration.Config{Count: n.count, Parallel: n.cfg.Migration.Parallel,
+		Backups: n.cfg.Partitions.BackupCount, Timeout: n.cfg.Migration.StepTimeout, Logger: n.log})
 	n.ops.Start()
+	// The health endpoints answer from here on: not ready until joined.
+	if err := n.serveHTTP(); err != nil {
+		return err
+	}
 	n.tr.serve(n.ops.HandleConn)
 	if err := n.join(ctx); err != nil {
 		return err
 	}
-	n.mgr = migration.New(masterEngine{n}, migration.Config{Count: n.count, Parallel: n.cfg.Migration.Parallel,
-		Backups: n.cfg.Partitions.BackupCount, Timeout: n.cfg.Migration.StepTimeout, Logger: n.log})
 	n.refreshMembers()
 	n.wg.Add(3)
 	go n.antiEntropy(n.cfg.Partitions.AntiEntropyInterval)
@@ -354,6 +371,7 @@ func (n *Node) teardown(terminate bool) {
 		n.ml.Shutdown()
 		n.mlStopped.Store(true)
 	}
+	n.stopHTTP()
 	n.wg.Wait()
 	if n.ml != nil {
 		// memberlist's Shutdown does not wait for a probe in flight, which
@@ -434,6 +452,14 @@ func (n *Node) MigrationInFlight() bool {
 // MigrationStats returns what this member's migration manager did while it
 // was master.
 func (n *Node) MigrationStats() migration.Stats { return n.mgr.Stats() }
+
+// manager returns the migration manager (nil before Start made it).
+func (n *Node) manager() *migration.Manager {
+	if s := n.state.Load(); s == stateNew || s == stateStarting {
+		return nil // Start may still be making it
+	}
+	return n.mgr
+}
 
 // IsMaster reports whether this member is the oldest, the one that owns
 // the partition table.

@@ -196,6 +196,7 @@ func (l *logBuffer) String() string {
 func testConfig(bind string, join ...string) *config.Config {
 	cfg := config.Default()
 	cfg.Network.Bind = bind
+	cfg.Metrics.Address = "127.0.0.1:0"
 	cfg.Network.Join.Multicast.Enabled = false
 	cfg.Network.Join.Members = join
 	cfg.Membership.ProbeInterval = 200 * time.Millisecond

@@ -55,7 +55,7 @@ func TestReviewConcurrentInstallOpensPromotedPartitionEarly(t *testing.T) {
 	const count = 2048
 	var open, promoted int64
 	for trial := 0; trial < 1000 && open == 0; trial++ {
-		n := &Node{id: "b", count: count, log: slog.New(slog.DiscardHandler), migs: make([]*migState, count), ctx: context.Background()}
+		n := &Node{id: "b", count: count, log: slog.New(slog.DiscardHandler), migs: make([]*migState, count), metrics: testMetrics(), ctx: context.Background()}
 		n.ops = operation.New(operation.Config{LocalID: "b", LocalAddress: "b:1", PartitionCount: count,
 			PartitionThreads: 1, Routing: n})
 		h := &reviewHooks{n: n}
@@ -103,7 +103,7 @@ func TestReviewConcurrentInstallOpensPromotedPartitionEarly(t *testing.T) {
 func TestReviewDemotedPrimaryKeepsForeignHistory(t *testing.T) {
 	const count = 7
 	ctx, cancel := context.WithCancel(context.Background())
-	n := &Node{id: "b", count: count, log: slog.New(slog.DiscardHandler), migs: make([]*migState, count), ctx: ctx,
+	n := &Node{id: "b", count: count, log: slog.New(slog.DiscardHandler), migs: make([]*migState, count), metrics: testMetrics(), ctx: ctx,
 		cfg: config.Default()}
 	n.ops = operation.New(operation.Config{LocalID: "b", LocalAddress: "b:1", PartitionCount: count,
 		PartitionThreads: 1, Routing: n})
@@ -136,4 +136,9 @@ func (n *Node) teardownForTest() {
 	n.stopping = true
 	n.spawnMu.Unlock()
 	n.wg.Wait()
+}
+
+func testMetrics() engineMetrics {
+	m, _ := newEngineMetrics()
+	return m
 }

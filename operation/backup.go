@@ -125,12 +125,17 @@ func (s *Service) sendBackups(e *executor, t task, bo spi.BackupAwareOperation, 
 	}
 	for i := 0; i < total; i++ {
 		if i >= syncN {
+			s.m.backupAsyn.Inc()
 			if err := s.sendBackup(nil, t, reps[i], i+1, version, typeID, bop); err != nil {
 				s.log.Debug("asynchronous backup not sent", "partition", t.pid, "replica", i+1, "to", reps[i].Address, "error", err)
 			}
 			continue
 		}
+		s.m.backupSync.Inc()
 		b := &syncBackup{s: s, t: t, r: reps[i], replica: i + 1, version: version, typeID: typeID, op: bop, done: done}
+		if t.queued != 0 {
+			b.start = time.Now()
+		}
 		b.send()
 	}
 	return syncN > 0
@@ -151,6 +156,7 @@ type syncBackup struct {
 	op      spi.Operation
 	done    func(error)
 	tries   int
+	start   time.Time // sampled backups only
 }
 
 // maxBackupTries bounds the retries of one synchronous backup (about 10 s
@@ -167,18 +173,26 @@ func (b *syncBackup) send() {
 func (b *syncBackup) acked(err error) {
 	s := b.s
 	if err == nil {
+		s.m.backupAcked.Inc()
+		if !b.start.IsZero() {
+			s.m.backupAckSeconds.Observe(time.Since(b.start).Seconds())
+		}
 		b.done(nil)
 		return
 	}
 	_, member := s.cfg.Routing.MemberAddress(b.r.ID)
 	b.tries++
 	if !member || s.closed.Load() || b.tries >= maxBackupTries {
+		s.m.backupFailed.Inc()
 		if member && !s.closed.Load() {
 			s.log.Error("synchronous backup never acknowledged; the write is only on the primary", "partition", b.t.pid,
 				"replica", b.replica, "to", b.r.Address, "error", err)
 		}
 		b.done(err)
 		return
+	}
+	if b.tries == 1 {
+		s.m.backupLate.Inc()
 	}
 	s.log.Debug("synchronous backup failed; retrying", "partition", b.t.pid, "replica", b.replica, "to", b.r.Address, "error", err)
 	pause := min(time.Duration(b.tries)*5*time.Millisecond, 500*time.Millisecond)
@@ -248,7 +262,7 @@ func (s *Service) sendBackupNow(cl *call, t task, r Replica, replica int, versio
 // executor): a stale one is acknowledged and dropped, one ahead of a
 // missing version waits (and a full sync is requested), and the ack of a
 // synchronous backup goes out only once it is applied.
-func (s *Service) runBackup(e *executor, t task) {
+func (s *Service) runBackup(e *executor, t task, start time.Time) {
 	p := t.pid
 	if s.cfg.Routing.ReplicaIndex(p) <= 0 {
 		s.finish(t, nil, fmt.Errorf("%w: backup for partition %d: %s holds no backup replica of it", spi.ErrWrongTarget, p, s.cfg.LocalAddress))
@@ -259,7 +273,7 @@ func (s *Service) runBackup(e *executor, t task) {
 	case t.version <= cur:
 		s.finish(t, nil, nil) // already applied, or covered by a sync
 	case t.version == cur+1:
-		s.applyBackup(e, t)
+		s.applyBackup(e, t, start)
 		s.drainBackups(e, p)
 	default:
 		rs := s.replicaState(p)
@@ -269,6 +283,7 @@ func (s *Service) runBackup(e *executor, t task) {
 		}
 		rs.pending[t.version] = t
 		if !rs.syncing {
+			s.m.backupGaps.Inc()
 			s.setSyncing(p, rs, true)
 			s.log.Debug("backup replica behind; asking the primary for a sync", "partition", p, "have", cur, "got", t.version)
 			if s.cfg.OnReplicaGap != nil {
@@ -278,11 +293,11 @@ func (s *Service) runBackup(e *executor, t task) {
 	}
 }
 
-func (s *Service) applyBackup(e *executor, t task) {
+func (s *Service) applyBackup(e *executor, t task, start time.Time) {
 	c := &e.opctx
 	*c = spi.OpContext{Engine: s.cfg.Engine, Service: t.svc.instance, PartitionID: t.pid, Caller: t.caller,
 		Executor: e.index, ReplicaIndex: t.replica}
-	err := e.safely(func() error { return t.op.Run(c) })
+	err := e.runOp(&t, c, start)
 	*c = spi.OpContext{}
 	if err != nil {
 		s.log.Error("backup operation failed", "service", t.svc.name, "partition", t.pid, "error", err)
@@ -312,7 +327,7 @@ func (s *Service) drainBackups(e *executor, p int) {
 			break
 		}
 		delete(rs.pending, cur+1)
-		s.applyBackup(e, t)
+		s.applyBackup(e, t, time.Time{}) // waited for its turn: not timed
 		cur++
 	}
 }

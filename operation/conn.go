@@ -654,7 +654,7 @@ func (c *conn) handleRequest(callID uint64, payload []byte, backup bool) {
 		return
 	}
 	t := task{op: op, svc: svc, pid: int(pid), caller: c.remote.address, conn: c, callID: callID,
-		replica: int(replica), version: int64(version), key: key, resp: resp, retry: retry}
+		replica: int(replica), version: int64(version), key: key, resp: resp, retry: retry, st: svc.statsByID[tid]}
 	// Blocking here pushes back on the sender through TCP.
 	if err := s.enqueue(context.Background(), t); err != nil {
 		s.finish(t, nil, err)

@@ -69,14 +69,19 @@ func (s *Service) record(p int, k invKey, resp []byte, at int64, busy *atomic.Bo
 	}
 	d := s.dedupOf(p)
 	d.entries = append(d.entries, dedupEntry{key: k, at: at, resp: resp, busy: busy})
+	s.dedupRecords.Add(1)
 	s.prune(d, at)
 }
 
 func (s *Service) prune(d *dedupLog, now int64) {
 	limit := now - int64(s.cfg.DedupWindow)
+	head := d.head
 	for d.head < len(d.entries) && d.entries[d.head].at < limit {
 		d.entries[d.head] = dedupEntry{}
 		d.head++
+	}
+	if d.head > head {
+		s.dedupRecords.Add(int64(head - d.head))
 	}
 	if d.head > 1024 && d.head > len(d.entries)/2 {
 		n := copy(d.entries, d.entries[d.head:])
@@ -107,7 +112,12 @@ func (s *Service) lookup(p int, k invKey) (resp []byte, found, busy bool) {
 }
 
 // DropDedup forgets partition p's record (executor p).
-func (s *Service) DropDedup(p int) { s.dedup[p] = nil }
+func (s *Service) DropDedup(p int) {
+	if d := s.dedup[p]; d != nil {
+		s.dedupRecords.Add(-int64(len(d.entries) - d.head))
+		s.dedup[p] = nil
+	}
+}
 
 // AppendDedup writes partition p's record (executor p), for a migration or
 // a replica sync.
@@ -140,7 +150,7 @@ func (s *Service) ReadDedup(r *spi.Reader, p int) error {
 	if r.Err() == nil && n > uint64(r.Remaining()/11) {
 		return fmt.Errorf("%w: dedup record of %d entries in %d bytes", spi.ErrProtocol, n, r.Remaining())
 	}
-	s.dedup[p] = nil
+	s.DropDedup(p)
 	for i := uint64(0); i < n && r.Err() == nil; i++ {
 		k := invKey{origin: r.ReadUint64(), seq: r.ReadUvarint()}
 		at, resp := r.ReadVarint(), r.ReadBytes()

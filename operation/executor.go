@@ -28,6 +28,10 @@ type task struct {
 	key     invKey // the invocation, for exactly-once
 	retry   bool   // not the invocation's first attempt
 	resp    []byte // a backup: the primary's encoded response
+	st      *opStats
+	// queued is when a sampled task entered its queue (unix nanoseconds;
+	// 0: not sampled, see sampled).
+	queued int64
 }
 
 // executor is one goroutine with its queue. Partition p always runs on
@@ -61,12 +65,22 @@ func (e *executor) loop(wg *sync.WaitGroup) {
 }
 
 func (e *executor) run(t task) {
+	var start time.Time // set for sampled tasks only
+	if t.queued != 0 {
+		start = time.Now()
+		w := since(t.queued, start.UnixNano())
+		if e.index >= 0 {
+			e.s.m.waitPartition.Observe(w)
+		} else {
+			e.s.m.waitGeneric.Observe(w)
+		}
+	}
 	if t.fn != nil {
 		e.safely(func() error { t.fn(); return nil })
 		return
 	}
 	if t.replica > 0 {
-		e.s.runBackup(e, t)
+		e.s.runBackup(e, t, start)
 		return
 	}
 	if _, exempt := t.op.(OwnerCheckExempt); t.pid >= 0 && !exempt {
@@ -90,7 +104,7 @@ func (e *executor) run(t task) {
 	}
 	c := &e.opctx
 	*c = spi.OpContext{Engine: e.s.cfg.Engine, Service: t.svc.instance, PartitionID: t.pid, Caller: t.caller, Executor: e.index}
-	err := e.safely(func() error { return t.op.Run(c) })
+	err := e.runOp(&t, c, start)
 	var resp any
 	if err == nil {
 		if ro, ok := t.op.(spi.ResponseOperation); ok {
@@ -120,6 +134,22 @@ func (e *executor) run(t task) {
 		}
 	}
 	e.s.finish(t, resp, err)
+}
+
+// runOp runs t's operation with c, counted in t's metrics (and timed
+// from start, when t is sampled).
+func (e *executor) runOp(t *task, c *spi.OpContext, start time.Time) error {
+	err := e.safely(func() error { return t.op.Run(c) })
+	if st := t.st; st != nil {
+		st.runs.Inc()
+		if !start.IsZero() {
+			st.run.Observe(time.Since(start).Seconds())
+		}
+		if err != nil {
+			st.runErrors.Inc()
+		}
+	}
+	return err
 }
 
 // safely runs f and turns a panic into an error, so one bad operation

@@ -45,16 +45,35 @@ func (s *Service) invoke(ctx context.Context, service string, op spi.Operation, 
 		ctx, cancel = context.WithTimeout(ctx, s.cfg.InvocationTimeout)
 		defer cancel()
 	}
+	st := svc.stats(op)
+	first := time.Now()
+	resp, err := s.attempts(ctx, svc, st, op, pid, member, first)
+	if st != nil {
+		st.inv.Observe(time.Since(first).Seconds())
+		if err != nil {
+			st.invErrors.Inc()
+			if errors.Is(err, spi.ErrTimeout) {
+				st.timeouts.Inc()
+			}
+		}
+	}
+	return resp, err
+}
+
+// attempts sends op until it is answered, fails for good or ctx ends.
+func (s *Service) attempts(ctx context.Context, svc *serviceEntry, st *opStats, op spi.Operation, pid int, member string, first time.Time) (any, error) {
 	pause := s.cfg.RetryPause
 	var key invKey
 	if pid >= 0 {
 		key = invKey{origin: s.origin, seq: s.seq.Add(1)}
 	}
-	first := time.Now()
 	mayHaveRun := false // an attempt went out and its answer was lost
 	for n := 0; ; n++ {
+		if n > 0 && st != nil {
+			st.retries.Inc()
+		}
 		var sent bool
-		resp, err := s.attempt(ctx, svc, op, pid, member, key, n > 0, &sent)
+		resp, err := s.attempt(ctx, svc, st, op, pid, member, key, n > 0, &sent)
 		if err == nil || !spi.IsRetryable(err) {
 			return resp, err
 		}
@@ -64,13 +83,13 @@ func (s *Service) invoke(ctx context.Context, service string, op spi.Operation, 
 		mayHaveRun = mayHaveRun || (sent && errors.Is(err, spi.ErrMemberLeft))
 		if mayHaveRun && time.Since(first) > s.cfg.DedupWindow {
 			// The record that would recognise a retry may be gone.
-			return nil, fmt.Errorf("%w: %s %T on partition %d: %w", spi.ErrIndeterminate, service, op, pid, err)
+			return nil, fmt.Errorf("%w: %s %T on partition %d: %w", spi.ErrIndeterminate, svc.name, op, pid, err)
 		}
 		t := time.NewTimer(pause)
 		select {
 		case <-ctx.Done():
 			t.Stop()
-			return nil, fmt.Errorf("%w: %s %T on partition %d: last attempt: %w", spi.ErrTimeout, service, op, pid, err)
+			return nil, fmt.Errorf("%w: %s %T on partition %d: last attempt: %w", spi.ErrTimeout, svc.name, op, pid, err)
 		case <-t.C:
 		}
 		pause = min(2*pause, maxRetryPause)
@@ -78,7 +97,7 @@ func (s *Service) invoke(ctx context.Context, service string, op spi.Operation, 
 }
 
 // attempt sends op once to the member that should run it.
-func (s *Service) attempt(ctx context.Context, svc *serviceEntry, op spi.Operation, pid int, member string, key invKey, retry bool, sent *bool) (any, error) {
+func (s *Service) attempt(ctx context.Context, svc *serviceEntry, st *opStats, op spi.Operation, pid int, member string, key invKey, retry bool, sent *bool) (any, error) {
 	if s.closed.Load() {
 		return nil, spi.ErrShutdown
 	}
@@ -103,7 +122,7 @@ func (s *Service) attempt(ctx context.Context, svc *serviceEntry, op spi.Operati
 	cl := newCall(op)
 	if id == s.cfg.LocalID {
 		// Local fast path: hand the operation itself to the executor.
-		t := task{op: op, svc: svc, pid: pid, caller: s.cfg.LocalAddress, local: cl, key: key, retry: retry}
+		t := task{op: op, svc: svc, pid: pid, caller: s.cfg.LocalAddress, local: cl, key: key, retry: retry, st: st}
 		if err := s.enqueue(ctx, t); err != nil {
 			return nil, err
 		}

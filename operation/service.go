@@ -141,6 +141,9 @@ type serviceEntry struct {
 	instance spi.Service
 	types    map[uint16]func() spi.Operation
 	typeIDs  map[reflect.Type]uint16
+	// metrics of each operation type
+	statsByType map[reflect.Type]*opStats
+	statsByID   map[uint16]*opStats
 }
 
 // Service is the operation service of one member. It implements
@@ -163,8 +166,12 @@ type Service struct {
 	quit      chan struct{}
 	wg        sync.WaitGroup
 	started   atomic.Bool
+	running   atomic.Bool // the executors exist
 	closed    atomic.Bool
-	nextCall  atomic.Uint64
+	m         *metrics
+	// dedupRecords counts the exactly-once records of all partitions.
+	dedupRecords atomic.Int64
+	nextCall     atomic.Uint64
 
 	mu    sync.Mutex
 	conns map[string]*peer // by member ID: the connection used to reach it
@@ -207,6 +214,7 @@ func New(cfg Config) *Service {
 		dedup:     make([]*dedupLog, cfg.PartitionCount),
 		syncFlag:  make([]atomic.Bool, cfg.PartitionCount),
 		origin:    newIncarnation(),
+		m:         newMetrics(),
 		cfg:       cfg,
 		log:       cfg.Logger,
 		byName:    make(map[string]*serviceEntry),
@@ -232,7 +240,8 @@ func (s *Service) Register(name string, instance spi.Service, types []spi.Operat
 		return fmt.Errorf("register service %q: its wire id %#x collides with service %q; rename one of them", name, id, other.name)
 	}
 	e := &serviceEntry{name: name, id: id, instance: instance,
-		types: make(map[uint16]func() spi.Operation), typeIDs: make(map[reflect.Type]uint16)}
+		types: make(map[uint16]func() spi.Operation), typeIDs: make(map[reflect.Type]uint16),
+		statsByType: make(map[reflect.Type]*opStats), statsByID: make(map[uint16]*opStats)}
 	for _, t := range types {
 		if t.New == nil {
 			return fmt.Errorf("register service %q: operation type %d has no factory", name, t.ID)
@@ -246,6 +255,8 @@ func (s *Service) Register(name string, instance spi.Service, types []spi.Operat
 		}
 		e.types[t.ID] = t.New
 		e.typeIDs[rt] = t.ID
+		st := s.m.forType(name, rt)
+		e.statsByType[rt], e.statsByID[t.ID] = st, st
 	}
 	s.byName[name] = e
 	s.byID[id] = e
@@ -269,6 +280,7 @@ func (s *Service) Start() {
 		s.wg.Add(1)
 		go e.loop(&s.wg)
 	}
+	s.running.Store(true)
 }
 
 // Shutdown closes every connection, fails every waiting invocation with
@@ -371,6 +383,9 @@ func (s *Service) ReadOperation(r *spi.Reader) (string, spi.Service, spi.Operati
 
 // enqueue hands t to its executor, waiting for room while ctx allows.
 func (s *Service) enqueue(ctx context.Context, t task) error {
+	if sampled() {
+		t.queued = time.Now().UnixNano()
+	}
 	q := s.generic.queue
 	if t.pid >= 0 {
 		q = s.partition[t.pid%len(s.partition)].queue

@@ -72,6 +72,9 @@ func run(args []string, stdout, stderr io.Writer) int {
 	}
 	fmt.Fprintf(stdout, "partita member %s listening on %s (cluster %q, %d members)\n",
 		node.ID(), node.Address(), cfg.Cluster.Name, len(node.Members()))
+	if a := node.MetricsAddress(); a != "" {
+		fmt.Fprintf(stdout, "metrics, health and cluster view on http://%s (/metrics, /health/ready, /debug/cluster)\n", a)
+	}
 
 	<-ctx.Done()
 	node.Logger().Info("shutting down", "reason", context.Cause(ctx).Error())
@@ -100,6 +103,8 @@ type options struct {
 	bind       string
 	bindSet    bool
 	join       joinFlag
+	metrics    string
+	metricsSet bool
 	level      levelFlag
 	format     formatFlag
 }
@@ -110,6 +115,7 @@ func parseFlags(args []string, stderr io.Writer) (*options, error) {
 	fs.StringVar(&o.configFile, "config", "", "read the configuration from `file` (YAML) instead of the embedded default")
 	fs.StringVar(&o.bind, "bind", "", "listen on `host:port`, overriding network.bind (port 0: any free port)")
 	fs.Var(&o.join, "join", "join through these members, a comma-separated `list` of host:port, overriding\nnetwork.join.members and disabling multicast (\"\": start alone)")
+	fs.StringVar(&o.metrics, "metrics", "", "serve metrics, health and the cluster view on `host:port`, overriding\nmetrics.address (\"\": no HTTP endpoint)")
 	fs.Var(&o.level, "log-level", "lowest logged `level`: debug, info, warn or error (default info)")
 	fs.Var(&o.format, "log-format", "log line `format`: text or json")
 	fs.Usage = func() {
@@ -138,8 +144,11 @@ func parseFlags(args []string, stderr io.Writer) (*options, error) {
 		return nil, errUsageShown
 	}
 	fs.Visit(func(f *flag.Flag) {
-		if f.Name == "bind" {
+		switch f.Name {
+		case "bind":
 			o.bindSet = true
+		case "metrics":
+			o.metricsSet = true
 		}
 	})
 	return o, nil
@@ -160,6 +169,9 @@ func (o *options) config() (*config.Config, error) {
 	}
 	if o.bindSet {
 		cfg.Network.Bind = o.bind
+	}
+	if o.metricsSet {
+		cfg.Metrics.Address = o.metrics
 	}
 	if o.join.set {
 		cfg.Network.Join.Members = o.join.members
@@ -193,6 +205,8 @@ func (o *options) blame(err error) error {
 		flagName = "-bind"
 	case o.join.set && strings.HasPrefix(ce.Key, "network.join.members"):
 		flagName = "-join"
+	case o.metricsSet && ce.Key == "metrics.address":
+		flagName = "-metrics"
 	default:
 		return err
 	}

@@ -6,7 +6,9 @@ import (
 	"context"
 	"encoding/json"
 	"errors"
+	"io"
 	"net"
+	"net/http"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -100,7 +102,7 @@ func TestRunStartFailure(t *testing.T) {
 	}
 	defer l.Close()
 	cfg := writeFile(t, "taken.yaml", "network:\n  bind: "+l.Addr().String()+"\n  port-auto-increment: false\n"+
-		"  join:\n    multicast:\n      enabled: false\n")
+		"  join:\n    multicast:\n      enabled: false\nmetrics:\n  address: 127.0.0.1:0\n")
 	var stdout, stderr bytes.Buffer
 	if code := run([]string{"-config", cfg, "-log-level", "error"}, &stdout, &stderr); code != exitStart {
 		t.Errorf("exit status %d, want %d", code, exitStart)
@@ -167,7 +169,10 @@ func TestFlagsOverrideConfig(t *testing.T) {
 	}
 }
 
-var listeningLine = regexp.MustCompile(`^partita member (\S+) listening on (\S+) \(cluster "([^"]*)", (\d+) members\)$`)
+var (
+	listeningLine = regexp.MustCompile(`^partita member (\S+) listening on (\S+) \(cluster "([^"]*)", (\d+) members\)$`)
+	metricsLine   = regexp.MustCompile(`^metrics, health and cluster view on (http://\S+) `)
+)
 
 // The binary starts, prints its address, listens there, and stops cleanly
 // on SIGINT and SIGTERM.
@@ -284,6 +289,28 @@ func runMember(t *testing.T, bin string, sig os.Signal, args ...string) string {
 	}
 	conn.Close()
 
+	// The HTTP endpoint: its address on the next line, ready, and the
+	// member's metrics.
+	var base string
+	select {
+	case line := <-lines:
+		if mm := metricsLine.FindStringSubmatch(line); mm != nil {
+			base = mm[1]
+		} else {
+			t.Errorf("want the metrics line, got %q", line)
+		}
+	case <-startDeadline.C:
+		t.Fatalf("no metrics line within 30s; stderr:\n%s", stderr.String())
+	}
+	if base != "" {
+		if code, body := httpGet(t, base+"/health/ready"); code != 200 || !strings.Contains(body, `"ready": true`) {
+			t.Errorf("/health/ready: %d %s", code, body)
+		}
+		if _, body := httpGet(t, base+"/metrics"); !strings.Contains(body, "\npartita_partition_owned 271\n") {
+			t.Errorf("/metrics lacks partita_partition_owned 271:\n%.2000s", body)
+		}
+	}
+
 	if err := cmd.Process.Signal(sig); err != nil {
 		t.Fatal(err)
 	}
@@ -349,4 +376,20 @@ func (b *lockedBuffer) String() string {
 	b.mu.Lock()
 	defer b.mu.Unlock()
 	return b.buf.String()
+}
+
+func httpGet(t *testing.T, url string) (int, string) {
+	t.Helper()
+	c := http.Client{Timeout: 10 * time.Second}
+	resp, err := c.Get(url)
+	if err != nil {
+		t.Errorf("GET %s: %v", url, err)
+		return 0, ""
+	}
+	defer resp.Body.Close()
+	b, err := io.ReadAll(resp.Body)
+	if err != nil {
+		t.Errorf("GET %s: %v", url, err)
+	}
+	return resp.StatusCode, string(b)
 }

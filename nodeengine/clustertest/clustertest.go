@@ -88,6 +88,7 @@ func (c *Cluster) Config(i int) *config.Config {
 	cfg := config.Default()
 	cfg.Source = fmt.Sprintf("clustertest member %d", i)
 	cfg.Network.Bind = "127.0.0.1:0"
+	cfg.Metrics.Address = "127.0.0.1:0"
 	cfg.Network.Join.Multicast.Enabled = false
 	cfg.Network.Join.Members = nil
 	for _, m := range c.Members() {

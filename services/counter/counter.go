@@ -12,7 +12,7 @@
 //	  - name: CounterService
 //	    type: counter
 //	    properties:
-//	      log-level: info   # level of the "Executing <name>.inc()" lines
+//	      log-level: debug  # level of the "Executing <name>.inc()" lines
 //
 // and use it through a proxy:
 //
@@ -24,9 +24,11 @@ import (
 	"context"
 	"fmt"
 	"log/slog"
+	"time"
 
 	"github.com/partita-go/partita/config"
 	"github.com/partita-go/partita/spi"
+	"github.com/prometheus/client_golang/prometheus"
 )
 
 // ServiceName is the name the counter service must have in the config
@@ -71,11 +73,11 @@ var (
 )
 
 // Init implements spi.ManagedService. The property log-level (info or
-// debug, default info) sets the level of the per-increment log line.
+// debug, default debug) sets the level of the per-increment log line.
 func (s *Service) Init(engine spi.NodeEngine, props spi.Properties) error {
 	s.engine = engine
 	s.log = engine.Logger().With("service", ServiceName)
-	lvl, err := props.OneOf("log-level", "info", "info", "debug")
+	lvl, err := props.OneOf("log-level", "debug", "info", "debug")
 	if err != nil {
 		return err
 	}
@@ -101,7 +103,62 @@ func (s *Service) Init(engine spi.NodeEngine, props spi.Properties) error {
 	for i := range s.containers {
 		s.containers[i].values = make(map[string]int64)
 	}
-	return nil
+	return s.registerMetrics(engine)
+}
+
+// registerMetrics exports the number of counters this member holds, as
+// primary and as backup replica, through the engine's registry.
+func (s *Service) registerMetrics(engine spi.NodeEngine) error {
+	desc := prometheus.NewDesc("partita_counter_counters",
+		"Counters held on this member, by replica kind (primary or backup).", []string{"replica"}, nil)
+	return engine.Metrics().Register(collector{s, desc})
+}
+
+// collector counts the counters when scraped. The containers belong to
+// their partitions' executors, so it asks each partition there, as an
+// operation would, and needs no lock on the hot path.
+type collector struct {
+	s    *Service
+	desc *prometheus.Desc
+}
+
+func (c collector) Describe(ch chan<- *prometheus.Desc) { ch <- c.desc }
+
+func (c collector) Collect(ch chan<- prometheus.Metric) {
+	s := c.s
+	type count struct{ primary, backup int }
+	counts := make(chan count, len(s.containers))
+	asked := 0
+	for p := range s.containers {
+		err := s.engine.Operations().RunOnPartition(p, func() {
+			var n count
+			switch i := s.engine.Partitions().ReplicaIndex(p); {
+			case i == 0:
+				n.primary = len(s.containers[p].values)
+			case i > 0:
+				n.backup = len(s.containers[p].values)
+			}
+			counts <- n
+		})
+		if err == nil {
+			asked++
+		}
+	}
+	var total count
+	timeout := time.NewTimer(time.Second)
+	defer timeout.Stop()
+	for range asked {
+		select {
+		case n := <-counts:
+			total.primary += n.primary
+			total.backup += n.backup
+		case <-timeout.C:
+			ch <- prometheus.NewInvalidMetric(c.desc, fmt.Errorf("partition executors did not answer within 1s"))
+			return
+		}
+	}
+	ch <- prometheus.MustNewConstMetric(c.desc, prometheus.GaugeValue, float64(total.primary), "primary")
+	ch <- prometheus.MustNewConstMetric(c.desc, prometheus.GaugeValue, float64(total.backup), "backup")
 }
 
 // Shutdown implements spi.ManagedService.

@@ -132,7 +132,7 @@ func TestLostAndReorderedBackupsAreRepaired(t *testing.T) {
 
 // A partition whose every replica dies is reported lost: the master logs
 // it, calls PartitionLostListener and counts it in
-// partita_partitions_lost_total.
+// partita_partition_lost_total.
 func TestAllReplicasGoneIsReportedLost(t *testing.T) {
 	c := clustertest.New(t, 3)
 	c.WaitClusterSafe()
@@ -143,12 +143,12 @@ func TestAllReplicasGoneIsReportedLost(t *testing.T) {
 		t.Fatal(err)
 	}
 	for _, mf := range mfs {
-		if mf.GetName() == "partita_partitions_lost_total" {
+		if mf.GetName() == "partita_partition_lost_total" {
 			if v := mf.GetMetric()[0].GetCounter().GetValue(); v == 0 {
 				t.Fatal("no partition counted as lost")
 			}
 			return
 		}
 	}
-	t.Fatal("partita_partitions_lost_total not registered")
+	t.Fatal("partita_partition_lost_total not registered")
 }

@@ -1,0 +1,325 @@
+package nodeengine
+
+import (
+	"context"
+	"fmt"
+	"slices"
+	"sync"
+	"time"
+
+	"github.com/partita-go/partita/migration"
+	"github.com/partita-go/partita/nodeengine/debugui"
+	"github.com/partita-go/partita/spi"
+	"github.com/prometheus/client_golang/prometheus"
+)
+
+// What a member tells about itself: the engine's metrics, its readiness and
+// the cluster view served on the metrics address (see http.go).
+
+// engineMetrics are the node engine's own metrics (the operation service
+// registers its own).
+type engineMetrics struct {
+	lost          prometheus.Counter
+	migBytesSent  prometheus.Counter
+	migBytesRecv  prometheus.Counter
+	tableInstalls prometheus.Counter
+}
+
+func newEngineMetrics() (engineMetrics, *prometheus.CounterVec) {
+	migBytes := prometheus.NewCounterVec(prometheus.CounterOpts{
+		Name: "partita_migration_bytes_total",
+		Help: "Bytes of partition data this member sent or received in migrations, by direction.",
+	}, []string{"direction"})
+	return engineMetrics{
+		lost: prometheus.NewCounter(prometheus.CounterOpts{
+			Name: "partita_partition_lost_total",
+			Help: "Partitions this member, as master, found without any in-sync replica (their data is gone or incomplete).",
+		}),
+		migBytesSent: migBytes.WithLabelValues("sent"),
+		migBytesRecv: migBytes.WithLabelValues("received"),
+		tableInstalls: prometheus.NewCounter(prometheus.CounterOpts{
+			Name: "partita_partition_table_installs_total",
+			Help: "Partition table versions this member installed.",
+		}),
+	}, migBytes
+}
+
+func (n *Node) registerMetrics() error {
+	var migBytes *prometheus.CounterVec
+	n.metrics, migBytes = newEngineMetrics()
+	for _, c := range []prometheus.Collector{n.metrics.lost, migBytes, n.metrics.tableInstalls, engineCollector{n}} {
+		if err := n.registry.Register(c); err != nil {
+			return fmt.Errorf("partita: register metrics: %w", err)
+		}
+	}
+	return nil
+}
+
+var (
+	ownedDesc = prometheus.NewDesc("partita_partition_owned",
+		"Partitions whose primary replica this member holds in its table.", nil, nil)
+	backedDesc = prometheus.NewDesc("partita_partition_backups",
+		"Backup replicas this member holds in its table.", nil, nil)
+	tableVersionDesc = prometheus.NewDesc("partita_partition_table_version",
+		"Version of the partition table this member holds (0: none yet).", nil, nil)
+	membersDesc = prometheus.NewDesc("partita_cluster_members",
+		"Members in this member's view of the cluster, itself included.", nil, nil)
+	masterDesc = prometheus.NewDesc("partita_cluster_master",
+		"1 on the master (the oldest member, owner of the partition table), else 0.", nil, nil)
+	safeDesc = prometheus.NewDesc("partita_cluster_safe",
+		"1 when every member holds the same table, nothing migrates or syncs and every backup has its primary's version (asked of every member, at most once a second).", nil, nil)
+	readyDesc = prometheus.NewDesc("partita_member_ready",
+		"1 when /health/ready answers 200.", nil, nil)
+	migInFlightDesc = prometheus.NewDesc("partita_migration_in_flight",
+		"Partition migrations this member takes part in now (as source or destination).", nil, nil)
+	migPlannedDesc = prometheus.NewDesc("partita_migration_planned_total",
+		"Migrations this member planned while it was master.", nil, nil)
+	migCompletedDesc = prometheus.NewDesc("partita_migration_completed_total",
+		"Migrations this member, as master, saw completed.", nil, nil)
+	migRolledBackDesc = prometheus.NewDesc("partita_migration_rolled_back_total",
+		"Migrations this member, as master, rolled back (or found stale).", nil, nil)
+)
+
+// engineCollector reads the node's state when scraped.
+type engineCollector struct{ n *Node }
+
+func (c engineCollector) Describe(ch chan<- *prometheus.Desc) {
+	for _, d := range []*prometheus.Desc{ownedDesc, backedDesc, tableVersionDesc, membersDesc, masterDesc,
+		safeDesc, readyDesc, migInFlightDesc, migPlannedDesc, migCompletedDesc, migRolledBackDesc} {
+		ch <- d
+	}
+}
+
+func (c engineCollector) Collect(ch chan<- prometheus.Metric) {
+	n := c.n
+	gauge := func(d *prometheus.Desc, v float64) { ch <- prometheus.MustNewConstMetric(d, prometheus.GaugeValue, v) }
+	counter := func(d *prometheus.Desc, v int64) {
+		ch <- prometheus.MustNewConstMetric(d, prometheus.CounterValue, float64(v))
+	}
+	owned, backups, version := n.replicaCounts()
+	gauge(ownedDesc, float64(owned))
+	gauge(backedDesc, float64(backups))
+	gauge(tableVersionDesc, float64(version))
+	gauge(membersDesc, float64(len(*n.members.Load())))
+	gauge(masterDesc, b2f(n.IsMaster()))
+	gauge(safeDesc, b2f(n.cachedSafe()))
+	ready, _ := n.Ready()
+	gauge(readyDesc, b2f(ready))
+	gauge(migInFlightDesc, float64(n.migActive.Load()))
+	var st migration.Stats
+	if m := n.manager(); m != nil {
+		st = m.Stats()
+	}
+	counter(migPlannedDesc, st.Planned)
+	counter(migCompletedDesc, st.Completed)
+	counter(migRolledBackDesc, st.RolledBack)
+}
+
+func b2f(b bool) float64 {
+	if b {
+		return 1
+	}
+	return 0
+}
+
+// replicaCounts returns how many primaries and backups this member holds
+// in its table, and the table's version.
+func (n *Node) replicaCounts() (owned, backups int, version int64) {
+	t := n.table.Load()
+	if t == nil {
+		return 0, 0, 0
+	}
+	for p := range t.Owners {
+		switch i := t.ReplicaIndex(p, n.id); {
+		case i == 0:
+			owned++
+		case i > 0:
+			backups++
+		}
+	}
+	return owned, backups, t.Version
+}
+
+// safeCache keeps the last IsClusterSafe answer for scrapes: it asks
+// every member, so it runs at most once a second.
+type safeCache struct {
+	mu   sync.Mutex
+	at   time.Time
+	safe bool
+}
+
+func (n *Node) cachedSafe() bool {
+	c := &n.safe
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	if time.Since(c.at) < time.Second {
+		return c.safe
+	}
+	ctx, cancel := n.stopContext(time.Second)
+	defer cancel()
+	safe, err := n.IsClusterSafe(ctx)
+	c.safe, c.at = err == nil && safe, time.Now()
+	return c.safe
+}
+
+// Ready reports whether this member serves its share of the cluster: it
+// has joined, holds a partition table, takes part in no migration and is
+// not shutting down. When not, reason says why.
+func (n *Node) Ready() (ready bool, reason string) {
+	switch n.state.Load() {
+	case stateNew:
+		return false, "not started"
+	case stateStarting:
+		return false, "joining the cluster"
+	case stateStopped:
+		return false, "shutting down"
+	}
+	if n.table.Load() == nil {
+		return false, "no partition table received yet"
+	}
+	if k := n.migActive.Load(); k > 0 {
+		return false, fmt.Sprintf("%d partition migrations in flight on this member", k)
+	}
+	return true, ""
+}
+
+// migView is the migrations in flight on this member, readable from any
+// goroutine (migs itself belongs to the partitions' executors).
+type migView struct {
+	mu    sync.Mutex
+	moves map[int]debugui.Migration
+}
+
+func (v *migView) set(p int, st *migState) {
+	v.mu.Lock()
+	defer v.mu.Unlock()
+	if st == nil {
+		delete(v.moves, p)
+		return
+	}
+	if v.moves == nil {
+		v.moves = make(map[int]debugui.Migration)
+	}
+	ep := "source"
+	if st.endpoint == spi.MigrationDestination {
+		ep = "destination"
+	}
+	v.moves[p] = debugui.Migration{Partition: p, Source: st.move.Source, Destination: st.move.Destination, Endpoint: ep}
+}
+
+func (v *migView) list(reporter string) []debugui.Migration {
+	v.mu.Lock()
+	defer v.mu.Unlock()
+	out := make([]debugui.Migration, 0, len(v.moves))
+	for _, m := range v.moves {
+		m.ReportedBy = reporter
+		out = append(out, m)
+	}
+	slices.SortFunc(out, func(a, b debugui.Migration) int { return a.Partition - b.Partition })
+	return out
+}
+
+// memberStatsOp returns what the cluster view shows of one member.
+type memberStatsOp struct{ stats []byte }
+
+func (op *memberStatsOp) MessageKind() string          { return "member.stats" }
+func (op *memberStatsOp) Response() any                { return op.stats }
+func (op *memberStatsOp) WriteData(*spi.Writer)        {}
+func (op *memberStatsOp) ReadData(r *spi.Reader) error { return r.Err() }
+func (op *memberStatsOp) Run(ctx *spi.OpContext) error {
+	op.stats = ctx.Service.(*Node).memberStats()
+	return nil
+}
+
+func (n *Node) memberStats() []byte {
+	w := spi.NewWriter(nil)
+	ready, _ := n.Ready()
+	w.WriteBool(ready)
+	w.WriteUvarint(n.ops.OperationsRun())
+	migs := n.migView.list(n.id)
+	w.WriteUvarint(uint64(len(migs)))
+	for _, m := range migs {
+		w.WriteVarint(int64(m.Partition))
+		w.WriteString(m.Source)
+		w.WriteString(m.Destination)
+		w.WriteString(m.Endpoint)
+	}
+	return w.Bytes()
+}
+
+// statsOf fills m's ready flag and operation count from the member's
+// answer and returns the migrations it reported.
+func (n *Node) statsOf(ctx context.Context, m *debugui.Member) []debugui.Migration {
+	v, err := n.ops.InvokeOnMember(ctx, engineService, &memberStatsOp{}, m.ID)
+	if err != nil {
+		m.Error = err.Error()
+		return nil
+	}
+	b, _ := v.([]byte)
+	r := spi.NewReader(b)
+	m.Ready, m.Operations = r.ReadBool(), r.ReadUvarint()
+	k := r.ReadUvarint()
+	if r.Err() == nil && k > uint64(r.Remaining()) {
+		m.Error = fmt.Sprintf("bad stats: %d migrations in %d bytes", k, r.Remaining())
+		return nil
+	}
+	var out []debugui.Migration
+	for i := uint64(0); i < k && r.Err() == nil; i++ {
+		mg := debugui.Migration{Partition: int(r.ReadVarint()), Source: r.ReadString(), Destination: r.ReadString(),
+			Endpoint: r.ReadString(), ReportedBy: m.ID}
+		out = append(out, mg)
+	}
+	if err := r.Err(); err != nil {
+		m.Error = "bad stats: " + err.Error()
+		return nil
+	}
+	return out
+}
+
+// ClusterView returns this member's picture of the cluster: members (each
+// asked for its readiness, operation count and migrations), the partition
+// table and whether the cluster is safe. ctx bounds the questions; a member
+// that does not answer in time has Error set.
+func (n *Node) ClusterView(ctx context.Context) *debugui.View {
+	now := time.Now()
+	v := &debugui.View{Cluster: n.cfg.Cluster.Name, Self: n.id, PartitionCount: n.count, Time: now,
+		Members: []debugui.Member{}, Partitions: []debugui.Partition{}, Migrations: []debugui.Migration{}}
+	t := n.table.Load()
+	counts := map[string][2]int{}
+	if t != nil {
+		v.TableVersion, v.BackupCount = t.Version, t.BackupCount()
+		for p, o := range t.Owners {
+			bs := t.BackupsOf(p)
+			v.Partitions = append(v.Partitions, debugui.Partition{ID: p, Owner: o, Backups: append([]string{}, bs...)})
+			c := counts[o]
+			c[0]++
+			counts[o] = c
+			for _, b := range bs {
+				c := counts[b]
+				c[1]++
+				counts[b] = c
+			}
+		}
+	}
+	ms := n.Members()
+	if len(ms) > 0 {
+		v.Master = ms[0].ID
+	}
+	v.Members = make([]debugui.Member, len(ms))
+	migs := make([][]debugui.Migration, len(ms))
+	var wg sync.WaitGroup
+	for i, m := range ms {
+		v.Members[i] = debugui.Member{ID: m.ID, Address: m.Address, Started: m.Started, AgeSeconds: now.Sub(m.Started).Seconds(),
+			Master: i == 0, Self: m.ID == n.id, Owned: counts[m.ID][0], Backups: counts[m.ID][1]}
+		wg.Go(func() { migs[i] = n.statsOf(ctx, &v.Members[i]) })
+	}
+	wg.Go(func() {
+		safe, err := n.IsClusterSafe(ctx)
+		v.ClusterSafe = err == nil && safe
+	})
+	wg.Wait()
+	for _, m := range migs {
+		v.Migrations = append(v.Migrations, m...)
+	}
+	return v
+}
