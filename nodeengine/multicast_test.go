@@ -88,7 +88,7 @@ func runMulticastChild(t *testing.T) {
 	const group = "224.2.2.3:54327"
 	type member struct {
 		n    *nodeengine.Node
-		logs *logBuffer
+		logs *clustertest.LogBuffer
 	}
 	startMember := func(cluster string) member {
 		t.Helper()
@@ -97,7 +97,7 @@ func runMulticastChild(t *testing.T) {
 		cfg.Network.Join.Members = nil
 		cfg.Network.Join.Multicast.Enabled = true
 		cfg.Network.Join.Multicast.Group = group
-		logs := new(logBuffer)
+		logs := new(clustertest.LogBuffer)
 		began := time.Now()
 		n := start(t, cfg, logs)
 		t.Logf("member %s of cluster %q started in %v with %d member(s) known",

@@ -10,7 +10,6 @@ import (
 	"runtime"
 	"strconv"
 	"strings"
-	"sync"
 	"testing"
 	"time"
 
@@ -175,24 +174,6 @@ func ownedBy(t *testing.T, n *nodeengine.Node, id string) int {
 	return -1
 }
 
-// logBuffer collects log output safely across goroutines.
-type logBuffer struct {
-	mu  sync.Mutex
-	buf bytes.Buffer
-}
-
-func (l *logBuffer) Write(p []byte) (int, error) {
-	l.mu.Lock()
-	defer l.mu.Unlock()
-	return l.buf.Write(p)
-}
-
-func (l *logBuffer) String() string {
-	l.mu.Lock()
-	defer l.mu.Unlock()
-	return l.buf.String()
-}
-
 func testConfig(bind string, join ...string) *config.Config {
 	cfg := config.Default()
 	cfg.Network.Bind = bind
@@ -209,7 +190,7 @@ func testConfig(bind string, join ...string) *config.Config {
 	return cfg
 }
 
-func start(t *testing.T, cfg *config.Config, logs *logBuffer) *nodeengine.Node {
+func start(t *testing.T, cfg *config.Config, logs *clustertest.LogBuffer) *nodeengine.Node {
 	t.Helper()
 	var opts []nodeengine.Option
 	if logs != nil {
@@ -227,11 +208,11 @@ func start(t *testing.T, cfg *config.Config, logs *logBuffer) *nodeengine.Node {
 }
 
 func TestOtherClusterNameRefused(t *testing.T) {
-	var logs logBuffer
+	var logs clustertest.LogBuffer
 	a := start(t, testConfig("127.0.0.1:0"), &logs)
 	cfg := testConfig("127.0.0.1:0", a.Address())
 	cfg.Cluster.Name = "other"
-	var blogs logBuffer
+	var blogs clustertest.LogBuffer
 	b := start(t, cfg, &blogs)
 	clustertest.Eventually(t, 10*time.Second, func() error {
 		if !strings.Contains(logs.String()+blogs.String(), "refusing member") {
@@ -249,7 +230,7 @@ func TestOtherClusterNameRefused(t *testing.T) {
 }
 
 func TestMalformedFrameClosesOnlyThatConnection(t *testing.T) {
-	var logs logBuffer
+	var logs clustertest.LogBuffer
 	a := start(t, testConfig("127.0.0.1:0"), &logs)
 	// A peer that says hello properly, then sends a frame of an unknown kind.
 	nc, err := net.Dial("tcp", a.Address())
@@ -361,7 +342,7 @@ func freePort(t *testing.T) string {
 func TestShutdownReleasesPortAndRestarts(t *testing.T) {
 	cfg := testConfig(freePort(t))
 	cfg.Network.PortAutoIncrement = false
-	var logs logBuffer
+	var logs clustertest.LogBuffer
 	for round := 0; round < 2; round++ {
 		n, err := nodeengine.New(cfg, nodeengine.WithLogger(slog.New(slog.NewTextHandler(&logs, nil))))
 		if err != nil {

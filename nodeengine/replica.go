@@ -449,32 +449,71 @@ func (n *Node) WaitClusterSafe(ctx context.Context) error {
 
 // IsClusterSafe asks every member for its replica state and reports
 // whether all hold the same table, none migrates or syncs, and every
-// backup replica has its primary's version.
+// backup replica holds its primary's writes. Under load backups are in
+// flight, so a backup behind its primary in a first round of questions is
+// asked again: it is safe when it then holds at least what its primary
+// held in the first round, in the same epoch (a write missing on a backup
+// for good keeps it behind, so it is never safe).
 func (n *Node) IsClusterSafe(ctx context.Context) (bool, error) {
 	t := n.table.Load()
 	if t == nil {
 		return false, nil
 	}
-	versions := map[string][]int64{}
-	for _, m := range n.Members() {
-		busy, tv, vs, syncing, err := n.replicaStatusOf(ctx, m.ID)
-		if err != nil {
-			return false, err
-		}
-		if busy || tv != t.Version || slices.Contains(syncing, true) {
-			return false, nil
-		}
-		versions[m.ID] = vs
+	first, ok, err := n.replicaVersions(ctx, t.Version)
+	if !ok || err != nil {
+		return false, err
 	}
+	behind := func(want, have map[string][]int64, p int, o, b string) bool {
+		if want[o] == nil || have[b] == nil {
+			return true
+		}
+		w, h := want[o][p], have[b][p]
+		return h < w || h>>32 != w>>32
+	}
+	lagging := false
 	for p, o := range t.Owners {
 		for _, b := range t.BackupsOf(p) {
 			if b == "" {
 				continue
 			}
-			if versions[o] == nil || versions[b] == nil || versions[o][p] != versions[b][p] {
+			if first[o] == nil || first[b] == nil {
+				return false, nil // a replica on a member that is gone
+			}
+			if first[o][p] != first[b][p] {
+				lagging = true
+			}
+		}
+	}
+	if !lagging {
+		return true, nil
+	}
+	second, ok, err := n.replicaVersions(ctx, t.Version)
+	if !ok || err != nil {
+		return false, err
+	}
+	for p, o := range t.Owners {
+		for _, b := range t.BackupsOf(p) {
+			if b != "" && behind(first, second, p, o, b) {
 				return false, nil
 			}
 		}
 	}
 	return true, nil
+}
+
+// replicaVersions asks every member for its replica versions; ok is false
+// when one holds another table version, migrates or syncs.
+func (n *Node) replicaVersions(ctx context.Context, tableVersion int64) (map[string][]int64, bool, error) {
+	versions := map[string][]int64{}
+	for _, m := range n.Members() {
+		busy, tv, vs, syncing, err := n.replicaStatusOf(ctx, m.ID)
+		if err != nil {
+			return nil, false, err
+		}
+		if busy || tv != tableVersion || slices.Contains(syncing, true) {
+			return nil, false, nil
+		}
+		versions[m.ID] = vs
+	}
+	return versions, true, nil
 }

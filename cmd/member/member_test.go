@@ -17,11 +17,11 @@ import (
 	"slices"
 	"strconv"
 	"strings"
-	"sync"
 	"syscall"
 	"testing"
 	"time"
 
+	"github.com/partita-go/partita/nodeengine/clustertest"
 	"go.uber.org/goleak"
 )
 
@@ -229,7 +229,7 @@ func runMember(t *testing.T, bin string, sig os.Signal, args ...string) string {
 	defer cancel()
 	cmd := exec.CommandContext(ctx, bin, args...)
 	cmd.WaitDelay = 5 * time.Second
-	var stderr lockedBuffer
+	var stderr clustertest.LogBuffer
 	cmd.Stderr = &stderr
 	stdout, err := cmd.StdoutPipe()
 	if err != nil {
@@ -359,25 +359,6 @@ func buildMember(t *testing.T) string {
 	return bin
 }
 
-// lockedBuffer is a bytes.Buffer that the process's stderr copier and the
-// test may use at once.
-type lockedBuffer struct {
-	mu  sync.Mutex
-	buf bytes.Buffer
-}
-
-func (b *lockedBuffer) Write(p []byte) (int, error) {
-	b.mu.Lock()
-	defer b.mu.Unlock()
-	return b.buf.Write(p)
-}
-
-func (b *lockedBuffer) String() string {
-	b.mu.Lock()
-	defer b.mu.Unlock()
-	return b.buf.String()
-}
-
 func httpGet(t *testing.T, url string) (int, string) {
 	t.Helper()
 	c := http.Client{Timeout: 10 * time.Second}
@@ -392,4 +373,31 @@ func httpGet(t *testing.T, url string) (int, string) {
 		t.Errorf("GET %s: %v", url, err)
 	}
 	return resp.StatusCode, string(b)
+}
+
+// -metrics overrides metrics.address ("" disables the endpoint), and a bad
+// value is blamed on the flag.
+func TestMetricsFlag(t *testing.T) {
+	for _, tc := range []struct{ arg, want string }{{"127.0.0.1:0", "127.0.0.1:0"}, {"", ""}} {
+		var stderr bytes.Buffer
+		o, err := parseFlags([]string{"-metrics", tc.arg}, &stderr)
+		if err != nil {
+			t.Fatal(err, stderr.String())
+		}
+		cfg, err := o.config()
+		if err != nil {
+			t.Fatalf("-metrics %q: %v", tc.arg, err)
+		}
+		if cfg.Metrics.Address != tc.want {
+			t.Errorf("-metrics %q: address %q", tc.arg, cfg.Metrics.Address)
+		}
+	}
+	var stderr bytes.Buffer
+	o, err := parseFlags([]string{"-metrics", "nohost"}, &stderr)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := o.config(); err == nil || !strings.Contains(err.Error(), "flag -metrics") {
+		t.Errorf("-metrics nohost: %v, want an error naming the flag", err)
+	}
 }

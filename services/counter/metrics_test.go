@@ -3,11 +3,17 @@ package counter_test
 import (
 	"context"
 	"fmt"
+	"log/slog"
+	"slices"
+	"strings"
 	"sync"
 	"testing"
 	"time"
 
+	"github.com/partita-go/partita/config"
+	"github.com/partita-go/partita/nodeengine"
 	"github.com/partita-go/partita/nodeengine/clustertest"
+	"github.com/partita-go/partita/services/counter"
 )
 
 // After a known number of increments on a 3-member cluster with one
@@ -100,5 +106,46 @@ func TestMetricsAddUpAfterIncrements(t *testing.T) {
 	}
 	if len(versions) != 1 {
 		t.Errorf("members report table versions %v, want one", versions)
+	}
+}
+
+// At info, a member's log tells the cluster's story (joins, tables,
+// migrations with their progress) and holds no line per operation.
+func TestInfoLogsShowClusterNotOperations(t *testing.T) {
+	var logs clustertest.LogBuffer
+	log := slog.New(slog.NewTextHandler(&logs, &slog.HandlerOptions{Level: slog.LevelInfo}))
+	ctx, cancel := context.WithTimeout(context.Background(), 60*time.Second)
+	defer cancel()
+	nodes, err := nodeengine.StartLocal(ctx, 3, func(i int, cfg *config.Config) { cfg.UseFastFailureDetection() },
+		nodeengine.WithLogger(log))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer func() {
+		for _, n := range slices.Backward(nodes) {
+			n.Shutdown(context.Background())
+		}
+	}()
+	if err := nodeengine.WaitStable(ctx, nodes); err != nil {
+		t.Fatal(err)
+	}
+	obj, err := nodes[1].Proxies().Get(ctx, counter.ServiceName, "logged")
+	if err != nil {
+		t.Fatal(err)
+	}
+	for range 100 {
+		if _, err := obj.(*counter.Counter).Inc(ctx, 1); err != nil {
+			t.Fatal(err)
+		}
+	}
+	text := logs.String()
+	for _, want := range []string{`msg="member joined"`, `msg="partition table installed"`, `msg="migrations planned"`,
+		`msg="migration progress"`, `msg="metrics and health endpoints"`} {
+		if !strings.Contains(text, want) {
+			t.Errorf("info log lacks %s", want)
+		}
+	}
+	if strings.Contains(text, "Executing") {
+		t.Errorf("info log holds per-operation lines:\n%s", text)
 	}
 }
