@@ -3,6 +3,8 @@ package nodeengine_test
 import (
 	"context"
 	"fmt"
+	"log/slog"
+	"strings"
 	"sync"
 	"testing"
 	"time"
@@ -314,4 +316,32 @@ func ledgerHeld(t *testing.T, n *nodeengine.Node) map[int]int {
 		}
 	}
 	return out
+}
+
+// Two members shut down gracefully at once: the one left alone stops
+// handing its partitions over (nobody is there to take them) instead of
+// waiting for the shutdown deadline.
+func TestSimultaneousGracefulShutdown(t *testing.T) {
+	var logs clustertest.LogBuffer
+	log := slog.New(slog.NewTextHandler(&logs, &slog.HandlerOptions{Level: slog.LevelInfo}))
+	ctx, cancel := context.WithTimeout(context.Background(), 60*time.Second)
+	defer cancel()
+	nodes, err := nodeengine.StartLocal(ctx, 2, func(i int, cfg *config.Config) {
+		cfg.UseFastFailureDetection()
+		cfg.Migration.ShutdownTimeout = 40 * time.Second
+	}, nodeengine.WithLogger(log))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := nodeengine.WaitStable(ctx, nodes); err != nil {
+		t.Fatal(err)
+	}
+	var wg sync.WaitGroup
+	for _, n := range nodes {
+		wg.Go(func() { n.Shutdown(ctx) })
+	}
+	wg.Wait()
+	if strings.Contains(logs.String(), "graceful shutdown deadline passed") {
+		t.Fatalf("a member waited for the shutdown deadline:\n%s", logs.String())
+	}
 }
