@@ -1,6 +1,9 @@
 package operation
 
 import (
+	"bytes"
+	"math/rand/v2"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -29,7 +32,7 @@ func TestDedupRecordLookupPruneCarry(t *testing.T) {
 	if err := s.ReadDedup(spi.NewReader(w.Bytes()), 1); err != nil {
 		t.Fatal(err)
 	}
-	if n := len(s.dedup[1].entries); n != maxCarried {
+	if n := s.dedup[1].len(); n != maxCarried {
 		t.Fatalf("carried %d records, want the newest %d", n, maxCarried)
 	}
 	if _, ok, _ := s.lookup(1, invKey{1, maxCarried + 10}); !ok {
@@ -41,5 +44,73 @@ func TestDedupRecordLookupPruneCarry(t *testing.T) {
 	s.DropDedup(1)
 	if _, ok, _ := s.lookup(1, invKey{1, maxCarried + 10}); ok {
 		t.Fatal("DropDedup kept records")
+	}
+}
+
+// The chunked log behaves like a plain list of (key, time, response)
+// pruned by age: records across chunk boundaries, long responses kept
+// aside, busy flags, and the record count the metric reports.
+func TestDedupLogMatchesModel(t *testing.T) {
+	const window = 1000
+	s := New(Config{PartitionCount: 1, PartitionThreads: 1, Routing: selfRouting{"self"}, DedupWindow: window})
+	type rec struct {
+		key  invKey
+		at   int64
+		resp []byte
+		busy *atomic.Bool
+	}
+	var model []rec
+	rng := rand.New(rand.NewPCG(1, 2))
+	now := int64(1 << 40)
+	for i := range 20000 {
+		now += int64(rng.IntN(3)) // many records share a time
+		k := invKey{7, uint64(i + 1)}
+		resp := make([]byte, rng.IntN(40)) // some beyond the inline size
+		for j := range resp {
+			resp[j] = byte(i + j)
+		}
+		var busy *atomic.Bool
+		if rng.IntN(10) == 0 {
+			busy = new(atomic.Bool)
+			busy.Store(rng.IntN(2) == 0)
+		}
+		s.record(0, k, resp, now, busy)
+		model = append(model, rec{k, now, resp, busy})
+		for len(model) > 0 && model[0].at < now-window {
+			model = model[1:]
+		}
+		if got := s.records[0].n.Load(); got != int64(len(model)) {
+			t.Fatalf("after %d records: count %d, model holds %d", i+1, got, len(model))
+		}
+		if i%97 == 0 && len(model) > 0 {
+			// lookup reads the clock: check the log directly instead.
+			d := s.dedup[0]
+			if d.len() != len(model) {
+				t.Fatalf("log holds %d, model %d", d.len(), len(model))
+			}
+			j := rng.IntN(len(model))
+			e := d.entry(j)
+			if e.key != model[j].key || e.at != model[j].at || !bytes.Equal(d.response(e), model[j].resp) {
+				t.Fatalf("entry %d = %+v (%x), model %+v", j, e.key, d.response(e), model[j])
+			}
+			if e.busy != (model[j].busy != nil) || (e.busy && d.busy[e.key] != model[j].busy && d.busy[e.key] != nil) {
+				t.Fatalf("entry %d busy %v, model %v", j, e.busy, model[j].busy != nil)
+			}
+		}
+	}
+	// Busy flags still set survive the sweeps; overflow responses of
+	// pruned entries are gone.
+	d := s.dedup[0]
+	for _, r := range model {
+		if r.busy != nil && r.busy.Load() && d.busy[r.key] != r.busy {
+			t.Fatalf("busy flag of %v swept while set", r.key)
+		}
+	}
+	if len(d.big) > len(model) || len(d.busy) > len(model)+64 {
+		t.Fatalf("side maps hold %d and %d entries for %d live records", len(d.big), len(d.busy), len(model))
+	}
+	s.DropDedup(0)
+	if got := s.records[0].n.Load(); got != 0 {
+		t.Fatalf("count %d after DropDedup", got)
 	}
 }

@@ -190,7 +190,11 @@ func (c stateCollector) Collect(ch chan<- prometheus.Metric) {
 		}
 		ch <- prometheus.MustNewConstMetric(queueDepthDesc, prometheus.GaugeValue, float64(len(s.generic.queue)), "generic")
 	}
-	ch <- prometheus.MustNewConstMetric(dedupDesc, prometheus.GaugeValue, float64(s.dedupRecords.Load()))
+	var records int64
+	for i := range s.records {
+		records += s.records[i].n.Load()
+	}
+	ch <- prometheus.MustNewConstMetric(dedupDesc, prometheus.GaugeValue, float64(records))
 	ch <- prometheus.MustNewConstMetric(syncsDesc, prometheus.GaugeValue, float64(s.syncs.Load()))
 }
 

@@ -169,9 +169,8 @@ type Service struct {
 	running   atomic.Bool // the executors exist
 	closed    atomic.Bool
 	m         *metrics
-	// dedupRecords counts the exactly-once records of all partitions.
-	dedupRecords atomic.Int64
-	nextCall     atomic.Uint64
+	records   []recordCount // exactly-once records, by partition executor
+	nextCall  atomic.Uint64
 
 	mu    sync.Mutex
 	conns map[string]*peer // by member ID: the connection used to reach it
@@ -215,6 +214,7 @@ func New(cfg Config) *Service {
 		syncFlag:  make([]atomic.Bool, cfg.PartitionCount),
 		origin:    newIncarnation(),
 		m:         newMetrics(),
+		records:   make([]recordCount, cfg.PartitionThreads),
 		cfg:       cfg,
 		log:       cfg.Logger,
 		byName:    make(map[string]*serviceEntry),

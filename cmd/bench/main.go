@@ -9,6 +9,7 @@ import (
 	"log/slog"
 	"os"
 	"os/signal"
+	"runtime/pprof"
 	"sync"
 	"time"
 )
@@ -38,6 +39,7 @@ type options struct {
 	asyncBackups     int
 	json             bool
 	partitionThreads int
+	cpuProfile       string
 }
 
 // parseFlags parses args; errors are reported to stderr with the usage.
@@ -56,6 +58,7 @@ func parseFlags(args []string, stderr io.Writer) (options, error) {
 	fs.IntVar(&o.asyncBackups, "async-backups", 0, "asynchronous backups of each increment (counter async-backup-count)")
 	fs.BoolVar(&o.json, "json", false, "print one JSON object instead of the text report")
 	fs.IntVar(&o.partitionThreads, "partition-threads", 0, "partition executor goroutines per member (0: GOMAXPROCS)")
+	fs.StringVar(&o.cpuProfile, "cpuprofile", "", "write a CPU profile of the load (warm-up included) to `file` (go tool pprof)")
 	fs.Usage = func() {
 		fmt.Fprintf(fs.Output(), "Usage: bench [flags]\n\nA self-checking load generator for the counter service (go doc ./cmd/bench).\n\n")
 		fs.PrintDefaults()
@@ -169,7 +172,20 @@ func bench(interrupted context.Context, stopSignals func(), o options, log *slog
 		}
 		baseline = vals
 	}
+	if o.cpuProfile != "" {
+		f, err := os.Create(o.cpuProfile)
+		if err != nil {
+			return nil, err
+		}
+		defer f.Close()
+		if err := pprof.StartCPUProfile(f); err != nil {
+			return nil, err
+		}
+	}
 	ld := runLoad(interrupted, stopSignals, o, cl.proxies, progress)
+	if o.cpuProfile != "" {
+		pprof.StopCPUProfile()
+	}
 	res = newResult(o, cl, ld)
 	res.selfCheck(cl, ld, baseline)
 	return res, nil
