@@ -50,6 +50,7 @@
 //	-async-backups A      asynchronous backups per increment (default 0)
 //	-partition-threads T  partition executors per member (default 0: GOMAXPROCS)
 //	-json                 print one JSON object instead of the text report
+//	-cpuprofile FILE      write a CPU profile of the load (warm-up included)
 //
 // Every member gets partitions.backup-count S+A and the counter properties
 // backup-count=S and async-backup-count=A. Backups need members: with N
