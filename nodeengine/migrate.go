@@ -296,7 +296,12 @@ func (op *migFinishOp) Run(ctx *spi.OpContext) error {
 }
 
 // leaveOp asks the master to move every partition off a leaving member.
-type leaveOp struct{ member string }
+// Its response tells whether any member that is not leaving remains to
+// take them.
+type leaveOp struct {
+	member  string
+	targets bool
+}
 
 func (op *leaveOp) MessageKind() string          { return "member.leave" }
 func (op *leaveOp) WriteData(w *spi.Writer)      { w.WriteString(op.member) }
@@ -306,6 +311,10 @@ func (op *leaveOp) Run(ctx *spi.OpContext) error {
 	n.leavingMu.Lock()
 	first := !n.leaving[op.member]
 	n.leaving[op.member] = true
+	op.targets = false
+	for _, m := range n.Members() {
+		op.targets = op.targets || !n.leaving[m.ID]
+	}
 	n.leavingMu.Unlock()
 	if first {
 		n.log.Info("member asked to leave: moving its partitions away", "leaving", op.member)
@@ -313,6 +322,8 @@ func (op *leaveOp) Run(ctx *spi.OpContext) error {
 	n.mgr.Trigger()
 	return nil
 }
+
+func (op *leaveOp) Response() any { return op.targets }
 
 // masterEngine adapts the Node to migration.Engine.
 type masterEngine struct{ n *Node }
@@ -432,10 +443,14 @@ func (n *Node) drain(ctx context.Context) {
 			// Ask again now and then: the master may have changed.
 			asked = time.Now()
 			ictx, cancel := context.WithTimeout(ctx, time.Second)
-			if _, err := n.ops.InvokeOnMember(ictx, engineService, &leaveOp{member: n.id}, n.masterID()); err != nil {
-				n.log.Debug("leave request failed", "error", err)
-			}
+			resp, err := n.ops.InvokeOnMember(ictx, engineService, &leaveOp{member: n.id}, n.masterID())
 			cancel()
+			if err != nil {
+				n.log.Debug("leave request failed", "error", err)
+			} else if targets, _ := resp.(bool); !targets {
+				n.log.Warn("graceful shutdown: every other member is leaving too; nobody to take this member's partitions", "owned", owned())
+				return
+			}
 		}
 		select {
 		case <-ctx.Done():

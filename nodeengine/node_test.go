@@ -16,6 +16,7 @@ import (
 	"github.com/partita-go/partita/config"
 	"github.com/partita-go/partita/nodeengine"
 	"github.com/partita-go/partita/nodeengine/clustertest"
+	"github.com/partita-go/partita/operation"
 	_ "github.com/partita-go/partita/services/counter"
 	"github.com/partita-go/partita/spi"
 	"go.uber.org/goleak"
@@ -238,7 +239,7 @@ func TestMalformedFrameClosesOnlyThatConnection(t *testing.T) {
 		t.Fatal(err)
 	}
 	defer nc.Close()
-	hello := helloFrame("dev", 1)
+	hello := helloFrame("dev", operation.ProtocolVersion)
 	bad := []byte{9, 0, 0, 0, 77, 0, 0, 0, 0, 0, 0, 0, 0}
 	nc.Write(append(append([]byte{'P'}, hello...), bad...))
 	nc.SetReadDeadline(time.Now().Add(10 * time.Second))
@@ -278,7 +279,7 @@ func TestMalformedFrameClosesOnlyThatConnection(t *testing.T) {
 		t.Fatal(err)
 	}
 	defer nc2.Close()
-	nc2.Write(append([]byte{'P'}, helloFrame("prod", 1)...))
+	nc2.Write(append([]byte{'P'}, helloFrame("prod", operation.ProtocolVersion)...))
 	nc2.SetReadDeadline(time.Now().Add(10 * time.Second))
 	var got []byte
 	for {
@@ -416,6 +417,8 @@ network:
   bind: 127.0.0.1:0
   join:
     multicast: {enabled: false}
+metrics:
+  address: 127.0.0.1:0
 services:
   - name: Parsed
     type: parsed

@@ -88,6 +88,14 @@ func (s *Service) ReplicaPending(p int) bool {
 // sendBackups sends t's backups after it ran on the primary. It reports
 // whether it took over finishing t (there are synchronous backups: the last
 // ack, or the failure of the last, finishes it).
+//
+// When the caller is another member that holds the only synchronous backup
+// replica, the backup carries the caller's call id: the caller takes its
+// answer (the encoded response the backup carries anyway, for
+// exactly-once) from the backup as soon as it applied it, two messages
+// after the request instead of four. The ack still comes to the primary,
+// which retries the backup until it is applied (the answer comes with the
+// retry) and answers the caller itself only if the backup failed for good.
 func (s *Service) sendBackups(e *executor, t task, bo spi.BackupAwareOperation, resp any, busy *atomic.Bool) bool {
 	e.reps = s.cfg.Routing.Backups(t.pid, e.reps[:0])
 	reps := e.reps
@@ -103,10 +111,16 @@ func (s *Service) sendBackups(e *executor, t task, bo spi.BackupAwareOperation, 
 		return false
 	}
 	version := s.versions[t.pid].Add(1)
+	var callerCall uint64
+	if syncN == 1 && t.conn != nil && t.callID != 0 && reps[0].ID == t.conn.remote.id {
+		callerCall = t.callID
+	}
 	var remaining atomic.Int32
+	var failed atomic.Bool
 	remaining.Store(int32(syncN))
 	done := func(err error) {
 		if err != nil {
+			failed.Store(true)
 			s.log.Debug("synchronous backup not acknowledged; the write is safe on the primary", "partition", t.pid, "error", err)
 		}
 		if remaining.Add(-1) == 0 {
@@ -120,19 +134,23 @@ func (s *Service) sendBackups(e *executor, t task, bo spi.BackupAwareOperation, 
 				}
 				return
 			}
+			if callerCall != 0 && !failed.Load() {
+				return // the caller took its answer from the backup
+			}
 			s.finish(t, resp, nil)
 		}
 	}
 	for i := 0; i < total; i++ {
 		if i >= syncN {
 			s.m.backupAsyn.Inc()
-			if err := s.sendBackup(nil, t, reps[i], i+1, version, typeID, bop); err != nil {
+			if err := s.sendBackup(nil, t, reps[i], i+1, version, typeID, 0, bop); err != nil {
 				s.log.Debug("asynchronous backup not sent", "partition", t.pid, "replica", i+1, "to", reps[i].Address, "error", err)
 			}
 			continue
 		}
 		s.m.backupSync.Inc()
-		b := &syncBackup{s: s, t: t, r: reps[i], replica: i + 1, version: version, typeID: typeID, op: bop, done: done}
+		b := &syncBackup{s: s, t: t, r: reps[i], replica: i + 1, version: version, typeID: typeID, op: bop, done: done,
+			callerCall: callerCall}
 		if t.queued != 0 {
 			b.start = time.Now()
 		}
@@ -156,7 +174,10 @@ type syncBackup struct {
 	op      spi.Operation
 	done    func(error)
 	tries   int
-	start   time.Time // sampled backups only
+	// callerCall: the replica is the caller, which takes its answer from
+	// this backup (see sendBackups).
+	callerCall uint64
+	start      time.Time // sampled backups only
 }
 
 // maxBackupTries bounds the retries of one synchronous backup (about 10 s
@@ -165,7 +186,7 @@ type syncBackup struct {
 const maxBackupTries = 64
 
 func (b *syncBackup) send() {
-	if err := b.s.sendBackup(&call{then: b.acked}, b.t, b.r, b.replica, b.version, b.typeID, b.op); err != nil {
+	if err := b.s.sendBackup(&call{then: b.acked}, b.t, b.r, b.replica, b.version, b.typeID, b.callerCall, b.op); err != nil {
 		b.acked(err)
 	}
 }
@@ -203,7 +224,7 @@ func (b *syncBackup) acked(err error) {
 	})
 }
 
-func (s *Service) sendBackup(cl *call, t task, r Replica, replica int, version int64, typeID uint16, bop spi.Operation) error {
+func (s *Service) sendBackup(cl *call, t task, r Replica, replica int, version int64, typeID uint16, callerCall uint64, bop spi.Operation) error {
 	if s.cfg.Hook != nil {
 		m := Message{From: s.cfg.LocalID, To: r.ID, Service: t.svc.name, Partition: t.pid, Op: backupMessage{bop}}
 		if v := s.cfg.Hook(m); !v.pass() {
@@ -217,7 +238,7 @@ func (s *Service) sendBackup(cl *call, t task, r Replica, replica int, version i
 				defer cancel()
 				err := v.apply(ctx, m)
 				if err == nil {
-					err = s.sendBackupNow(cl, t, r, replica, version, typeID, bop)
+					err = s.sendBackupNow(cl, t, r, replica, version, typeID, callerCall, bop)
 				}
 				if err != nil && cl != nil {
 					cl.complete(nil, err)
@@ -226,7 +247,7 @@ func (s *Service) sendBackup(cl *call, t task, r Replica, replica int, version i
 			return nil
 		}
 	}
-	return s.sendBackupNow(cl, t, r, replica, version, typeID, bop)
+	return s.sendBackupNow(cl, t, r, replica, version, typeID, callerCall, bop)
 }
 
 // backupMessage names a backup for fault rules: "backup/<Go type>".
@@ -234,9 +255,9 @@ type backupMessage struct{ spi.Operation }
 
 func (b backupMessage) MessageKind() string { return fmt.Sprintf("backup/%T", b.Operation) }
 
-func (s *Service) sendBackupNow(cl *call, t task, r Replica, replica int, version int64, typeID uint16, bop spi.Operation) error {
+func (s *Service) sendBackupNow(cl *call, t task, r Replica, replica int, version int64, typeID uint16, callerCall uint64, bop spi.Operation) error {
 	if c := s.connected(r.ID); c != nil {
-		return c.sendBackup(cl, t, typeID, replica, version, bop)
+		return c.sendBackup(cl, t, typeID, replica, version, callerCall, bop)
 	}
 	// Dialling can take long: never on a partition executor.
 	if s.closed.Load() {
@@ -249,7 +270,7 @@ func (s *Service) sendBackupNow(cl *call, t task, r Replica, replica int, versio
 		defer cancel()
 		c, err := s.connTo(ctx, r.ID, r.Address)
 		if err == nil {
-			err = c.sendBackup(cl, t, typeID, replica, version, bop)
+			err = c.sendBackup(cl, t, typeID, replica, version, callerCall, bop)
 		}
 		if err != nil && cl != nil {
 			cl.complete(nil, err)
@@ -271,7 +292,7 @@ func (s *Service) runBackup(e *executor, t task, start time.Time) {
 	cur := s.versions[p].Load()
 	switch {
 	case t.version <= cur:
-		s.finish(t, nil, nil) // already applied, or covered by a sync
+		s.backupApplied(t, nil) // already applied, or covered by a sync
 	case t.version == cur+1:
 		s.applyBackup(e, t, start)
 		s.drainBackups(e, p)
@@ -304,7 +325,30 @@ func (s *Service) applyBackup(e *executor, t task, start time.Time) {
 	}
 	s.versions[t.pid].Store(t.version)
 	s.record(t.pid, t.key, t.resp, time.Now().UnixNano(), nil)
+	s.backupApplied(t, err)
+}
+
+// backupApplied acknowledges backup t to its primary and, when t answers
+// one of this member's own invocations (see sendBackups), completes it.
+func (s *Service) backupApplied(t task, err error) {
 	s.finish(t, nil, err)
+	if err != nil || t.callerCall == 0 || t.conn == nil {
+		return
+	}
+	cl := t.conn.take(t.callerCall)
+	if cl == nil {
+		// The request may have left on the other connection to the
+		// primary (each member dials its own).
+		if c := s.connected(t.conn.remote.id); c != nil && c != t.conn {
+			cl = c.take(t.callerCall)
+		}
+	}
+	if cl == nil {
+		return // answered already, or the caller gave up
+	}
+	s.m.backupAnswers.Inc()
+	resp, derr := decodeResponse(cl.op, t.resp)
+	cl.complete(resp, derr)
 }
 
 // drainBackups applies the waiting backups that are now next in order and
@@ -318,7 +362,7 @@ func (s *Service) drainBackups(e *executor, p int) {
 	for v, t := range rs.pending {
 		if v <= cur {
 			delete(rs.pending, v)
-			s.finish(t, nil, nil)
+			s.backupApplied(t, nil)
 		}
 	}
 	for {

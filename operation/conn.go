@@ -454,7 +454,7 @@ func (c *conn) sendRequest(cl *call, svc *serviceEntry, typeID uint16, pid int, 
 
 // sendBackup queues a backup frame, registering cl for its ack when cl is
 // not nil (a synchronous backup).
-func (c *conn) sendBackup(cl *call, t task, typeID uint16, replica int, version int64, op spi.Operation) error {
+func (c *conn) sendBackup(cl *call, t task, typeID uint16, replica int, version int64, callerCall uint64, op spi.Operation) error {
 	var id uint64
 	if cl != nil {
 		id = c.s.nextCall.Add(1)
@@ -479,6 +479,7 @@ func (c *conn) sendBackup(cl *call, t task, typeID uint16, replica int, version 
 		w.WriteUint64(t.key.origin)
 		w.WriteUvarint(t.key.seq)
 		w.WriteBytes(t.resp)
+		w.WriteUvarint(callerCall)
 		op.WriteData(w)
 		buf = w.Bytes()
 		return buf, endFrame(buf, start)
@@ -489,16 +490,18 @@ func (c *conn) sendBackup(cl *call, t task, typeID uint16, replica int, version 
 	return err
 }
 
-// forget drops a pending call (its caller gave up).
-// forget drops a pending call and reports whether it was still pending
-// (false: a completer, such as close, already took it).
-func (c *conn) forget(id uint64) bool {
+// take removes and returns pending call id (nil if none).
+func (c *conn) take(id uint64) *call {
 	c.mu.Lock()
 	defer c.mu.Unlock()
-	_, ok := c.pending[id]
+	cl := c.pending[id]
 	delete(c.pending, id)
-	return ok
+	return cl
 }
+
+// forget drops a pending call and reports whether it was still pending
+// (false: a completer, such as close, already took it).
+func (c *conn) forget(id uint64) bool { return c.take(id) != nil }
 
 // sendResponse queues the answer to a request received on this connection.
 func (c *conn) sendResponse(callID uint64, op spi.Operation, resp any, err error) {
@@ -602,7 +605,7 @@ func (c *conn) handleRequest(callID uint64, payload []byte, backup bool) {
 	r.Reset(payload)
 	sid, tid, pid := r.ReadUint32(), r.ReadUint16(), r.ReadVarint()
 	var replica uint8
-	var version uint64
+	var version, callerCall uint64
 	var resp []byte
 	if backup {
 		replica, version = r.ReadUint8(), r.ReadUvarint()
@@ -610,7 +613,7 @@ func (c *conn) handleRequest(callID uint64, payload []byte, backup bool) {
 	key := invKey{origin: r.ReadUint64(), seq: r.ReadUvarint()}
 	retry := false
 	if backup {
-		resp = r.ReadBytes()
+		resp, callerCall = r.ReadBytes(), r.ReadUvarint()
 		if r.Err() == nil && (pid < 0 || replica == 0 || replica > 6) {
 			fail := fmt.Errorf("%w: backup for partition %d replica %d", spi.ErrProtocol, pid, replica)
 			s.log.Warn("rejecting backup", "remote", c.remote.address, "error", fail)
@@ -654,7 +657,8 @@ func (c *conn) handleRequest(callID uint64, payload []byte, backup bool) {
 		return
 	}
 	t := task{op: op, svc: svc, pid: int(pid), caller: c.remote.address, conn: c, callID: callID,
-		replica: int(replica), version: int64(version), key: key, resp: resp, retry: retry, st: svc.statsByID[tid]}
+		replica: int(replica), version: int64(version), key: key, resp: resp, retry: retry, st: svc.statsByID[tid],
+		callerCall: callerCall}
 	// Blocking here pushes back on the sender through TCP.
 	if err := s.enqueue(context.Background(), t); err != nil {
 		s.finish(t, nil, err)

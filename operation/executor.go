@@ -28,7 +28,10 @@ type task struct {
 	key     invKey // the invocation, for exactly-once
 	retry   bool   // not the invocation's first attempt
 	resp    []byte // a backup: the primary's encoded response
-	st      *opStats
+	// callerCall, on a backup, is the call id of this member's own
+	// invocation that the backup answers (see sendBackups).
+	callerCall uint64
+	st         *opStats
 	// queued is when a sampled task entered its queue (unix nanoseconds;
 	// 0: not sampled, see sampled).
 	queued int64

@@ -36,6 +36,7 @@ type metrics struct {
 	backupFailed           prometheus.Counter
 	backupAckSeconds       prometheus.Histogram
 	backupGaps             prometheus.Counter
+	backupAnswers          prometheus.Counter
 }
 
 // opStats are the metrics of one operation type.
@@ -107,6 +108,10 @@ func newMetrics() *metrics {
 			Name: "partita_backup_gaps_total",
 			Help: "Backups this member received, as a replica, ahead of a missing one (the replica asks for a sync).",
 		}),
+		backupAnswers: prometheus.NewCounter(prometheus.CounterOpts{
+			Name: "partita_backup_answers_total",
+			Help: "Invocations of this member answered by the synchronous backup it holds, with no answer message from the primary.",
+		}),
 	}
 	m.waitPartition = m.queueWait.WithLabelValues("partition")
 	m.waitGeneric = m.queueWait.WithLabelValues("generic")
@@ -120,7 +125,7 @@ func (s *Service) RegisterMetrics(r prometheus.Registerer) error {
 	m := s.m
 	for _, c := range []prometheus.Collector{m.runs, m.runErrors, m.runSeconds, m.invSeconds, m.invErrors,
 		m.invRetries, m.invTimeouts, m.queueWait, m.backupSent, m.backupAcked, m.backupLate, m.backupFailed,
-		m.backupAckSeconds, m.backupGaps, stateCollector{s}} {
+		m.backupAckSeconds, m.backupGaps, m.backupAnswers, stateCollector{s}} {
 		if err := r.Register(c); err != nil {
 			return err
 		}

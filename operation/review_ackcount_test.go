@@ -33,7 +33,7 @@ func TestReviewBackupAckCompletedTwice(t *testing.T) {
 		go func() {
 			defer wg.Done()
 			// what sendBackups does with sendBackup's error
-			if err := c.sendBackup(cl, tk, 1, 1, 1, &echoOp{S: "x"}); err != nil {
+			if err := c.sendBackup(cl, tk, 1, 1, 1, 0, &echoOp{S: "x"}); err != nil {
 				cl.complete(nil, err)
 			}
 		}()
