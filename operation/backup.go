@@ -111,35 +111,11 @@ func (s *Service) sendBackups(e *executor, t task, bo spi.BackupAwareOperation, 
 		return false
 	}
 	version := s.versions[t.pid].Add(1)
-	var callerCall uint64
+	run := &backupRun{s: s, t: t, resp: resp, busy: busy}
 	if syncN == 1 && t.conn != nil && t.callID != 0 && reps[0].ID == t.conn.remote.id {
-		callerCall = t.callID
+		run.callerCall = t.callID
 	}
-	var remaining atomic.Int32
-	var failed atomic.Bool
-	remaining.Store(int32(syncN))
-	done := func(err error) {
-		if err != nil {
-			failed.Store(true)
-			s.log.Debug("synchronous backup not acknowledged; the write is safe on the primary", "partition", t.pid, "error", err)
-		}
-		if remaining.Add(-1) == 0 {
-			busy.Store(false)
-			if s.closed.Load() {
-				// This member is going away: an ack that failed with it
-				// proves nothing, so send no answer (a remote caller
-				// retries with the same invocation id).
-				if t.local != nil {
-					t.local.complete(nil, spi.ErrShutdown)
-				}
-				return
-			}
-			if callerCall != 0 && !failed.Load() {
-				return // the caller took its answer from the backup
-			}
-			s.finish(t, resp, nil)
-		}
-	}
+	run.remaining.Store(int32(syncN))
 	for i := 0; i < total; i++ {
 		if i >= syncN {
 			s.m.backupAsyn.Inc()
@@ -149,8 +125,12 @@ func (s *Service) sendBackups(e *executor, t task, bo spi.BackupAwareOperation, 
 			continue
 		}
 		s.m.backupSync.Inc()
-		b := &syncBackup{s: s, t: t, r: reps[i], replica: i + 1, version: version, typeID: typeID, op: bop, done: done,
-			callerCall: callerCall}
+		b := &run.first
+		if i > 0 {
+			b = new(syncBackup)
+		}
+		*b = syncBackup{run: run, r: reps[i], replica: i + 1, version: version, typeID: typeID, op: bop}
+		b.cl.then = b
 		if t.queued != 0 {
 			b.start = time.Now()
 		}
@@ -159,25 +139,64 @@ func (s *Service) sendBackups(e *executor, t task, bo spi.BackupAwareOperation, 
 	return syncN > 0
 }
 
+// backupRun is the synchronous backups of one operation run on a primary:
+// the last ack, or the failure of the last, finishes the operation.
+type backupRun struct {
+	s    *Service
+	t    task
+	resp any
+	busy *atomic.Bool
+	// callerCall: the only synchronous backup replica is the caller,
+	// which takes its answer from the backup (see sendBackups).
+	callerCall uint64
+	remaining  atomic.Int32
+	failed     atomic.Bool
+	first      syncBackup // the first replica's, in the same allocation
+}
+
+// done counts one synchronous backup acknowledged (err nil) or given up.
+func (r *backupRun) done(err error) {
+	s, t := r.s, r.t
+	if err != nil {
+		r.failed.Store(true)
+		s.log.Debug("synchronous backup not acknowledged; the write is safe on the primary", "partition", t.pid, "error", err)
+	}
+	if r.remaining.Add(-1) != 0 {
+		return
+	}
+	r.busy.Store(false)
+	if s.closed.Load() {
+		// This member is going away: an ack that failed with it proves
+		// nothing, so send no answer (a remote caller retries with the
+		// same invocation id).
+		if t.local != nil {
+			t.local.complete(nil, spi.ErrShutdown)
+		}
+		return
+	}
+	if r.callerCall != 0 && !r.failed.Load() {
+		return // the caller took its answer from the backup
+	}
+	s.finish(t, r.resp, nil)
+}
+
 // syncBackup is one synchronous backup until its replica acknowledges it.
 // Only the replica member's death excuses a missing ack: any other failure
 // (the replica's table is behind and it refused, a broken connection to a
 // live member, an overloaded replica) is retried, so an acknowledged write
 // is on every synchronous backup replica.
 type syncBackup struct {
-	s       *Service
-	t       task
+	run     *backupRun
 	r       Replica
 	replica int
 	version int64
 	typeID  uint16
 	op      spi.Operation
-	done    func(error)
 	tries   int
-	// callerCall: the replica is the caller, which takes its answer from
-	// this backup (see sendBackups).
-	callerCall uint64
-	start      time.Time // sampled backups only
+	start   time.Time // sampled backups only
+	// cl is the pending call of the attempt in flight; an attempt's call
+	// is completed (and out of every pending map) before the next one.
+	cl call
 }
 
 // maxBackupTries bounds the retries of one synchronous backup (about 10 s
@@ -186,19 +205,20 @@ type syncBackup struct {
 const maxBackupTries = 64
 
 func (b *syncBackup) send() {
-	if err := b.s.sendBackup(&call{then: b.acked}, b.t, b.r, b.replica, b.version, b.typeID, b.callerCall, b.op); err != nil {
+	run := b.run
+	if err := run.s.sendBackup(&b.cl, run.t, b.r, b.replica, b.version, b.typeID, run.callerCall, b.op); err != nil {
 		b.acked(err)
 	}
 }
 
 func (b *syncBackup) acked(err error) {
-	s := b.s
+	s, t := b.run.s, b.run.t
 	if err == nil {
 		s.m.backupAcked.Inc()
 		if !b.start.IsZero() {
 			s.m.backupAckSeconds.Observe(time.Since(b.start).Seconds())
 		}
-		b.done(nil)
+		b.run.done(nil)
 		return
 	}
 	_, member := s.cfg.Routing.MemberAddress(b.r.ID)
@@ -206,16 +226,16 @@ func (b *syncBackup) acked(err error) {
 	if !member || s.closed.Load() || b.tries >= maxBackupTries {
 		s.m.backupFailed.Inc()
 		if member && !s.closed.Load() {
-			s.log.Error("synchronous backup never acknowledged; the write is only on the primary", "partition", b.t.pid,
+			s.log.Error("synchronous backup never acknowledged; the write is only on the primary", "partition", t.pid,
 				"replica", b.replica, "to", b.r.Address, "error", err)
 		}
-		b.done(err)
+		b.run.done(err)
 		return
 	}
 	if b.tries == 1 {
 		s.m.backupLate.Inc()
 	}
-	s.log.Debug("synchronous backup failed; retrying", "partition", b.t.pid, "replica", b.replica, "to", b.r.Address, "error", err)
+	s.log.Debug("synchronous backup failed; retrying", "partition", t.pid, "replica", b.replica, "to", b.r.Address, "error", err)
 	pause := min(time.Duration(b.tries)*5*time.Millisecond, 500*time.Millisecond)
 	s.wg.Add(1)
 	time.AfterFunc(pause, func() {

@@ -20,10 +20,13 @@ type call struct {
 	resp any
 	err  error
 	done chan struct{}
-	// then, when set, is called instead of closing done (backup acks);
+	// then, when set, is told the outcome instead of done (backup acks);
 	// it runs on the goroutine that completes the call.
-	then func(err error)
+	then acker
 }
+
+// acker receives the outcome of a call that nobody waits on.
+type acker interface{ acked(err error) }
 
 // calls recycles calls (and their channels) whose answer was received.
 var calls = sync.Pool{New: func() any { return &call{done: make(chan struct{}, 1)} }}
@@ -38,7 +41,7 @@ func newCall(op spi.Operation) *call {
 // pending map hands a call to one completer).
 func (c *call) complete(resp any, err error) {
 	if c.then != nil {
-		c.then(err)
+		c.then.acked(err)
 		return
 	}
 	c.resp, c.err = resp, err

@@ -27,7 +27,7 @@ func TestReviewBackupAckCompletedTwice(t *testing.T) {
 		a, b := net.Pipe()
 		c := s.newConn(a, hello{version: ProtocolVersion, cluster: "dev", id: "peer", address: "peer"})
 		var completions atomic.Int32
-		cl := &call{then: func(error) { completions.Add(1) }}
+		cl := &call{then: ackFunc(func(error) { completions.Add(1) })}
 		var wg sync.WaitGroup
 		wg.Add(2)
 		go func() {
@@ -54,3 +54,8 @@ func TestReviewBackupAckCompletedTwice(t *testing.T) {
 		t.Errorf("a backup's ack call was completed twice")
 	}
 }
+
+// ackFunc adapts a function to acker.
+type ackFunc func(error)
+
+func (f ackFunc) acked(err error) { f(err) }
