@@ -433,6 +433,7 @@ func (n *Node) drain(ctx context.Context) {
 	tick := time.NewTicker(100 * time.Millisecond)
 	defer tick.Stop()
 	var asked time.Time
+	noTargets := 0 // answers in a row that every other member is leaving
 	for owned() > 0 {
 		if len(n.Members()) <= 1 {
 			// The others left meanwhile: nobody to hand over to.
@@ -447,7 +448,11 @@ func (n *Node) drain(ctx context.Context) {
 			cancel()
 			if err != nil {
 				n.log.Debug("leave request failed", "error", err)
-			} else if targets, _ := resp.(bool); !targets {
+			} else if targets, _ := resp.(bool); targets {
+				noTargets = 0
+			} else if noTargets++; noTargets >= 2 {
+				// Twice, a second apart: a member that has just joined
+				// may not have been in the master's list the first time.
 				n.log.Warn("graceful shutdown: every other member is leaving too; nobody to take this member's partitions", "owned", owned())
 				return
 			}

@@ -41,8 +41,13 @@ func newIncarnation() uint64 {
 // go to the log's overflow map (a counter's answer takes 2 to 10 bytes).
 const dedupInline = 22
 
-// dedupChunkSize is the number of entries of one chunk of a log.
-const dedupChunkSize = 1024
+// Chunk sizes of a log, in entries: the first chunk is small, so that
+// the 271 logs of a quiet member cost little, and each next one doubles up
+// to the largest.
+const (
+	dedupFirstChunk = 16
+	dedupMaxChunk   = 1024
+)
 
 // dedupEntry is one record. It holds no pointer, so the chunks that hold
 // a million of them on a busy partition cost the garbage collector
@@ -57,19 +62,17 @@ type dedupEntry struct {
 
 const dedupOverflow = 0xff
 
-type dedupChunk [dedupChunkSize]dedupEntry
-
 // dedupLog is one partition's record, oldest first, touched on its
-// executor only. Entries live in fixed-size chunks: recording fills the
-// last one, pruning by age drops whole chunks from the front, and nothing
-// is ever copied to grow. Only a retry looks an id up (a first attempt
-// cannot be a duplicate), scanning from the newest entry, so the hot path
-// keeps no index.
+// executor only. Entries live in chunks: recording fills the last one,
+// pruning by age drops whole chunks from the front, and nothing is ever
+// copied to grow. Only a retry looks an id up (a first attempt cannot be
+// a duplicate), scanning from the newest entry, so the hot path keeps no
+// index.
 type dedupLog struct {
-	chunks []*dedupChunk
-	head   int // first live entry of chunks[0]
-	tail   int // entries used in the last chunk
-	spare  *dedupChunk
+	chunks [][]dedupEntry // each filled up to its capacity
+	head   int            // first live entry of chunks[0]
+	n      int            // live entries
+	spare  []dedupEntry   // a dropped largest chunk, for reuse
 	// big holds the responses too long for an entry.
 	big map[invKey][]byte
 	// busy holds, for runs whose synchronous backups are not all
@@ -79,24 +82,39 @@ type dedupLog struct {
 	busySweep int
 }
 
-func (d *dedupLog) len() int {
-	if len(d.chunks) == 0 {
-		return 0
-	}
-	return (len(d.chunks)-1)*dedupChunkSize + d.tail - d.head
-}
+func (d *dedupLog) len() int { return d.n }
 
-// at returns the i-th live entry, oldest first.
-func (d *dedupLog) entry(i int) *dedupEntry {
+// entries calls f on the live entries from the i-th (oldest first) on,
+// until f returns false.
+func (d *dedupLog) entries(i int, f func(e *dedupEntry) bool) {
 	i += d.head
-	return &d.chunks[i/dedupChunkSize][i%dedupChunkSize]
+	for _, c := range d.chunks {
+		if i >= len(c) {
+			i -= len(c)
+			continue
+		}
+		for j := i; j < len(c); j++ {
+			if !f(&c[j]) {
+				return
+			}
+		}
+		i = 0
+	}
 }
 
+// entry returns the i-th live entry, oldest first.
+func (d *dedupLog) entry(i int) (e *dedupEntry) {
+	d.entries(i, func(x *dedupEntry) bool { e = x; return false })
+	return e
+}
+
+// response returns e's response; it stays valid until the partition's
+// next record.
 func (d *dedupLog) response(e *dedupEntry) []byte {
 	if e.n == dedupOverflow {
 		return d.big[e.key]
 	}
-	return e.resp[:e.n]
+	return e.resp[:e.n:e.n]
 }
 
 func (s *Service) dedupOf(p int) *dedupLog {
@@ -123,18 +141,26 @@ func (s *Service) record(p int, k invKey, resp []byte, at int64, busy *atomic.Bo
 		return
 	}
 	d := s.dedupOf(p)
-	if len(d.chunks) == 0 || d.tail == dedupChunkSize {
-		c := d.spare
-		if c == nil {
-			c = new(dedupChunk)
+	// Prune first: an expired record of the same id (an invocation run
+	// again after the window) must not take the new one's side data with
+	// it.
+	s.prune(p, d, at)
+	last := len(d.chunks) - 1
+	if last < 0 || len(d.chunks[last]) == cap(d.chunks[last]) {
+		size := dedupFirstChunk
+		if last >= 0 {
+			size = min(2*cap(d.chunks[last]), dedupMaxChunk)
 		}
-		d.spare = nil
+		c := make([]dedupEntry, 0, size)
+		if size == dedupMaxChunk && d.spare != nil {
+			c, d.spare = d.spare[:0], nil
+		}
 		d.chunks = append(d.chunks, c)
-		d.tail = 0
+		last++
 	}
-	e := &d.chunks[len(d.chunks)-1][d.tail]
-	d.tail++
-	*e = dedupEntry{key: k, at: at}
+	d.chunks[last] = append(d.chunks[last], dedupEntry{key: k, at: at})
+	e := &d.chunks[last][len(d.chunks[last])-1]
+	d.n++
 	if len(resp) <= dedupInline {
 		e.n = uint8(copy(e.resp[:], resp))
 	} else {
@@ -160,7 +186,6 @@ func (s *Service) record(p int, k invKey, resp []byte, at int64, busy *atomic.Bo
 		}
 	}
 	s.countRecords(p, 1)
-	s.prune(p, d, at)
 }
 
 // prune drops partition p's records older than the window.
@@ -169,11 +194,7 @@ func (s *Service) prune(p int, d *dedupLog, now int64) {
 	dropped := 0
 	for len(d.chunks) > 0 {
 		c := d.chunks[0]
-		end := dedupChunkSize
-		if len(d.chunks) == 1 {
-			end = d.tail
-		}
-		for d.head < end && c[d.head].at < limit {
+		for d.head < len(c) && c[d.head].at < limit {
 			e := &c[d.head]
 			if e.n == dedupOverflow {
 				delete(d.big, e.key)
@@ -184,22 +205,23 @@ func (s *Service) prune(p int, d *dedupLog, now int64) {
 			d.head++
 			dropped++
 		}
-		if d.head < end {
-			break
-		}
-		if len(d.chunks) == 1 && end < dedupChunkSize {
-			// The last chunk emptied before it filled: reuse it in place.
-			d.head, d.tail = 0, 0
-			break
+		if d.head < len(c) || (len(d.chunks) == 1 && len(c) < cap(c)) {
+			break // live entries left, or room left in the last chunk
 		}
 		d.chunks[0] = nil
 		d.chunks = d.chunks[1:]
-		d.spare, d.head = c, 0
-		if len(d.chunks) == 0 {
-			d.tail = 0
+		d.head = 0
+		if cap(c) == dedupMaxChunk {
+			d.spare = c
 		}
 	}
+	if len(d.chunks) == 1 && d.head == len(d.chunks[0]) {
+		// Everything expired: start over in the (small) chunk at hand.
+		d.chunks[0], d.head = d.chunks[0][:0], 0
+		d.spare = nil
+	}
 	if dropped > 0 {
+		d.n -= dropped
 		s.countRecords(p, -dropped)
 	}
 }
@@ -212,14 +234,20 @@ func (s *Service) lookup(p int, k invKey) (resp []byte, found, busy bool) {
 		return nil, false, false
 	}
 	limit := time.Now().UnixNano() - int64(s.cfg.DedupWindow)
-	for i := d.len() - 1; i >= 0; i-- {
-		e := d.entry(i)
-		if e.at < limit {
-			break
+	for ci := len(d.chunks) - 1; ci >= 0; ci-- {
+		c, lo := d.chunks[ci], 0
+		if ci == 0 {
+			lo = d.head
 		}
-		if e.key == k {
-			b := d.busy[k]
-			return d.response(e), true, e.busy && b != nil && b.Load()
+		for i := len(c) - 1; i >= lo; i-- {
+			e := &c[i]
+			if e.at < limit {
+				return nil, false, false
+			}
+			if e.key == k {
+				b := d.busy[k]
+				return d.response(e), true, e.busy && b != nil && b.Load()
+			}
 		}
 	}
 	return nil, false, false
@@ -249,13 +277,13 @@ func (s *Service) AppendDedup(w *spi.Writer, p int) {
 		first = n - maxCarried
 	}
 	w.WriteUvarint(uint64(n - first))
-	for i := first; i < n; i++ {
-		e := d.entry(i)
+	d.entries(first, func(e *dedupEntry) bool {
 		w.WriteUint64(e.key.origin)
 		w.WriteUvarint(e.key.seq)
 		w.WriteVarint(e.at)
 		w.WriteBytes(d.response(e))
-	}
+		return true
+	})
 }
 
 // ReadDedup replaces partition p's record with one AppendDedup wrote

@@ -114,3 +114,39 @@ func TestDedupLogMatchesModel(t *testing.T) {
 		t.Fatalf("count %d after DropDedup", got)
 	}
 }
+
+// An invocation recorded again after its first record expired (it ran
+// again past the window) keeps its own long response and busy flag: the
+// expired twin's pruning must not take them.
+func TestDedupReRecordedKeyKeepsItsSideData(t *testing.T) {
+	const window = time.Second
+	s := New(Config{PartitionCount: 1, PartitionThreads: 1, Routing: selfRouting{"self"}, DedupWindow: window})
+	k := invKey{5, 1}
+	long1, long2 := bytes.Repeat([]byte{1}, 40), bytes.Repeat([]byte{2}, 40)
+	now := time.Now().UnixNano()
+	s.record(0, k, long1, now-int64(2*window), new(atomic.Bool))
+	if _, ok, _ := s.lookup(0, k); ok {
+		t.Fatal("expired record found")
+	}
+	busy := new(atomic.Bool)
+	busy.Store(true)
+	s.record(0, k, long2, now, busy)
+	resp, ok, isBusy := s.lookup(0, k)
+	if !ok || !bytes.Equal(resp, long2) || !isBusy {
+		t.Fatalf("lookup = %x, %v, busy %v; want the second run's response, busy", resp, ok, isBusy)
+	}
+}
+
+// A quiet partition's log starts small: one record does not cost a
+// largest chunk (a member holds hundreds of logs).
+func TestDedupLogStartsSmall(t *testing.T) {
+	s := New(Config{PartitionCount: 4096, PartitionThreads: 1, Routing: selfRouting{"self"}})
+	for p := range 4096 {
+		s.record(p, invKey{1, uint64(p + 1)}, []byte{1}, time.Now().UnixNano(), nil)
+	}
+	for p := range 4096 {
+		if d := s.dedup[p]; len(d.chunks) != 1 || cap(d.chunks[0]) != dedupFirstChunk || d.spare != nil {
+			t.Fatalf("partition %d: %d chunks, first of capacity %d", p, len(d.chunks), cap(d.chunks[0]))
+		}
+	}
+}

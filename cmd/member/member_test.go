@@ -6,6 +6,7 @@ import (
 	"context"
 	"encoding/json"
 	"errors"
+	"fmt"
 	"io"
 	"net"
 	"net/http"
@@ -303,9 +304,13 @@ func runMember(t *testing.T, bin string, sig os.Signal, args ...string) string {
 		t.Fatalf("no metrics line within 30s; stderr:\n%s", stderr.String())
 	}
 	if base != "" {
-		if code, body := httpGet(t, base+"/health/ready"); code != 200 || !strings.Contains(body, `"ready": true`) {
-			t.Errorf("/health/ready: %d %s", code, body)
-		}
+		// Ready once its first partition table is in place.
+		clustertest.Eventually(t, 10*time.Second, func() error {
+			if code, body := httpGet(t, base+"/health/ready"); code != 200 || !strings.Contains(body, `"ready": true`) {
+				return fmt.Errorf("/health/ready: %d %s", code, body)
+			}
+			return nil
+		})
 		if _, body := httpGet(t, base+"/metrics"); !strings.Contains(body, "\npartita_partition_owned 271\n") {
 			t.Errorf("/metrics lacks partita_partition_owned 271:\n%.2000s", body)
 		}
