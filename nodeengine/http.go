@@ -5,6 +5,7 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"log/slog"
 	"net"
 	"net/http"
 	"strconv"
@@ -112,7 +113,8 @@ func (n *Node) serveHTTP() error {
 		return fmt.Errorf("partita: metrics endpoint on %s: %w", addr, err)
 	}
 	n.httpAddr = ln.Addr().String()
-	n.http = &http.Server{Handler: n.Handler(), ReadHeaderTimeout: 5 * time.Second, ErrorLog: nil}
+	n.http = &http.Server{Handler: n.Handler(), ReadHeaderTimeout: 5 * time.Second,
+		ErrorLog: slog.NewLogLogger(n.log.With("component", "http").Handler(), slog.LevelWarn)}
 	n.httpDone = make(chan struct{})
 	go func() {
 		defer close(n.httpDone)
