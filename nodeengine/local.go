@@ -21,16 +21,10 @@ const localShutdownTimeout = 30 * time.Second
 // started.
 func StartLocal(ctx context.Context, n int, configure func(i int, cfg *config.Config), opts ...Option) (nodes []*Node, err error) {
 	defer func() {
-		if err == nil {
-			return
+		if err != nil {
+			err = errors.Join(err, ShutdownLocal(nodes))
+			nodes = nil
 		}
-		// Reverse order: the first member, the master, goes last.
-		for _, m := range slices.Backward(nodes) {
-			sctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), localShutdownTimeout)
-			err = errors.Join(err, m.Shutdown(sctx))
-			cancel()
-		}
-		nodes = nil
 	}()
 	for i := range n {
 		cfg := config.Default()
@@ -54,6 +48,22 @@ func StartLocal(ctx context.Context, n int, configure func(i int, cfg *config.Co
 		nodes = append(nodes, m)
 	}
 	return nodes, nil
+}
+
+// ShutdownLocal shuts nodes down gracefully in reverse start order (the
+// first member, the master, goes last, so every other member leaves a
+// running cluster and hands its partitions over), each bounded by 30 s.
+// It returns the errors of all of them.
+func ShutdownLocal(nodes []*Node) error {
+	var errs []error
+	for _, n := range slices.Backward(nodes) {
+		ctx, cancel := context.WithTimeout(context.Background(), localShutdownTimeout)
+		if err := n.Shutdown(ctx); err != nil {
+			errs = append(errs, fmt.Errorf("shut down member %s: %w", n.Address(), err))
+		}
+		cancel()
+	}
+	return errors.Join(errs...)
 }
 
 // WaitStable polls until every node sees all the others, all hold the same

@@ -2,11 +2,9 @@ package main
 
 import (
 	"context"
-	"errors"
 	"fmt"
 	"log/slog"
 	"net"
-	"slices"
 	"strconv"
 	"sync"
 	"sync/atomic"
@@ -27,8 +25,6 @@ const (
 	proxyTimeout = 60 * time.Second
 	// opTimeout bounds each increment and each read.
 	opTimeout = 10 * time.Second
-	// shutdownTimeout bounds the shutdown of each member.
-	shutdownTimeout = 30 * time.Second
 	// setupWorkers is how many goroutines create proxies and read the
 	// counters.
 	setupWorkers = 64
@@ -312,14 +308,4 @@ func parallel(n int, f func(worker, i int) error) error {
 // shutdown stops the local members, the first one last (it is the oldest,
 // the master: the others leave a running cluster and hand their partitions
 // over).
-func (c *cluster) shutdown() error {
-	var errs []error
-	for i, n := range slices.Backward(c.members) {
-		ctx, cancel := context.WithTimeout(context.Background(), shutdownTimeout)
-		if err := n.Shutdown(ctx); err != nil {
-			errs = append(errs, fmt.Errorf("shut down member %d: %w", i, err))
-		}
-		cancel()
-	}
-	return errors.Join(errs...)
-}
+func (c *cluster) shutdown() error { return nodeengine.ShutdownLocal(c.members) }

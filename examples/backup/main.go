@@ -52,8 +52,6 @@ import (
 	"fmt"
 	"io"
 	"log/slog"
-	"os"
-	"os/signal"
 	"slices"
 	"strings"
 	"time"
@@ -81,18 +79,7 @@ const stableTimeout = 30 * time.Second
 // partition once the owner is killed.
 const failoverTimeout = 30 * time.Second
 
-// shutdownTimeout bounds the shutdown of each member.
-const shutdownTimeout = 30 * time.Second
-
-func main() {
-	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt)
-	err := run(ctx, os.Stdout)
-	stop()
-	if err != nil {
-		fmt.Fprintln(os.Stderr, "backup:", err)
-		os.Exit(1)
-	}
-}
+func main() { demo.Main("backup", run) }
 
 // run starts two members, increments the counter once, kills its owner,
 // checks through the survivor that the value survived, increments it again
@@ -108,15 +95,7 @@ func run(ctx context.Context, w io.Writer) (err error) {
 	log := slog.New(&executingFilter{slog.NewTextHandler(w, &slog.HandlerOptions{Level: slog.LevelInfo, ReplaceAttr: demo.DropTime})})
 
 	var members []*nodeengine.Node
-	defer func() {
-		// Reverse order: the master goes last. Shutdown of the killed
-		// member does nothing.
-		for _, n := range slices.Backward(members) {
-			sctx, cancel := context.WithTimeout(context.Background(), shutdownTimeout)
-			err = errors.Join(err, n.Shutdown(sctx))
-			cancel()
-		}
-	}()
+	defer func() { err = errors.Join(err, nodeengine.ShutdownLocal(members)) }() // master last
 	members, err = nodeengine.StartLocal(ctx, 2, configure, nodeengine.WithLogger(log))
 	if err != nil {
 		return err

@@ -32,8 +32,6 @@ import (
 	"fmt"
 	"io"
 	"log/slog"
-	"os"
-	"os/signal"
 	"slices"
 	"time"
 
@@ -47,21 +45,10 @@ import (
 // partition table.
 const stableTimeout = 30 * time.Second
 
-// shutdownTimeout bounds the shutdown of each member.
-const shutdownTimeout = 30 * time.Second
-
 // counterNames are the counters of the seed's program.
 var counterNames = []string{"0counter", "1counter", "2counter", "3counter"}
 
-func main() {
-	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt)
-	err := run(ctx, os.Stdout)
-	stop()
-	if err != nil {
-		fmt.Fprintln(os.Stderr, "counter:", err)
-		os.Exit(1)
-	}
-}
+func main() { demo.Main("counter", run) }
 
 // run starts two members, increments the four counters twice through
 // member 0 and shuts the members down, writing the program's output and
@@ -76,15 +63,7 @@ func run(ctx context.Context, w io.Writer) (err error) {
 	log := slog.New(slog.NewTextHandler(w, &slog.HandlerOptions{Level: slog.LevelInfo, ReplaceAttr: demo.DropTime}))
 
 	var members []*nodeengine.Node
-	defer func() {
-		// Reverse order: the master goes last, so the other member leaves
-		// a running cluster.
-		for _, n := range slices.Backward(members) {
-			sctx, cancel := context.WithTimeout(context.Background(), shutdownTimeout)
-			err = errors.Join(err, n.Shutdown(sctx))
-			cancel()
-		}
-	}()
+	defer func() { err = errors.Join(err, nodeengine.ShutdownLocal(members)) }() // master last
 	members, err = nodeengine.StartLocal(ctx, 2, configure, nodeengine.WithLogger(log))
 	if err != nil {
 		return err

@@ -33,8 +33,6 @@ import (
 	"fmt"
 	"io"
 	"log/slog"
-	"os"
-	"os/signal"
 	"slices"
 	"time"
 
@@ -54,9 +52,6 @@ const (
 // partition table.
 const stableTimeout = 60 * time.Second
 
-// shutdownTimeout bounds the shutdown of each member.
-const shutdownTimeout = 30 * time.Second
-
 // counterNames are the counters of the seed's program.
 var counterNames = []string{"0counter", "1counter", "2counter", "3counter"}
 
@@ -65,15 +60,7 @@ var counterNames = []string{"0counter", "1counter", "2counter", "3counter"}
 // final partition table.
 var beforeShutdown func(members []*nodeengine.Node)
 
-func main() {
-	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt)
-	err := run(ctx, os.Stdout)
-	stop()
-	if err != nil {
-		fmt.Fprintln(os.Stderr, "migration:", err)
-		os.Exit(1)
-	}
-}
+func main() { demo.Main("migration", run) }
 
 // run starts three members, increments the four counters through member 0,
 // starts three more members, waits for the partitions to migrate,
@@ -89,15 +76,7 @@ func run(ctx context.Context, w io.Writer) (err error) {
 	log := slog.New(slog.NewTextHandler(w, &slog.HandlerOptions{Level: slog.LevelWarn, ReplaceAttr: demo.DropTime}))
 
 	var members []*nodeengine.Node
-	defer func() {
-		// Reverse start order: the master goes last, so every other member
-		// leaves a running cluster and hands its partitions over.
-		for _, n := range slices.Backward(members) {
-			sctx, cancel := context.WithTimeout(context.Background(), shutdownTimeout)
-			err = errors.Join(err, n.Shutdown(sctx))
-			cancel()
-		}
-	}()
+	defer func() { err = errors.Join(err, nodeengine.ShutdownLocal(members)) }() // master last
 	start := func(k int) error {
 		first := len(members)
 		started, err := nodeengine.StartLocal(ctx, k, func(i int, cfg *config.Config) {

@@ -3,10 +3,27 @@
 package demo
 
 import (
+	"context"
+	"fmt"
 	"io"
 	"log/slog"
+	"os"
+	"os/signal"
 	"sync"
 )
+
+// Main runs an example: run gets a context that SIGINT cancels and
+// standard output; an error is printed, prefixed with the example's name,
+// and ends the process with status 1.
+func Main(name string, run func(ctx context.Context, w io.Writer) error) {
+	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt)
+	err := run(ctx, os.Stdout)
+	stop()
+	if err != nil {
+		fmt.Fprintln(os.Stderr, name+":", err)
+		os.Exit(1)
+	}
+}
 
 // DropTime is a slog ReplaceAttr that drops the time: the members run in
 // this process, so it adds nothing and the lines stay close to the seed's.
