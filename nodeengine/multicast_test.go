@@ -1,89 +1,25 @@
 package nodeengine_test
 
 import (
-	"bytes"
 	"context"
 	"fmt"
-	"net"
-	"os"
-	"os/exec"
 	"strings"
 	"testing"
 	"time"
 
+	"github.com/partita-go/partita/internal/netnstest"
 	"github.com/partita-go/partita/nodeengine"
 	"github.com/partita-go/partita/nodeengine/clustertest"
 )
 
-// multicastChildEnv marks the run of the test binary inside the private
-// network namespace that TestMulticastJoin creates.
-const multicastChildEnv = "PARTITA_NODEENGINE_MULTICAST_CHILD"
-
 // TestMulticastJoin starts real members that find each other by multicast.
-// Multicast must never be sent in the default network namespace, so the test
-// re-executes its own binary under `unshare --net` and the child does the
-// work on the loopback interface of that fresh namespace.
+// Multicast must never be sent in the default network namespace, so the
+// test runs in a private one (netnstest), on its loopback interface.
 func TestMulticastJoin(t *testing.T) {
-	if os.Getenv(multicastChildEnv) == "1" {
-		runMulticastChild(t)
+	if !netnstest.Run(t, "TestMulticastJoin", 55*time.Second) {
 		return
 	}
-	if os.Geteuid() != 0 {
-		t.Skip("needs root to create a network namespace with unshare --net")
-	}
-	unshare, err := exec.LookPath("unshare")
-	if err != nil {
-		t.Skipf("unshare not found: %v", err)
-	}
-	if _, err := exec.LookPath("ip"); err != nil {
-		t.Skipf("ip not found: %v", err)
-	}
-	self, err := os.Executable()
-	if err != nil {
-		t.Fatal(err)
-	}
-	ctx, cancel := context.WithTimeout(t.Context(), 60*time.Second)
-	defer cancel()
-	if out, err := exec.CommandContext(ctx, unshare, "--net", "true").CombinedOutput(); err != nil {
-		t.Skipf("cannot create a network namespace: unshare --net: %v: %s", err, bytes.TrimSpace(out))
-	}
-
-	cmd := exec.CommandContext(ctx, unshare, "--net", self,
-		"-test.run=^TestMulticastJoin$", "-test.v", "-test.count=1", "-test.timeout=55s")
-	cmd.Env = append(os.Environ(), multicastChildEnv+"=1")
-	cmd.WaitDelay = time.Second
-	start := time.Now()
-	out, err := cmd.CombinedOutput()
-	elapsed := time.Since(start).Round(time.Millisecond)
-	if err != nil {
-		t.Fatalf("test in network namespace failed after %v: %v\n--- child output ---\n%s", elapsed, err, out)
-	}
-	if !bytes.Contains(out, []byte("--- PASS: TestMulticastJoin")) || bytes.Contains(out, []byte("--- SKIP")) {
-		t.Fatalf("child did not run the test to a pass (after %v):\n--- child output ---\n%s", elapsed, out)
-	}
-	if testing.Verbose() {
-		t.Logf("child output (%v):\n%s", elapsed, out)
-	}
-}
-
-// runMulticastChild runs inside the private network namespace.
-func runMulticastChild(t *testing.T) {
-	for _, args := range [][]string{
-		{"link", "set", "lo", "up"},
-		{"link", "set", "lo", "multicast", "on"},
-		{"route", "add", "224.0.0.0/4", "dev", "lo"},
-	} {
-		if out, err := exec.CommandContext(t.Context(), "ip", args...).CombinedOutput(); err != nil {
-			t.Fatalf("ip %s: %v: %s", strings.Join(args, " "), err, out)
-		}
-	}
-	lo, err := net.InterfaceByName("lo")
-	if err != nil {
-		t.Fatal(err)
-	}
-	if lo.Flags&net.FlagMulticast == 0 || lo.Flags&net.FlagUp == 0 {
-		t.Fatalf("lo is not up with multicast after setup: %v", lo.Flags)
-	}
+	netnstest.MulticastLoopback(t)
 
 	const group = "224.2.2.3:54327"
 	type member struct {

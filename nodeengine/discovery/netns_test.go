@@ -1,72 +1,26 @@
 package discovery
 
 import (
-	"bytes"
 	"context"
 	"errors"
 	"fmt"
 	"log/slog"
 	"net"
-	"os"
-	"os/exec"
 	"slices"
 	"strings"
 	"testing"
 	"time"
+
+	"github.com/partita-go/partita/internal/netnstest"
 )
 
-// netnsChildEnv marks the run of the test binary inside the private network
-// namespace that TestMulticastInNetns creates.
-const netnsChildEnv = "PARTITA_DISCOVERY_NETNS_CHILD"
-
 // TestMulticastInNetns exercises real multicast. The default network
-// namespace must not carry multicast traffic, so the test re-executes its own
-// binary under `unshare --net` and the child does the work on the loopback
-// interface of that fresh namespace.
+// namespace must not carry multicast traffic, so the test runs in a
+// private one (netnstest), on its loopback interface.
 func TestMulticastInNetns(t *testing.T) {
-	if os.Getenv(netnsChildEnv) == "1" {
-		runNetnsChild(t)
+	if !netnstest.Run(t, "TestMulticastInNetns", 14*time.Second) {
 		return
 	}
-	if os.Geteuid() != 0 {
-		t.Skip("needs root to create a network namespace with unshare --net")
-	}
-	unshare, err := exec.LookPath("unshare")
-	if err != nil {
-		t.Skipf("unshare not found: %v", err)
-	}
-	if _, err := exec.LookPath("ip"); err != nil {
-		t.Skipf("ip not found: %v", err)
-	}
-	self, err := os.Executable()
-	if err != nil {
-		t.Fatal(err)
-	}
-	ctx, cancel := context.WithTimeout(t.Context(), 15*time.Second)
-	defer cancel()
-	if out, err := exec.CommandContext(ctx, unshare, "--net", "true").CombinedOutput(); err != nil {
-		t.Skipf("cannot create a network namespace: unshare --net: %v: %s", err, bytes.TrimSpace(out))
-	}
-
-	cmd := exec.CommandContext(ctx, unshare, "--net", self,
-		"-test.run=^TestMulticastInNetns$", "-test.v", "-test.count=1", "-test.timeout=14s")
-	cmd.Env = append(os.Environ(), netnsChildEnv+"=1")
-	cmd.WaitDelay = time.Second
-	start := time.Now()
-	out, err := cmd.CombinedOutput()
-	if err != nil {
-		t.Fatalf("test in network namespace failed after %v: %v\n--- child output ---\n%s", time.Since(start).Round(time.Millisecond), err, out)
-	}
-	if !bytes.Contains(out, []byte("--- PASS: TestMulticastInNetns")) || bytes.Contains(out, []byte("--- SKIP")) {
-		t.Fatalf("child did not run the test to a pass:\n%s", out)
-	}
-	if testing.Verbose() {
-		t.Logf("child output (%v):\n%s", time.Since(start).Round(time.Millisecond), out)
-	}
-}
-
-// runNetnsChild runs inside the private network namespace.
-func runNetnsChild(t *testing.T) {
 	// A fresh namespace has only lo, and it is down: multicast is unusable.
 	t.Run("StartFailsWithoutMulticast", func(t *testing.T) {
 		const group = "239.1.2.3:54400"
@@ -81,22 +35,7 @@ func runNetnsChild(t *testing.T) {
 		t.Logf("Start error without multicast: %v", err)
 	})
 
-	for _, args := range [][]string{
-		{"link", "set", "lo", "up"},
-		{"link", "set", "lo", "multicast", "on"},
-		{"route", "add", "224.0.0.0/4", "dev", "lo"},
-	} {
-		if out, err := exec.CommandContext(t.Context(), "ip", args...).CombinedOutput(); err != nil {
-			t.Fatalf("ip %s: %v: %s", strings.Join(args, " "), err, out)
-		}
-	}
-	lo, err := net.InterfaceByName("lo")
-	if err != nil {
-		t.Fatal(err)
-	}
-	if lo.Flags&net.FlagMulticast == 0 {
-		t.Fatalf("lo has no multicast flag after setup: %v", lo.Flags)
-	}
+	lo := netnstest.MulticastLoopback(t)
 
 	t.Run("DiscoverAlone", func(t *testing.T) { testDiscoverAlone(t, lo) })
 	t.Run("ThreeMembers", func(t *testing.T) { testThreeMembers(t, lo) })
