@@ -49,6 +49,7 @@ func (r *reviewRouting) ReplicaIndex(int) int                { return 0 }
 // window has passed, ends with a retry that runs the operation again.
 func TestReviewRetryPastDedupWindowAppliesTwice(t *testing.T) {
 	const window = 200 * time.Millisecond
+	reviewApplied.Store(0) // a package counter: -count=N runs the test again
 	ownerRouting := &reviewRouting{}
 	owner := New(Config{ClusterName: "dev", LocalID: "p", LocalAddress: "p:1", PartitionCount: 7,
 		PartitionThreads: 1, Routing: ownerRouting, DedupWindow: window})
