@@ -52,7 +52,6 @@ import (
 	"fmt"
 	"io"
 	"log/slog"
-	"slices"
 	"strings"
 	"time"
 
@@ -114,12 +113,12 @@ func run(ctx context.Context, w io.Writer) (err error) {
 		name = nameOwnedBy(members, t, ownedBy)
 	}
 	pid := members[0].Partitions().PartitionID(name)
-	owner := memberIndex(members, t.Owner(pid))
+	owner := demo.MemberIndex(members, t.Owner(pid))
 	backups := t.BackupsOf(pid)
-	if owner < 0 || len(backups) != 1 || memberIndex(members, backups[0]) < 0 {
+	if owner < 0 || len(backups) != 1 || demo.MemberIndex(members, backups[0]) < 0 {
 		return fmt.Errorf("partition %d: owner %q, backups %q: want one of each, on the members", pid, t.Owner(pid), backups)
 	}
-	backup := memberIndex(members, backups[0])
+	backup := demo.MemberIndex(members, backups[0])
 	fmt.Fprintf(w, "%s: partition %d, owner member %d (%s), backup on member %d (%s)\n",
 		name, pid, owner, members[owner].Address(), backup, members[backup].Address())
 
@@ -209,12 +208,7 @@ func configure(i int, cfg *config.Config) {
 	// Fast failure detection, as in nodeengine/clustertest: the killed
 	// owner is declared dead in about a second instead of several.
 	cfg.UseFastFailureDetection()
-	for j, sc := range cfg.Services {
-		if sc.Type == counter.TypeName {
-			// backup-count 1 (synchronous) is the counter's default.
-			cfg.Services[j].Properties = sc.Properties.With("log-level", "info")
-		}
-	}
+	demo.CounterLogLevel(cfg, "info") // backup-count 1 (synchronous) is the counter's default
 }
 
 // waitStable waits until the members are stable (nodeengine.WaitStable)
@@ -277,12 +271,6 @@ func poll(ctx context.Context, what string, cond func() string) error {
 		case <-tick.C:
 		}
 	}
-}
-
-// memberIndex returns the start-order index of the member with that id, or
-// -1.
-func memberIndex(members []*nodeengine.Node, id string) int {
-	return slices.IndexFunc(members, func(n *nodeengine.Node) bool { return n.ID() == id })
 }
 
 // executingFilter lets through the warnings and errors of the members and,

@@ -32,7 +32,6 @@ import (
 	"fmt"
 	"io"
 	"log/slog"
-	"slices"
 	"time"
 
 	"github.com/partita-go/partita/config"
@@ -91,7 +90,7 @@ func run(ctx context.Context, w io.Writer) (err error) {
 		counters[i] = c
 		pid := members[0].Partitions().PartitionID(name)
 		owner, _ := members[0].Partitions().Owner(pid)
-		fmt.Fprintf(w, "%s: partition %d, owned by member %d (%s)\n", name, pid, memberIndex(members, owner.ID), owner.Address)
+		fmt.Fprintf(w, "%s: partition %d, owned by member %d (%s)\n", name, pid, demo.MemberIndex(members, owner.ID), owner.Address)
 	}
 
 	for round := int64(1); round <= 2; round++ {
@@ -116,13 +115,5 @@ func run(ctx context.Context, w io.Writer) (err error) {
 // per-increment line at info.
 func configure(i int, cfg *config.Config) {
 	cfg.Source = fmt.Sprintf("examples/counter member %d", i)
-	for j, sc := range cfg.Services {
-		if sc.Type == counter.TypeName {
-			cfg.Services[j].Properties = sc.Properties.With("log-level", "info")
-		}
-	}
-}
-
-func memberIndex(members []*nodeengine.Node, id string) int {
-	return slices.IndexFunc(members, func(n *nodeengine.Node) bool { return n.ID() == id })
+	demo.CounterLogLevel(cfg, "info")
 }

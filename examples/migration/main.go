@@ -150,7 +150,7 @@ func printOwners(w io.Writer, members []*nodeengine.Node, before []int) ([]int, 
 		if !ok {
 			return nil, fmt.Errorf("%s: partition %d has no owner", name, pid)
 		}
-		idx := memberIndex(members, owner.ID)
+		idx := demo.MemberIndex(members, owner.ID)
 		if idx < 0 {
 			return nil, fmt.Errorf("%s: partition %d is owned by %s, not a running member", name, pid, owner.ID)
 		}
@@ -186,15 +186,5 @@ func incAll(ctx context.Context, w io.Writer, round int64, counters []*counter.C
 // per-increment line at debug.
 func configure(i int, cfg *config.Config) {
 	cfg.Source = fmt.Sprintf("examples/migration member %d", i)
-	for j, sc := range cfg.Services {
-		if sc.Type == counter.TypeName {
-			cfg.Services[j].Properties = sc.Properties.With("log-level", "debug")
-		}
-	}
-}
-
-// memberIndex returns the start-order index of the member with that id, or
-// -1.
-func memberIndex(members []*nodeengine.Node, id string) int {
-	return slices.IndexFunc(members, func(n *nodeengine.Node) bool { return n.ID() == id })
+	demo.CounterLogLevel(cfg, "debug")
 }

@@ -9,7 +9,12 @@ import (
 	"log/slog"
 	"os"
 	"os/signal"
+	"slices"
 	"sync"
+
+	"github.com/partita-go/partita/config"
+	"github.com/partita-go/partita/nodeengine"
+	"github.com/partita-go/partita/services/counter"
 )
 
 // Main runs an example: run gets a context that SIGINT cancels and
@@ -60,4 +65,20 @@ func (s *Writer) Close() {
 	s.mu.Lock()
 	s.closed = true
 	s.mu.Unlock()
+}
+
+// MemberIndex returns the start-order index of the member with that id, or
+// -1.
+func MemberIndex(members []*nodeengine.Node, id string) int {
+	return slices.IndexFunc(members, func(n *nodeengine.Node) bool { return n.ID() == id })
+}
+
+// CounterLogLevel sets the level ("info" or "debug") of the counter
+// service's per-increment "Executing ..." lines in cfg.
+func CounterLogLevel(cfg *config.Config, level string) {
+	for j, sc := range cfg.Services {
+		if sc.Type == counter.TypeName {
+			cfg.Services[j].Properties = sc.Properties.With("log-level", level)
+		}
+	}
 }
