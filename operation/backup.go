@@ -1,6 +1,7 @@
 package operation
 
 import (
+	"bytes"
 	"context"
 	"fmt"
 	"reflect"
@@ -96,22 +97,29 @@ func (s *Service) ReplicaPending(p int) bool {
 // after the request instead of four. The ack still comes to the primary,
 // which retries the backup until it is applied (the answer comes with the
 // retry) and answers the caller itself only if the backup failed for good.
-func (s *Service) sendBackups(e *executor, t task, bo spi.BackupAwareOperation, resp any, busy *atomic.Bool) bool {
+func (s *Service) sendBackups(e *executor, t task, bo spi.BackupAwareOperation, resp any) (busy *atomic.Bool) {
 	e.reps = s.cfg.Routing.Backups(t.pid, e.reps[:0])
 	reps := e.reps
 	total := min(max(bo.SyncBackupCount(), 0)+max(bo.AsyncBackupCount(), 0), len(reps))
 	if total == 0 {
-		return false
+		return nil
 	}
 	syncN := min(max(bo.SyncBackupCount(), 0), total)
 	bop := bo.BackupOperation()
 	typeID, ok := t.svc.typeIDs[reflect.TypeOf(bop)]
 	if !ok {
 		s.log.Error("backup operation type not registered; no backup taken", "service", t.svc.name, "op", fmt.Sprintf("%T", bop))
-		return false
+		return nil
 	}
 	version := s.versions[t.pid].Add(1)
-	run := &backupRun{s: s, t: t, resp: resp, busy: busy}
+	run := &backupRun{s: s, t: t, resp: resp}
+	run.busy.Store(true)
+	// t.resp is the executor's scratch; retries need their own copy.
+	if len(t.resp) <= len(run.respBuf) {
+		run.t.resp = append(run.respBuf[:0], t.resp...)
+	} else {
+		run.t.resp = bytes.Clone(t.resp)
+	}
 	if syncN == 1 && t.conn != nil && t.callID != 0 && reps[0].ID == t.conn.remote.id {
 		run.callerCall = t.callID
 	}
@@ -119,7 +127,7 @@ func (s *Service) sendBackups(e *executor, t task, bo spi.BackupAwareOperation, 
 	for i := 0; i < total; i++ {
 		if i >= syncN {
 			s.m.backupAsyn.Inc()
-			if err := s.sendBackup(nil, t, reps[i], i+1, version, typeID, 0, bop); err != nil {
+			if err := s.sendBackup(nil, run.t, reps[i], i+1, version, typeID, 0, bop); err != nil {
 				s.log.Debug("asynchronous backup not sent", "partition", t.pid, "replica", i+1, "to", reps[i].Address, "error", err)
 			}
 			continue
@@ -136,16 +144,22 @@ func (s *Service) sendBackups(e *executor, t task, bo spi.BackupAwareOperation, 
 		}
 		b.send()
 	}
-	return syncN > 0
+	if syncN == 0 {
+		return nil
+	}
+	return &run.busy
 }
 
 // backupRun is the synchronous backups of one operation run on a primary:
 // the last ack, or the failure of the last, finishes the operation.
 type backupRun struct {
 	s    *Service
-	t    task
+	t    task // t.resp: in respBuf when it fits
 	resp any
-	busy *atomic.Bool
+	// busy is the flag a retry of t checks (the exactly-once log keeps
+	// it): set until the last synchronous backup is done.
+	busy    atomic.Bool
+	respBuf [24]byte
 	// callerCall: the only synchronous backup replica is the caller,
 	// which takes its answer from the backup (see sendBackups).
 	callerCall uint64
@@ -248,26 +262,31 @@ func (s *Service) sendBackup(cl *call, t task, r Replica, replica int, version i
 	if s.cfg.Hook != nil {
 		m := Message{From: s.cfg.LocalID, To: r.ID, Service: t.svc.name, Partition: t.pid, Op: backupMessage{bop}}
 		if v := s.cfg.Hook(m); !v.pass() {
-			// A delayed, held or dropped backup is handled off the
-			// executor; backups then leave out of order, which the
-			// replicas' version ordering absorbs.
-			s.wg.Add(1)
-			go func() {
-				defer s.wg.Done()
-				ctx, cancel := context.WithTimeout(context.Background(), s.cfg.InvocationTimeout)
-				defer cancel()
-				err := v.apply(ctx, m)
-				if err == nil {
-					err = s.sendBackupNow(cl, t, r, replica, version, typeID, callerCall, bop)
-				}
-				if err != nil && cl != nil {
-					cl.complete(nil, err)
-				}
-			}()
+			s.sendBackupLater(v, m, cl, t, r, replica, version, typeID, callerCall, bop)
 			return nil
 		}
 	}
 	return s.sendBackupNow(cl, t, r, replica, version, typeID, callerCall, bop)
+}
+
+// sendBackupLater applies a fault rule's verdict to a backup off the
+// executor (a delayed, held or dropped backup); backups then leave out of
+// order, which the replicas' version ordering absorbs. It is a function of
+// its own so that the hot path's task does not move to the heap.
+func (s *Service) sendBackupLater(v Verdict, m Message, cl *call, t task, r Replica, replica int, version int64, typeID uint16, callerCall uint64, bop spi.Operation) {
+	s.wg.Add(1)
+	go func() {
+		defer s.wg.Done()
+		ctx, cancel := context.WithTimeout(context.Background(), s.cfg.InvocationTimeout)
+		defer cancel()
+		err := v.apply(ctx, m)
+		if err == nil {
+			err = s.sendBackupNow(cl, t, r, replica, version, typeID, callerCall, bop)
+		}
+		if err != nil && cl != nil {
+			cl.complete(nil, err)
+		}
+	}()
 }
 
 // backupMessage names a backup for fault rules: "backup/<Go type>".
@@ -283,6 +302,14 @@ func (s *Service) sendBackupNow(cl *call, t task, r Replica, replica int, versio
 	if s.closed.Load() {
 		return spi.ErrShutdown
 	}
+	s.dialAndSendBackup(cl, t, r, replica, version, typeID, callerCall, bop)
+	return nil
+}
+
+// dialAndSendBackup sends a backup once a connection to its replica is
+// dialled, on a goroutine of its own (kept out of sendBackupNow so that
+// the hot path's task does not move to the heap).
+func (s *Service) dialAndSendBackup(cl *call, t task, r Replica, replica int, version int64, typeID uint16, callerCall uint64, bop spi.Operation) {
 	s.wg.Add(1)
 	go func() {
 		defer s.wg.Done()
@@ -296,7 +323,6 @@ func (s *Service) sendBackupNow(cl *call, t task, r Replica, replica int, versio
 			cl.complete(nil, err)
 		}
 	}()
-	return nil
 }
 
 // runBackup applies a backup in version order (on the partition's
@@ -312,7 +338,7 @@ func (s *Service) runBackup(e *executor, t task, start time.Time) {
 	cur := s.versions[p].Load()
 	switch {
 	case t.version <= cur:
-		s.backupApplied(t, nil) // already applied, or covered by a sync
+		s.backupApplied(e, t, nil) // already applied, or covered by a sync
 	case t.version == cur+1:
 		s.applyBackup(e, t, start)
 		s.drainBackups(e, p)
@@ -345,12 +371,12 @@ func (s *Service) applyBackup(e *executor, t task, start time.Time) {
 	}
 	s.versions[t.pid].Store(t.version)
 	s.record(t.pid, t.key, t.resp, time.Now().UnixNano(), nil)
-	s.backupApplied(t, err)
+	s.backupApplied(e, t, err)
 }
 
 // backupApplied acknowledges backup t to its primary and, when t answers
 // one of this member's own invocations (see sendBackups), completes it.
-func (s *Service) backupApplied(t task, err error) {
+func (s *Service) backupApplied(e *executor, t task, err error) {
 	s.finish(t, nil, err)
 	if err != nil || t.callerCall == 0 || t.conn == nil {
 		return
@@ -367,7 +393,7 @@ func (s *Service) backupApplied(t task, err error) {
 		return // answered already, or the caller gave up
 	}
 	s.m.backupAnswers.Inc()
-	resp, derr := decodeResponse(cl.op, t.resp)
+	resp, derr := decodeResponse(&e.rd, cl.op, t.resp)
 	cl.complete(resp, derr)
 }
 
@@ -382,7 +408,7 @@ func (s *Service) drainBackups(e *executor, p int) {
 	for v, t := range rs.pending {
 		if v <= cur {
 			delete(rs.pending, v)
-			s.backupApplied(t, nil)
+			s.backupApplied(e, t, nil)
 		}
 	}
 	for {

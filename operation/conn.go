@@ -160,11 +160,15 @@ func (s *Service) checkHello(h hello) error {
 
 // readFrame reads one frame body (after the length) into buf.
 func readFrame(br *bufio.Reader, buf []byte) ([]byte, error) {
-	var lb [4]byte
-	if _, err := io.ReadFull(br, lb[:]); err != nil {
+	lb, err := br.Peek(4) // not a local array: io.ReadFull would move it to the heap
+	if err != nil {
+		if err == io.EOF && len(lb) > 0 {
+			err = io.ErrUnexpectedEOF
+		}
 		return buf, err
 	}
-	n := binary.LittleEndian.Uint32(lb[:])
+	n := binary.LittleEndian.Uint32(lb)
+	br.Discard(4)
 	if n > MaxFrameSize {
 		return buf, fmt.Errorf("%w: frame length %d exceeds the %d-byte limit", spi.ErrProtocol, n, MaxFrameSize)
 	}
@@ -353,9 +357,13 @@ func (c *conn) writeLoop() {
 	var spare []byte
 	for {
 		select {
-		case <-c.wake:
-		case <-c.done:
-			return
+		case <-c.wake: // fast path: one channel, no select lock
+		default:
+			select {
+			case <-c.wake:
+			case <-c.done:
+				return
+			}
 		}
 		c.mu.Lock()
 		buf := c.out

@@ -1,6 +1,7 @@
 package operation
 
 import (
+	"bytes"
 	"crypto/rand"
 	"encoding/binary"
 	"fmt"
@@ -135,7 +136,8 @@ func (s *Service) countRecords(p int, delta int) {
 	s.records[p%len(s.records)].n.Add(int64(delta))
 }
 
-// record stores k's response for partition p (executor p).
+// record stores k's response for partition p (executor p); resp is
+// copied.
 func (s *Service) record(p int, k invKey, resp []byte, at int64, busy *atomic.Bool) {
 	if k.zero() {
 		return
@@ -168,7 +170,7 @@ func (s *Service) record(p int, k invKey, resp []byte, at int64, busy *atomic.Bo
 		if d.big == nil {
 			d.big = make(map[invKey][]byte)
 		}
-		d.big[k] = resp
+		d.big[k] = bytes.Clone(resp) // resp may be a caller's scratch
 	}
 	if busy != nil {
 		e.busy = true
@@ -304,8 +306,10 @@ func (s *Service) ReadDedup(r *spi.Reader, p int) error {
 	return r.Err()
 }
 
-func encodeResponse(op spi.Operation, resp any) ([]byte, error) {
-	w := spi.NewWriter(nil)
+// encodeResponse encodes resp with w (scratch): the result is valid until
+// w's next use.
+func encodeResponse(w *spi.Writer, op spi.Operation, resp any) ([]byte, error) {
+	w.SetBuffer(w.Bytes()[:0])
 	if codec, ok := op.(spi.ResponseCodec); ok && resp != nil {
 		w.WriteUint8(tagCustom)
 		codec.WriteResponse(w, resp)
@@ -317,7 +321,9 @@ func encodeResponse(op spi.Operation, resp any) ([]byte, error) {
 	return w.Bytes(), nil
 }
 
-func decodeResponse(op spi.Operation, b []byte) (any, error) {
+// decodeResponse decodes b with r (scratch: a local Reader would escape).
+func decodeResponse(r *spi.Reader, op spi.Operation, b []byte) (any, error) {
 	codec, _ := op.(spi.ResponseCodec)
-	return readValue(spi.NewReader(b), codec)
+	r.Reset(b)
+	return readValue(r, codec)
 }

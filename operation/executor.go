@@ -4,7 +4,6 @@ import (
 	"fmt"
 	"runtime/debug"
 	"sync"
-	"sync/atomic"
 	"time"
 
 	"github.com/partita-go/partita/spi"
@@ -45,11 +44,19 @@ type executor struct {
 	queue chan task
 	opctx spi.OpContext // reused: an OpContext is valid only during Run
 	reps  []Replica     // scratch for a partition's backups
+	rd    spi.Reader    // scratch for decoding responses
+	wr    spi.Writer    // scratch for encoding responses
 }
 
 func (e *executor) loop(wg *sync.WaitGroup) {
 	defer wg.Done()
 	for {
+		select {
+		case t := <-e.queue: // fast path: one channel, no select lock
+			e.run(t)
+			continue
+		default:
+		}
 		select {
 		case t := <-e.queue:
 			e.run(t)
@@ -100,7 +107,7 @@ func (e *executor) run(t task) {
 		} else if ok {
 			// A retry of an invocation that already ran here, or on the
 			// primary this member took over from.
-			resp, err := decodeResponse(t.op, b)
+			resp, err := decodeResponse(&e.rd, t.op, b)
 			e.s.finish(t, resp, err)
 			return
 		}
@@ -116,23 +123,18 @@ func (e *executor) run(t task) {
 	}
 	*c = spi.OpContext{}
 	if err == nil && t.pid >= 0 && backupAware && bo.ShouldBackup() {
-		enc, eerr := encodeResponse(t.op, resp)
+		enc, eerr := encodeResponse(&e.wr, t.op, resp)
 		if eerr != nil {
 			e.s.finish(t, nil, eerr)
 			return
 		}
-		t.resp = enc
+		t.resp = enc // e's scratch: sendBackups keeps a copy if it needs one
 		// Recorded after the backups left: no retry can run on this
 		// executor in between, and a retry must wait until they are
-		// acknowledged.
-		busy := new(atomic.Bool)
-		busy.Store(true)
-		took := e.s.sendBackups(e, t, bo, resp, busy)
-		if !took {
-			busy = nil
-		}
+		// acknowledged (busy).
+		busy := e.s.sendBackups(e, t, bo, resp)
 		e.s.record(t.pid, t.key, enc, time.Now().UnixNano(), busy)
-		if took {
+		if busy != nil {
 			return // the last synchronous ack finishes the task
 		}
 	}

@@ -76,3 +76,94 @@ func TestInvokeGivesUpAtDeadline(t *testing.T) {
 		t.Fatalf("after shutdown: %v", err)
 	}
 }
+
+// gateOp blocks its executor until its service's gate opens.
+type gateOp struct{}
+
+// gate is the service of gateOp.
+type gate struct{ running, open chan struct{} }
+
+func (gateOp) Run(ctx *spi.OpContext) error {
+	g := ctx.Service.(*gate)
+	g.running <- struct{}{}
+	<-g.open
+	return nil
+}
+func (gateOp) WriteData(*spi.Writer)        {}
+func (gateOp) ReadData(r *spi.Reader) error { return r.Err() }
+
+// newGateService starts a Service with one partition executor, serving
+// "echo" and "gate".
+func newGateService(t *testing.T, timeout time.Duration) (*Service, *gate) {
+	g := &gate{running: make(chan struct{}, 1), open: make(chan struct{})}
+	s := New(Config{ClusterName: "dev", LocalID: "self", LocalAddress: "local", PartitionCount: 7,
+		PartitionThreads: 1, Routing: selfRouting{"self"}, InvocationTimeout: timeout})
+	if err := s.Register("gate", g, []spi.OperationType{{ID: 1, New: func() spi.Operation { return gateOp{} }}}); err != nil {
+		t.Fatal(err)
+	}
+	if err := s.Register("echo", nil, echoTypes()); err != nil {
+		t.Fatal(err)
+	}
+	s.Start()
+	return s, g
+}
+
+// An invocation whose context has no deadline is bounded by the
+// invocation timeout (the coarse clock, not a timer of its own), both
+// while it waits for an answer and while it retries.
+func TestInvokeWithoutDeadlineTimesOut(t *testing.T) {
+	s, g := newGateService(t, 200*time.Millisecond)
+	defer s.Shutdown()
+	defer close(g.open)
+	_, err := s.Invoke(context.Background(), "gate", gateOp{}, 1)
+	if !errors.Is(err, spi.ErrTimeout) || !errors.Is(err, context.DeadlineExceeded) {
+		t.Fatalf("waiting: err = %v, want ErrTimeout wrapping context.DeadlineExceeded", err)
+	}
+
+	r := &flakyRouting{notReady: 1 << 30}
+	s2 := New(Config{ClusterName: "dev", LocalID: "self", LocalAddress: "local", PartitionCount: 7,
+		PartitionThreads: 1, Routing: r, RetryPause: time.Millisecond, InvocationTimeout: 200 * time.Millisecond})
+	if err := s2.Register("echo", nil, echoTypes()); err != nil {
+		t.Fatal(err)
+	}
+	s2.Start()
+	defer s2.Shutdown()
+	_, err = s2.Invoke(context.Background(), "echo", &echoOp{}, 1)
+	if !errors.Is(err, spi.ErrTimeout) || !errors.Is(err, spi.ErrNotReady) {
+		t.Fatalf("retrying: err = %v, want ErrTimeout wrapping the last ErrNotReady", err)
+	}
+}
+
+// An invocation without a deadline that waits behind a stuck operation
+// ends with ErrShutdown when its member shuts down, not at the end of its
+// invocation timeout.
+func TestInvokeWithoutDeadlineEndsAtShutdown(t *testing.T) {
+	s, g := newGateService(t, time.Hour)
+	stuck := make(chan error, 1)
+	go func() { _, err := s.Invoke(context.Background(), "gate", gateOp{}, 1); stuck <- err }()
+	<-g.running
+	behind := make(chan error, 1)
+	go func() { _, err := s.Invoke(context.Background(), "echo", &echoOp{}, 1); behind <- err }()
+	eventually(t, func() bool { return len(s.partition[0].queue) == 1 })
+	shut := make(chan struct{})
+	go func() { s.Shutdown(); close(shut) }()
+	if err := <-behind; !errors.Is(err, spi.ErrShutdown) {
+		t.Fatalf("queued behind the stuck operation: err = %v, want ErrShutdown", err)
+	}
+	close(g.open) // Shutdown waits for the running operation
+	<-shut
+	<-stuck
+}
+
+// eventually polls cond until it holds, failing t after 10 s.
+// (clustertest.Eventually would be an import cycle here.)
+func eventually(t *testing.T, cond func() bool) {
+	t.Helper()
+	deadline := time.Now().Add(10 * time.Second)
+	for !cond() {
+		if time.Now().After(deadline) {
+			t.Fatal("condition not met within 10s")
+		}
+		time.Sleep(time.Millisecond)
+	}
+}

@@ -164,6 +164,7 @@ type Service struct {
 	seq       atomic.Uint64
 	generic   *executor // generic executors share one queue
 	quit      chan struct{}
+	clock     timeoutClock // see invoke.go
 	wg        sync.WaitGroup
 	started   atomic.Bool
 	running   atomic.Bool // the executors exist
@@ -206,7 +207,7 @@ func New(cfg Config) *Service {
 		var d net.Dialer
 		cfg.Dial = func(ctx context.Context, address string) (net.Conn, error) { return d.DialContext(ctx, "tcp", address) }
 	}
-	return &Service{
+	s := &Service{
 		migrating: make([]atomic.Bool, cfg.PartitionCount),
 		versions:  make([]atomic.Int64, cfg.PartitionCount),
 		replicas:  make([]*replicaState, cfg.PartitionCount),
@@ -223,6 +224,8 @@ func New(cfg Config) *Service {
 		conns:     make(map[string]*peer),
 		all:       make(map[*conn]struct{}),
 	}
+	s.clock.init()
+	return s
 }
 
 // Register makes a service's operations invocable and decodable. It must be
@@ -280,6 +283,11 @@ func (s *Service) Start() {
 		s.wg.Add(1)
 		go e.loop(&s.wg)
 	}
+	s.wg.Add(1)
+	go func() {
+		defer s.wg.Done()
+		s.clock.run(clockPeriod(s.cfg.InvocationTimeout), s.quit)
+	}()
 	s.running.Store(true)
 }
 
@@ -382,21 +390,47 @@ func (s *Service) ReadOperation(r *spi.Reader) (string, spi.Service, spi.Operati
 }
 
 // enqueue hands t to its executor, waiting for room while ctx allows.
-func (s *Service) enqueue(ctx context.Context, t task) error {
+// enqueueUntil is enqueue for an invocation bounded by limit when not
+// zero (its context has no deadline: see timeoutClock).
+func (s *Service) enqueueUntil(ctx context.Context, limit time.Time, t task) error {
+	if limit.IsZero() {
+		return s.enqueue(ctx, t)
+	}
+	if s.tryEnqueue(t) {
+		return nil
+	}
+	ctx, cancel := context.WithDeadline(ctx, limit) // the queue is full: rare
+	defer cancel()
+	return s.enqueue(ctx, t)
+}
+
+// tryEnqueue queues t unless its queue is full.
+func (s *Service) tryEnqueue(t task) bool {
 	if sampled() {
 		t.queued = time.Now().UnixNano()
 	}
-	q := s.generic.queue
-	if t.pid >= 0 {
-		q = s.partition[t.pid%len(s.partition)].queue
-	}
 	select {
-	case q <- t:
-		return nil
+	case s.queueOf(t) <- t:
+		return true
 	default:
+		return false
+	}
+}
+
+func (s *Service) queueOf(t task) chan task {
+	if t.pid >= 0 {
+		return s.partition[t.pid%len(s.partition)].queue
+	}
+	return s.generic.queue
+}
+
+// enqueue queues t, waiting while its queue is full until ctx ends.
+func (s *Service) enqueue(ctx context.Context, t task) error {
+	if s.tryEnqueue(t) {
+		return nil
 	}
 	select {
-	case q <- t:
+	case s.queueOf(t) <- t:
 		return nil
 	case <-s.quit:
 		return spi.ErrShutdown

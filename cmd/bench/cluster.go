@@ -106,6 +106,9 @@ func configure(o options, i int, cfg *config.Config) {
 	}
 	cfg.Partitions.BackupCount = o.syncBackups + o.asyncBackups
 	cfg.Operations.PartitionThreads = o.partitionThreads
+	// Increments pass no deadline: the invocation timeout bounds each, as
+	// it would for a service that leaves timeouts to the engine.
+	cfg.Operations.InvocationTimeout = opTimeout
 	for j, sc := range cfg.Services {
 		if sc.Type == counter.TypeName {
 			cfg.Services[j].Properties = sc.Properties.
