@@ -188,6 +188,7 @@ func (n *Node) Ready() (ready bool, reason string) {
 type migView struct {
 	mu    sync.Mutex
 	moves map[int]debugui.Migration
+	about map[int]string // the state in words, for Node.MigrationsInFlight
 }
 
 func (v *migView) set(p int, st *migState) {
@@ -195,16 +196,34 @@ func (v *migView) set(p int, st *migState) {
 	defer v.mu.Unlock()
 	if st == nil {
 		delete(v.moves, p)
+		delete(v.about, p)
 		return
 	}
 	if v.moves == nil {
 		v.moves = make(map[int]debugui.Migration)
+		v.about = make(map[int]string)
 	}
 	ep := "source"
 	if st.endpoint == spi.MigrationDestination {
 		ep = "destination"
 	}
 	v.moves[p] = debugui.Migration{Partition: p, Source: st.move.Source, Destination: st.move.Destination, Endpoint: ep}
+	v.about[p] = fmt.Sprintf("partition %d: %s of %s -> %s, started by master %s, committed %v",
+		p, ep, st.move.Source, st.move.Destination, st.master, st.committed)
+}
+
+// MigrationsInFlight describes this member's side of each migration in
+// flight, one line per partition (for logs and test failures).
+func (n *Node) MigrationsInFlight() []string {
+	v := &n.migView
+	v.mu.Lock()
+	defer v.mu.Unlock()
+	out := make([]string, 0, len(v.about))
+	for _, a := range v.about {
+		out = append(out, a)
+	}
+	slices.Sort(out)
+	return out
 }
 
 func (v *migView) list(reporter string) []debugui.Migration {

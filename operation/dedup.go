@@ -73,7 +73,10 @@ type dedupLog struct {
 	chunks [][]dedupEntry // each filled up to its capacity
 	head   int            // first live entry of chunks[0]
 	n      int            // live entries
-	spare  []dedupEntry   // a dropped largest chunk, for reuse
+	// pruneAt: recording at or after this time prunes first (the oldest
+	// entry has expired for a while; see pruneAfter).
+	pruneAt int64
+	spare   []dedupEntry // a dropped largest chunk, for reuse
 	// big holds the responses too long for an entry.
 	big map[invKey][]byte
 	// busy holds, for runs whose synchronous backups are not all
@@ -146,7 +149,9 @@ func (s *Service) record(p int, k invKey, resp []byte, at int64, busy *atomic.Bo
 	// Prune first: an expired record of the same id (an invocation run
 	// again after the window) must not take the new one's side data with
 	// it.
-	s.prune(p, d, at)
+	if at >= d.pruneAt {
+		s.prune(p, d, at)
+	}
 	last := len(d.chunks) - 1
 	if last < 0 || len(d.chunks[last]) == cap(d.chunks[last]) {
 		size := dedupFirstChunk
@@ -163,6 +168,9 @@ func (s *Service) record(p int, k invKey, resp []byte, at int64, busy *atomic.Bo
 	d.chunks[last] = append(d.chunks[last], dedupEntry{key: k, at: at})
 	e := &d.chunks[last][len(d.chunks[last])-1]
 	d.n++
+	if d.n == 1 {
+		d.pruneAt = s.pruneAfter(at)
+	}
 	if len(resp) <= dedupInline {
 		e.n = uint8(copy(e.resp[:], resp))
 	} else {
@@ -226,6 +234,19 @@ func (s *Service) prune(p int, d *dedupLog, now int64) {
 		d.n -= dropped
 		s.countRecords(p, -dropped)
 	}
+	d.pruneAt = 0
+	if d.n > 0 {
+		d.pruneAt = s.pruneAfter(d.chunks[0][d.head].at)
+	}
+}
+
+// pruneAfter returns when a record made at 'at' expires, plus a sixteenth
+// of the window: records are dropped in batches, not one per new record
+// (each prune reads the oldest entry, which is cold in the cache).
+// Lookups ignore expired records that are still kept.
+func (s *Service) pruneAfter(at int64) int64 {
+	w := int64(s.cfg.DedupWindow)
+	return at + w + w/16
 }
 
 // lookup returns the recorded response of k in partition p, if any, and

@@ -48,8 +48,9 @@ func TestDedupRecordLookupPruneCarry(t *testing.T) {
 }
 
 // The chunked log behaves like a plain list of (key, time, response)
-// pruned by age: records across chunk boundaries, long responses kept
-// aside, busy flags, and the record count the metric reports.
+// pruned by age (in batches): records across chunk boundaries, long
+// responses kept aside, busy flags, and the record count the metric
+// reports.
 func TestDedupLogMatchesModel(t *testing.T) {
 	const window = 1000
 	s := New(Config{PartitionCount: 1, PartitionThreads: 1, Routing: selfRouting{"self"}, DedupWindow: window})
@@ -76,11 +77,21 @@ func TestDedupLogMatchesModel(t *testing.T) {
 		}
 		s.record(0, k, resp, now, busy)
 		model = append(model, rec{k, now, resp, busy})
-		for len(model) > 0 && model[0].at < now-window {
-			model = model[1:]
+		// The log keeps every record of the window and drops expired
+		// ones in batches: the oldest kept is at most a sixteenth of the
+		// window past it.
+		n := int(s.records[0].n.Load())
+		if n > len(model) || n < 1 {
+			t.Fatalf("after %d records: count %d, model holds %d", i+1, n, len(model))
 		}
-		if got := s.records[0].n.Load(); got != int64(len(model)) {
-			t.Fatalf("after %d records: count %d, model holds %d", i+1, got, len(model))
+		for _, r := range model[:len(model)-n] {
+			if r.at >= now-window {
+				t.Fatalf("after %d records: record %v (at %d) of the window dropped at %d", i+1, r.key, r.at, now)
+			}
+		}
+		model = model[len(model)-n:]
+		if model[0].at < now-window-window/16 {
+			t.Fatalf("after %d records: record at %d kept at %d, beyond the window and its slack", i+1, model[0].at, now)
 		}
 		if i%97 == 0 && len(model) > 0 {
 			// lookup reads the clock: check the log directly instead.
@@ -148,5 +159,23 @@ func TestDedupLogStartsSmall(t *testing.T) {
 		if d := s.dedup[p]; len(d.chunks) != 1 || cap(d.chunks[0]) != dedupFirstChunk || d.spare != nil {
 			t.Fatalf("partition %d: %d chunks, first of capacity %d", p, len(d.chunks), cap(d.chunks[0]))
 		}
+	}
+}
+
+// A record past the window but not yet pruned (records are dropped in
+// batches) is never an answer.
+func TestDedupExpiredButKeptIsNotFound(t *testing.T) {
+	s := New(Config{PartitionCount: 1, Routing: selfRouting{"self"}, DedupWindow: time.Second})
+	now := time.Now().UnixNano()
+	s.record(0, invKey{1, 1}, []byte{1}, now-int64(1030*time.Millisecond), nil)
+	s.record(0, invKey{1, 2}, []byte{2}, now, nil)
+	if n := s.dedup[0].len(); n != 2 {
+		t.Fatalf("log holds %d records, want the expired one still kept (2)", n)
+	}
+	if _, ok, _ := s.lookup(0, invKey{1, 1}); ok {
+		t.Fatal("an expired record was found")
+	}
+	if _, ok, _ := s.lookup(0, invKey{1, 2}); !ok {
+		t.Fatal("a live record was not found")
 	}
 }

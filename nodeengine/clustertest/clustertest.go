@@ -250,7 +250,7 @@ func (c *Cluster) stable() error {
 			}
 		}
 		if m.MigrationInFlight() {
-			return fmt.Errorf("member %s has migrations in flight", m.Address())
+			return fmt.Errorf("member %s has migrations in flight %q", m.Address(), m.MigrationsInFlight())
 		}
 	}
 	return nil
