@@ -453,7 +453,10 @@ func (m *Manager) migrate(ctx context.Context, mv Move) error {
 	})
 	if next == nil {
 		// A newer table (from an earlier master) arrived meanwhile; the
-		// destination committed data that the table does not name it for.
+		// destination committed data that the table does not name it for:
+		// it must stop waiting for that table (and drop or resync the
+		// data, as the current table says).
+		m.finish(ctx, mv, spi.MigrationDestination, false)
 		m.finish(ctx, mv, spi.MigrationSource, false)
 		return errors.New("table changed under the migration")
 	}

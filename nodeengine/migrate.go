@@ -101,18 +101,37 @@ func (n *Node) resolveOrphan(p int) {
 	owner := n.table.Load().Owner(p)
 	switch {
 	case st.committed:
-		if owner != n.id {
-			for _, ma := range n.migrationAware {
-				ma.svc.ClearPartitionReplica(p)
-			}
-		}
-		n.setMig(p, nil)
+		n.abandonCommitted(p)
 	case st.endpoint == spi.MigrationSource:
 		n.endMig(p, owner != n.id)
 	default:
 		n.endMig(p, owner == n.id)
 	}
 	n.log.Info("resolved migration of a departed master", "partition", p, "endpoint", st.endpoint.String(), "owner_now", owner == n.id)
+}
+
+// abandonCommitted ends a destination's committed migration whose table
+// will not come (executor p): its master gave up on it (a newer table won)
+// or is gone. The table now decides what the data becomes: kept if it
+// names this member the owner, dropped if it names no replica here, and
+// copied afresh from the primary if this member is a backup (the data is
+// the migration's, not the backup stream's).
+func (n *Node) abandonCommitted(p int) {
+	n.setMig(p, nil)
+	switch idx := n.table.Load().ReplicaIndex(p, n.id); {
+	case idx < 0:
+		for _, ma := range n.migrationAware {
+			ma.svc.ClearPartitionReplica(p)
+		}
+		n.ops.ResetReplica(p)
+	case idx > 0:
+		for _, ma := range n.migrationAware {
+			ma.svc.ClearPartitionReplica(p)
+		}
+		n.ops.ResetReplica(p)
+		n.ops.MarkSyncing(p)
+		n.requestSync(p)
+	}
 }
 
 func (n *Node) masterID() string {
@@ -288,7 +307,15 @@ func (op *migFinishOp) Run(ctx *spi.OpContext) error {
 	p := ctx.PartitionID
 	op.move.Partition = p
 	st := n.migs[p]
-	if st == nil || st.move != op.move || st.endpoint != op.endpoint || st.committed {
+	if st == nil || st.move != op.move || st.endpoint != op.endpoint {
+		return nil
+	}
+	if st.committed {
+		if !op.commit {
+			// The master committed this destination, then a newer table
+			// won: the table naming this member will not come.
+			n.abandonCommitted(p)
+		}
 		return nil
 	}
 	n.endMig(p, op.commit)

@@ -360,18 +360,34 @@ func (s *Service) runBackup(e *executor, t task, start time.Time) {
 	}
 }
 
-func (s *Service) applyBackup(e *executor, t task, start time.Time) {
+// applyBackup runs backup t, the next in version order, and reports
+// whether it was applied. A backup whose Run fails leaves the replica's
+// version where it was, is refused (the primary retries it) and makes the
+// replica ask its primary for a full copy: the replica must not claim a
+// version whose write it lacks.
+func (s *Service) applyBackup(e *executor, t task, start time.Time) bool {
 	c := &e.opctx
 	*c = spi.OpContext{Engine: s.cfg.Engine, Service: t.svc.instance, PartitionID: t.pid, Caller: t.caller,
 		Executor: e.index, ReplicaIndex: t.replica}
 	err := e.runOp(&t, c, start)
 	*c = spi.OpContext{}
 	if err != nil {
-		s.log.Error("backup operation failed", "service", t.svc.name, "partition", t.pid, "error", err)
+		p := t.pid
+		s.log.Error("backup operation failed; asking the primary for a full copy", "service", t.svc.name, "partition", p,
+			"version", t.version, "error", err)
+		if rs := s.replicaState(p); !rs.syncing {
+			s.setSyncing(p, rs, true)
+			if s.cfg.OnReplicaGap != nil {
+				s.cfg.OnReplicaGap(p)
+			}
+		}
+		s.finish(t, nil, fmt.Errorf("backup of partition %d version %d failed on %s: %w", p, t.version, s.cfg.LocalAddress, err))
+		return false
 	}
 	s.versions[t.pid].Store(t.version)
 	s.record(t.pid, t.key, t.resp, time.Now().UnixNano(), nil)
-	s.backupApplied(e, t, err)
+	s.backupApplied(e, t, nil)
+	return true
 }
 
 // backupApplied acknowledges backup t to its primary and, when t answers
@@ -417,7 +433,9 @@ func (s *Service) drainBackups(e *executor, p int) {
 			break
 		}
 		delete(rs.pending, cur+1)
-		s.applyBackup(e, t, time.Time{}) // waited for its turn: not timed
+		if !s.applyBackup(e, t, time.Time{}) { // waited for its turn: not timed
+			break // refused: its primary sends it again
+		}
 		cur++
 	}
 }

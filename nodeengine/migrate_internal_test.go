@@ -1,0 +1,60 @@
+package nodeengine
+
+import (
+	"context"
+	"log/slog"
+	"testing"
+
+	"github.com/partita-go/partita/migration"
+	"github.com/partita-go/partita/operation"
+	"github.com/partita-go/partita/spi"
+)
+
+// clearLog records ClearPartitionReplica calls.
+type clearLog struct{ cleared []int }
+
+func (c *clearLog) PrepareReplicationOperation(spi.PartitionReplicationEvent) spi.Operation {
+	return nil
+}
+func (c *clearLog) BeforeMigration(spi.PartitionMigrationEvent)   {}
+func (c *clearLog) CommitMigration(spi.PartitionMigrationEvent)   {}
+func (c *clearLog) RollbackMigration(spi.PartitionMigrationEvent) {}
+func (c *clearLog) ClearPartitionReplica(p int)                   { c.cleared = append(c.cleared, p) }
+
+// A destination that committed a migration waits for the table naming it.
+// When the master then loses to a newer table and rolls the migration
+// back, the destination stops waiting (no migration left in flight) and
+// keeps the data only if the current table names it owner.
+func TestRollbackOfCommittedDestination(t *testing.T) {
+	for _, tc := range []struct {
+		owner     string
+		wantClear bool
+	}{{"x", true}, {"b", false}} {
+		n := &Node{id: "b", count: 4, log: slog.New(slog.DiscardHandler), migs: make([]*migState, 4), metrics: testMetrics(), ctx: context.Background()}
+		n.ops = operation.New(operation.Config{LocalID: "b", LocalAddress: "b:1", PartitionCount: 4, PartitionThreads: 1, Routing: n})
+		cl := &clearLog{}
+		n.migrationAware = []migrationAware{{name: "log", svc: cl}}
+		tab := reviewTable(5, 4, tc.owner, "")
+		tab.Members["b"], tab.Members["x"] = "b:1", "x:1"
+		n.table.Store(tab)
+		mv := migration.Move{Partition: 2, Source: "x", Destination: "b", SourceNewIndex: -1, ID: 7}
+		st := &migState{move: mv, endpoint: spi.MigrationDestination, event: n.eventFor(mv, spi.MigrationDestination), master: "m", committed: true}
+		n.setMig(2, st)
+		ctx := &spi.OpContext{Service: n, PartitionID: 2}
+
+		commit := &migFinishOp{move: mv, endpoint: spi.MigrationDestination, commit: true}
+		if err := commit.Run(ctx); err != nil || n.migs[2] != st {
+			t.Fatalf("owner %s: a repeated commit changed the state: %v", tc.owner, err)
+		}
+		rollback := &migFinishOp{move: mv, endpoint: spi.MigrationDestination}
+		if err := rollback.Run(ctx); err != nil {
+			t.Fatal(err)
+		}
+		if n.migs[2] != nil || n.migActive.Load() != 0 || len(n.MigrationsInFlight()) != 0 {
+			t.Fatalf("owner %s: the committed destination still has its migration in flight: %q", tc.owner, n.MigrationsInFlight())
+		}
+		if cleared := len(cl.cleared) == 1 && cl.cleared[0] == 2; cleared != tc.wantClear {
+			t.Fatalf("owner %s: cleared %v, want the data dropped: %v", tc.owner, cl.cleared, tc.wantClear)
+		}
+	}
+}
