@@ -77,13 +77,21 @@ func (n *Node) endMig(p int, commit bool) {
 	// no replica now drops the data (its table change skipped the drop
 	// while the migration ran), and a destination that was a backup and
 	// rolled back pulls a fresh copy (the failed apply replaced its data).
+	n.settleReplica(p, !commit && st.endpoint == spi.MigrationDestination)
+}
+
+// settleReplica makes partition p's data agree with what the table says
+// of this member once a migration ended (executor p): holding no replica,
+// it drops the data; a backup whose data the migration replaced (resync)
+// pulls a fresh copy from the primary.
+func (n *Node) settleReplica(p int, resync bool) {
 	switch idx := n.table.Load().ReplicaIndex(p, n.id); {
 	case idx < 0:
 		for _, ma := range n.migrationAware {
 			ma.svc.ClearPartitionReplica(p)
 		}
 		n.ops.ResetReplica(p)
-	case idx > 0 && !commit && st.endpoint == spi.MigrationDestination:
+	case idx > 0 && resync:
 		n.ops.ResetReplica(p)
 		n.ops.MarkSyncing(p)
 		n.requestSync(p)
@@ -118,20 +126,7 @@ func (n *Node) resolveOrphan(p int) {
 // the migration's, not the backup stream's).
 func (n *Node) abandonCommitted(p int) {
 	n.setMig(p, nil)
-	switch idx := n.table.Load().ReplicaIndex(p, n.id); {
-	case idx < 0:
-		for _, ma := range n.migrationAware {
-			ma.svc.ClearPartitionReplica(p)
-		}
-		n.ops.ResetReplica(p)
-	case idx > 0:
-		for _, ma := range n.migrationAware {
-			ma.svc.ClearPartitionReplica(p)
-		}
-		n.ops.ResetReplica(p)
-		n.ops.MarkSyncing(p)
-		n.requestSync(p)
-	}
+	n.settleReplica(p, true)
 }
 
 func (n *Node) masterID() string {
