@@ -452,11 +452,15 @@ func (m *Manager) migrate(ctx context.Context, mv Move) error {
 		return true
 	})
 	if next == nil {
-		// A newer table (from an earlier master) arrived meanwhile; the
-		// destination committed data that the table does not name it for:
-		// it must stop waiting for that table (and drop or resync the
-		// data, as the current table says).
-		m.finish(ctx, mv, spi.MigrationDestination, false)
+		// A newer table (from an earlier master, or a repair that promoted
+		// the destination) arrived meanwhile. Unless it names the
+		// destination owner (the table's push then ends the destination's
+		// wait, keeping the data), the destination committed data that no
+		// table will name it for: it must stop waiting, and keep the data
+		// only as the backup a table may make it.
+		if now := m.e.Table(); now == nil || now.Owner(mv.Partition) != mv.Destination {
+			m.finish(ctx, mv, spi.MigrationDestination, false)
+		}
 		m.finish(ctx, mv, spi.MigrationSource, false)
 		return errors.New("table changed under the migration")
 	}

@@ -761,6 +761,38 @@ func TestManagerInstallRejected(t *testing.T) {
 	wantVersionsIncrease(t, f.calls())
 }
 
+// The same, but the newer table names the destination owner (a repair
+// promoted it): the destination is not rolled back (the table's push ends
+// its wait and it keeps the data), only the source is.
+func TestManagerInstallRejectedDestinationOwner(t *testing.T) {
+	f := newFake("a a a a a a a a", "a", "b")
+	_, moves := planFor(f, "a", "b")
+	p0 := moves[0].Partition
+	bumped := false
+	f.onInstall = func(f *fakeEngine, t *partition.Table) {
+		if !bumped && t.Owner(p0) == "b" {
+			bumped = true
+			owners := slices.Clone(f.table.Owners)
+			owners[p0] = "b"
+			f.table = &partition.Table{Version: t.Version + 5, Owners: owners, Members: maps.Clone(t.Members)}
+		}
+	}
+	h := startManager(t, f, Config{Parallel: 1})
+	h.waitBalancedIdle()
+	h.stop()
+
+	got := trace(f.calls(), p0)
+	// (The refused install does not change p0's owner in the table it
+	// met, so trace leaves it out.)
+	want := []string{"prepare a", "apply b", "finish b commit", "finish a rollback"}
+	if !slices.Equal(got, want) {
+		t.Errorf("partition %d:\n got  %q\n want %q\nlog:\n%s", p0, got, want, f.dump())
+	}
+	if o := f.current().Owner(p0); o != "b" {
+		t.Errorf("partition %d owned by %q, want b", p0, o)
+	}
+}
+
 // At most Config.Parallel moves run at once: Prepare blocks until the
 // test lets one through, and the test counts the Prepares in progress.
 func TestManagerParallelLimit(t *testing.T) {

@@ -119,14 +119,16 @@ func (n *Node) resolveOrphan(p int) {
 }
 
 // abandonCommitted ends a destination's committed migration whose table
-// will not come (executor p): its master gave up on it (a newer table won)
-// or is gone. The table now decides what the data becomes: kept if it
-// names this member the owner, dropped if it names no replica here, and
-// copied afresh from the primary if this member is a backup (the data is
-// the migration's, not the backup stream's).
+// will not come (executor p): its master gave up on it or is gone. The
+// data is the source's at the migration, kept current since by the
+// source's backups if this member is a backup: it stays, with its version
+// and exactly-once record, unless the table names no replica here (then
+// it is dropped; a later table that makes this member a replica brings a
+// fresh copy). Resetting it here would lose writes if a table naming this
+// member owner is on its way (a repair promoted it).
 func (n *Node) abandonCommitted(p int) {
 	n.setMig(p, nil)
-	n.settleReplica(p, true)
+	n.settleReplica(p, false)
 }
 
 func (n *Node) masterID() string {

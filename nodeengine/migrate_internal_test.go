@@ -23,23 +23,26 @@ func (c *clearLog) ClearPartitionReplica(p int)                   { c.cleared = 
 
 // A destination that committed a migration waits for the table naming it.
 // When the master then loses to a newer table and rolls the migration
-// back, the destination stops waiting (no migration left in flight) and
-// keeps the data only if the current table names it owner.
+// back, the destination stops waiting (no migration left in flight). It
+// drops the data only if its table names no replica here; as owner or
+// backup it keeps the data, its version and its exactly-once record (a
+// table promoting it may be on its way).
 func TestRollbackOfCommittedDestination(t *testing.T) {
 	for _, tc := range []struct {
-		owner     string
-		wantClear bool
-	}{{"x", true}, {"b", false}} {
+		owner, backup string
+		wantClear     bool
+	}{{"x", "", true}, {"b", "", false}, {"x", "b", false}} {
 		n := &Node{id: "b", count: 4, log: slog.New(slog.DiscardHandler), migs: make([]*migState, 4), metrics: testMetrics(), ctx: context.Background()}
 		n.ops = operation.New(operation.Config{LocalID: "b", LocalAddress: "b:1", PartitionCount: 4, PartitionThreads: 1, Routing: n})
 		cl := &clearLog{}
 		n.migrationAware = []migrationAware{{name: "log", svc: cl}}
-		tab := reviewTable(5, 4, tc.owner, "")
+		tab := reviewTable(5, 4, tc.owner, tc.backup)
 		tab.Members["b"], tab.Members["x"] = "b:1", "x:1"
 		n.table.Store(tab)
 		mv := migration.Move{Partition: 2, Source: "x", Destination: "b", SourceNewIndex: -1, ID: 7}
 		st := &migState{move: mv, endpoint: spi.MigrationDestination, event: n.eventFor(mv, spi.MigrationDestination), master: "m", committed: true}
 		n.setMig(2, st)
+		n.ops.SetReplicaVersion(2, 42)
 		ctx := &spi.OpContext{Service: n, PartitionID: 2}
 
 		commit := &migFinishOp{move: mv, endpoint: spi.MigrationDestination, commit: true}
@@ -54,7 +57,10 @@ func TestRollbackOfCommittedDestination(t *testing.T) {
 			t.Fatalf("owner %s: the committed destination still has its migration in flight: %q", tc.owner, n.MigrationsInFlight())
 		}
 		if cleared := len(cl.cleared) == 1 && cl.cleared[0] == 2; cleared != tc.wantClear {
-			t.Fatalf("owner %s: cleared %v, want the data dropped: %v", tc.owner, cl.cleared, tc.wantClear)
+			t.Fatalf("owner %s, backup %q: cleared %v, want the data dropped: %v", tc.owner, tc.backup, cl.cleared, tc.wantClear)
+		}
+		if v := n.ops.ReplicaVersion(2); (v == 42) == tc.wantClear {
+			t.Fatalf("owner %s, backup %q: replica version %d after the rollback", tc.owner, tc.backup, v)
 		}
 	}
 }

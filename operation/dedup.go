@@ -88,6 +88,14 @@ type dedupLog struct {
 
 func (d *dedupLog) len() int { return d.n }
 
+// hasSide reports whether a record of k holds side data (a long response
+// or a busy flag).
+func (d *dedupLog) hasSide(k invKey) bool {
+	_, big := d.big[k]
+	_, busy := d.busy[k]
+	return big || busy
+}
+
 // entries calls f on the live entries from the i-th (oldest first) on,
 // until f returns false.
 func (d *dedupLog) entries(i int, f func(e *dedupEntry) bool) {
@@ -149,7 +157,9 @@ func (s *Service) record(p int, k invKey, resp []byte, at int64, busy *atomic.Bo
 	// Prune first: an expired record of the same id (an invocation run
 	// again after the window) must not take the new one's side data with
 	// it.
-	if at >= d.pruneAt {
+	if at >= d.pruneAt || (busy != nil || len(resp) > dedupInline) && d.hasSide(k) {
+		// (An expired record of k may still be kept, pruning being
+		// batched: it must go before k's new side data goes in.)
 		s.prune(p, d, at)
 	}
 	last := len(d.chunks) - 1

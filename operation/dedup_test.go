@@ -179,3 +179,24 @@ func TestDedupExpiredButKeptIsNotFound(t *testing.T) {
 		t.Fatal("a live record was not found")
 	}
 }
+
+// An expired record of an id that is recorded again (an invocation run
+// again after the window) is dropped before the new record's side data
+// goes in, even though pruning is batched: its later pruning must not take
+// the new record's long response or busy flag with it.
+func TestDedupExpiredTwinKeepsNewSideData(t *testing.T) {
+	s := New(Config{PartitionCount: 1, Routing: selfRouting{"self"}, DedupWindow: time.Second})
+	now := time.Now().UnixNano()
+	k := invKey{1, 1}
+	long := bytes.Repeat([]byte{7}, 40)
+	s.record(0, k, long, now-int64(1030*time.Millisecond), nil)
+	busy := new(atomic.Bool)
+	busy.Store(true)
+	s.record(0, k, long, now, busy)
+	s.record(0, invKey{1, 2}, []byte{1}, now+int64(40*time.Millisecond), nil)
+	s.prune(0, s.dedup[0], now+int64(100*time.Millisecond))
+	resp, ok, isBusy := s.lookup(0, k)
+	if !ok || !bytes.Equal(resp, long) || !isBusy {
+		t.Fatalf("lookup = %x, found %v, busy %v; want the new record's response and busy flag", resp, ok, isBusy)
+	}
+}

@@ -53,7 +53,13 @@ func (e *executor) loop(wg *sync.WaitGroup) {
 	for {
 		select {
 		case t := <-e.queue: // fast path: one channel, no select lock
-			e.run(t)
+			if e.s.closed.Load() {
+				// Shutting down: what is still queued does not run, and
+				// its caller is told so (the select below sees quit).
+				e.s.finish(t, nil, spi.ErrShutdown)
+			} else {
+				e.run(t)
+			}
 			continue
 		default:
 		}

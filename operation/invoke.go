@@ -196,9 +196,10 @@ func (s *Service) wait(ctx context.Context, limit time.Time, cl *call, c *conn, 
 				err = fmt.Errorf("%w: %w", spi.ErrTimeout, ctx.Err())
 				break waiting
 			case <-s.clock.tick():
-				if s.closed.Load() {
-					// Shutting down: the executors may be gone, and
-					// with them the clock (its channel stays closed).
+				if s.stopped.Load() {
+					// The executors are gone (an operation queued after
+					// they drained will never run); the clock's channel
+					// stays closed.
 					err = spi.ErrShutdown
 					break waiting
 				}
@@ -266,8 +267,7 @@ func (k *timeoutClock) init() {
 	k.ch.Store(&ch)
 }
 
-// run ticks every period until quit is closed; from then on tick returns
-// a closed channel.
+// run ticks every period until quit is closed.
 func (k *timeoutClock) run(period time.Duration, quit <-chan struct{}) {
 	t := time.NewTicker(period)
 	defer t.Stop()
@@ -277,10 +277,15 @@ func (k *timeoutClock) run(period time.Duration, quit <-chan struct{}) {
 			ch := make(chan struct{})
 			close(*k.ch.Swap(&ch))
 		case <-quit:
-			ch := make(chan struct{})
-			close(ch)
-			close(*k.ch.Swap(&ch))
 			return
 		}
 	}
+}
+
+// stop wakes every waiter for good: from now on tick returns a closed
+// channel. Call it once run has returned.
+func (k *timeoutClock) stop() {
+	ch := make(chan struct{})
+	close(ch)
+	close(*k.ch.Swap(&ch))
 }

@@ -134,25 +134,43 @@ func TestInvokeWithoutDeadlineTimesOut(t *testing.T) {
 	}
 }
 
-// An invocation without a deadline that waits behind a stuck operation
-// ends with ErrShutdown when its member shuts down, not at the end of its
-// invocation timeout.
+// At shutdown, an invocation without a deadline that waits behind a stuck
+// operation is told ErrShutdown, and its operation does not run; one whose
+// operation was queued after the executors drained (it will never run) is
+// told ErrShutdown too, not left waiting for its invocation timeout.
 func TestInvokeWithoutDeadlineEndsAtShutdown(t *testing.T) {
 	s, g := newGateService(t, time.Hour)
 	stuck := make(chan error, 1)
 	go func() { _, err := s.Invoke(context.Background(), "gate", gateOp{}, 1); stuck <- err }()
 	<-g.running
 	behind := make(chan error, 1)
-	go func() { _, err := s.Invoke(context.Background(), "echo", &echoOp{}, 1); behind <- err }()
+	go func() { _, err := s.Invoke(context.Background(), "gate", gateOp{}, 1); behind <- err }()
 	eventually(t, func() bool { return len(s.partition[0].queue) == 1 })
 	shut := make(chan struct{})
 	go func() { s.Shutdown(); close(shut) }()
+	eventually(t, s.closed.Load)
+	close(g.open) // Shutdown waits for the running operation
 	if err := <-behind; !errors.Is(err, spi.ErrShutdown) {
 		t.Fatalf("queued behind the stuck operation: err = %v, want ErrShutdown", err)
 	}
-	close(g.open) // Shutdown waits for the running operation
 	<-shut
-	<-stuck
+	if err := <-stuck; err != nil {
+		t.Fatalf("the running operation: %v", err)
+	}
+	select {
+	case <-g.running:
+		t.Fatal("the operation queued at shutdown ran")
+	default:
+	}
+
+	// Queued after the executors drained: nobody will run it.
+	cl := newCall(&echoOp{})
+	if !s.tryEnqueue(task{op: cl.op, svc: s.byName["echo"], pid: 1, local: cl}) {
+		t.Fatal("queue full")
+	}
+	if _, err := s.wait(context.Background(), time.Now().Add(time.Hour), cl, nil, 0); !errors.Is(err, spi.ErrShutdown) {
+		t.Fatalf("queued after shutdown: err = %v, want ErrShutdown", err)
+	}
 }
 
 // eventually polls cond until it holds, failing t after 10 s.

@@ -10,6 +10,7 @@ import (
 	"net"
 	"reflect"
 	"runtime"
+	"slices"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -169,6 +170,7 @@ type Service struct {
 	started   atomic.Bool
 	running   atomic.Bool // the executors exist
 	closed    atomic.Bool
+	stopped   atomic.Bool // Shutdown is over: no executor runs
 	m         *metrics
 	records   []recordCount // exactly-once records, by partition executor
 	nextCall  atomic.Uint64
@@ -308,6 +310,15 @@ func (s *Service) Shutdown() {
 	}
 	close(s.quit)
 	s.wg.Wait()
+	// The executors are gone: fail what was queued after they drained,
+	// then wake the invocations still waiting (see wait).
+	for _, e := range append(slices.Clone(s.partition), s.generic) {
+		for e != nil && len(e.queue) > 0 {
+			s.finish(<-e.queue, nil, spi.ErrShutdown)
+		}
+	}
+	s.stopped.Store(true)
+	s.clock.stop()
 }
 
 // PartitionThreads returns the number of partition executors.
