@@ -340,7 +340,11 @@ func (s *Service) ReadDedup(r *spi.Reader, p int) error {
 // encodeResponse encodes resp with w (scratch): the result is valid until
 // w's next use.
 func encodeResponse(w *spi.Writer, op spi.Operation, resp any) ([]byte, error) {
-	w.SetBuffer(w.Bytes()[:0])
+	buf := w.Bytes()[:0]
+	if cap(buf) > 64<<10 {
+		buf = nil // do not keep a huge response's buffer
+	}
+	w.SetBuffer(buf)
 	if codec, ok := op.(spi.ResponseCodec); ok && resp != nil {
 		w.WriteUint8(tagCustom)
 		codec.WriteResponse(w, resp)
