@@ -127,7 +127,14 @@ func (n *Node) resolveOrphan(p int) {
 // fresh copy). Resetting it here would lose writes if a table naming this
 // member owner is on its way (a repair promoted it).
 func (n *Node) abandonCommitted(p int) {
+	// A committed destination accepts operations; if p refuses them now,
+	// installTable marked it for a promotion whose task is queued behind
+	// this one: it stays refused until that promotion ran.
+	promoting := n.ops.IsMigrating(p)
 	n.setMig(p, nil)
+	if promoting {
+		n.ops.SetMigrating(p, true)
+	}
 	n.settleReplica(p, false)
 }
 

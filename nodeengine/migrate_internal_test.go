@@ -64,3 +64,22 @@ func TestRollbackOfCommittedDestination(t *testing.T) {
 		}
 	}
 }
+
+// A table that promotes the committed destination (it was a backup) marks
+// the partition refusing operations until the promotion task ran; a
+// rollback that runs first must leave that mark.
+func TestRollbackOfCommittedDestinationKeepsPromotionMark(t *testing.T) {
+	n := &Node{id: "b", count: 4, log: slog.New(slog.DiscardHandler), migs: make([]*migState, 4), metrics: testMetrics(), ctx: context.Background()}
+	n.ops = operation.New(operation.Config{LocalID: "b", LocalAddress: "b:1", PartitionCount: 4, PartitionThreads: 1, Routing: n})
+	n.table.Store(reviewTable(5, 4, "x", "b"))
+	mv := migration.Move{Partition: 2, Source: "x", Destination: "b", DestinationIndex: 1, SourceNewIndex: 1, ID: 7}
+	n.setMig(2, &migState{move: mv, endpoint: spi.MigrationDestination, event: n.eventFor(mv, spi.MigrationDestination), master: "m", committed: true})
+	n.ops.SetMigrating(2, true) // installTable, promoting b
+	rollback := &migFinishOp{move: mv, endpoint: spi.MigrationDestination}
+	if err := rollback.Run(&spi.OpContext{Service: n, PartitionID: 2}); err != nil {
+		t.Fatal(err)
+	}
+	if n.migs[2] != nil || !n.ops.IsMigrating(2) {
+		t.Fatalf("after the rollback: state %v, refusing operations %v; want none, true", n.migs[2], n.ops.IsMigrating(2))
+	}
+}
