@@ -13,8 +13,10 @@
 // its primary holds; 60 s at most), creates the proxies of all counters on
 // every member, and then runs 64 callers for a 2 s warm-up and a 10 s
 // measured period. Each caller loops: it picks a counter uniformly at
-// random (its own PCG source) and increments it by one with a 10 s
-// timeout, through the proxies of one local member (callers are spread
+// random (its own PCG source) and increments it by one, with no deadline
+// of its own: the members' invocation timeout (set to 10 s) bounds it, as
+// it would for a service that leaves timeouts to the engine. It goes
+// through the proxies of one local member (callers are spread
 // round-robin over the members, so an increment runs locally or one hop
 // away depending on the partition's owner).
 //
