@@ -75,9 +75,13 @@ func (n *Node) endMig(p int, commit bool) {
 	n.setMig(p, nil)
 	// The table may have changed during the migration: a member that holds
 	// no replica now drops the data (its table change skipped the drop
-	// while the migration ran), and a destination that was a backup and
-	// rolled back pulls a fresh copy (the failed apply replaced its data).
-	n.settleReplica(p, !commit && st.endpoint == spi.MigrationDestination)
+	// while the migration ran), and one that is a backup other than the
+	// move planned pulls a fresh copy: a destination that rolled back (the
+	// failed apply replaced its data), or a source that a newer table
+	// demoted while the move ran (its history is not the new primary's;
+	// the table change skipped the resync while the migration ran).
+	resync := !commit || st.endpoint == spi.MigrationSource && n.table.Load().ReplicaIndex(p, n.id) != st.event.NewReplicaIndex
+	n.settleReplica(p, resync)
 }
 
 // settleReplica makes partition p's data agree with what the table says

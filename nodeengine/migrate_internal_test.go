@@ -83,3 +83,39 @@ func TestRollbackOfCommittedDestinationKeepsPromotionMark(t *testing.T) {
 		t.Fatalf("after the rollback: state %v, refusing operations %v; want none, true", n.migs[2], n.ops.IsMigrating(2))
 	}
 }
+
+// A source whose partition a newer table made a backup (of another
+// primary) while its move ran keeps no history of its own when the move
+// ends: it starts over and pulls a copy from the primary. A source that
+// ends up the backup the move planned (a swap) keeps its data.
+func TestDemotedSourceResyncs(t *testing.T) {
+	for _, tc := range []struct {
+		name     string
+		newIndex int // the move's plan for the source
+		commit   bool
+		resync   bool
+	}{
+		{"rolled back, now a backup", -1, false, true},
+		{"committed, not planned as a backup", -1, true, true},
+		{"committed swap, the planned backup", 1, true, false},
+	} {
+		ctx, cancel := context.WithCancel(context.Background())
+		n := &Node{id: "b", count: 4, log: slog.New(slog.DiscardHandler), migs: make([]*migState, 4), metrics: testMetrics(), ctx: ctx}
+		n.ops = operation.New(operation.Config{LocalID: "b", LocalAddress: "b:1", PartitionCount: 4, PartitionThreads: 1, Routing: n})
+		n.ops.Start()
+		n.table.Store(reviewTable(5, 4, "x", "b")) // b is now backup 1 of x
+		mv := migration.Move{Partition: 2, Source: "b", Destination: "d", SourceNewIndex: tc.newIndex, ID: 7}
+		n.setMig(2, &migState{move: mv, endpoint: spi.MigrationSource, event: n.eventFor(mv, spi.MigrationSource), master: "m"})
+		n.ops.SetReplicaVersion(2, 42)
+		cancel() // the sync request gives up at once: no primary to reach here
+		end := &migFinishOp{move: mv, endpoint: spi.MigrationSource, commit: tc.commit}
+		if err := end.Run(&spi.OpContext{Service: n, PartitionID: 2}); err != nil {
+			t.Fatal(err)
+		}
+		n.wg.Wait()
+		n.ops.Shutdown()
+		if v := n.ops.ReplicaVersion(2); (v == 0) != tc.resync {
+			t.Errorf("%s: replica version %d after the move ended; want a resync: %v", tc.name, v, tc.resync)
+		}
+	}
+}
