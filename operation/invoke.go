@@ -177,36 +177,27 @@ func (s *Service) attempt(ctx context.Context, limit time.Time, svc *serviceEntr
 // wait waits for cl's answer until ctx ends or limit (when not zero)
 // passes.
 func (s *Service) wait(ctx context.Context, limit time.Time, cl *call, c *conn, callID uint64) (any, error) {
+	done := ctx.Done() // nil for context.Background: never ready
 	var err error
-	if limit.IsZero() {
+	for err == nil {
+		var tick <-chan struct{} // nil, never ready, when ctx bounds the call
+		if !limit.IsZero() {
+			tick = s.clock.tick()
+		}
 		select {
 		case <-cl.done:
 			return cl.result()
-		case <-ctx.Done():
+		case <-done:
 			err = fmt.Errorf("%w: %w", spi.ErrTimeout, ctx.Err())
-		}
-	} else {
-		done := ctx.Done() // nil for context.Background: never ready
-	waiting:
-		for {
-			select {
-			case <-cl.done:
-				return cl.result()
-			case <-done:
-				err = fmt.Errorf("%w: %w", spi.ErrTimeout, ctx.Err())
-				break waiting
-			case <-s.clock.tick():
-				if s.stopped.Load() {
-					// The executors are gone (an operation queued after
-					// they drained will never run); the clock's channel
-					// stays closed.
-					err = spi.ErrShutdown
-					break waiting
-				}
-				if time.Now().After(limit) {
-					err = s.invocationTimeout()
-					break waiting
-				}
+		case <-tick:
+			switch {
+			case s.stopped.Load():
+				// The executors are gone (an operation queued after they
+				// drained will never run); the clock's channel stays
+				// closed.
+				err = spi.ErrShutdown
+			case time.Now().After(limit):
+				err = s.invocationTimeout()
 			}
 		}
 	}
