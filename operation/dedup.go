@@ -40,7 +40,7 @@ func newIncarnation() uint64 {
 
 // dedupInline is the longest response kept inside its entry; longer ones
 // go to the log's overflow map (a counter's answer takes 2 to 10 bytes).
-const dedupInline = 22
+const dedupInline = 18
 
 // Chunk sizes of a log, in entries: the first chunk is small, so that
 // the 271 logs of a quiet member cost little, and each next one doubles up
@@ -57,8 +57,9 @@ type dedupEntry struct {
 	key  invKey
 	at   int64 // unix nanoseconds when recorded
 	n    uint8 // response length; dedupOverflow: in the overflow map
-	busy bool  // the log's busy map holds this run's flag
+	busy bool  // the run had synchronous backups: its flag is number seq
 	resp [dedupInline]byte
+	seq  uint32 // see dedupLog.flags
 }
 
 const dedupOverflow = 0xff
@@ -79,21 +80,30 @@ type dedupLog struct {
 	spare   []dedupEntry // a dropped largest chunk, for reuse
 	// big holds the responses too long for an entry.
 	big map[invKey][]byte
-	// busy holds, for runs whose synchronous backups are not all
-	// acknowledged, the flag the acks clear: a retry must wait. Flags
-	// that are clear are swept once it doubles.
-	busy      map[invKey]*atomic.Bool
-	busySweep int
+	// flags holds the busy flags of the runs with synchronous backups, in
+	// record order, numbered from flagSeq: set until the last ack, a
+	// retry must wait while it is. Recording drops the cleared ones at
+	// the front, pruning the ones of the records it drops; a flag no
+	// longer held is clear.
+	flags   []*atomic.Bool
+	flagSeq uint32
 }
 
 func (d *dedupLog) len() int { return d.n }
 
-// hasSide reports whether a record of k holds side data (a long response
-// or a busy flag).
-func (d *dedupLog) hasSide(k invKey) bool {
-	_, big := d.big[k]
-	_, busy := d.busy[k]
-	return big || busy
+// flag returns e's busy flag, nil when it is known clear.
+func (d *dedupLog) flag(e *dedupEntry) *atomic.Bool {
+	if i := e.seq - d.flagSeq; e.busy && i < uint32(len(d.flags)) {
+		return d.flags[i]
+	}
+	return nil
+}
+
+// dropFlags drops the first n flags.
+func (d *dedupLog) dropFlags(n int) {
+	clear(d.flags[:n]) // do not keep the runs alive
+	d.flags = d.flags[n:]
+	d.flagSeq += uint32(n)
 }
 
 // entries calls f on the live entries from the i-th (oldest first) on,
@@ -155,11 +165,10 @@ func (s *Service) record(p int, k invKey, resp []byte, at int64, busy *atomic.Bo
 	}
 	d := s.dedupOf(p)
 	// Prune first: an expired record of the same id (an invocation run
-	// again after the window) must not take the new one's side data with
-	// it.
-	if at >= d.pruneAt || (busy != nil || len(resp) > dedupInline) && d.hasSide(k) {
-		// (An expired record of k may still be kept, pruning being
-		// batched: it must go before k's new side data goes in.)
+	// again after the window, kept because pruning is batched) must not
+	// take the new one's long response with it. (Busy flags are numbered,
+	// not keyed by id.)
+	if at >= d.pruneAt || len(resp) > dedupInline && d.big[k] != nil {
 		s.prune(p, d, at)
 	}
 	last := len(d.chunks) - 1
@@ -191,19 +200,13 @@ func (s *Service) record(p int, k invKey, resp []byte, at int64, busy *atomic.Bo
 		d.big[k] = bytes.Clone(resp) // resp may be a caller's scratch
 	}
 	if busy != nil {
-		e.busy = true
-		if d.busy == nil {
-			d.busy = make(map[invKey]*atomic.Bool)
+		e.busy, e.seq = true, d.flagSeq+uint32(len(d.flags))
+		d.flags = append(d.flags, busy)
+		n := 0
+		for n < len(d.flags) && !d.flags[n].Load() {
+			n++
 		}
-		d.busy[k] = busy
-		if len(d.busy) > d.busySweep {
-			for key, b := range d.busy {
-				if !b.Load() {
-					delete(d.busy, key)
-				}
-			}
-			d.busySweep = 2*len(d.busy) + 64
-		}
+		d.dropFlags(n)
 	}
 	s.countRecords(p, 1)
 }
@@ -219,8 +222,8 @@ func (s *Service) prune(p int, d *dedupLog, now int64) {
 			if e.n == dedupOverflow {
 				delete(d.big, e.key)
 			}
-			if e.busy {
-				delete(d.busy, e.key)
+			if i := e.seq - d.flagSeq; e.busy && i < uint32(len(d.flags)) {
+				d.dropFlags(int(i) + 1) // older runs' flags go with it
 			}
 			d.head++
 			dropped++
@@ -278,8 +281,8 @@ func (s *Service) lookup(p int, k invKey) (resp []byte, found, busy bool) {
 				return nil, false, false
 			}
 			if e.key == k {
-				b := d.busy[k]
-				return d.response(e), true, e.busy && b != nil && b.Load()
+				b := d.flag(e)
+				return d.response(e), true, b != nil && b.Load()
 			}
 		}
 	}

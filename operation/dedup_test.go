@@ -104,21 +104,25 @@ func TestDedupLogMatchesModel(t *testing.T) {
 			if e.key != model[j].key || e.at != model[j].at || !bytes.Equal(d.response(e), model[j].resp) {
 				t.Fatalf("entry %d = %+v (%x), model %+v", j, e.key, d.response(e), model[j])
 			}
-			if e.busy != (model[j].busy != nil) || (e.busy && d.busy[e.key] != model[j].busy && d.busy[e.key] != nil) {
+			if e.busy != (model[j].busy != nil) || (e.busy && d.flag(e) != model[j].busy && d.flag(e) != nil) {
 				t.Fatalf("entry %d busy %v, model %v", j, e.busy, model[j].busy != nil)
 			}
 		}
 	}
-	// Busy flags still set survive the sweeps; overflow responses of
-	// pruned entries are gone.
+	// Busy flags still set survive the sweeps; overflow responses and
+	// flags of pruned entries are gone.
 	d := s.dedup[0]
-	for _, r := range model {
-		if r.busy != nil && r.busy.Load() && d.busy[r.key] != r.busy {
-			t.Fatalf("busy flag of %v swept while set", r.key)
+	busyRecords := 0
+	for j, r := range model {
+		if r.busy != nil {
+			busyRecords++
+		}
+		if r.busy != nil && r.busy.Load() && d.flag(d.entry(j)) != r.busy {
+			t.Fatalf("busy flag of %v dropped while set", r.key)
 		}
 	}
-	if len(d.big) > len(model) || len(d.busy) > len(model)+64 {
-		t.Fatalf("side maps hold %d and %d entries for %d live records", len(d.big), len(d.busy), len(model))
+	if len(d.big) > len(model) || len(d.flags) > busyRecords {
+		t.Fatalf("side data: %d long responses and %d flags for %d live records (%d busy)", len(d.big), len(d.flags), len(model), busyRecords)
 	}
 	s.DropDedup(0)
 	if got := s.records[0].n.Load(); got != 0 {
