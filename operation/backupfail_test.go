@@ -57,9 +57,14 @@ func TestFailedBackupAsksForCopy(t *testing.T) {
 		}
 		select {
 		case <-cl.done:
+			cl.taken()
 			_, err := cl.result()
 			return err
 		case <-ctx.Done():
+			if !cl.abandon() {
+				<-cl.done
+				cl.taken()
+			}
 			return ctx.Err()
 		}
 	}

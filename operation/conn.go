@@ -8,7 +8,9 @@ import (
 	"fmt"
 	"io"
 	"net"
+	"slices"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/partita-go/partita/spi"
@@ -23,7 +25,18 @@ type call struct {
 	// then, when set, is told the outcome instead of done (backup acks);
 	// it runs on the goroutine that completes the call.
 	then acker
+	// A caller's call (then nil): state is callWaiting until complete
+	// (callDelivered) or the caller gives up (callAbandoned), whichever
+	// comes first; a delivery counts the caller in held.runnable until it
+	// has taken the answer.
+	state atomic.Uint32
 }
+
+const (
+	callWaiting uint32 = iota
+	callDelivered
+	callAbandoned
+)
 
 // acker receives the outcome of a call that nobody waits on.
 type acker interface{ acked(err error) }
@@ -34,6 +47,7 @@ var calls = sync.Pool{New: func() any { return &call{done: make(chan struct{}, 1
 func newCall(op spi.Operation) *call {
 	c := calls.Get().(*call)
 	c.op = op
+	c.state.Store(callWaiting)
 	return c
 }
 
@@ -45,8 +59,18 @@ func (c *call) complete(resp any, err error) {
 		return
 	}
 	c.resp, c.err = resp, err
+	if c.state.CompareAndSwap(callWaiting, callDelivered) {
+		held.runnable.Add(1) // before the caller can take it
+	}
 	c.done <- struct{}{}
 }
+
+// taken is called by the caller once it has the answer delivered to it.
+func (c *call) taken() { held.resumed() }
+
+// abandon is called by a caller that gives up waiting; false: the answer
+// has been delivered (or is being), the caller must take it from done.
+func (c *call) abandon() bool { return c.state.CompareAndSwap(callWaiting, callAbandoned) }
 
 // result returns the answer received on done and recycles the call.
 func (c *call) result() (any, error) {
@@ -384,13 +408,105 @@ func (c *conn) writeLoop() {
 	}
 }
 
+// heldWrites holds back the writers' wake-ups for the requests of callers
+// while other callers have been handed their answers and not yet run. A
+// connection's writer runs as soon as the goroutine that woke it parks
+// (the Go scheduler runs a goroutine readied by a channel next), so when
+// one reader hands answers to several callers, each of them would
+// otherwise wake the writer, park, and have its next request written
+// alone: one syscall per request. Held back, the requests of the callers
+// woken together leave in one write per connection.
+//
+// A request is held until the callers that were runnable when it was
+// queued have run (as many resumes), or none is left to run, or
+// holdLimit requests are held, whichever comes first; a caller that finds
+// no other runnable wakes its writer at once.
+//
+// There is one for the process (held), not one per member: the callers
+// of every member in the process share the scheduler's cores, and a
+// runnable caller of any of them delays the writers just the same.
+//
+// Every delivery to a caller is matched by the caller's taken, or its
+// abandon fails and it takes the answer anyway (wait), so runnable counts
+// callers that are about to run. Should a count ever be left behind, the
+// coarse clock's tick releases the writers (one period of delay, never a
+// hang).
+type heldWrites struct {
+	runnable atomic.Int32  // callers handed an answer they have not taken
+	resumes  atomic.Uint64 // answers taken, ever
+	due      atomic.Uint64 // release when resumes reaches it (0: none held)
+	n        atomic.Int32  // requests held since the last release
+	listed   atomic.Bool   // conns is not empty
+	mu       sync.Mutex
+	conns    []*conn // whose writers were not woken
+}
+
+// holdLimit bounds the requests held back before the writers are woken.
+const holdLimit = 16
+
+var held heldWrites
+
+// resumed counts a caller that has taken its answer.
+func (h *heldWrites) resumed() {
+	r := h.resumes.Add(1)
+	if h.runnable.Add(-1) == 0 || r >= h.due.Load()-1 {
+		h.release()
+	}
+}
+
+// hold records a request queued on c without waking c's writer, unless
+// no other caller is about to run; it reports false when the caller must
+// wake c itself.
+func (h *heldWrites) hold(c *conn) bool {
+	k := h.runnable.Load()
+	if k <= 0 {
+		return false
+	}
+	h.mu.Lock()
+	if !slices.Contains(h.conns, c) {
+		h.conns = append(h.conns, c)
+	}
+	h.listed.Store(true)
+	if due := h.resumes.Load() + uint64(k); due < h.due.Load()-1 {
+		h.due.Store(due + 1)
+	}
+	h.mu.Unlock()
+	// Checked again after c is listed: a caller whose resumed found no
+	// one left either saw the list or is seen here.
+	if h.n.Add(1) >= holdLimit || h.runnable.Load() == 0 {
+		h.release()
+	}
+	return true
+}
+
+// release wakes the writers held back.
+func (h *heldWrites) release() {
+	if !h.listed.Load() {
+		return
+	}
+	h.mu.Lock()
+	for i, c := range h.conns {
+		c.wakeWriter()
+		h.conns[i] = nil
+	}
+	h.conns = h.conns[:0]
+	h.listed.Store(false)
+	h.n.Store(0)
+	h.due.Store(0)
+	h.mu.Unlock()
+}
+
 // maxQueued bounds the bytes waiting for the writer on one connection.
 const maxQueued = 64 << 20
 
 // queue appends one frame produced by fill to the output buffer and wakes
 // the writer. fill runs under the connection lock and returns the grown
 // buffer or an error (the partial frame is then discarded).
-func (c *conn) queue(fill func(buf []byte) ([]byte, error)) error {
+func (c *conn) queue(fill func(buf []byte) ([]byte, error)) error { return c.queueHeld(nil, fill) }
+
+// queueHeld is queue for a caller's request: the writer's wake-up may be
+// held back by h (see heldWrites).
+func (c *conn) queueHeld(h *heldWrites, fill func(buf []byte) ([]byte, error)) error {
 	c.mu.Lock()
 	if c.closed {
 		err := c.err
@@ -410,11 +526,20 @@ func (c *conn) queue(fill func(buf []byte) ([]byte, error)) error {
 	}
 	c.out = out
 	c.mu.Unlock()
+	if h == nil || !h.hold(c) {
+		c.wakeWriter()
+		if h != nil {
+			h.release() // no caller left to run: nothing to wait for
+		}
+	}
+	return nil
+}
+
+func (c *conn) wakeWriter() {
 	select {
 	case c.wake <- struct{}{}:
 	default:
 	}
-	return nil
 }
 
 // fill runs a frame encoder under c.mu, turning a panic in an operation's
@@ -439,7 +564,7 @@ func (c *conn) sendRequest(cl *call, svc *serviceEntry, typeID uint16, pid int, 
 	}
 	c.pending[id] = cl
 	c.mu.Unlock()
-	err := c.queue(func(buf []byte) ([]byte, error) {
+	err := c.queueHeld(&held, func(buf []byte) ([]byte, error) {
 		buf, start := beginFrame(buf, kindRequest, id)
 		w := &c.wr // fill runs under c.mu
 		w.SetBuffer(buf)

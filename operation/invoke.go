@@ -186,6 +186,7 @@ func (s *Service) wait(ctx context.Context, limit time.Time, cl *call, c *conn, 
 		}
 		select {
 		case <-cl.done:
+			cl.taken()
 			return cl.result()
 		case <-done:
 			err = fmt.Errorf("%w: %w", spi.ErrTimeout, ctx.Err())
@@ -201,10 +202,10 @@ func (s *Service) wait(ctx context.Context, limit time.Time, cl *call, c *conn, 
 			}
 		}
 	}
-	select {
-	case <-cl.done: // answered just in time
+	if !cl.abandon() { // answered just in time
+		<-cl.done
+		cl.taken()
 		return cl.result()
-	default:
 	}
 	// Abandoned: a late answer may still arrive, so the call is not
 	// recycled.
@@ -267,6 +268,7 @@ func (k *timeoutClock) run(period time.Duration, quit <-chan struct{}) {
 		case <-t.C:
 			ch := make(chan struct{})
 			close(*k.ch.Swap(&ch))
+			held.release() // a backstop: see heldWrites
 		case <-quit:
 			return
 		}

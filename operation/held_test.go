@@ -1,0 +1,100 @@
+package operation
+
+import "testing"
+
+func woken(c *conn) bool {
+	select {
+	case <-c.wake:
+		return true
+	default:
+		return false
+	}
+}
+
+func fakeConn() *conn { return &conn{wake: make(chan struct{}, 1)} }
+
+// A request is held while another caller has its answer and has not run,
+// and its writer is woken once that caller has taken it.
+func TestHeldUntilRunnableCallersRan(t *testing.T) {
+	var h heldWrites
+	c := fakeConn()
+	if h.hold(c) {
+		t.Fatal("held with no other caller about to run")
+	}
+	h.runnable.Add(2) // two callers handed their answers
+	h.resumed()       // the first runs ...
+	if !h.hold(c) {   // ... and sends its next request
+		t.Fatal("not held while another caller is about to run")
+	}
+	if woken(c) {
+		t.Fatal("writer woken while held")
+	}
+	h.resumed() // the second runs: nobody left
+	if !woken(c) {
+		t.Fatal("writer not woken when the last runnable caller ran")
+	}
+	if h.listed.Load() || h.n.Load() != 0 || h.due.Load() != 0 {
+		t.Fatal("release left state behind")
+	}
+}
+
+// Under a steady flow of answers (runnable never drops to zero) a request
+// waits only for the callers that were runnable when it was queued.
+func TestHeldOnlyForThoseAhead(t *testing.T) {
+	var h heldWrites
+	c := fakeConn()
+	h.runnable.Add(1) // X ahead of us
+	if !h.hold(c) {
+		t.Fatal("not held")
+	}
+	h.runnable.Add(1) // Y answered after we queued
+	h.resumed()       // X ran
+	if !woken(c) {
+		t.Fatal("writer still held after the caller ahead of it ran")
+	}
+}
+
+// At most holdLimit requests are held.
+func TestHeldLimit(t *testing.T) {
+	var h heldWrites
+	c := fakeConn()
+	h.runnable.Add(1000)
+	for range holdLimit - 1 {
+		h.hold(c)
+	}
+	if woken(c) {
+		t.Fatalf("writer woken after %d holds", holdLimit-1)
+	}
+	h.hold(c)
+	if !woken(c) {
+		t.Fatal("writer not woken at the hold limit")
+	}
+}
+
+// A caller that gives up after its answer was delivered takes it anyway,
+// so the runnable count does not drift; one that gives up first is not
+// counted when the late answer arrives.
+func TestCallAbandonKeepsCountExact(t *testing.T) {
+	before := held.runnable.Load()
+	cl := newCall(nil)
+	cl.complete(1, nil)
+	if held.runnable.Load() != before+1 {
+		t.Fatal("delivery not counted")
+	}
+	if cl.abandon() {
+		t.Fatal("abandon succeeded after delivery")
+	}
+	<-cl.done
+	cl.taken()
+	if held.runnable.Load() != before {
+		t.Fatal("count not restored")
+	}
+	cl2 := newCall(nil)
+	if !cl2.abandon() {
+		t.Fatal("abandon failed before delivery")
+	}
+	cl2.complete(nil, nil)
+	if held.runnable.Load() != before {
+		t.Fatal("late answer to an abandoned call counted")
+	}
+}
