@@ -30,6 +30,7 @@ type call struct {
 	// comes first; a delivery counts the caller in held.runnable until it
 	// has taken the answer.
 	state atomic.Uint32
+	held  *heldWrites // &held; tests use their own
 }
 
 const (
@@ -46,7 +47,7 @@ var calls = sync.Pool{New: func() any { return &call{done: make(chan struct{}, 1
 
 func newCall(op spi.Operation) *call {
 	c := calls.Get().(*call)
-	c.op = op
+	c.op, c.held = op, &held
 	c.state.Store(callWaiting)
 	return c
 }
@@ -60,13 +61,13 @@ func (c *call) complete(resp any, err error) {
 	}
 	c.resp, c.err = resp, err
 	if c.state.CompareAndSwap(callWaiting, callDelivered) {
-		held.runnable.Add(1) // before the caller can take it
+		c.held.runnable.Add(1) // before the caller can take it
 	}
 	c.done <- struct{}{}
 }
 
 // taken is called by the caller once it has the answer delivered to it.
-func (c *call) taken() { held.resumed() }
+func (c *call) taken() { c.held.resumed() }
 
 // abandon is called by a caller that gives up waiting; false: the answer
 // has been delivered (or is being), the caller must take it from done.
@@ -472,8 +473,9 @@ func (h *heldWrites) hold(c *conn) bool {
 	}
 	h.mu.Unlock()
 	// Checked again after c is listed: a caller whose resumed found no
-	// one left either saw the list or is seen here.
-	if h.n.Add(1) >= holdLimit || h.runnable.Load() == 0 {
+	// one left, or the callers ahead all run, either saw the list or is
+	// seen here.
+	if h.n.Add(1) >= holdLimit || h.runnable.Load() == 0 || h.resumes.Load() >= h.due.Load()-1 {
 		h.release()
 	}
 	return true

@@ -1,6 +1,10 @@
 package operation
 
-import "testing"
+import (
+	"runtime"
+	"sync"
+	"testing"
+)
 
 func woken(c *conn) bool {
 	select {
@@ -75,10 +79,11 @@ func TestHeldLimit(t *testing.T) {
 // so the runnable count does not drift; one that gives up first is not
 // counted when the late answer arrives.
 func TestCallAbandonKeepsCountExact(t *testing.T) {
-	before := held.runnable.Load()
+	var h heldWrites
 	cl := newCall(nil)
+	cl.held = &h
 	cl.complete(1, nil)
-	if held.runnable.Load() != before+1 {
+	if h.runnable.Load() != 1 {
 		t.Fatal("delivery not counted")
 	}
 	if cl.abandon() {
@@ -86,15 +91,49 @@ func TestCallAbandonKeepsCountExact(t *testing.T) {
 	}
 	<-cl.done
 	cl.taken()
-	if held.runnable.Load() != before {
+	if h.runnable.Load() != 0 {
 		t.Fatal("count not restored")
 	}
 	cl2 := newCall(nil)
+	cl2.held = &h
 	if !cl2.abandon() {
 		t.Fatal("abandon failed before delivery")
 	}
 	cl2.complete(nil, nil)
-	if held.runnable.Load() != before {
+	if h.runnable.Load() != 0 {
 		t.Fatal("late answer to an abandoned call counted")
+	}
+}
+
+// Callers on several threads, each handed an answer, running, and queuing
+// a request: once all have finished, no writer is left held.
+func TestHeldNeverLeftBehind(t *testing.T) {
+	for iter := range 2000 {
+		var h heldWrites
+		conns := []*conn{fakeConn(), fakeConn(), fakeConn()}
+		var wg sync.WaitGroup
+		start := make(chan struct{})
+		for g := range 8 {
+			wg.Go(func() {
+				<-start
+				for i := range 20 {
+					h.runnable.Add(1) // answered
+					if (i+g)%3 == 0 {
+						runtime.Gosched()
+					}
+					h.resumed() // runs
+					c := conns[(i+g)%len(conns)]
+					if !h.hold(c) { // and sends its next request
+						c.wakeWriter()
+						h.release()
+					}
+				}
+			})
+		}
+		close(start)
+		wg.Wait()
+		if h.runnable.Load() != 0 || h.listed.Load() || len(h.conns) != 0 {
+			t.Fatalf("round %d: runnable %d, %d connections left held", iter, h.runnable.Load(), len(h.conns))
+		}
 	}
 }
