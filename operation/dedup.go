@@ -80,30 +80,69 @@ type dedupLog struct {
 	spare   []dedupEntry // a dropped largest chunk, for reuse
 	// big holds the responses too long for an entry.
 	big map[invKey][]byte
-	// flags holds the busy flags of the runs with synchronous backups, in
-	// record order, numbered from flagSeq: set until the last ack, a
-	// retry must wait while it is. Recording drops the cleared ones at
-	// the front, pruning the ones of the records it drops; a flag no
-	// longer held is clear.
-	flags   []*atomic.Bool
-	flagSeq uint32
+	// flags[flagHead:] holds the busy flags of the runs with synchronous
+	// backups, in record order, numbered from flagSeq: set until the last
+	// ack, a retry must wait while it is. Recording drops the cleared ones
+	// at the front, pruning the ones of the records it drops; a flag no
+	// longer held, or nil, is clear. Behind a flag that stays set, cleared
+	// ones are set to nil once the queue doubles (flagSweep), so that they
+	// do not keep their runs alive.
+	flags     []*atomic.Bool
+	flagHead  int
+	flagSeq   uint32
+	flagSweep int
 }
 
 func (d *dedupLog) len() int { return d.n }
 
 // flag returns e's busy flag, nil when it is known clear.
 func (d *dedupLog) flag(e *dedupEntry) *atomic.Bool {
-	if i := e.seq - d.flagSeq; e.busy && i < uint32(len(d.flags)) {
-		return d.flags[i]
+	if i := e.seq - d.flagSeq; e.busy && i < uint32(len(d.flags)-d.flagHead) {
+		return d.flags[d.flagHead+int(i)]
 	}
 	return nil
 }
 
-// dropFlags drops the first n flags.
+// addFlag queues busy and returns its number; cleared flags at the front
+// go first.
+func (d *dedupLog) addFlag(busy *atomic.Bool) uint32 {
+	seq := d.flagSeq + uint32(len(d.flags)-d.flagHead)
+	d.flags = append(d.flags, busy)
+	n := 0
+	for f := d.flags[d.flagHead:]; n < len(f) && (f[n] == nil || !f[n].Load()); n++ {
+	}
+	d.dropFlags(n)
+	if live := len(d.flags) - d.flagHead; live > d.flagSweep {
+		set := 0
+		for i, f := range d.flags[d.flagHead:] {
+			if f != nil && !f.Load() {
+				d.flags[d.flagHead+i] = nil
+			} else if f != nil {
+				set++
+			}
+		}
+		d.flagSweep = 2*set + 64
+	}
+	return seq
+}
+
+// dropFlags drops the first n queued flags. The array is reused: emptied,
+// it starts over; half dropped, the rest moves down.
 func (d *dedupLog) dropFlags(n int) {
-	clear(d.flags[:n]) // do not keep the runs alive
-	d.flags = d.flags[n:]
+	if n == 0 {
+		return
+	}
+	clear(d.flags[d.flagHead : d.flagHead+n]) // do not keep the runs alive
+	d.flagHead += n
 	d.flagSeq += uint32(n)
+	switch {
+	case d.flagHead == len(d.flags):
+		d.flags, d.flagHead = d.flags[:0], 0
+	case d.flagHead >= 32 && 2*d.flagHead >= len(d.flags):
+		m := copy(d.flags, d.flags[d.flagHead:])
+		clear(d.flags[m:])
+		d.flags, d.flagHead = d.flags[:m], 0
+	}
 }
 
 // entries calls f on the live entries from the i-th (oldest first) on,
@@ -200,13 +239,7 @@ func (s *Service) record(p int, k invKey, resp []byte, at int64, busy *atomic.Bo
 		d.big[k] = bytes.Clone(resp) // resp may be a caller's scratch
 	}
 	if busy != nil {
-		e.busy, e.seq = true, d.flagSeq+uint32(len(d.flags))
-		d.flags = append(d.flags, busy)
-		n := 0
-		for n < len(d.flags) && !d.flags[n].Load() {
-			n++
-		}
-		d.dropFlags(n)
+		e.busy, e.seq = true, d.addFlag(busy)
 	}
 	s.countRecords(p, 1)
 }
@@ -222,7 +255,7 @@ func (s *Service) prune(p int, d *dedupLog, now int64) {
 			if e.n == dedupOverflow {
 				delete(d.big, e.key)
 			}
-			if i := e.seq - d.flagSeq; e.busy && i < uint32(len(d.flags)) {
+			if i := e.seq - d.flagSeq; e.busy && i < uint32(len(d.flags)-d.flagHead) {
 				d.dropFlags(int(i) + 1) // older runs' flags go with it
 			}
 			d.head++

@@ -121,8 +121,8 @@ func TestDedupLogMatchesModel(t *testing.T) {
 			t.Fatalf("busy flag of %v dropped while set", r.key)
 		}
 	}
-	if len(d.big) > len(model) || len(d.flags) > busyRecords {
-		t.Fatalf("side data: %d long responses and %d flags for %d live records (%d busy)", len(d.big), len(d.flags), len(model), busyRecords)
+	if flags := len(d.flags) - d.flagHead; len(d.big) > len(model) || flags > busyRecords {
+		t.Fatalf("side data: %d long responses and %d flags for %d live records (%d busy)", len(d.big), flags, len(model), busyRecords)
 	}
 	s.DropDedup(0)
 	if got := s.records[0].n.Load(); got != 0 {
@@ -202,5 +202,50 @@ func TestDedupExpiredTwinKeepsNewSideData(t *testing.T) {
 	resp, ok, isBusy := s.lookup(0, k)
 	if !ok || !bytes.Equal(resp, long) || !isBusy {
 		t.Fatalf("lookup = %x, found %v, busy %v; want the new record's response and busy flag", resp, ok, isBusy)
+	}
+}
+
+// A busy flag that stays set does not keep the runs recorded after it
+// alive once their flags clear, and a lone flag at a time costs no
+// allocation.
+func TestDedupFlagsBehindAStuckOne(t *testing.T) {
+	s := New(Config{PartitionCount: 1, PartitionThreads: 1, Routing: selfRouting{"self"}})
+	now := time.Now().UnixNano()
+	stuck := new(atomic.Bool)
+	stuck.Store(true)
+	s.record(0, invKey{1, 1}, []byte{1}, now, stuck)
+	for i := range 10000 {
+		b := new(atomic.Bool)
+		b.Store(true)
+		s.record(0, invKey{1, uint64(i + 2)}, []byte{1}, now, b)
+		b.Store(false) // acknowledged
+	}
+	d := s.dedup[0]
+	held := 0
+	for _, f := range d.flags[d.flagHead:] {
+		if f != nil {
+			held++
+		}
+	}
+	if held > 200 {
+		t.Fatalf("%d flags kept behind the stuck one", held)
+	}
+	if _, _, busy := s.lookup(0, invKey{1, 1}); !busy {
+		t.Fatal("the stuck run's flag was lost")
+	}
+	if _, ok, busy := s.lookup(0, invKey{1, 500}); !ok || busy {
+		t.Fatalf("an acknowledged run: found %v, busy %v", ok, busy)
+	}
+	stuck.Store(false)
+	seq := uint64(20000)
+	allocs := testing.AllocsPerRun(1000, func() {
+		seq++
+		b := new(atomic.Bool) // the run's, allocated by the caller
+		b.Store(true)
+		s.record(0, invKey{1, seq}, []byte{1}, now, b)
+		b.Store(false)
+	})
+	if allocs > 1.01 { // the flag itself
+		t.Fatalf("%.2f allocations per busy record", allocs)
 	}
 }
