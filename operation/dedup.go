@@ -64,6 +64,11 @@ type dedupEntry struct {
 
 const dedupOverflow = 0xff
 
+type bigResponse struct {
+	at int64
+	b  []byte
+}
+
 // dedupLog is one partition's record, oldest first, touched on its
 // executor only. Entries live in chunks: recording fills the last one,
 // pruning by age drops whole chunks from the front, and nothing is ever
@@ -78,8 +83,11 @@ type dedupLog struct {
 	// entry has expired for a while; see pruneAfter).
 	pruneAt int64
 	spare   []dedupEntry // a dropped largest chunk, for reuse
-	// big holds the responses too long for an entry.
-	big map[invKey][]byte
+	// big holds the responses too long for an entry, with the time of the
+	// entry they belong to (an id recorded twice, run again after the
+	// window or after the clock stepped back, has one slot: the newer
+	// record's; pruning the older one leaves it).
+	big map[invKey]bigResponse
 	// flags[flagHead:] holds the busy flags of the runs with synchronous
 	// backups, in record order, numbered from flagSeq: set until the last
 	// ack, a retry must wait while it is. Recording drops the cleared ones
@@ -173,7 +181,10 @@ func (d *dedupLog) entry(i int) (e *dedupEntry) {
 // next record.
 func (d *dedupLog) response(e *dedupEntry) []byte {
 	if e.n == dedupOverflow {
-		return d.big[e.key]
+		if r := d.big[e.key]; r.at == e.at {
+			return r.b
+		}
+		return nil
 	}
 	return e.resp[:e.n:e.n]
 }
@@ -203,11 +214,10 @@ func (s *Service) record(p int, k invKey, resp []byte, at int64, busy *atomic.Bo
 		return
 	}
 	d := s.dedupOf(p)
-	// Prune first: an expired record of the same id (an invocation run
-	// again after the window, kept because pruning is batched) must not
-	// take the new one's long response with it. (Busy flags are numbered,
-	// not keyed by id.)
-	if at >= d.pruneAt || len(resp) > dedupInline && d.big[k] != nil {
+	// (An expired record of the same id, kept because pruning is batched,
+	// cannot take the new one's side data with it when it goes: busy flags
+	// are numbered and long responses carry their entry's time.)
+	if at >= d.pruneAt {
 		s.prune(p, d, at)
 	}
 	last := len(d.chunks) - 1
@@ -234,9 +244,9 @@ func (s *Service) record(p int, k invKey, resp []byte, at int64, busy *atomic.Bo
 	} else {
 		e.n = dedupOverflow
 		if d.big == nil {
-			d.big = make(map[invKey][]byte)
+			d.big = make(map[invKey]bigResponse)
 		}
-		d.big[k] = bytes.Clone(resp) // resp may be a caller's scratch
+		d.big[k] = bigResponse{at: at, b: bytes.Clone(resp)} // resp may be a caller's scratch
 	}
 	if busy != nil {
 		e.busy, e.seq = true, d.addFlag(busy)
@@ -253,7 +263,9 @@ func (s *Service) prune(p int, d *dedupLog, now int64) {
 		for d.head < len(c) && c[d.head].at < limit {
 			e := &c[d.head]
 			if e.n == dedupOverflow {
-				delete(d.big, e.key)
+				if d.big[e.key].at == e.at {
+					delete(d.big, e.key)
+				}
 			}
 			if i := e.seq - d.flagSeq; e.busy && i < uint32(len(d.flags)-d.flagHead) {
 				d.dropFlags(int(i) + 1) // older runs' flags go with it

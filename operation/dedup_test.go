@@ -249,3 +249,24 @@ func TestDedupFlagsBehindAStuckOne(t *testing.T) {
 		t.Fatalf("%.2f allocations per busy record", allocs)
 	}
 }
+
+// An id recorded again while its first record is still kept (a lookup
+// that stopped early at an entry stamped before a clock step back missed
+// it) keeps its own long response when the first record is pruned.
+func TestDedupTwinKeepsLongResponse(t *testing.T) {
+	const window = time.Second
+	s := New(Config{PartitionCount: 1, PartitionThreads: 1, Routing: selfRouting{"self"}, DedupWindow: window})
+	k := invKey{5, 1}
+	long1, long2 := bytes.Repeat([]byte{1}, 40), bytes.Repeat([]byte{2}, 40)
+	now := time.Now().UnixNano()
+	s.record(0, k, long1, now, nil)
+	s.record(0, k, long2, now+int64(window/2), nil)
+	d := s.dedup[0]
+	s.prune(0, d, now+int64(window)+1) // drops only the first
+	if d.len() != 1 {
+		t.Fatalf("log holds %d records, want 1", d.len())
+	}
+	if got := d.response(d.entry(0)); !bytes.Equal(got, long2) {
+		t.Fatalf("response %x, want the second record's", got)
+	}
+}
