@@ -130,25 +130,41 @@ func TestDedupLogMatchesModel(t *testing.T) {
 	}
 }
 
-// An invocation recorded again after its first record expired (it ran
-// again past the window) keeps its own long response and busy flag: the
-// expired twin's pruning must not take them.
+// An invocation recorded again keeps its own long response and busy flag
+// when its first record is pruned: whether the first had expired (it ran
+// again past the window) or was still kept (a lookup that stopped early at
+// an entry stamped before a clock step back missed it).
 func TestDedupReRecordedKeyKeepsItsSideData(t *testing.T) {
 	const window = time.Second
-	s := New(Config{PartitionCount: 1, PartitionThreads: 1, Routing: selfRouting{"self"}, DedupWindow: window})
-	k := invKey{5, 1}
-	long1, long2 := bytes.Repeat([]byte{1}, 40), bytes.Repeat([]byte{2}, 40)
-	now := time.Now().UnixNano()
-	s.record(0, k, long1, now-int64(2*window), new(atomic.Bool))
-	if _, ok, _ := s.lookup(0, k); ok {
-		t.Fatal("expired record found")
-	}
-	busy := new(atomic.Bool)
-	busy.Store(true)
-	s.record(0, k, long2, now, busy)
-	resp, ok, isBusy := s.lookup(0, k)
-	if !ok || !bytes.Equal(resp, long2) || !isBusy {
-		t.Fatalf("lookup = %x, %v, busy %v; want the second run's response, busy", resp, ok, isBusy)
+	for _, c := range []struct {
+		name          string
+		first, second time.Duration // from now
+	}{
+		{"first expired", -2 * window, 0},
+		{"first still kept", 0, window / 2},
+	} {
+		t.Run(c.name, func(t *testing.T) {
+			s := New(Config{PartitionCount: 1, PartitionThreads: 1, Routing: selfRouting{"self"}, DedupWindow: window})
+			k := invKey{5, 1}
+			long1, long2 := bytes.Repeat([]byte{1}, 40), bytes.Repeat([]byte{2}, 40)
+			now := time.Now().UnixNano()
+			s.record(0, k, long1, now+int64(c.first), new(atomic.Bool))
+			if _, ok, _ := s.lookup(0, k); ok != (c.first >= 0) {
+				t.Fatalf("first record found = %v", ok)
+			}
+			busy := new(atomic.Bool)
+			busy.Store(true)
+			s.record(0, k, long2, now+int64(c.second), busy)
+			d := s.dedup[0]
+			s.prune(0, d, now+int64(c.first+window)+1) // drops the first only
+			if d.len() != 1 {
+				t.Fatalf("log holds %d records, want 1", d.len())
+			}
+			resp, ok, isBusy := s.lookup(0, k)
+			if !ok || !bytes.Equal(resp, long2) || !isBusy {
+				t.Fatalf("lookup = %x, %v, busy %v; want the second run's response, busy", resp, ok, isBusy)
+			}
+		})
 	}
 }
 
@@ -247,26 +263,5 @@ func TestDedupFlagsBehindAStuckOne(t *testing.T) {
 	})
 	if allocs > 1.01 { // the flag itself
 		t.Fatalf("%.2f allocations per busy record", allocs)
-	}
-}
-
-// An id recorded again while its first record is still kept (a lookup
-// that stopped early at an entry stamped before a clock step back missed
-// it) keeps its own long response when the first record is pruned.
-func TestDedupTwinKeepsLongResponse(t *testing.T) {
-	const window = time.Second
-	s := New(Config{PartitionCount: 1, PartitionThreads: 1, Routing: selfRouting{"self"}, DedupWindow: window})
-	k := invKey{5, 1}
-	long1, long2 := bytes.Repeat([]byte{1}, 40), bytes.Repeat([]byte{2}, 40)
-	now := time.Now().UnixNano()
-	s.record(0, k, long1, now, nil)
-	s.record(0, k, long2, now+int64(window/2), nil)
-	d := s.dedup[0]
-	s.prune(0, d, now+int64(window)+1) // drops only the first
-	if d.len() != 1 {
-		t.Fatalf("log holds %d records, want 1", d.len())
-	}
-	if got := d.response(d.entry(0)); !bytes.Equal(got, long2) {
-		t.Fatalf("response %x, want the second record's", got)
 	}
 }
