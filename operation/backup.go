@@ -385,7 +385,7 @@ func (s *Service) applyBackup(e *executor, t task, start time.Time) bool {
 		return false
 	}
 	s.versions[t.pid].Store(t.version)
-	s.record(t.pid, t.key, t.resp, time.Now().UnixNano(), nil)
+	s.record(t.pid, t.key, t.resp, monoNow(), nil)
 	s.backupApplied(e, t, nil)
 	return true
 }

@@ -19,6 +19,18 @@ import (
 // backup is answered from it instead of running again. Records older than
 // the dedup window are dropped; an invocation does not retry an attempt
 // that may have run once the window has passed since its first attempt.
+//
+// Records are stamped with the process's monotonic clock (monoNow), not
+// the wall clock, so that a wall-clock step cannot reorder a partition's
+// log (a lookup stops at the first expired record); between members a
+// record carries its age.
+
+// monoBase anchors monoNow.
+var monoBase = time.Now()
+
+// monoNow returns nanoseconds on the process's monotonic clock (one clock
+// read; time.Now makes two).
+func monoNow() int64 { return int64(time.Since(monoBase)) }
 
 // maxCarried bounds the records one migration or replica sync carries
 // for a partition (the newest ones), about 3 MiB.
@@ -55,7 +67,7 @@ const (
 // nothing to scan.
 type dedupEntry struct {
 	key  invKey
-	at   int64 // unix nanoseconds when recorded
+	at   int64 // when recorded (monoNow)
 	n    uint8 // response length; dedupOverflow: in the overflow map
 	busy bool  // the run had synchronous backups: its flag is number seq
 	resp [dedupInline]byte
@@ -314,7 +326,7 @@ func (s *Service) lookup(p int, k invKey) (resp []byte, found, busy bool) {
 	if k.zero() || d == nil {
 		return nil, false, false
 	}
-	limit := time.Now().UnixNano() - int64(s.cfg.DedupWindow)
+	limit := monoNow() - int64(s.cfg.DedupWindow)
 	for ci := len(d.chunks) - 1; ci >= 0; ci-- {
 		c, lo := d.chunks[ci], 0
 		if ci == 0 {
@@ -350,7 +362,8 @@ func (s *Service) AppendDedup(w *spi.Writer, p int) {
 		w.WriteUvarint(0)
 		return
 	}
-	s.prune(p, d, time.Now().UnixNano())
+	now := monoNow()
+	s.prune(p, d, now)
 	n, first := d.len(), 0
 	if n > maxCarried {
 		// Keep the bundle well under the frame limit: the newest entries
@@ -361,7 +374,7 @@ func (s *Service) AppendDedup(w *spi.Writer, p int) {
 	d.entries(first, func(e *dedupEntry) bool {
 		w.WriteUint64(e.key.origin)
 		w.WriteUvarint(e.key.seq)
-		w.WriteVarint(e.at)
+		w.WriteVarint(max(now-e.at, 0)) // its age: clocks are per process
 		w.WriteBytes(d.response(e))
 		return true
 	})
@@ -375,11 +388,12 @@ func (s *Service) ReadDedup(r *spi.Reader, p int) error {
 		return fmt.Errorf("%w: dedup record of %d entries in %d bytes", spi.ErrProtocol, n, r.Remaining())
 	}
 	s.DropDedup(p)
+	now := monoNow()
 	for i := uint64(0); i < n && r.Err() == nil; i++ {
 		k := invKey{origin: r.ReadUint64(), seq: r.ReadUvarint()}
-		at, resp := r.ReadVarint(), r.ReadBytes()
+		age, resp := r.ReadVarint(), r.ReadBytes()
 		if r.Err() == nil {
-			s.record(p, k, resp, at, nil)
+			s.record(p, k, resp, now-max(age, 0), nil)
 		}
 	}
 	return r.Err()

@@ -12,7 +12,7 @@ import (
 
 func TestDedupRecordLookupPruneCarry(t *testing.T) {
 	s := New(Config{PartitionCount: 2, Routing: selfRouting{"self"}, DedupWindow: time.Second})
-	now := time.Now().UnixNano()
+	now := monoNow()
 	old := now - int64(2*time.Second)
 	s.record(0, invKey{1, 1}, []byte{1}, old, nil)
 	for i := uint64(2); i <= maxCarried+10; i++ {
@@ -44,6 +44,33 @@ func TestDedupRecordLookupPruneCarry(t *testing.T) {
 	s.DropDedup(1)
 	if _, ok, _ := s.lookup(1, invKey{1, maxCarried + 10}); ok {
 		t.Fatal("DropDedup kept records")
+	}
+}
+
+// A carried record travels with its age, not its time (each process has
+// its own monotonic clock), and the receiver keeps it for what is left of
+// the window.
+func TestDedupCarriesAges(t *testing.T) {
+	const window, age = 10 * time.Second, 9 * time.Second
+	s := New(Config{PartitionCount: 2, Routing: selfRouting{"self"}, DedupWindow: window})
+	s.record(0, invKey{1, 1}, []byte{7}, monoNow()-int64(age), nil)
+	w := spi.NewWriter(nil)
+	s.AppendDedup(w, 0)
+	r := spi.NewReader(w.Bytes())
+	n, origin, seq, got := r.ReadUvarint(), r.ReadUint64(), r.ReadUvarint(), time.Duration(r.ReadVarint())
+	if r.Err() != nil || n != 1 || origin != 1 || seq != 1 || got < age || got > age+time.Second {
+		t.Fatalf("carried n=%d id=%d/%d age %v (err %v), want one record aged about %v", n, origin, seq, got, r.Err(), age)
+	}
+	if err := s.ReadDedup(spi.NewReader(w.Bytes()), 1); err != nil {
+		t.Fatal(err)
+	}
+	if _, ok, _ := s.lookup(1, invKey{1, 1}); !ok {
+		t.Fatal("the carried record was not found")
+	}
+	d := s.dedup[1]
+	s.prune(1, d, monoNow()+int64(2*time.Second)) // past what was left of its window
+	if d.len() != 0 {
+		t.Fatal("the carried record outlived its window: its age was not kept")
 	}
 }
 
@@ -147,7 +174,7 @@ func TestDedupReRecordedKeyKeepsItsSideData(t *testing.T) {
 			s := New(Config{PartitionCount: 1, PartitionThreads: 1, Routing: selfRouting{"self"}, DedupWindow: window})
 			k := invKey{5, 1}
 			long1, long2 := bytes.Repeat([]byte{1}, 40), bytes.Repeat([]byte{2}, 40)
-			now := time.Now().UnixNano()
+			now := monoNow()
 			s.record(0, k, long1, now+int64(c.first), new(atomic.Bool))
 			if _, ok, _ := s.lookup(0, k); ok != (c.first >= 0) {
 				t.Fatalf("first record found = %v", ok)
@@ -173,7 +200,7 @@ func TestDedupReRecordedKeyKeepsItsSideData(t *testing.T) {
 func TestDedupLogStartsSmall(t *testing.T) {
 	s := New(Config{PartitionCount: 4096, PartitionThreads: 1, Routing: selfRouting{"self"}})
 	for p := range 4096 {
-		s.record(p, invKey{1, uint64(p + 1)}, []byte{1}, time.Now().UnixNano(), nil)
+		s.record(p, invKey{1, uint64(p + 1)}, []byte{1}, monoNow(), nil)
 	}
 	for p := range 4096 {
 		if d := s.dedup[p]; len(d.chunks) != 1 || cap(d.chunks[0]) != dedupFirstChunk || d.spare != nil {
@@ -186,7 +213,7 @@ func TestDedupLogStartsSmall(t *testing.T) {
 // batches) is never an answer.
 func TestDedupExpiredButKeptIsNotFound(t *testing.T) {
 	s := New(Config{PartitionCount: 1, Routing: selfRouting{"self"}, DedupWindow: time.Second})
-	now := time.Now().UnixNano()
+	now := monoNow()
 	s.record(0, invKey{1, 1}, []byte{1}, now-int64(1030*time.Millisecond), nil)
 	s.record(0, invKey{1, 2}, []byte{2}, now, nil)
 	if n := s.dedup[0].len(); n != 2 {
@@ -206,7 +233,7 @@ func TestDedupExpiredButKeptIsNotFound(t *testing.T) {
 // the new record's long response or busy flag with it.
 func TestDedupExpiredTwinKeepsNewSideData(t *testing.T) {
 	s := New(Config{PartitionCount: 1, Routing: selfRouting{"self"}, DedupWindow: time.Second})
-	now := time.Now().UnixNano()
+	now := monoNow()
 	k := invKey{1, 1}
 	long := bytes.Repeat([]byte{7}, 40)
 	s.record(0, k, long, now-int64(1030*time.Millisecond), nil)
@@ -226,7 +253,7 @@ func TestDedupExpiredTwinKeepsNewSideData(t *testing.T) {
 // allocation.
 func TestDedupFlagsBehindAStuckOne(t *testing.T) {
 	s := New(Config{PartitionCount: 1, PartitionThreads: 1, Routing: selfRouting{"self"}})
-	now := time.Now().UnixNano()
+	now := monoNow()
 	stuck := new(atomic.Bool)
 	stuck.Store(true)
 	s.record(0, invKey{1, 1}, []byte{1}, now, stuck)

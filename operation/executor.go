@@ -139,7 +139,7 @@ func (e *executor) run(t task) {
 		// executor in between, and a retry must wait until they are
 		// acknowledged (busy).
 		busy := e.s.sendBackups(e, t, bo, resp)
-		e.s.record(t.pid, t.key, enc, time.Now().UnixNano(), busy)
+		e.s.record(t.pid, t.key, enc, monoNow(), busy)
 		if busy != nil {
 			return // the last synchronous ack finishes the task
 		}

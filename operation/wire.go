@@ -21,7 +21,7 @@ import (
 // a kindError and the connection stays up.
 const (
 	// ProtocolVersion is the version both sides of a connection must speak.
-	ProtocolVersion = 2
+	ProtocolVersion = 3
 	// MaxFrameSize bounds one frame (16 MiB).
 	MaxFrameSize = 16 << 20
 
