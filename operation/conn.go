@@ -363,6 +363,7 @@ func (c *conn) close(err error) {
 	c.pending = nil
 	c.mu.Unlock()
 	close(c.done)
+	c.wakeWriter() // it returns on done
 	c.nc.Close()
 	for _, cl := range pending {
 		cl.complete(nil, err)
@@ -381,14 +382,11 @@ func (c *conn) writeLoop() {
 	defer c.wg.Done()
 	var spare []byte
 	for {
+		<-c.wake // close wakes it too: one channel, no select
 		select {
-		case <-c.wake: // fast path: one channel, no select lock
+		case <-c.done:
+			return
 		default:
-			select {
-			case <-c.wake:
-			case <-c.done:
-				return
-			}
 		}
 		c.mu.Lock()
 		buf := c.out
