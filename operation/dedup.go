@@ -51,8 +51,10 @@ func newIncarnation() uint64 {
 }
 
 // dedupInline is the longest response kept inside its entry; longer ones
-// go to the log's overflow map (a counter's answer takes 2 to 10 bytes).
-const dedupInline = 18
+// go to the log's overflow map. Ten bytes hold a counter's answer up to
+// 2^62 (a tag and a varint), and make an entry 40 bytes: on a busy member
+// the log is written at several MB/s, and each record is a cache miss.
+const dedupInline = 10
 
 // Chunk sizes of a log, in entries: the first chunk is small, so that
 // the 271 logs of a quiet member cost little, and each next one doubles up
@@ -67,11 +69,11 @@ const (
 // nothing to scan.
 type dedupEntry struct {
 	key  invKey
-	at   int64 // when recorded (monoNow)
-	n    uint8 // response length; dedupOverflow: in the overflow map
-	busy bool  // the run had synchronous backups: its flag is number seq
-	resp [dedupInline]byte
+	at   int64  // when recorded (monoNow)
 	seq  uint32 // see dedupLog.flags
+	n    uint8  // response length; dedupOverflow: in the overflow map
+	busy bool   // the run had synchronous backups: its flag is number seq
+	resp [dedupInline]byte
 }
 
 const dedupOverflow = 0xff
