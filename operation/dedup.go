@@ -99,8 +99,8 @@ type dedupLog struct {
 	spare   []dedupEntry // a dropped largest chunk, for reuse
 	// big holds the responses too long for an entry, with the time of the
 	// entry they belong to (an id recorded twice, run again after the
-	// window or after the clock stepped back, has one slot: the newer
-	// record's; pruning the older one leaves it).
+	// window, has one slot: the newer record's; pruning the older one
+	// leaves it).
 	big map[invKey]bigResponse
 	// flags[flagHead:] holds the busy flags of the runs with synchronous
 	// backups, in record order, numbered from flagSeq: set until the last
@@ -203,12 +203,7 @@ func (d *dedupLog) response(e *dedupEntry) []byte {
 	return e.resp[:e.n:e.n]
 }
 
-func (s *Service) dedupOf(p int) *dedupLog {
-	if s.dedup[p] == nil {
-		s.dedup[p] = &dedupLog{}
-	}
-	return s.dedup[p]
-}
+func (s *Service) dedupOf(p int) *dedupLog { return &s.dedup[p] }
 
 // recordCount is the exactly-once record count of one executor's
 // partitions, on a cache line of its own (only that executor writes it).
@@ -324,8 +319,8 @@ func (s *Service) pruneAfter(at int64) int64 {
 // lookup returns the recorded response of k in partition p, if any, and
 // whether that run still waits for its synchronous backups.
 func (s *Service) lookup(p int, k invKey) (resp []byte, found, busy bool) {
-	d := s.dedup[p]
-	if k.zero() || d == nil {
+	d := &s.dedup[p]
+	if k.zero() || d.n == 0 {
 		return nil, false, false
 	}
 	limit := monoNow() - int64(s.cfg.DedupWindow)
@@ -350,20 +345,15 @@ func (s *Service) lookup(p int, k invKey) (resp []byte, found, busy bool) {
 
 // DropDedup forgets partition p's record (executor p).
 func (s *Service) DropDedup(p int) {
-	if d := s.dedup[p]; d != nil {
-		s.countRecords(p, -d.len())
-		s.dedup[p] = nil
-	}
+	d := &s.dedup[p]
+	s.countRecords(p, -d.len())
+	*d = dedupLog{}
 }
 
 // AppendDedup writes partition p's record (executor p), for a migration or
 // a replica sync.
 func (s *Service) AppendDedup(w *spi.Writer, p int) {
-	d := s.dedup[p]
-	if d == nil {
-		w.WriteUvarint(0)
-		return
-	}
+	d := &s.dedup[p]
 	now := monoNow()
 	s.prune(p, d, now)
 	n, first := d.len(), 0

@@ -67,7 +67,7 @@ func TestDedupCarriesAges(t *testing.T) {
 	if _, ok, _ := s.lookup(1, invKey{1, 1}); !ok {
 		t.Fatal("the carried record was not found")
 	}
-	d := s.dedup[1]
+	d := &s.dedup[1]
 	s.prune(1, d, monoNow()+int64(2*time.Second)) // past what was left of its window
 	if d.len() != 0 {
 		t.Fatal("the carried record outlived its window: its age was not kept")
@@ -122,7 +122,7 @@ func TestDedupLogMatchesModel(t *testing.T) {
 		}
 		if i%97 == 0 && len(model) > 0 {
 			// lookup reads the clock: check the log directly instead.
-			d := s.dedup[0]
+			d := &s.dedup[0]
 			if d.len() != len(model) {
 				t.Fatalf("log holds %d, model %d", d.len(), len(model))
 			}
@@ -138,7 +138,7 @@ func TestDedupLogMatchesModel(t *testing.T) {
 	}
 	// Busy flags still set survive the sweeps; overflow responses and
 	// flags of pruned entries are gone.
-	d := s.dedup[0]
+	d := &s.dedup[0]
 	busyRecords := 0
 	for j, r := range model {
 		if r.busy != nil {
@@ -182,7 +182,7 @@ func TestDedupReRecordedKeyKeepsItsSideData(t *testing.T) {
 			busy := new(atomic.Bool)
 			busy.Store(true)
 			s.record(0, k, long2, now+int64(c.second), busy)
-			d := s.dedup[0]
+			d := &s.dedup[0]
 			s.prune(0, d, now+int64(c.first+window)+1) // drops the first only
 			if d.len() != 1 {
 				t.Fatalf("log holds %d records, want 1", d.len())
@@ -203,7 +203,7 @@ func TestDedupLogStartsSmall(t *testing.T) {
 		s.record(p, invKey{1, uint64(p + 1)}, []byte{1}, monoNow(), nil)
 	}
 	for p := range 4096 {
-		if d := s.dedup[p]; len(d.chunks) != 1 || cap(d.chunks[0]) != dedupFirstChunk || d.spare != nil {
+		if d := &s.dedup[p]; len(d.chunks) != 1 || cap(d.chunks[0]) != dedupFirstChunk || d.spare != nil {
 			t.Fatalf("partition %d: %d chunks, first of capacity %d", p, len(d.chunks), cap(d.chunks[0]))
 		}
 	}
@@ -241,7 +241,7 @@ func TestDedupExpiredTwinKeepsNewSideData(t *testing.T) {
 	busy.Store(true)
 	s.record(0, k, long, now, busy)
 	s.record(0, invKey{1, 2}, []byte{1}, now+int64(40*time.Millisecond), nil)
-	s.prune(0, s.dedup[0], now+int64(100*time.Millisecond))
+	s.prune(0, &s.dedup[0], now+int64(100*time.Millisecond))
 	resp, ok, isBusy := s.lookup(0, k)
 	if !ok || !bytes.Equal(resp, long) || !isBusy {
 		t.Fatalf("lookup = %x, found %v, busy %v; want the new record's response and busy flag", resp, ok, isBusy)
@@ -263,7 +263,7 @@ func TestDedupFlagsBehindAStuckOne(t *testing.T) {
 		s.record(0, invKey{1, uint64(i + 2)}, []byte{1}, now, b)
 		b.Store(false) // acknowledged
 	}
-	d := s.dedup[0]
+	d := &s.dedup[0]
 	held := 0
 	for _, f := range d.flags[d.flagHead:] {
 		if f != nil {

@@ -160,7 +160,7 @@ type Service struct {
 	replicas  []*replicaState // by partition; touched on its executor only
 	syncs     atomic.Int32    // partitions whose replica waits for a sync
 	syncFlag  []atomic.Bool   // by partition: that replica waits for a sync
-	dedup     []*dedupLog     // by partition; touched on its executor only
+	dedup     []dedupLog      // by partition; touched on its executor only
 	origin    uint64          // this member's incarnation, for invocation ids
 	seq       atomic.Uint64
 	generic   *executor // generic executors share one queue
@@ -213,7 +213,7 @@ func New(cfg Config) *Service {
 		migrating: make([]atomic.Bool, cfg.PartitionCount),
 		versions:  make([]atomic.Int64, cfg.PartitionCount),
 		replicas:  make([]*replicaState, cfg.PartitionCount),
-		dedup:     make([]*dedupLog, cfg.PartitionCount),
+		dedup:     make([]dedupLog, cfg.PartitionCount),
 		syncFlag:  make([]atomic.Bool, cfg.PartitionCount),
 		origin:    newIncarnation(),
 		m:         newMetrics(),
