@@ -9,6 +9,10 @@ import (
 	"github.com/partita-go/partita/spi"
 )
 
+// takeOverTimeout bounds how long a new master waits for every member's
+// answer to its first table push before it plans anyway.
+const takeOverTimeout = 3 * time.Second
+
 // republishInterval is how often the membership loop re-checks the member
 // list and re-sends the table to members that have not acknowledged it.
 const republishInterval = 200 * time.Millisecond
@@ -50,6 +54,13 @@ func (n *Node) refreshMembers() {
 	prev := *n.members.Load()
 	if slices.Equal(prev, next) {
 		return
+	}
+	if len(prev) > 0 && len(next) > 0 && prev[0].ID != next[0].ID && next[0].ID == n.id {
+		// Taking over: gate the planner before IsMaster turns true.
+		n.publish.Lock()
+		n.answered, n.takeOverEnd = map[string]bool{}, time.Now().Add(takeOverTimeout)
+		clear(n.acked) // acknowledgements of an earlier term are stale
+		n.publish.Unlock()
 	}
 	n.members.Store(&next)
 	for _, m := range prev {
@@ -125,6 +136,43 @@ func (n *Node) push(m spi.Member, t *partition.Table) {
 		return
 	}
 	n.adoptNewer(resp, m.Address)
+	n.publish.Lock()
+	taking := n.answered != nil
+	if taking {
+		n.answered[m.ID] = true
+	}
+	n.publish.Unlock()
+	if taking {
+		n.mgr.Trigger()
+	}
+}
+
+// tookOver reports whether this member, master now, may plan: a master
+// that took over from another one plans from its table only once every
+// member answered a push of it, adopting any newer table they held. A
+// plan from an older table moves partitions by a table the members do not
+// hold: a destination commits and waits for a table naming it that never
+// comes, a source drops data that the newer table still gives it.
+func (n *Node) tookOver() bool {
+	n.publish.Lock()
+	defer n.publish.Unlock()
+	if n.answered == nil {
+		return true
+	}
+	var missing []string
+	for _, m := range *n.members.Load() {
+		if m.ID != n.id && !n.answered[m.ID] {
+			missing = append(missing, m.Address)
+		}
+	}
+	if len(missing) > 0 {
+		if time.Now().Before(n.takeOverEnd) {
+			return false
+		}
+		n.log.Warn("new master: members did not answer its table push in time; planning from the newest table it holds", "members", missing)
+	}
+	n.answered = nil
+	return true
 }
 
 // adoptNewer installs a table a member answered with because it is newer

@@ -363,7 +363,7 @@ func (op *leaveOp) Response() any { return op.targets }
 // masterEngine adapts the Node to migration.Engine.
 type masterEngine struct{ n *Node }
 
-func (e masterEngine) IsMaster() bool          { return e.n.IsMaster() }
+func (e masterEngine) IsMaster() bool          { return e.n.IsMaster() && e.n.tookOver() }
 func (e masterEngine) Table() *partition.Table { return e.n.table.Load() }
 func (e masterEngine) Alive(id string) bool    { return containsMember(*e.n.members.Load(), id) }
 func (e masterEngine) Address(id string) string {

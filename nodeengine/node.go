@@ -92,9 +92,15 @@ type Node struct {
 	// mlStopped silences memberlist's late log lines after Shutdown.
 	mlStopped atomic.Bool
 
-	publish  sync.Mutex // guards acked and inflight
+	publish  sync.Mutex // guards acked, inflight, answered and takeOverEnd
 	acked    map[string]int64
 	inflight map[string]bool // table pushes in flight, by member
+	// answered is not nil while this member takes over as master: it
+	// plans nothing until every member answered a table push (so it holds
+	// the newest table any of them got from the old master) or takeOverEnd
+	// passed.
+	answered    map[string]bool
+	takeOverEnd time.Time
 
 	mgr            *migration.Manager
 	migrationAware []migrationAware
