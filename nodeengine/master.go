@@ -59,7 +59,9 @@ func (n *Node) refreshMembers() {
 		// Taking over: gate the planner before IsMaster turns true.
 		n.publish.Lock()
 		n.answered, n.takeOverEnd = map[string]bool{}, time.Now().Add(takeOverTimeout)
-		clear(n.acked) // acknowledgements of an earlier term are stale
+		n.term++
+		clear(n.acked) // acknowledgements and pushes of an earlier term
+		clear(n.inflight)
 		n.publish.Unlock()
 	}
 	n.members.Store(&next)
@@ -82,7 +84,10 @@ func (n *Node) refreshMembers() {
 	}
 	if len(next) > 0 && (len(prev) == 0 || prev[0].ID != next[0].ID) {
 		n.log.Info("master is now", "master", next[0].Address, "master_id", next[0].ID, "self", next[0].ID == n.id)
-		if len(prev) > 0 {
+		if len(prev) > 0 && next[0].ID != n.id {
+			// A new master resolves them once it holds the newest table
+			// (tookOver): by its own, possibly older one, it could drop
+			// data that the newest table gives it.
 			n.resolveDepartedMaster()
 		}
 	}
@@ -113,31 +118,36 @@ func (n *Node) publishTable() {
 		if !done {
 			n.inflight[m.ID] = true
 		}
+		term := n.term
 		n.publish.Unlock()
 		if done {
 			continue
 		}
-		n.spawn(func() { n.push(m, t) })
+		n.spawn(func() { n.push(m, t, term) })
 	}
 }
 
-func (n *Node) push(m spi.Member, t *partition.Table) {
+// push sends t to m in the given term (see Node.term).
+func (n *Node) push(m spi.Member, t *partition.Table, term uint64) {
 	ctx, cancel := n.stopContext(2 * time.Second)
 	defer cancel()
 	resp, err := n.ops.InvokeOnMember(ctx, engineService, &publishTableOp{table: t}, m.ID)
 	n.publish.Lock()
-	delete(n.inflight, m.ID)
-	if err == nil {
-		n.acked[m.ID] = max(n.acked[m.ID], t.Version)
+	current := n.term == term
+	if current {
+		delete(n.inflight, m.ID)
+		if err == nil {
+			n.acked[m.ID] = max(n.acked[m.ID], t.Version)
+		}
 	}
 	n.publish.Unlock()
 	if err != nil {
 		n.log.Debug("table push failed; will retry", "to", m.Address, "version", t.Version, "error", err)
 		return
 	}
-	n.adoptNewer(resp, m.Address)
+	n.adoptNewer(resp, m.Address) // a newer table is news in any term
 	n.publish.Lock()
-	taking := n.answered != nil
+	taking := current && n.term == term && n.answered != nil
 	if taking {
 		n.answered[m.ID] = true
 	}
@@ -152,11 +162,12 @@ func (n *Node) push(m spi.Member, t *partition.Table) {
 // member answered a push of it, adopting any newer table they held. A
 // plan from an older table moves partitions by a table the members do not
 // hold: a destination commits and waits for a table naming it that never
-// comes, a source drops data that the newer table still gives it.
+// comes, a source drops data that the newer table still gives it. The
+// migrations the old master left half done here are resolved then too.
 func (n *Node) tookOver() bool {
 	n.publish.Lock()
-	defer n.publish.Unlock()
 	if n.answered == nil {
+		n.publish.Unlock()
 		return true
 	}
 	var missing []string
@@ -165,13 +176,16 @@ func (n *Node) tookOver() bool {
 			missing = append(missing, m.Address)
 		}
 	}
-	if len(missing) > 0 {
-		if time.Now().Before(n.takeOverEnd) {
-			return false
-		}
-		n.log.Warn("new master: members did not answer its table push in time; planning from the newest table it holds", "members", missing)
+	if len(missing) > 0 && time.Now().Before(n.takeOverEnd) {
+		n.publish.Unlock()
+		return false
 	}
 	n.answered = nil
+	n.publish.Unlock()
+	if len(missing) > 0 {
+		n.log.Warn("new master: members did not answer its table push in time; planning from the newest table it holds", "members", missing)
+	}
+	n.spawn(n.resolveDepartedMaster) // by the newest table now
 	return true
 }
 

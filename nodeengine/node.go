@@ -92,7 +92,7 @@ type Node struct {
 	// mlStopped silences memberlist's late log lines after Shutdown.
 	mlStopped atomic.Bool
 
-	publish  sync.Mutex // guards acked, inflight, answered and takeOverEnd
+	publish  sync.Mutex // guards acked, inflight, answered, takeOverEnd and term
 	acked    map[string]int64
 	inflight map[string]bool // table pushes in flight, by member
 	// answered is not nil while this member takes over as master: it
@@ -101,6 +101,9 @@ type Node struct {
 	// passed.
 	answered    map[string]bool
 	takeOverEnd time.Time
+	// term counts this member's take-overs: a push sent in an earlier
+	// term neither acknowledges nor answers for the current one.
+	term uint64
 
 	mgr            *migration.Manager
 	migrationAware []migrationAware

@@ -265,7 +265,7 @@ func (s *Service) record(p int, k invKey, resp []byte, at int64, busy *atomic.Bo
 
 // prune drops partition p's records older than the window.
 func (s *Service) prune(p int, d *dedupLog, now int64) {
-	limit := now - int64(s.cfg.DedupWindow)
+	limit := now - s.dedupKeep()
 	dropped := 0
 	for len(d.chunks) > 0 {
 		c := d.chunks[0]
@@ -312,8 +312,17 @@ func (s *Service) prune(p int, d *dedupLog, now int64) {
 // (each prune reads the oldest entry, which is cold in the cache).
 // Lookups ignore expired records that are still kept.
 func (s *Service) pruneAfter(at int64) int64 {
+	return at + s.dedupKeep() + int64(s.cfg.DedupWindow)/16
+}
+
+// dedupKeep is how long a record is kept and found: the dedup window plus
+// an eighth. An invocation sends no retry of an attempt that may have run
+// once the window has passed since its first attempt (errPastWindow), and
+// the record is made after that first attempt; the eighth covers the
+// retry's way to the primary's executor (queues, a slow connection).
+func (s *Service) dedupKeep() int64 {
 	w := int64(s.cfg.DedupWindow)
-	return at + w + w/16
+	return w + w/8
 }
 
 // lookup returns the recorded response of k in partition p, if any, and
@@ -323,7 +332,7 @@ func (s *Service) lookup(p int, k invKey) (resp []byte, found, busy bool) {
 	if k.zero() || d.n == 0 {
 		return nil, false, false
 	}
-	limit := monoNow() - int64(s.cfg.DedupWindow)
+	limit := monoNow() - s.dedupKeep()
 	for ci := len(d.chunks) - 1; ci >= 0; ci-- {
 		c, lo := d.chunks[ci], 0
 		if ci == 0 {

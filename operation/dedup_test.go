@@ -68,7 +68,7 @@ func TestDedupCarriesAges(t *testing.T) {
 		t.Fatal("the carried record was not found")
 	}
 	d := &s.dedup[1]
-	s.prune(1, d, monoNow()+int64(2*time.Second)) // past what was left of its window
+	s.prune(1, d, monoNow()+int64(3*time.Second)) // past what was left of its window and slack
 	if d.len() != 0 {
 		t.Fatal("the carried record outlived its window: its age was not kept")
 	}
@@ -88,6 +88,7 @@ func TestDedupLogMatchesModel(t *testing.T) {
 		busy *atomic.Bool
 	}
 	var model []rec
+	keep := s.dedupKeep() // the window and the retries' slack
 	rng := rand.New(rand.NewPCG(1, 2))
 	now := int64(1 << 40)
 	for i := range 20000 {
@@ -112,12 +113,12 @@ func TestDedupLogMatchesModel(t *testing.T) {
 			t.Fatalf("after %d records: count %d, model holds %d", i+1, n, len(model))
 		}
 		for _, r := range model[:len(model)-n] {
-			if r.at >= now-window {
+			if r.at >= now-keep {
 				t.Fatalf("after %d records: record %v (at %d) of the window dropped at %d", i+1, r.key, r.at, now)
 			}
 		}
 		model = model[len(model)-n:]
-		if model[0].at < now-window-window/16 {
+		if model[0].at < now-keep-window/16 {
 			t.Fatalf("after %d records: record at %d kept at %d, beyond the window and its slack", i+1, model[0].at, now)
 		}
 		if i%97 == 0 && len(model) > 0 {
@@ -183,7 +184,7 @@ func TestDedupReRecordedKeyKeepsItsSideData(t *testing.T) {
 			busy.Store(true)
 			s.record(0, k, long2, now+int64(c.second), busy)
 			d := &s.dedup[0]
-			s.prune(0, d, now+int64(c.first+window)+1) // drops the first only
+			s.prune(0, d, now+int64(c.first)+s.dedupKeep()+1) // drops the first only
 			if d.len() != 1 {
 				t.Fatalf("log holds %d records, want 1", d.len())
 			}
@@ -214,7 +215,7 @@ func TestDedupLogStartsSmall(t *testing.T) {
 func TestDedupExpiredButKeptIsNotFound(t *testing.T) {
 	s := New(Config{PartitionCount: 1, Routing: selfRouting{"self"}, DedupWindow: time.Second})
 	now := monoNow()
-	s.record(0, invKey{1, 1}, []byte{1}, now-int64(1030*time.Millisecond), nil)
+	s.record(0, invKey{1, 1}, []byte{1}, now-s.dedupKeep()-int64(5*time.Millisecond), nil)
 	s.record(0, invKey{1, 2}, []byte{2}, now, nil)
 	if n := s.dedup[0].len(); n != 2 {
 		t.Fatalf("log holds %d records, want the expired one still kept (2)", n)

@@ -70,23 +70,35 @@ func (s *Service) attempts(ctx context.Context, limit time.Time, svc *serviceEnt
 	if pid >= 0 {
 		key = invKey{origin: s.origin, seq: s.seq.Add(1)}
 	}
-	mayHaveRun := false // an attempt went out and its answer was lost
+	mayHaveRun := false  // an attempt went out and its answer was lost
+	var sendBy time.Time // set once mayHaveRun: see errPastWindow
+	var lastErr error
+	indeterminate := func(err error) error {
+		return fmt.Errorf("%w: %s %T on partition %d: %w", spi.ErrIndeterminate, svc.name, op, pid, err)
+	}
 	for n := 0; ; n++ {
 		if n > 0 && st != nil {
 			st.retries.Inc()
 		}
 		var sent bool
-		resp, err := s.attempt(ctx, limit, svc, st, op, pid, member, key, n > 0, &sent)
+		resp, err := s.attempt(ctx, limit, svc, st, op, pid, member, key, n > 0, sendBy, &sent)
+		if errors.Is(err, errPastWindow) {
+			return nil, indeterminate(lastErr)
+		}
 		if err == nil || !spi.IsRetryable(err) {
 			return resp, err
 		}
 		if s.closed.Load() {
 			return nil, spi.ErrShutdown
 		}
-		mayHaveRun = mayHaveRun || (sent && errors.Is(err, spi.ErrMemberLeft))
-		if mayHaveRun && time.Since(first) > s.cfg.DedupWindow {
-			// The record that would recognise a retry may be gone.
-			return nil, fmt.Errorf("%w: %s %T on partition %d: %w", spi.ErrIndeterminate, svc.name, op, pid, err)
+		lastErr = err
+		if !mayHaveRun && sent && errors.Is(err, spi.ErrMemberLeft) {
+			mayHaveRun, sendBy = true, first.Add(s.cfg.DedupWindow)
+		}
+		if mayHaveRun && time.Since(first)+pause > s.cfg.DedupWindow {
+			// The record that would recognise a retry may be gone by
+			// the time it is sent.
+			return nil, indeterminate(err)
 		}
 		if !limit.IsZero() && time.Until(limit) < pause {
 			return nil, fmt.Errorf("%w: %s %T on partition %d: invocation timeout %v: last attempt: %w", spi.ErrTimeout, svc.name, op, pid, s.cfg.InvocationTimeout, err)
@@ -102,8 +114,17 @@ func (s *Service) attempts(ctx context.Context, limit time.Time, svc *serviceEnt
 	}
 }
 
-// attempt sends op once to the member that should run it.
-func (s *Service) attempt(ctx context.Context, limit time.Time, svc *serviceEntry, st *opStats, op spi.Operation, pid int, member string, key invKey, retry bool, sent *bool) (any, error) {
+// errPastWindow: a retry of an attempt that may have run was not sent,
+// because the dedup window has passed since the invocation's first attempt
+// (sendBy): the primary may have dropped the record that would recognise
+// it. The window is checked again right before the send, since routing,
+// dialling and fault hooks take time after the back-off pause.
+var errPastWindow = errors.New("retry past the dedup window")
+
+// attempt sends op once to the member that should run it; not after sendBy
+// (when set: errPastWindow).
+func (s *Service) attempt(ctx context.Context, limit time.Time, svc *serviceEntry, st *opStats, op spi.Operation, pid int, member string, key invKey, retry bool, sendBy time.Time, sent *bool) (any, error) {
+	pastWindow := func() bool { return !sendBy.IsZero() && time.Now().After(sendBy) }
 	if s.closed.Load() {
 		return nil, spi.ErrShutdown
 	}
@@ -129,6 +150,9 @@ func (s *Service) attempt(ctx context.Context, limit time.Time, svc *serviceEntr
 	if id == s.cfg.LocalID {
 		// Local fast path: hand the operation itself to the executor.
 		t := task{op: op, svc: svc, pid: pid, caller: s.cfg.LocalAddress, local: cl, key: key, retry: retry, st: st}
+		if pastWindow() {
+			return nil, errPastWindow
+		}
 		if err := s.enqueueUntil(ctx, limit, t); err != nil {
 			return nil, err
 		}
@@ -156,6 +180,9 @@ func (s *Service) attempt(ctx context.Context, limit time.Time, svc *serviceEntr
 		if err != nil {
 			return nil, err
 		}
+	}
+	if pastWindow() {
+		return nil, errPastWindow
 	}
 	callID, err := c.sendRequest(cl, svc, typeID, pid, key, retry)
 	if err != nil {
