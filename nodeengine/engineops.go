@@ -24,6 +24,7 @@ const (
 	opReplicaCheck  uint16 = 9
 	opReplicaStatus uint16 = 10
 	opMemberStats   uint16 = 11
+	opResolve       uint16 = 12
 )
 
 func engineOperationTypes() []spi.OperationType {
@@ -39,6 +40,7 @@ func engineOperationTypes() []spi.OperationType {
 		{ID: opReplicaCheck, New: func() spi.Operation { return new(replicaCheckOp) }},
 		{ID: opReplicaStatus, New: func() spi.Operation { return new(replicaStatusOp) }},
 		{ID: opMemberStats, New: func() spi.Operation { return new(memberStatsOp) }},
+		{ID: opResolve, New: func() spi.Operation { return new(resolveOp) }},
 	}
 }
 

@@ -88,7 +88,7 @@ func (n *Node) refreshMembers() {
 			// A new master resolves them once it holds the newest table
 			// (tookOver): by its own, possibly older one, it could drop
 			// data that the newest table gives it.
-			n.resolveDepartedMaster()
+			n.resolveDepartedMaster(false)
 		}
 	}
 	if n.mgr != nil {
@@ -185,7 +185,10 @@ func (n *Node) tookOver() bool {
 	if len(missing) > 0 {
 		n.log.Warn("new master: members did not answer its table push in time; planning from the newest table it holds", "members", missing)
 	}
-	n.spawn(n.resolveDepartedMaster) // by the newest table now
+	// By the newest table now, committed destinations included, here
+	// and on the other members.
+	n.spawn(func() { n.resolveDepartedMaster(true) })
+	n.resolveOthers()
 	return true
 }
 

@@ -104,10 +104,15 @@ func (n *Node) settleReplica(p int, resync bool) {
 
 // resolveOrphan ends a migration whose master is gone, by what the table
 // says now (executor p). The new master plans from a table at least as new
-// as the one this member holds.
-func (n *Node) resolveOrphan(p int) {
+// as the one this member holds. A destination that committed keeps waiting
+// unless final: the table naming it owner may have reached the source and
+// the new master but not yet this member, and dropping the data by an
+// older table would lose the writes it took over. The new master resolves
+// those (final) once it holds the newest table: its own when its take-over
+// gate opens, the other members' by a resolveOp carrying that table.
+func (n *Node) resolveOrphan(p int, final bool) {
 	st := n.migs[p]
-	if st == nil || st.master == n.masterID() {
+	if st == nil || st.master == n.masterID() || st.committed && !final {
 		return
 	}
 	owner := n.table.Load().Owner(p)
@@ -445,11 +450,85 @@ func (e masterEngine) Finish(ctx context.Context, mv migration.Move, ep spi.Migr
 }
 
 // resolveDepartedMaster ends, on every partition, the migrations that a
-// master which is no longer master had started.
-func (n *Node) resolveDepartedMaster() {
+// master which is no longer master had started; committed destinations
+// only if final (see resolveOrphan). Each runs on the partition's
+// executor after the tasks of the tables installed so far.
+func (n *Node) resolveDepartedMaster(final bool) {
 	for p := 0; p < n.count; p++ {
-		n.ops.RunOnPartition(p, func() { n.resolveOrphan(p) })
+		n.ops.RunOnPartition(p, func() { n.resolveOrphan(p, final) })
 	}
+}
+
+// resolveOthers, on a new master whose take-over gate opened, has every
+// other member resolve the migrations of departed masters by the table
+// this one holds (see resolveOp), retrying each while it is alive and
+// this member is still master.
+func (n *Node) resolveOthers() {
+	t := n.table.Load()
+	if t == nil {
+		return
+	}
+	for _, m := range *n.members.Load() {
+		if m.ID == n.id {
+			continue
+		}
+		n.spawn(func() {
+			pause := 10 * time.Millisecond
+			deadline := time.Now().Add(resolveTimeout)
+			for {
+				ctx, cancel := n.stopContext(2 * time.Second)
+				resp, err := n.ops.InvokeOnMember(ctx, engineService, &resolveOp{publishTableOp{table: t}}, m.ID)
+				cancel()
+				if err == nil {
+					n.adoptNewer(resp, m.Address)
+					return
+				}
+				if !n.IsMaster() || !containsMember(*n.members.Load(), m.ID) || n.ctx.Err() != nil {
+					return
+				}
+				if time.Now().After(deadline) {
+					n.log.Warn("new master: a member did not resolve the migrations of the departed master", "member", m.Address, "error", err)
+					return
+				}
+				n.log.Debug("resolve request failed; retrying", "to", m.Address, "error", err)
+				select {
+				case <-n.ctx.Done():
+					return
+				case <-time.After(pause):
+				}
+				pause = min(2*pause, time.Second)
+			}
+		})
+	}
+}
+
+// resolveTimeout bounds how long a new master keeps asking a member to
+// resolve the migrations of departed masters.
+const resolveTimeout = 30 * time.Second
+
+// resolveOp, sent by a new master once its take-over gate opened, carries
+// the newest table it holds: the receiver installs it if newer, then
+// resolves the migrations of masters that are gone by the table it holds,
+// committed destinations included. It refuses while it does not see the
+// sender as master (it has not noticed the old master's death yet, or the
+// sender is no longer master): then the sender retries or gives up. Its
+// response is the receiver's table, when newer than the one sent.
+type resolveOp struct {
+	publishTableOp
+}
+
+func (op *resolveOp) MessageKind() string { return "migration.resolve" }
+func (op *resolveOp) Run(ctx *spi.OpContext) error {
+	n := ctx.Service.(*Node)
+	if ms := *n.members.Load(); len(ms) == 0 || ms[0].Address != ctx.Caller {
+		return fmt.Errorf("resolve request from %s, which is not this member's master", ctx.Caller)
+	}
+	// installTable queues the table's role changes on the partitions'
+	// executors before it returns (and waits for a concurrent install):
+	// the resolutions queued next run after them.
+	op.newer = n.acceptTable(op.table, ctx.Caller)
+	n.resolveDepartedMaster(true)
+	return nil
 }
 
 // drain asks the master to move this member's partitions away and waits,

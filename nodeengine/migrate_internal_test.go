@@ -119,3 +119,50 @@ func TestDemotedSourceResyncs(t *testing.T) {
 		}
 	}
 }
+
+// A committed destination whose master departed keeps its migration and
+// data when it resolves by its own table (the table naming it owner may
+// not have reached it yet). The new master's resolveOp, refused from a
+// member that is not its master, resolves it by the table it carries.
+func TestCommittedDestinationWaitsForNewMaster(t *testing.T) {
+	n := &Node{id: "b", count: 4, log: slog.New(slog.DiscardHandler), migs: make([]*migState, 4), metrics: testMetrics(), ctx: context.Background()}
+	n.ops = operation.New(operation.Config{LocalID: "b", LocalAddress: "b:1", PartitionCount: 4, PartitionThreads: 1, Routing: n})
+	n.ops.Start()
+	defer n.ops.Shutdown()
+	members := []spi.Member{{ID: "x", Address: "x:1"}, {ID: "b", Address: "b:1"}} // "m" is gone
+	n.members.Store(&members)
+	cl := &clearLog{}
+	n.migrationAware = []migrationAware{{name: "log", svc: cl}}
+	n.table.Store(reviewTable(5, 4, "x", ""))
+	mv := migration.Move{Partition: 2, Source: "x", Destination: "b", SourceNewIndex: -1, ID: 7}
+	st := &migState{move: mv, endpoint: spi.MigrationDestination, event: n.eventFor(mv, spi.MigrationDestination), master: "m", committed: true}
+	n.setMig(2, st)
+	sync := func() {
+		done := make(chan struct{})
+		n.ops.RunOnPartition(2, func() { close(done) })
+		<-done
+	}
+	n.resolveDepartedMaster(false)
+	sync()
+	if n.migs[2] != st || len(cl.cleared) != 0 {
+		t.Fatalf("resolved by its own table: state %v, cleared %v", n.migs[2], cl.cleared)
+	}
+	op := &resolveOp{publishTableOp{table: reviewTable(6, 4, "x", "")}}
+	if err := op.Run(&spi.OpContext{Service: n, Caller: "y:1"}); err == nil {
+		t.Fatal("a resolve request from a member that is not the master was accepted")
+	}
+	sync()
+	if n.migs[2] != st || n.table.Load().Version != 5 {
+		t.Fatalf("a refused resolve request changed the state (%v) or the table (version %d)", n.migs[2], n.table.Load().Version)
+	}
+	if err := op.Run(&spi.OpContext{Service: n, Caller: "x:1"}); err != nil {
+		t.Fatal(err)
+	}
+	sync()
+	if n.table.Load().Version != 6 || n.migs[2] != nil || n.migActive.Load() != 0 {
+		t.Fatalf("after the master's resolve request: table version %d, state %v", n.table.Load().Version, n.migs[2])
+	}
+	if len(cl.cleared) != 1 || cl.cleared[0] != 2 {
+		t.Fatalf("cleared %v; want partition 2 dropped (the table names no replica here)", cl.cleared)
+	}
+}
