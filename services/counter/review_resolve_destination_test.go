@@ -1,14 +1,11 @@
 package counter_test
 
 import (
-	"context"
 	"fmt"
 	"testing"
 	"time"
 
-	"github.com/partita-go/partita/config"
 	"github.com/partita-go/partita/nodeengine/clustertest"
-	"github.com/partita-go/partita/services/counter"
 )
 
 // The master dies after a destination that is not the next master
@@ -18,25 +15,8 @@ import (
 // took over, and the source, by the newer table, dropped its copy): it
 // waits for the new master. Without backups the increments were gone.
 func TestReviewCommittedDestinationWaitsForNewMaster(t *testing.T) {
-	c := clustertest.New(t, 4, clustertest.WithConfig(func(_ int, cfg *config.Config) { cfg.Partitions.BackupCount = 0 }))
+	c, inc, names := fourMembersOneWriteOnLast(t)
 	a, b, cc, d := c.Member(0), c.Member(1), c.Member(2), c.Member(3)
-	ctx := context.Background()
-	inc := func(n string) (int64, error) {
-		o, err := b.Proxies().Get(ctx, counter.ServiceName, n)
-		if err != nil {
-			return 0, err
-		}
-		return o.(*counter.Counter).Inc(ctx, 1)
-	}
-	var names []string
-	for k := 0; len(names) < 300; k++ {
-		if n := fmt.Sprint("w-", k); d.Table().Owner(d.Partitions().PartitionID(n)) == d.ID() {
-			if _, err := inc(n); err != nil {
-				t.Fatal(err)
-			}
-			names = append(names, n)
-		}
-	}
 	// c never gets a table from a again: the moves to it commit on it,
 	// but the tables naming it owner reach only the other members.
 	hold := make(chan struct{})

@@ -18,25 +18,8 @@ import (
 // then adopted the table naming it owner (and the source, by that table,
 // had dropped its copy). Without backups the increments were gone.
 func TestReviewNewMasterResolvesWithStaleTable(t *testing.T) {
-	c := clustertest.New(t, 4, clustertest.WithConfig(func(_ int, cfg *config.Config) { cfg.Partitions.BackupCount = 0 }))
+	c, inc, names := fourMembersOneWriteOnLast(t)
 	a, b, cc, d := c.Member(0), c.Member(1), c.Member(2), c.Member(3)
-	ctx := context.Background()
-	inc := func(n string) (int64, error) {
-		o, err := b.Proxies().Get(ctx, counter.ServiceName, n)
-		if err != nil {
-			return 0, err
-		}
-		return o.(*counter.Counter).Inc(ctx, 1)
-	}
-	var names []string
-	for k := 0; len(names) < 300; k++ {
-		if n := fmt.Sprint("r-", k); d.Table().Owner(d.Partitions().PartitionID(n)) == d.ID() {
-			if _, err := inc(n); err != nil {
-				t.Fatal(err)
-			}
-			names = append(names, n)
-		}
-	}
 	hold := make(chan struct{})
 	remove := c.AddFault(&clustertest.Fault{From: a.ID(), To: b.ID(), Kind: "table.publish", Hold: hold})
 	done := make(chan struct{})
@@ -75,4 +58,29 @@ func TestReviewNewMasterResolvesWithStaleTable(t *testing.T) {
 			}
 		}
 	}
+}
+
+// fourMembersOneWriteOnLast starts 4 members without backups (so a lost
+// copy is lost for good) and increments, through member 1, 300 counters
+// owned by member 3; inc increments one again through member 1.
+func fourMembersOneWriteOnLast(t *testing.T) (c *clustertest.Cluster, inc func(name string) (int64, error), names []string) {
+	c = clustertest.New(t, 4, clustertest.WithConfig(func(_ int, cfg *config.Config) { cfg.Partitions.BackupCount = 0 }))
+	b, d := c.Member(1), c.Member(3)
+	ctx := context.Background()
+	inc = func(n string) (int64, error) {
+		o, err := b.Proxies().Get(ctx, counter.ServiceName, n)
+		if err != nil {
+			return 0, err
+		}
+		return o.(*counter.Counter).Inc(ctx, 1)
+	}
+	for k := 0; len(names) < 300; k++ {
+		if n := fmt.Sprint("r-", k); d.Table().Owner(d.Partitions().PartitionID(n)) == d.ID() {
+			if _, err := inc(n); err != nil {
+				t.Fatal(err)
+			}
+			names = append(names, n)
+		}
+	}
+	return c, inc, names
 }
