@@ -3,6 +3,8 @@ package main
 import (
 	"bytes"
 	"encoding/json"
+	"os"
+	"path/filepath"
 	"strings"
 	"testing"
 	"time"
@@ -13,12 +15,13 @@ import (
 func TestMain(m *testing.M) { goleak.VerifyTestMain(m) }
 
 // A short run of the whole command: 3 members, 8 callers on 100 counters
-// for 200 ms of warm-up and 1 s of measured load. Every acknowledged
-// increment must be in the counters, none twice.
+// for 200 ms of warm-up and 1 s of measured load, traced. Every
+// acknowledged increment must be in the counters, none twice.
 func TestRunSmoke(t *testing.T) {
 	var stdout, stderr bytes.Buffer
+	tracePath := filepath.Join(t.TempDir(), "trace.out")
 	status := run([]string{"-members", "3", "-callers", "8", "-counters", "100",
-		"-duration", "1s", "-warmup", "200ms", "-json"}, &stdout, &stderr)
+		"-duration", "1s", "-warmup", "200ms", "-json", "-trace", tracePath}, &stdout, &stderr)
 	defer func() {
 		if t.Failed() {
 			t.Logf("stdout:\n%s\nstderr:\n%s", stdout.String(), stderr.String())
@@ -52,6 +55,9 @@ func TestRunSmoke(t *testing.T) {
 	}
 	if !strings.Contains(stderr.String(), "ops/s") {
 		t.Errorf("no progress line on stderr")
+	}
+	if b, err := os.ReadFile(tracePath); err != nil || !bytes.HasPrefix(b, []byte("go 1.")) || len(b) < 1000 {
+		t.Errorf("-trace wrote %d bytes (%v), want a Go execution trace", len(b), err)
 	}
 }
 

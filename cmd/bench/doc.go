@@ -53,6 +53,8 @@
 //	-partition-threads T  partition executors per member (default 0: GOMAXPROCS)
 //	-json                 print one JSON object instead of the text report
 //	-cpuprofile FILE      write a CPU profile of the load (warm-up included)
+//	-trace FILE           write a Go execution trace of the load (warm-up
+//	                      included; large: use a short -duration)
 //
 // Every member gets partitions.backup-count S+A and the counter properties
 // backup-count=S and async-backup-count=A. Backups need members: with N

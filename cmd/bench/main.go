@@ -10,6 +10,7 @@ import (
 	"os"
 	"os/signal"
 	"runtime/pprof"
+	"runtime/trace"
 	"sync"
 	"time"
 )
@@ -40,6 +41,7 @@ type options struct {
 	json             bool
 	partitionThreads int
 	cpuProfile       string
+	trace            string
 }
 
 // parseFlags parses args; errors are reported to stderr with the usage.
@@ -59,6 +61,7 @@ func parseFlags(args []string, stderr io.Writer) (options, error) {
 	fs.BoolVar(&o.json, "json", false, "print one JSON object instead of the text report")
 	fs.IntVar(&o.partitionThreads, "partition-threads", 0, "partition executor goroutines per member (0: GOMAXPROCS)")
 	fs.StringVar(&o.cpuProfile, "cpuprofile", "", "write a CPU profile of the load (warm-up included) to `file` (go tool pprof)")
+	fs.StringVar(&o.trace, "trace", "", "write a Go execution trace of the load (warm-up included) to `file` (go tool trace; large and slows the load: use a short -duration)")
 	fs.Usage = func() {
 		fmt.Fprintf(fs.Output(), "Usage: bench [flags]\n\nA self-checking load generator for the counter service (go doc ./cmd/bench).\n\n")
 		fs.PrintDefaults()
@@ -182,9 +185,22 @@ func bench(interrupted context.Context, stopSignals func(), o options, log *slog
 			return nil, err
 		}
 	}
+	if o.trace != "" {
+		f, err := os.Create(o.trace)
+		if err != nil {
+			return nil, err
+		}
+		defer f.Close()
+		if err := trace.Start(f); err != nil {
+			return nil, err
+		}
+	}
 	ld := runLoad(interrupted, stopSignals, o, cl.proxies, progress)
 	if o.cpuProfile != "" {
 		pprof.StopCPUProfile()
+	}
+	if o.trace != "" {
+		trace.Stop()
 	}
 	res = newResult(o, cl, ld)
 	res.selfCheck(cl, ld, baseline)
