@@ -147,7 +147,7 @@ func (n *Node) push(m spi.Member, t *partition.Table, term uint64) {
 	}
 	n.adoptNewer(resp, m.Address) // a newer table is news in any term
 	n.publish.Lock()
-	taking := current && n.term == term && n.answered != nil
+	taking := n.term == term && n.answered != nil // still the same take-over
 	if taking {
 		n.answered[m.ID] = true
 	}

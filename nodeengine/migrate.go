@@ -491,12 +491,9 @@ func (n *Node) resolveOthers() {
 					return
 				}
 				n.log.Debug("resolve request failed; retrying", "to", m.Address, "error", err)
-				select {
-				case <-n.ctx.Done():
+				if !n.backOff(&pause) {
 					return
-				case <-time.After(pause):
 				}
-				pause = min(2*pause, time.Second)
 			}
 		})
 	}

@@ -113,6 +113,20 @@ func (n *Node) dropReplica(p int) {
 	n.ops.ResetReplica(p)
 }
 
+// backOff waits *pause before a retry and doubles it, up to a second; it
+// reports false, at once, when the node stops.
+func (n *Node) backOff(pause *time.Duration) bool {
+	t := time.NewTimer(*pause)
+	defer t.Stop()
+	select {
+	case <-n.stop:
+		return false
+	case <-t.C:
+	}
+	*pause = min(2**pause, time.Second)
+	return true
+}
+
 // requestSync asks partition p's primary for a full copy of its replica,
 // off the executor; the copy is installed on p's executor. Called on
 // executor p (operation.Config.OnReplicaGap).
@@ -137,12 +151,9 @@ func (n *Node) requestSync(p int) {
 				return
 			}
 			n.log.Debug("replica sync failed; retrying", "partition", p, "attempt", attempt, "error", err)
-			select {
-			case <-n.stop:
+			if !n.backOff(&pause) {
 				return
-			case <-time.After(pause):
 			}
-			pause = min(2*pause, time.Second)
 		}
 	})
 }
