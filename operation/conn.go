@@ -132,6 +132,7 @@ func (s *Service) HandleConn(nc net.Conn) {
 		return
 	}
 	s.wg.Add(1)
+	nc = takeTurns(nc)
 	go func() {
 		defer s.wg.Done()
 		br := bufio.NewReaderSize(nc, 64<<10)
@@ -236,6 +237,7 @@ func (s *Service) dial(ctx context.Context, id, address string) (*conn, error) {
 	if err != nil {
 		return nil, fmt.Errorf("%w: dial %s (%s): %w", spi.ErrMemberLeft, id, address, err)
 	}
+	nc = takeTurns(nc)
 	if dl, ok := dctx.Deadline(); ok {
 		nc.SetDeadline(dl)
 	}
