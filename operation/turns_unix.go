@@ -5,6 +5,7 @@ package operation
 import (
 	"io"
 	"net"
+	"os"
 	"sync"
 	"syscall"
 )
@@ -46,15 +47,16 @@ type turnConn struct {
 	writeFn func(fd uintptr) bool
 }
 
-// takeTurns wraps a connection that exposes its file descriptor (a
-// *net.TCPConn); any other connection, such as a test's fault-injecting
-// wrapper, is returned as it is.
+// takeTurns wraps a *net.TCPConn. Any other connection is returned as it
+// is: a wrapper (a test's fault-injecting one, or one that has buffered
+// bytes) must keep its own Read and Write, even if it embeds a TCPConn
+// and so exposes the descriptor.
 func takeTurns(nc net.Conn) net.Conn {
-	sc, ok := nc.(syscall.Conn)
+	tc, ok := nc.(*net.TCPConn)
 	if !ok {
 		return nc
 	}
-	rc, err := sc.SyscallConn()
+	rc, err := tc.SyscallConn()
 	if err != nil {
 		return nc
 	}
@@ -96,7 +98,15 @@ func (c *turnConn) Read(p []byte) (int, error) {
 	if err != nil {
 		return 0, err
 	}
-	return c.rn, c.rerr
+	return c.rn, c.opError("read", c.rerr)
+}
+
+// opError wraps a syscall's error as net.TCPConn would (io.EOF stays bare).
+func (c *turnConn) opError(op string, err error) error {
+	if err == nil || err == io.EOF {
+		return err
+	}
+	return &net.OpError{Op: op, Net: "tcp", Source: c.LocalAddr(), Addr: c.RemoteAddr(), Err: os.NewSyscallError(op, err)}
 }
 
 // write is RawConn.Write's callback: it writes until p is gone, returning
@@ -130,7 +140,7 @@ func (c *turnConn) Write(p []byte) (int, error) {
 	n := c.wn
 	c.wbuf = nil
 	if err == nil {
-		err = c.werr
+		err = c.opError("write", c.werr)
 	}
 	return n, err
 }

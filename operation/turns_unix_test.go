@@ -9,6 +9,10 @@ import (
 	"math/rand/v2"
 	"net"
 	"os"
+	"runtime"
+	"slices"
+	"strings"
+	"syscall"
 	"testing"
 	"time"
 )
@@ -116,6 +120,22 @@ func TestTurnConnCarriesBothWaysAtOnce(t *testing.T) {
 	}
 }
 
+// waitParked waits until some goroutine's stack holds every one of
+// frames: a read or write of the test waiting in the runtime's poller.
+func waitParked(t *testing.T, frames ...string) {
+	t.Helper()
+	buf := make([]byte, 1<<20)
+	eventually(t, func() bool {
+		n := runtime.Stack(buf, true)
+		for _, g := range strings.Split(string(buf[:n]), "\n\n") {
+			if !slices.ContainsFunc(frames, func(f string) bool { return !strings.Contains(g, f) }) {
+				return true
+			}
+		}
+		return false
+	})
+}
+
 // A writer waiting for room in a full send buffer does not hold the turn:
 // the reader of the same socket still gets what the peer sends.
 func TestTurnConnFullSendBufferDoesNotBlockReads(t *testing.T) {
@@ -123,9 +143,10 @@ func TestTurnConnFullSendBufferDoesNotBlockReads(t *testing.T) {
 	big := make([]byte, 32<<20) // far more than the kernel buffers hold
 	written := make(chan error, 1)
 	go func() {
-		_, err := a.Write(big) // blocks until b reads
+		_, err := a.Write(big) // waits until b reads
 		written <- err
 	}()
+	waitParked(t, "(*turnConn).Write", "waitWrite")
 	if _, err := b.Write([]byte("ping")); err != nil {
 		t.Fatal(err)
 	}
@@ -142,17 +163,100 @@ func TestTurnConnFullSendBufferDoesNotBlockReads(t *testing.T) {
 	if s := wait(t, got, "a's read while its write is blocked"); s != "ping" {
 		t.Fatalf("a read %q, want ping", s)
 	}
-	select {
-	case err := <-written:
-		t.Fatalf("a's 32 MiB write finished before b read anything: %v", err)
-	default:
-	}
 	n, err := io.Copy(io.Discard, io.LimitReader(b, int64(len(big))))
 	if err != nil || n != int64(len(big)) {
 		t.Fatalf("b drained %d bytes: %v", n, err)
 	}
 	if err := wait(t, written, "a's write"); err != nil {
 		t.Fatal(err)
+	}
+}
+
+// A reader waiting for data does not hold the turn either: a write on the
+// same socket goes out (conn's reader spends most of its time so).
+func TestTurnConnWaitingReaderDoesNotBlockWrites(t *testing.T) {
+	a, b := turnPair(t)
+	read := make(chan error, 1)
+	go func() {
+		_, err := io.ReadFull(a, make([]byte, 1))
+		read <- err
+	}()
+	waitParked(t, "(*turnConn).Read", "waitRead")
+	written := make(chan error, 1)
+	go func() {
+		_, err := a.Write([]byte("pong"))
+		written <- err
+	}()
+	if err := wait(t, written, "a's write while its reader waits"); err != nil {
+		t.Fatal(err)
+	}
+	p := make([]byte, 4)
+	if _, err := io.ReadFull(b, p); err != nil || string(p) != "pong" {
+		t.Fatalf("b read %q, %v; want pong", p, err)
+	}
+	b.Write([]byte("x"))
+	if err := wait(t, read, "a's read"); err != nil {
+		t.Fatal(err)
+	}
+}
+
+// Deadlines reached while a read or a write waits in the poller fail it
+// as they would on a plain TCPConn (a write reports what it wrote), and
+// the connection stays usable.
+func TestTurnConnDeadlineWhileWaiting(t *testing.T) {
+	a, b := turnPair(t)
+	a.SetReadDeadline(time.Now().Add(50 * time.Millisecond))
+	_, err := a.Read(make([]byte, 1))
+	var ne net.Error
+	if !errors.Is(err, os.ErrDeadlineExceeded) || !errors.As(err, &ne) || !ne.Timeout() {
+		t.Fatalf("read past its deadline: %v, want a timeout", err)
+	}
+	a.SetReadDeadline(time.Time{})
+	b.Write([]byte("x"))
+	p := make([]byte, 1)
+	if _, err := io.ReadFull(a, p); err != nil || p[0] != 'x' {
+		t.Fatalf("read after the timeout: %q, %v", p, err)
+	}
+	a.SetWriteDeadline(time.Now().Add(200 * time.Millisecond))
+	n, err := a.Write(make([]byte, 32<<20)) // b does not read
+	if !errors.Is(err, os.ErrDeadlineExceeded) || n <= 0 || n >= 32<<20 {
+		t.Fatalf("write past its deadline: n=%d, %v; want a partial write and a timeout", n, err)
+	}
+}
+
+// Closing wakes a writer waiting for room and a reader waiting for data
+// (conn.close does this while its writer and reader wait).
+func TestTurnConnCloseWakesWaiters(t *testing.T) {
+	a, _ := turnPair(t)
+	werr, rerr := make(chan error, 1), make(chan error, 1)
+	go func() {
+		_, err := a.Write(make([]byte, 32<<20))
+		werr <- err
+	}()
+	go func() {
+		_, err := a.Read(make([]byte, 1))
+		rerr <- err
+	}()
+	waitParked(t, "(*turnConn).Write", "waitWrite")
+	waitParked(t, "(*turnConn).Read", "waitRead")
+	a.Close()
+	if err := wait(t, werr, "the waiting write"); !errors.Is(err, net.ErrClosed) {
+		t.Fatalf("write: %v, want net.ErrClosed", err)
+	}
+	if err := wait(t, rerr, "the waiting read"); !errors.Is(err, net.ErrClosed) {
+		t.Fatalf("read: %v, want net.ErrClosed", err)
+	}
+}
+
+// A reset by the peer comes back wrapped as net.TCPConn wraps it.
+func TestTurnConnResetIsAnOpError(t *testing.T) {
+	a, b := turnPair(t)
+	b.(*turnConn).Conn.(*net.TCPConn).SetLinger(0) // close sends a reset
+	b.Close()
+	_, err := a.Read(make([]byte, 1))
+	var oe *net.OpError
+	if !errors.As(err, &oe) || oe.Op != "read" || !errors.Is(err, syscall.ECONNRESET) {
+		t.Fatalf("read after a reset: %T %v, want a *net.OpError wrapping ECONNRESET", err, err)
 	}
 }
 
@@ -173,27 +277,29 @@ func TestTurnConnEOFDeadlineAndClose(t *testing.T) {
 		t.Fatalf("ReadAll = %q, %v; want \"bye\", nil", got, err)
 	}
 
-	// Closing our end wakes a read blocked on it.
-	c, _ := turnPair(t)
-	failed := make(chan error, 1)
-	go func() {
-		_, err := c.Read(make([]byte, 1))
-		failed <- err
-	}()
-	c.Close()
-	if err := wait(t, failed, "the blocked read to fail"); !errors.Is(err, net.ErrClosed) {
+	// A closed connection refuses both.
+	a.Close()
+	if _, err := a.Read(make([]byte, 1)); !errors.Is(err, net.ErrClosed) {
 		t.Fatalf("read on a closed connection: %v, want net.ErrClosed", err)
 	}
-	if _, err := c.Write([]byte("x")); !errors.Is(err, net.ErrClosed) {
+	if _, err := a.Write([]byte("x")); !errors.Is(err, net.ErrClosed) {
 		t.Fatalf("write on a closed connection: %v, want net.ErrClosed", err)
 	}
 }
+
+// A wrapper keeps its own Read and Write, even one that embeds a TCPConn.
+type wrappedTCP struct{ *net.TCPConn }
 
 func TestTakeTurnsLeavesOtherConnsAlone(t *testing.T) {
 	p, q := net.Pipe()
 	defer p.Close()
 	defer q.Close()
 	if takeTurns(p) != p {
-		t.Fatal("takeTurns wrapped a connection without a file descriptor")
+		t.Fatal("takeTurns wrapped a net.Pipe")
+	}
+	a, _ := turnPair(t)
+	w := wrappedTCP{a.(*turnConn).Conn.(*net.TCPConn)}
+	if takeTurns(w) != net.Conn(w) {
+		t.Fatal("takeTurns wrapped a wrapper of a TCPConn")
 	}
 }
