@@ -90,13 +90,18 @@ func (s *Service) ReplicaPending(p int) bool {
 // whether it took over finishing t (there are synchronous backups: the last
 // ack, or the failure of the last, finishes it).
 //
-// When the caller is another member that holds the only synchronous backup
-// replica, the backup carries the caller's call id: the caller takes its
-// answer (the encoded response the backup carries anyway, for
-// exactly-once) from the backup as soon as it applied it, two messages
-// after the request instead of four. The ack still comes to the primary,
-// which retries the backup until it is applied (the answer comes with the
-// retry) and answers the caller itself only if the backup failed for good.
+// When the caller is another member and there is one synchronous backup,
+// the backup carries the caller's call id: the caller gets its answer
+// (the encoded response the backup carries anyway, for exactly-once) from
+// the backup as soon as it is applied. When the caller holds that backup,
+// two messages after the request instead of four; otherwise the backup
+// also carries the caller's member id and forwards the answer itself
+// (kindAnswer), three hops instead of four. The ack still comes to the
+// primary, which retries the backup until it is applied (the answer comes
+// with the retry). It answers the caller itself when the backup failed for
+// good and, after the ack, when the backup forwarded the answer: a
+// forwarded answer can be lost with its connection (the caller takes the
+// first answer and drops the other).
 func (s *Service) sendBackups(e *executor, t task, bo spi.BackupAwareOperation, resp any) (busy *atomic.Bool) {
 	e.reps = s.cfg.Routing.Backups(t.pid, e.reps[:0])
 	reps := e.reps
@@ -120,8 +125,11 @@ func (s *Service) sendBackups(e *executor, t task, bo spi.BackupAwareOperation, 
 	} else {
 		run.t.resp = bytes.Clone(t.resp)
 	}
-	if syncN == 1 && t.conn != nil && t.callID != 0 && reps[0].ID == t.conn.remote.id {
+	if syncN == 1 && t.conn != nil && t.callID != 0 {
 		run.callerCall = t.callID
+		if reps[0].ID != t.conn.remote.id {
+			run.t.callerID = t.conn.remote.id // the backup forwards the answer
+		}
 	}
 	run.remaining.Store(int32(syncN))
 	for i := 0; i < total; i++ {
@@ -160,8 +168,8 @@ type backupRun struct {
 	// it): set until the last synchronous backup is done.
 	busy    atomic.Bool
 	respBuf [24]byte
-	// callerCall: the only synchronous backup replica is the caller,
-	// which takes its answer from the backup (see sendBackups).
+	// callerCall: the caller is another member, which takes its answer
+	// from the only synchronous backup (see sendBackups).
 	callerCall uint64
 	remaining  atomic.Int32
 	failed     atomic.Bool
@@ -188,9 +196,13 @@ func (r *backupRun) done(err error) {
 		}
 		return
 	}
-	if r.callerCall != 0 && !r.failed.Load() {
-		return // the caller took its answer from the backup
+	if r.callerCall != 0 && !r.failed.Load() && t.callerID == "" {
+		return // the caller took its answer from the backup it holds
 	}
+	// The primary answers even when the backup forwarded the answer
+	// (t.callerID set): a forwarded answer can be lost with its
+	// connection, and this one then completes the call; otherwise it
+	// arrives second and is dropped.
 	s.finish(t, r.resp, nil)
 }
 
@@ -393,6 +405,10 @@ func (s *Service) applyBackup(e *executor, t task, start time.Time) bool {
 // backupApplied acknowledges backup t to its primary and, when t answers
 // one of this member's own invocations (see sendBackups), completes it.
 func (s *Service) backupApplied(e *executor, t task, err error) {
+	if err == nil && t.callerID != "" && t.callerCall != 0 && t.conn != nil {
+		s.forwardAnswer(t)
+		return
+	}
 	s.finish(t, nil, err)
 	if err != nil || t.callerCall == 0 || t.conn == nil {
 		return
@@ -412,6 +428,73 @@ func (s *Service) backupApplied(e *executor, t task, err error) {
 	resp, derr := decodeResponse(&e.rd, cl.op, t.resp)
 	cl.complete(resp, derr)
 }
+
+// forwardAnswer sends backup t's answer to the member whose call it
+// answers, then acknowledges t to the primary, which sends its own answer
+// too (see backupRun.done). A member this one has no connection to gets
+// only the primary's, and a connection is dialled for next time (off the
+// executor).
+func (s *Service) forwardAnswer(t task) {
+	c := s.connected(t.callerID)
+	if c == nil {
+		s.dialLater(t.callerID)
+	} else {
+		if s.cfg.Hook != nil {
+			m := Message{From: s.cfg.LocalID, To: t.callerID, Service: t.svc.name, Partition: t.pid, Op: answerMessage{t.op}}
+			if v := s.cfg.Hook(m); !v.pass() {
+				s.forwardAnswerLater(v, m, c, t)
+				return
+			}
+		}
+		c.sendAnswer(t.callerCall, t.conn.remote.id, t.resp)
+	}
+	s.finish(t, nil, nil)
+}
+
+// dialLater opens a connection to member id in the background, unless one
+// is open or being dialled; nothing waits for it.
+func (s *Service) dialLater(id string) {
+	address, ok := s.cfg.Routing.MemberAddress(id)
+	s.mu.Lock()
+	_, known := s.conns[id]
+	s.mu.Unlock()
+	if !ok || known || s.closed.Load() {
+		return
+	}
+	s.wg.Add(1)
+	go func() {
+		defer s.wg.Done()
+		ctx, cancel := context.WithTimeout(context.Background(), handshakeTimeout)
+		defer cancel()
+		if _, err := s.connTo(ctx, id, address); err != nil {
+			s.log.Debug("no connection for forwarded answers", "member", id, "error", err)
+		}
+	}()
+}
+
+// forwardAnswerLater applies a fault rule's verdict to a forwarded answer
+// off the executor, then acknowledges the backup. A dropped answer is lost
+// with its connection, which closes.
+func (s *Service) forwardAnswerLater(v Verdict, m Message, c *conn, t task) {
+	s.wg.Add(1)
+	go func() {
+		defer s.wg.Done()
+		ctx, cancel := context.WithTimeout(context.Background(), s.cfg.InvocationTimeout)
+		defer cancel()
+		if err := v.apply(ctx, m); err != nil {
+			c.close(err)
+		} else {
+			c.sendAnswer(t.callerCall, t.conn.remote.id, t.resp)
+		}
+		s.finish(t, nil, nil)
+	}()
+}
+
+// answerMessage names a forwarded answer for fault rules:
+// "answer/<backup operation's Go type>".
+type answerMessage struct{ spi.Operation }
+
+func (a answerMessage) MessageKind() string { return fmt.Sprintf("answer/%T", a.Operation) }
 
 // drainBackups applies the waiting backups that are now next in order and
 // acknowledges the ones a sync covered.

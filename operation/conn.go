@@ -618,6 +618,7 @@ func (c *conn) sendBackup(cl *call, t task, typeID uint16, replica int, version 
 		w.WriteUvarint(t.key.seq)
 		w.WriteBytes(t.resp)
 		w.WriteUvarint(callerCall)
+		w.WriteString(t.callerID)
 		op.WriteData(w)
 		buf = w.Bytes()
 		return buf, endFrame(buf, start)
@@ -626,6 +627,19 @@ func (c *conn) sendBackup(cl *call, t task, typeID uint16, replica int, version 
 		return nil // close completed the call already: report it once
 	}
 	return err
+}
+
+// sendAnswer queues a backup's answer to call callID of the member at
+// the other end, which it sent to primary (see sendBackups).
+func (c *conn) sendAnswer(callID uint64, primary string, resp []byte) error {
+	return c.queue(func(buf []byte) ([]byte, error) {
+		buf, start := beginFrame(buf, kindAnswer, callID)
+		w := &c.wr // fill runs under c.mu
+		w.SetBuffer(buf)
+		w.WriteString(primary)
+		buf = append(w.Bytes(), resp...)
+		return buf, endFrame(buf, start)
+	})
 }
 
 // take removes and returns pending call id (nil if none).
@@ -731,6 +745,27 @@ func (c *conn) handle(body []byte) error {
 			err = fmt.Errorf("bad response from %s: %w", c.remote.address, err)
 		}
 		cl.complete(v, err)
+	case kindAnswer:
+		c.rd.Reset(payload)
+		primary := c.rd.ReadString()
+		if err := c.rd.Err(); err != nil {
+			return fmt.Errorf("%w: answer frame: %w", spi.ErrProtocol, err)
+		}
+		// The call is pending on the connection it was sent on: this
+		// member's connection to the primary.
+		var cl *call
+		if pc := c.s.connected(primary); pc != nil {
+			cl = pc.take(h.callID)
+		}
+		if cl == nil {
+			return nil // answered by the primary already, or the caller gave up
+		}
+		c.s.m.backupAnswers.Inc()
+		v, err := decodeResponse(&c.rd, cl.op, payload[len(payload)-c.rd.Remaining():])
+		if err != nil {
+			err = fmt.Errorf("bad answer from %s: %w", c.remote.address, err)
+		}
+		cl.complete(v, err)
 	default:
 		return fmt.Errorf("%w: unexpected frame kind %d after hello", spi.ErrProtocol, h.kind)
 	}
@@ -745,13 +780,14 @@ func (c *conn) handleRequest(callID uint64, payload []byte, backup bool) {
 	var replica uint8
 	var version, callerCall uint64
 	var resp []byte
+	var callerID string
 	if backup {
 		replica, version = r.ReadUint8(), r.ReadUvarint()
 	}
 	key := invKey{origin: r.ReadUint64(), seq: r.ReadUvarint()}
 	retry := false
 	if backup {
-		resp, callerCall = r.ReadBytes(), r.ReadUvarint()
+		resp, callerCall, callerID = r.ReadBytes(), r.ReadUvarint(), r.ReadString()
 		if r.Err() == nil && (pid < 0 || replica == 0 || replica > 6) {
 			fail := fmt.Errorf("%w: backup for partition %d replica %d", spi.ErrProtocol, pid, replica)
 			s.log.Warn("rejecting backup", "remote", c.remote.address, "error", fail)
@@ -796,7 +832,7 @@ func (c *conn) handleRequest(callID uint64, payload []byte, backup bool) {
 	}
 	t := task{op: op, svc: svc, pid: int(pid), caller: c.remote.address, conn: c, callID: callID,
 		replica: int(replica), version: int64(version), key: key, resp: resp, retry: retry, st: svc.statsByID[tid],
-		callerCall: callerCall}
+		callerCall: callerCall, callerID: callerID}
 	// Blocking here pushes back on the sender through TCP.
 	if err := s.enqueue(context.Background(), t); err != nil {
 		s.finish(t, nil, err)

@@ -27,9 +27,11 @@ type task struct {
 	key     invKey // the invocation, for exactly-once
 	retry   bool   // not the invocation's first attempt
 	resp    []byte // a backup: the primary's encoded response
-	// callerCall, on a backup, is the call id of this member's own
-	// invocation that the backup answers (see sendBackups).
+	// callerCall, on a backup, is the call id of the invocation that the
+	// backup answers (see sendBackups): this member's own when callerID
+	// is empty, else member callerID's.
 	callerCall uint64
+	callerID   string
 	st         *opStats
 	// queued is when a sampled task entered its queue (unix nanoseconds;
 	// 0: not sampled, see sampled).

@@ -21,7 +21,7 @@ import (
 // a kindError and the connection stays up.
 const (
 	// ProtocolVersion is the version both sides of a connection must speak.
-	ProtocolVersion = 3
+	ProtocolVersion = 4
 	// MaxFrameSize bounds one frame (16 MiB).
 	MaxFrameSize = 16 << 20
 
@@ -35,7 +35,8 @@ const (
 	kindRequest  = 2 // service id uint32, op type uint16, partition varint, op data
 	kindResponse = 3 // tagged value (see writeValue)
 	kindError    = 4 // code uint8, message string
-	kindBackup   = 5 // service id uint32, op type uint16, partition varint, replica uint8, version uvarint, op data
+	kindBackup   = 5 // service id uint32, op type uint16, partition varint, replica uint8, version uvarint, invocation, primary's response, caller's call id uvarint, caller member id, op data
+	kindAnswer   = 6 // a backup answering another member's call: primary member id, the primary's response (as kindResponse)
 )
 
 // frameHeader is the parsed fixed part of a frame.
@@ -50,7 +51,7 @@ func parseHeader(body []byte) (frameHeader, []byte, error) {
 		return frameHeader{}, nil, fmt.Errorf("%w: frame of %d bytes is shorter than its %d-byte header", spi.ErrProtocol, len(body), headerSize-4)
 	}
 	h := frameHeader{kind: body[0], callID: binary.LittleEndian.Uint64(body[1:9])}
-	if h.kind < kindHello || h.kind > kindBackup {
+	if h.kind < kindHello || h.kind > kindAnswer {
 		return h, nil, fmt.Errorf("%w: unknown frame kind %d", spi.ErrProtocol, h.kind)
 	}
 	return h, body[9:], nil

@@ -134,6 +134,18 @@ func FuzzFrame(f *testing.F) {
 	f.Add(hello{version: 1, cluster: "dev", id: "x", address: "y"}.encode(nil))
 	f.Add([]byte{0, 0, 0, 0})
 	f.Add([]byte{0xff, 0xff, 0xff, 0xff, 2})
+	// A backup's forwarded answer: for no pending call, and cut short.
+	answer, start := beginFrame(nil, kindAnswer, 7)
+	w := spi.NewWriter(answer)
+	w.WriteString("primary")
+	writeValue(w, int64(42))
+	answer = w.Bytes()
+	endFrame(answer, start)
+	f.Add(answer)
+	short, start := beginFrame(nil, kindAnswer, 8)
+	short = append(short, 100, 'p') // a 100-byte member id, cut short
+	endFrame(short, start)
+	f.Add(short)
 	f.Fuzz(func(t *testing.T, data []byte) {
 		c, _ := pipeConn(t, s)
 		br := bufio.NewReader(bytes.NewReader(data))

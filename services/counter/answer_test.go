@@ -7,6 +7,7 @@ import (
 	"time"
 
 	"github.com/partita-go/partita/nodeengine/clustertest"
+	"github.com/partita-go/partita/services/counter"
 )
 
 // incResult is the outcome of one Inc.
@@ -23,37 +24,7 @@ func TestCallerHoldingTheBackupIsAnsweredByIt(t *testing.T) {
 	c.WaitClusterSafe()
 	key := c.KeyOwnedBy(0, "answered-")
 	ctr := getCounter(t, c, 1, key)
-	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
-	defer cancel()
-	if v, err := ctr.Inc(ctx, 5); err != nil || v != 5 {
-		t.Fatalf("first Inc = %d, %v", v, err)
-	}
-
-	hold := &clustertest.Fault{From: c.Member(0).ID(), To: c.Member(1).ID(), Kind: "backup/", Hold: make(chan struct{})}
-	remove := c.AddFault(hold)
-	defer remove()
-	done := make(chan incResult, 1)
-	go func() {
-		v, err := ctr.Inc(ctx, 2)
-		done <- incResult{v, err}
-	}()
-	clustertest.Eventually(t, 10*time.Second, func() error {
-		if hold.Hits() == 0 {
-			return fmt.Errorf("backup not sent yet")
-		}
-		return nil
-	})
-	// The primary ran the increment and holds its answer until the backup
-	// is acknowledged; the caller's answer travels with the backup.
-	select {
-	case r := <-done:
-		t.Fatalf("Inc answered (%d, %v) while its backup was held", r.v, r.err)
-	default:
-	}
-	close(hold.Hold)
-	if r := <-done; r.err != nil || r.v != 7 {
-		t.Fatalf("Inc = %d, %v; want 7", r.v, r.err)
-	}
+	incWhileBackupHeld(t, c, ctr)
 	if v := localValues(t, c, 1)[key]; v != 7 {
 		t.Fatalf("backup on the caller's member holds %d, want 7", v)
 	}
@@ -94,5 +65,126 @@ func TestCallerHoldingTheBackupAnsweredAfterLostBackups(t *testing.T) {
 		if v := localValues(t, c, m)[key]; v != 3 {
 			t.Fatalf("member %d holds %d, want 3", m, v)
 		}
+	}
+}
+
+// incWhileBackupHeld adds 5 to ctr, then 2 while the backups from member
+// 0 to member 1 are held: the primary has run the increment, yet no
+// answer may come before the backup is applied; then it must be 7.
+func incWhileBackupHeld(t *testing.T, c *clustertest.Cluster, ctr *counter.Counter) {
+	t.Helper()
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancel()
+	if v, err := ctr.Inc(ctx, 5); err != nil || v != 5 {
+		t.Fatalf("first Inc = %d, %v", v, err)
+	}
+	hold := &clustertest.Fault{From: c.Member(0).ID(), To: c.Member(1).ID(), Kind: "backup/", Hold: make(chan struct{})}
+	remove := c.AddFault(hold)
+	defer remove()
+	done := make(chan incResult, 1)
+	go func() {
+		v, err := ctr.Inc(ctx, 2)
+		done <- incResult{v, err}
+	}()
+	clustertest.Eventually(t, 10*time.Second, func() error {
+		if hold.Hits() == 0 {
+			return fmt.Errorf("backup not sent yet")
+		}
+		return nil
+	})
+	select {
+	case r := <-done:
+		t.Fatalf("Inc answered (%d, %v) while its backup was held", r.v, r.err)
+	default:
+	}
+	close(hold.Hold)
+	if r := <-done; r.err != nil || r.v != 7 {
+		t.Fatalf("Inc = %d, %v; want 7", r.v, r.err)
+	}
+}
+
+// keyPlacedOn returns a key whose partition has its primary on member
+// primary and its first backup on member backup.
+func keyPlacedOn(t *testing.T, c *clustertest.Cluster, primary, backup int, prefix string) string {
+	t.Helper()
+	n := c.Member(primary)
+	for k := 0; k < 100000; k++ {
+		key := fmt.Sprintf("%s%d", prefix, k)
+		p := n.Partitions().PartitionID(key)
+		if reps := n.Backups(p, nil); n.Table().Owner(p) == n.ID() && len(reps) > 0 && reps[0].ID == c.Member(backup).ID() {
+			return key
+		}
+	}
+	t.Fatalf("no key with its primary on member %d and its backup on member %d", primary, backup)
+	return ""
+}
+
+// A caller whose member holds neither replica gets its answer from the
+// backup, forwarded once the backup is applied (three hops, not four).
+// The primary answers too, after the backup's ack: the forwarded answer
+// is normally first and completes the call.
+func TestCallerWithoutAReplicaIsAnsweredByTheBackup(t *testing.T) {
+	c := clustertest.New(t, 3)
+	c.WaitClusterSafe()
+	key := keyPlacedOn(t, c, 0, 1, "forwarded-")
+	ctr := getCounter(t, c, 2, key)
+	incWhileBackupHeld(t, c, ctr)
+	for m := 0; m < 2; m++ {
+		if v := localValues(t, c, m)[key]; v != 7 {
+			t.Fatalf("member %d holds %d, want 7", m, v)
+		}
+	}
+	incUntilForwarded(t, c, 2, ctr, 7)
+}
+
+// incUntilForwarded increments ctr, whose value is v, by one until a
+// forwarded answer has completed one of the caller's (member caller's)
+// calls, and returns the value. The backup's member may have no
+// connection to the caller's yet (it dials one then), and which answer
+// arrives first is a race (one hop against two).
+func incUntilForwarded(t *testing.T, c *clustertest.Cluster, caller int, ctr *counter.Counter, v int64) int64 {
+	t.Helper()
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancel()
+	clustertest.Eventually(t, 10*time.Second, func() error {
+		v++
+		if got, err := ctr.Inc(ctx, 1); err != nil || got != v {
+			t.Fatalf("Inc = %d, %v; want %d", got, err, v)
+		}
+		if n := clustertest.Scrape(t, c.Member(caller)).Value("partita_backup_answers_total"); n < 1 {
+			return fmt.Errorf("partita_backup_answers_total = %v on the caller", n)
+		}
+		return nil
+	})
+	return v
+}
+
+// A forwarded answer lost with its connection leaves the caller with the
+// primary's answer: the increment is answered, and counts once.
+func TestForwardedAnswerLostWithItsConnection(t *testing.T) {
+	c := clustertest.New(t, 3)
+	c.WaitClusterSafe()
+	key := keyPlacedOn(t, c, 0, 1, "lost-answer-")
+	ctr := getCounter(t, c, 2, key)
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancel()
+	v := incUntilForwarded(t, c, 2, ctr, 0)
+	before := clustertest.Scrape(t, c.Member(2)).Value("partita_backup_answers_total")
+	drop := &clustertest.Fault{From: c.Member(1).ID(), To: c.Member(2).ID(), Kind: "answer/", Drop: true}
+	remove := c.AddFault(drop)
+	defer remove()
+	if got, err := ctr.Inc(ctx, 2); err != nil || got != v+2 {
+		t.Fatalf("Inc = %d, %v; want %d", got, err, v+2)
+	}
+	if drop.Hits() != 1 {
+		t.Fatalf("%d forwarded answers dropped, want 1", drop.Hits())
+	}
+	for m := 0; m < 2; m++ {
+		if got := localValues(t, c, m)[key]; got != v+2 {
+			t.Fatalf("member %d holds %d, want %d", m, got, v+2)
+		}
+	}
+	if after := clustertest.Scrape(t, c.Member(2)).Value("partita_backup_answers_total"); after != before {
+		t.Fatalf("partita_backup_answers_total went from %v to %v: the dropped answer completed the call", before, after)
 	}
 }
