@@ -430,22 +430,23 @@ func (s *Service) backupApplied(e *executor, t task, err error) {
 }
 
 // forwardAnswer sends backup t's answer to the member whose call it
-// answers, then acknowledges t to the primary, which sends its own answer
+// answers, and acknowledges t to the primary, which sends its own answer
 // too (see backupRun.done). A member this one has no connection to gets
 // only the primary's, and a connection is dialled for next time (off the
 // executor).
 func (s *Service) forwardAnswer(t task) {
 	c := s.connected(t.callerID)
-	if c == nil {
+	switch {
+	case c == nil:
 		s.dialLater(t.callerID)
-	} else {
-		if s.cfg.Hook != nil {
-			m := Message{From: s.cfg.LocalID, To: t.callerID, Service: t.svc.name, Partition: t.pid, Op: answerMessage{t.op}}
-			if v := s.cfg.Hook(m); !v.pass() {
-				s.forwardAnswerLater(v, m, c, t)
-				return
-			}
+	case s.cfg.Hook != nil:
+		m := Message{From: s.cfg.LocalID, To: t.callerID, Service: t.svc.name, Partition: t.pid, Op: answerMessage{t.op}}
+		if v := s.cfg.Hook(m); !v.pass() {
+			s.forwardAnswerLater(v, m, c, t)
+			break
 		}
+		c.sendAnswer(t.callerCall, t.conn.remote.id, t.resp)
+	default:
 		c.sendAnswer(t.callerCall, t.conn.remote.id, t.resp)
 	}
 	s.finish(t, nil, nil)
@@ -473,20 +474,17 @@ func (s *Service) dialLater(id string) {
 }
 
 // forwardAnswerLater applies a fault rule's verdict to a forwarded answer
-// off the executor, then acknowledges the backup. A dropped answer is lost
-// with its connection, which closes.
+// alone, off the executor: a held or delayed answer holds neither the ack
+// nor the primary's answer, a dropped one is never sent.
 func (s *Service) forwardAnswerLater(v Verdict, m Message, c *conn, t task) {
 	s.wg.Add(1)
 	go func() {
 		defer s.wg.Done()
 		ctx, cancel := context.WithTimeout(context.Background(), s.cfg.InvocationTimeout)
 		defer cancel()
-		if err := v.apply(ctx, m); err != nil {
-			c.close(err)
-		} else {
-			c.sendAnswer(t.callerCall, t.conn.remote.id, t.resp)
+		if v.apply(ctx, m) == nil {
+			c.sendAnswer(t.callerCall, t.conn.remote.id, t.resp) // the frame's own copy
 		}
-		s.finish(t, nil, nil)
 	}()
 }
 

@@ -651,6 +651,23 @@ func (c *conn) take(id uint64) *call {
 	return cl
 }
 
+// takeAnswerable is take for a backup's forwarded answer: only a caller's
+// call of a backed-up operation can be answered so, never a backup's ack
+// (which would tell a primary that a backup it has not applied was).
+func (c *conn) takeAnswerable(id uint64) *call {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	cl := c.pending[id]
+	if cl == nil || cl.then != nil {
+		return nil
+	}
+	if _, ok := cl.op.(spi.BackupAwareOperation); !ok {
+		return nil
+	}
+	delete(c.pending, id)
+	return cl
+}
+
 // forget drops a pending call and reports whether it was still pending
 // (false: a completer, such as close, already took it).
 func (c *conn) forget(id uint64) bool { return c.take(id) != nil }
@@ -755,7 +772,7 @@ func (c *conn) handle(body []byte) error {
 		// member's connection to the primary.
 		var cl *call
 		if pc := c.s.connected(primary); pc != nil {
-			cl = pc.take(h.callID)
+			cl = pc.takeAnswerable(h.callID)
 		}
 		if cl == nil {
 			return nil // answered by the primary already, or the caller gave up

@@ -110,7 +110,7 @@ func newMetrics() *metrics {
 		}),
 		backupAnswers: prometheus.NewCounter(prometheus.CounterOpts{
 			Name: "partita_backup_answers_total",
-			Help: "Invocations of this member answered by the partition's only synchronous backup (held here, or forwarding the answer), with no answer message from the primary.",
+			Help: "Invocations of this member answered by the partition's only synchronous backup (held here, or forwarding the answer) before the primary's answer, if any.",
 		}),
 	}
 	m.waitPartition = m.queueWait.WithLabelValues("partition")

@@ -54,7 +54,7 @@ type Config struct {
 	Dial func(ctx context.Context, address string) (net.Conn, error)
 	// Hook, when set, decides the fate of every request before it is sent
 	// to another member, every backup, every answer a backup forwards to
-	// the caller's member (a dropped one is lost with its connection), and
+	// the caller's member (a dropped one is never sent), and
 	// every successful answer when it arrives (tests use it to drop, delay
 	// or hold messages). It must
 	// return at once; the service applies the Verdict without blocking a

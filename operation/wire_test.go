@@ -134,20 +134,44 @@ func FuzzFrame(f *testing.F) {
 	f.Add(hello{version: 1, cluster: "dev", id: "x", address: "y"}.encode(nil))
 	f.Add([]byte{0, 0, 0, 0})
 	f.Add([]byte{0xff, 0xff, 0xff, 0xff, 2})
-	// A backup's forwarded answer: for no pending call, and cut short.
-	answer, start := beginFrame(nil, kindAnswer, 7)
-	w := spi.NewWriter(answer)
-	w.WriteString("primary")
-	writeValue(w, int64(42))
-	answer = w.Bytes()
-	endFrame(answer, start)
-	f.Add(answer)
+	// A backup's forwarded answer (the fuzzed connection is also the one
+	// to the "primary", with calls 7 and 9 pending on it): a value, a
+	// codec's response, for no pending call, and cut short.
+	answerFrame := func(callID uint64, primary string, value func(w *spi.Writer)) []byte {
+		buf, start := beginFrame(nil, kindAnswer, callID)
+		w := &spi.Writer{}
+		w.SetBuffer(buf)
+		w.WriteString(primary)
+		value(w)
+		buf = w.Bytes()
+		endFrame(buf, start)
+		return buf
+	}
+	f.Add(answerFrame(9, "peer", func(w *spi.Writer) { writeValue(w, int64(42)) }))
+	f.Add(answerFrame(7, "peer", func(w *spi.Writer) {
+		w.WriteUint8(tagCustom)
+		(&codecBackedOp{}).WriteResponse(w, pair{1, 2})
+	}))
+	f.Add(answerFrame(5, "nobody", func(w *spi.Writer) { writeValue(w, "x") }))
 	short, start := beginFrame(nil, kindAnswer, 8)
 	short = append(short, 100, 'p') // a 100-byte member id, cut short
 	endFrame(short, start)
 	f.Add(short)
 	f.Fuzz(func(t *testing.T, data []byte) {
 		c, _ := pipeConn(t, s)
+		ready := make(chan struct{})
+		close(ready)
+		s.mu.Lock()
+		s.conns["peer"] = &peer{ready: ready, c: c} // c.close removes it
+		s.mu.Unlock()
+		h := &heldWrites{}
+		pending := []*call{newCall(&codecBackedOp{}), newCall(&reviewBackedOp{})}
+		c.mu.Lock()
+		for i, cl := range pending {
+			cl.held = h
+			c.pending[uint64(7+2*i)] = cl
+		}
+		c.mu.Unlock()
 		br := bufio.NewReader(bytes.NewReader(data))
 		var buf []byte
 		for {

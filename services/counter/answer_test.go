@@ -159,9 +159,9 @@ func incUntilForwarded(t *testing.T, c *clustertest.Cluster, caller int, ctr *co
 	return v
 }
 
-// A forwarded answer lost with its connection leaves the caller with the
-// primary's answer: the increment is answered, and counts once.
-func TestForwardedAnswerLostWithItsConnection(t *testing.T) {
+// A forwarded answer that is lost leaves the caller with the primary's
+// answer: the increment is answered, and counts once.
+func TestLostForwardedAnswerLeavesThePrimarysAnswer(t *testing.T) {
 	c := clustertest.New(t, 3)
 	c.WaitClusterSafe()
 	key := keyPlacedOn(t, c, 0, 1, "lost-answer-")
