@@ -350,7 +350,7 @@ func (s *Service) runBackup(e *executor, t task, start time.Time) {
 	cur := s.versions[p].Load()
 	switch {
 	case t.version <= cur:
-		s.backupApplied(e, t, nil) // already applied, or covered by a sync
+		s.backupApplied(e, t.unforwarded(), nil) // already applied, or covered by a sync
 	case t.version == cur+1:
 		s.applyBackup(e, t, start)
 		s.drainBackups(e, p)
@@ -429,6 +429,18 @@ func (s *Service) backupApplied(e *executor, t task, err error) {
 	cl.complete(resp, derr)
 }
 
+// unforwarded returns backup t without the answer it would forward: only
+// a backup applied here forwards one. One that is acknowledged as already
+// applied or covered by a sync leaves the answer to the primary, which
+// vouches for the write (versions from before a resync to a newer epoch
+// also count as covered).
+func (t task) unforwarded() task {
+	if t.callerID != "" {
+		t.callerID, t.callerCall = "", 0
+	}
+	return t
+}
+
 // forwardAnswer sends backup t's answer to the member whose call it
 // answers, and acknowledges t to the primary, which sends its own answer
 // too (see backupRun.done). A member this one has no connection to gets
@@ -505,7 +517,7 @@ func (s *Service) drainBackups(e *executor, p int) {
 	for v, t := range rs.pending {
 		if v <= cur {
 			delete(rs.pending, v)
-			s.backupApplied(e, t, nil)
+			s.backupApplied(e, t.unforwarded(), nil)
 		}
 	}
 	for {

@@ -226,3 +226,51 @@ func TestForwardedAnswerWaitsBehindAGap(t *testing.T) {
 		t.Fatal(err)
 	}
 }
+
+// Only a backup applied on arrival forwards its answer: one acknowledged
+// as already applied (a resend, or a version a sync covered) leaves the
+// answer to the primary.
+func TestAlreadyAppliedBackupDoesNotForward(t *testing.T) {
+	k := newFwdCluster(t, nil)
+	// A call of c's, pending on its connection to p, that a forwarded
+	// answer would complete.
+	cp := k.c.connected("p")
+	cl := newCall(&reviewBackedOp{})
+	cl.held = &heldWrites{}
+	const callID = 1 << 40
+	cp.mu.Lock()
+	cp.pending[callID] = cl
+	cp.mu.Unlock()
+	defer cp.forget(callID)
+
+	resp, err := encodeResponse(&spi.Writer{}, &reviewBackedOp{}, "written")
+	if err != nil {
+		t.Fatal(err)
+	}
+	bp := k.b.connected("p")
+	svc := k.b.byName["svc"]
+	done := make(chan struct{})
+	k.b.RunOnPartition(1, func() {
+		defer close(done)
+		stale := task{op: &echoOp{S: "backup"}, svc: svc, pid: 1, conn: bp, replica: 1,
+			version: k.b.ReplicaVersion(1), resp: resp, callerCall: callID, callerID: "c"}
+		k.b.runBackup(k.b.partition[1%len(k.b.partition)], stale, time.Time{})
+	})
+	<-done
+	// Whatever b sent c has been read once a later forwarded answer has
+	// been: c invokes until one completes a call.
+	before := forwardedAnswers(k.c)
+	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+	defer cancel()
+	eventually(t, func() bool {
+		if _, err := k.c.Invoke(ctx, "svc", &reviewBackedOp{}, 1); err != nil {
+			t.Fatal(err)
+		}
+		return forwardedAnswers(k.c) > before
+	})
+	select {
+	case <-cl.done:
+		t.Fatal("a backup acknowledged as already applied forwarded an answer")
+	default:
+	}
+}
