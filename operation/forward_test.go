@@ -12,25 +12,16 @@ import (
 )
 
 // Three operation services over pipes: "p" owns every partition, "b"
-// holds its one backup replica, "c" holds none and calls.
-type fwdRouting struct{ self string }
+// holds its one backup replica, "c" holds none and calls. Unlike
+// threeRouting, every member is known (so the backup may dial the caller).
+type fwdRouting struct{ threeRouting }
 
-func (r fwdRouting) Owner(int) (string, string, bool) { return "p", "p:1", true }
-func (r fwdRouting) MemberAddress(id string) (string, bool) {
+func (fwdRouting) MemberAddress(id string) (string, bool) {
 	switch id {
 	case "p", "b", "c":
 		return id + ":1", true
 	}
 	return "", false
-}
-func (r fwdRouting) Backups(_ int, dst []Replica) []Replica {
-	return append(dst, Replica{ID: "b", Address: "b:1"})
-}
-func (r fwdRouting) ReplicaIndex(int) int {
-	if r.self == "b" {
-		return 1
-	}
-	return 0
 }
 
 type fwdCluster struct{ p, b, c *Service }
@@ -51,7 +42,7 @@ func newFwdCluster(t *testing.T, hooks map[string]func(Message) Verdict) *fwdClu
 	}
 	start := func(id string) *Service {
 		s := New(Config{ClusterName: "dev", LocalID: id, LocalAddress: id + ":1", PartitionCount: 7, PartitionThreads: 1,
-			Routing: fwdRouting{id}, RetryPause: time.Millisecond, Hook: hooks[id], InvocationTimeout: 5 * time.Second,
+			Routing: fwdRouting{threeRouting{id}}, RetryPause: time.Millisecond, Hook: hooks[id], InvocationTimeout: 5 * time.Second,
 			Dial: func(ctx context.Context, address string) (net.Conn, error) {
 				a, b := net.Pipe()
 				member(address).HandleConn(b)
