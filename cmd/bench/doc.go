@@ -73,7 +73,9 @@
 // The report (stdout) gives, over the measured period: the throughput
 // (successful increments per second; an increment counts in the period in
 // which it completes), the latency percentiles p50, p99, p999 and the
-// maximum of those increments, the errors, and the CPU time of the whole
+// maximum of those increments (an increment's latency runs from the end of
+// its caller's previous one: one clock read per increment), the errors,
+// and the CPU time of the whole
 // process (callers and members, user+sys from getrusage) per 1,000
 // increments (with -join, the other members' CPU is not in it). Then the
 // self-check: the load is stopped, every counter is
