@@ -107,12 +107,18 @@ func (n *Node) settleReplica(p int, resync bool) {
 // as the one this member holds. A destination that committed keeps waiting
 // unless final: the table naming it owner may have reached the source and
 // the new master but not yet this member, and dropping the data by an
-// older table would lose the writes it took over. The new master resolves
-// those (final) once it holds the newest table: its own when its take-over
-// gate opens, the other members' by a resolveOp carrying that table.
+// older table would lose the writes it took over. A source keeps refusing
+// operations unless final, for the same reason the other way round: the
+// table naming the destination owner may have reached the destination but
+// not this member, and rolling back by its older table would make it serve
+// the partition as the destination does, both stamping their backups with
+// the same versions (the destination took the source's). The new master
+// resolves those (final) once it holds the newest table: its own when its
+// take-over gate opens, the other members' by a resolveOp carrying that
+// table.
 func (n *Node) resolveOrphan(p int, final bool) {
 	st := n.migs[p]
-	if st == nil || st.master == n.masterID() || st.committed && !final {
+	if st == nil || st.master == n.masterID() || !final && (st.committed || st.endpoint == spi.MigrationSource) {
 		return
 	}
 	owner := n.table.Load().Owner(p)

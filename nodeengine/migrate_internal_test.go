@@ -137,11 +137,7 @@ func TestCommittedDestinationWaitsForNewMaster(t *testing.T) {
 	mv := migration.Move{Partition: 2, Source: "x", Destination: "b", SourceNewIndex: -1, ID: 7}
 	st := &migState{move: mv, endpoint: spi.MigrationDestination, event: n.eventFor(mv, spi.MigrationDestination), master: "m", committed: true}
 	n.setMig(2, st)
-	sync := func() {
-		done := make(chan struct{})
-		n.ops.RunOnPartition(2, func() { close(done) })
-		<-done
-	}
+	sync := func() { waitPartition(n, 2) }
 	n.resolveDepartedMaster(false)
 	sync()
 	if n.migs[2] != st || len(cl.cleared) != 0 {
@@ -165,4 +161,12 @@ func TestCommittedDestinationWaitsForNewMaster(t *testing.T) {
 	if len(cl.cleared) != 1 || cl.cleared[0] != 2 {
 		t.Fatalf("cleared %v; want partition 2 dropped (the table names no replica here)", cl.cleared)
 	}
+}
+
+// waitPartition returns once partition p's executor has run what was
+// queued before.
+func waitPartition(n *Node, p int) {
+	done := make(chan struct{})
+	n.ops.RunOnPartition(p, func() { close(done) })
+	<-done
 }
