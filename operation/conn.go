@@ -353,6 +353,30 @@ func (s *Service) newConn(nc net.Conn, h hello) *conn {
 	return c
 }
 
+// frameReader is a connection that reads frames itself, and must then be
+// poked on every tick of the service's clock (turnConn).
+type frameReader interface {
+	// readFrames calls handle with the body of each frame, pre's first,
+	// until handle or the connection fails; a body is valid only during
+	// the call. It calls handle with wait false while it holds the
+	// socket (a Close would wait for it), and again with wait true,
+	// having let go, for a frame that returned errWouldWait.
+	readFrames(pre []byte, handle func(body []byte, wait bool) error) error
+	pokeIfStuck()
+}
+
+// pokeReaders pokes the connections that read frames themselves (see
+// turnConn).
+func (s *Service) pokeReaders() {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	for c := range s.all {
+		if fr, ok := c.nc.(frameReader); ok {
+			fr.pokeIfStuck()
+		}
+	}
+}
+
 // close shuts the connection once, failing its pending calls with err.
 func (c *conn) close(err error) {
 	c.mu.Lock()
@@ -706,18 +730,23 @@ func (c *conn) isClosed() bool {
 // protocol closes this connection (logged); other connections are not
 // affected.
 func (c *conn) readLoop(br *bufio.Reader) {
-	var buf []byte
 	var err error
-	for {
-		buf, err = readFrame(br, buf)
-		if err != nil {
-			break
-		}
-		if err = c.handle(buf); err != nil {
-			break
-		}
-		if cap(buf) > 1<<20 {
-			buf = nil
+	if fr, ok := c.nc.(frameReader); ok {
+		pre, _ := br.Peek(br.Buffered()) // read with the hello
+		err = fr.readFrames(pre, c.handleFrame)
+	} else {
+		var buf []byte
+		for {
+			buf, err = readFrame(br, buf)
+			if err != nil {
+				break
+			}
+			if err = c.handle(buf); err != nil {
+				break
+			}
+			if cap(buf) > 1<<20 {
+				buf = nil
+			}
 		}
 	}
 	select {
@@ -733,16 +762,25 @@ func (c *conn) readLoop(br *bufio.Reader) {
 	c.wg.Wait()
 }
 
-func (c *conn) handle(body []byte) error {
+func (c *conn) handle(body []byte) error { return c.handleFrame(body, true) }
+
+// errWouldWait: handleFrame was told not to wait, and the frame's
+// executor queue is full; nothing was done.
+var errWouldWait = errors.New("executor queue full")
+
+// handleFrame handles one frame; unless wait, it returns errWouldWait
+// rather than wait for room in an executor's queue (the frame may then be
+// handled again, from the start).
+func (c *conn) handleFrame(body []byte, wait bool) error {
 	h, payload, err := parseHeader(body)
 	if err != nil {
 		return err
 	}
 	switch h.kind {
 	case kindRequest:
-		c.handleRequest(h.callID, payload, false)
+		return c.handleRequest(h.callID, payload, false, wait)
 	case kindBackup:
-		c.handleRequest(h.callID, payload, true)
+		return c.handleRequest(h.callID, payload, true, wait)
 	case kindResponse, kindError:
 		c.mu.Lock()
 		cl := c.pending[h.callID]
@@ -789,7 +827,7 @@ func (c *conn) handle(body []byte) error {
 	return nil
 }
 
-func (c *conn) handleRequest(callID uint64, payload []byte, backup bool) {
+func (c *conn) handleRequest(callID uint64, payload []byte, backup, wait bool) error {
 	s := c.s
 	r := &c.rd
 	r.Reset(payload)
@@ -809,7 +847,7 @@ func (c *conn) handleRequest(callID uint64, payload []byte, backup bool) {
 			fail := fmt.Errorf("%w: backup for partition %d replica %d", spi.ErrProtocol, pid, replica)
 			s.log.Warn("rejecting backup", "remote", c.remote.address, "error", fail)
 			c.queue(func(buf []byte) ([]byte, error) { return appendError(buf, callID, fail), nil })
-			return
+			return nil
 		}
 	} else {
 		retry = r.ReadBool()
@@ -822,36 +860,43 @@ func (c *conn) handleRequest(callID uint64, payload []byte, backup bool) {
 	}
 	if err := r.Err(); err != nil {
 		fail(fmt.Errorf("bad request header: %w", err))
-		return
+		return nil
 	}
 	svc := s.byID[sid]
 	if svc == nil {
 		fail(fmt.Errorf("%w: no service with wire id %#x on %s", spi.ErrUnknownService, sid, s.cfg.LocalAddress))
-		return
+		return nil
 	}
 	factory := svc.types[tid]
 	if factory == nil {
 		fail(fmt.Errorf("%w: service %q has no operation type %d", spi.ErrUnknownOperation, svc.name, tid))
-		return
+		return nil
 	}
 	if pid < -1 || pid >= int64(s.cfg.PartitionCount) {
 		fail(fmt.Errorf("%w: partition %d out of range", spi.ErrProtocol, pid))
-		return
+		return nil
 	}
 	op := factory()
 	if err := op.ReadData(r); err != nil {
 		fail(fmt.Errorf("%w: decoding %T of service %q: %w", spi.ErrProtocol, op, svc.name, err))
-		return
+		return nil
 	}
 	if r.Remaining() != 0 {
 		fail(fmt.Errorf("%w: %d trailing bytes after %T", spi.ErrProtocol, r.Remaining(), op))
-		return
+		return nil
 	}
 	t := task{op: op, svc: svc, pid: int(pid), caller: c.remote.address, conn: c, callID: callID,
 		replica: int(replica), version: int64(version), key: key, resp: resp, retry: retry, st: svc.statsByID[tid],
 		callerCall: callerCall, callerID: callerID}
+	if !wait {
+		if s.tryEnqueue(t) {
+			return nil
+		}
+		return errWouldWait
+	}
 	// Blocking here pushes back on the sender through TCP.
 	if err := s.enqueue(context.Background(), t); err != nil {
 		s.finish(t, nil, err)
 	}
+	return nil
 }

@@ -286,8 +286,9 @@ func (k *timeoutClock) init() {
 	k.ch.Store(&ch)
 }
 
-// run ticks every period until quit is closed.
-func (k *timeoutClock) run(period time.Duration, quit <-chan struct{}) {
+// run ticks every period until quit is closed, calling onTick after each
+// tick.
+func (k *timeoutClock) run(period time.Duration, quit <-chan struct{}, onTick func()) {
 	t := time.NewTicker(period)
 	defer t.Stop()
 	for {
@@ -296,6 +297,7 @@ func (k *timeoutClock) run(period time.Duration, quit <-chan struct{}) {
 			ch := make(chan struct{})
 			close(*k.ch.Swap(&ch))
 			held.release() // a backstop: see heldWrites
+			onTick()
 		case <-quit:
 			return
 		}

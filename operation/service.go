@@ -290,7 +290,7 @@ func (s *Service) Start() {
 	s.wg.Add(1)
 	go func() {
 		defer s.wg.Done()
-		s.clock.run(clockPeriod(s.cfg.InvocationTimeout), s.quit)
+		s.clock.run(clockPeriod(s.cfg.InvocationTimeout), s.quit, s.pokeReaders)
 	}()
 	s.running.Store(true)
 }

@@ -3,11 +3,17 @@
 package operation
 
 import (
+	"encoding/binary"
+	"fmt"
 	"io"
 	"net"
 	"os"
 	"sync"
+	"sync/atomic"
 	"syscall"
+	"time"
+
+	"github.com/partita-go/partita/spi"
 )
 
 // turnConn is a TCP connection whose read and write syscalls take turns.
@@ -45,6 +51,15 @@ type turnConn struct {
 	wn      int
 	werr    error
 	writeFn func(fd uintptr) bool
+
+	closed atomic.Bool // Close was called: readFrames stops
+
+	// readFrames' wait after a short read, for pokeIfStuck.
+	skipping atomic.Bool   // waiting without having seen EAGAIN
+	skips    atomic.Uint64 // such waits begun, ever
+	pokeMu   sync.Mutex
+	poked    bool   // a deadline in the past was set to end the wait
+	pokeSeen uint64 // skips at the previous poke
 }
 
 // takeTurns wraps a *net.TCPConn. Any other connection is returned as it
@@ -68,23 +83,29 @@ func takeTurns(nc net.Conn) net.Conn {
 // read is RawConn.Read's callback: false asks the poller to wait until the
 // socket is readable and call again.
 func (c *turnConn) read(fd uintptr) bool {
+	n, err := c.sysRead(fd, c.rbuf)
+	switch {
+	case err == syscall.EAGAIN:
+		return false
+	case err != nil:
+		c.rerr = err
+	case n == 0:
+		c.rerr = io.EOF
+	default:
+		c.rn = n
+	}
+	return true
+}
+
+// sysRead reads once into p, taking its turn, and again if interrupted.
+func (c *turnConn) sysRead(fd uintptr, p []byte) (int, error) {
 	for {
 		c.mu.Lock()
-		n, err := syscall.Read(int(fd), c.rbuf)
+		n, err := syscall.Read(int(fd), p)
 		c.mu.Unlock()
-		switch {
-		case err == syscall.EINTR:
-			continue
-		case err == syscall.EAGAIN:
-			return false
-		case err != nil:
-			c.rerr = err
-		case n == 0:
-			c.rerr = io.EOF
-		default:
-			c.rn = n
+		if err != syscall.EINTR {
+			return n, err
 		}
-		return true
 	}
 }
 
@@ -143,4 +164,160 @@ func (c *turnConn) Write(p []byte) (int, error) {
 		err = c.opError("write", c.werr)
 	}
 	return n, err
+}
+
+// frameBufSize is readFrames' buffer: as many bytes as one read takes.
+const frameBufSize = 64 << 10
+
+// readFrames implements frameReader. A read that returns less than it
+// asked for has emptied the socket's receive queue, so the next read would
+// fail with EAGAIN (half of all reads at 64 callers did). Instead, once the
+// frames are handled, the reader waits for the poller at once.
+//
+// That is safe only inside one RawConn.Read: the runtime resets the poll
+// descriptor's readiness when a RawConn.Read begins, so readiness seen
+// between two of them is forgotten, and a wait first in the next one could
+// sleep with data in the socket. Within one call nothing is forgotten, and
+// the poller is edge triggered: data that arrives after the short read
+// raises a new event. So the frames are handled inside the read callback.
+//
+// The one thing such a wait can miss is a close or a reset that reached
+// the socket with the last data and was reported by the same event (the
+// read stops short at it, and nothing arrives after). pokeIfStuck, called
+// on every tick of the service's coarse clock, ends a wait that has
+// outlasted a whole tick with a read deadline in the past, and the reader
+// then reads for real: such a close is noticed a tick or two late, never
+// missed.
+func (c *turnConn) readFrames(pre []byte, handle func(body []byte, wait bool) error) error {
+	buf := make([]byte, max(frameBufSize, len(pre)))
+	start, end := 0, copy(buf, pre)
+	skip := false  // the last read was short: wait before the next
+	later := false // the frame at start waits for room: see handle
+	var ferr error
+	f := func(fd uintptr) bool {
+		if c.skipping.Load() { // the wait is over
+			c.skipping.Store(false)
+		}
+		for {
+			for end-start >= 4 {
+				n32 := binary.LittleEndian.Uint32(buf[start:])
+				if n32 > MaxFrameSize {
+					ferr = fmt.Errorf("%w: frame length %d exceeds the %d-byte limit", spi.ErrProtocol, n32, MaxFrameSize)
+					return true
+				}
+				n := int(n32)
+				if end-start-4 < n {
+					if 4+n > len(buf) {
+						buf = append(make([]byte, 0, 4+n), buf[start:end]...)[:4+n]
+						start, end = 0, end-start
+					}
+					break
+				}
+				if ferr = handle(buf[start+4:start+4+n:start+4+n], false); ferr == errWouldWait {
+					ferr, later = nil, true
+					return true // handled again below, off the socket
+				} else if ferr != nil {
+					return true
+				}
+				start += 4 + n
+				if c.closed.Load() {
+					// Close waits for this call to return: handle no
+					// more, even what is buffered.
+					ferr = net.ErrClosed
+					return true
+				}
+			}
+			// What is left of a partial frame goes to the front; a buffer
+			// grown for a huge frame is not kept for the small ones after.
+			switch {
+			case len(buf) > frameBufSize<<4 && end-start < frameBufSize:
+				small := make([]byte, frameBufSize)
+				buf, start, end = small, 0, copy(small, buf[start:end])
+			case start > 0:
+				end = copy(buf, buf[start:end])
+				start = 0
+			}
+			if skip {
+				skip = false
+				c.skips.Add(1)
+				c.skipping.Store(true)
+				return false
+			}
+			m, err := c.sysRead(fd, buf[end:])
+			switch {
+			case err == syscall.EAGAIN:
+				return false
+			case err != nil:
+				ferr = c.opError("read", err)
+				return true
+			case m == 0:
+				ferr = io.EOF
+				if end > 0 {
+					ferr = io.ErrUnexpectedEOF
+				}
+				return true
+			}
+			skip = m < len(buf)-end
+			end += m
+		}
+	}
+	for {
+		err := c.rc.Read(f) // closed or poked
+		if err == nil && later {
+			// Wait for room in the executor's queue without holding the
+			// socket (pushing back on the sender through TCP, as before),
+			// then read before waiting: the next call forgot readiness.
+			later = false
+			n := int(binary.LittleEndian.Uint32(buf[start:]))
+			if err := handle(buf[start+4:start+4+n:start+4+n], true); err != nil {
+				return err
+			}
+			start += 4 + n
+			continue
+		}
+		if err == nil {
+			return ferr
+		}
+		if !c.unpoke() {
+			return err
+		}
+		// skip is false (every wait clears it): the next call reads before
+		// it waits, as it must, having forgotten any readiness.
+	}
+}
+
+// Close closes the connection. A readFrames that is handling frames stops
+// after the frame at hand (the descriptor's Close waits for it).
+func (c *turnConn) Close() error {
+	c.closed.Store(true)
+	return c.Conn.Close()
+}
+
+// pokeIfStuck ends readFrames' wait after a short read if it has lasted
+// since the previous call (see readFrames).
+func (c *turnConn) pokeIfStuck() {
+	if !c.skipping.Load() {
+		return
+	}
+	n := c.skips.Load()
+	c.pokeMu.Lock()
+	defer c.pokeMu.Unlock()
+	if n != c.pokeSeen || c.poked {
+		c.pokeSeen = n
+		return
+	}
+	c.poked = true
+	c.Conn.SetReadDeadline(time.Unix(1, 0))
+}
+
+// unpoke clears a poke's deadline and reports whether there was one.
+func (c *turnConn) unpoke() bool {
+	c.pokeMu.Lock()
+	defer c.pokeMu.Unlock()
+	if !c.poked {
+		return false
+	}
+	c.poked = false
+	c.Conn.SetReadDeadline(time.Time{})
+	return true
 }

@@ -4,6 +4,7 @@ package operation
 
 import (
 	"bytes"
+	"encoding/binary"
 	"errors"
 	"io"
 	"math/rand/v2"
@@ -12,9 +13,12 @@ import (
 	"runtime"
 	"slices"
 	"strings"
+	"sync/atomic"
 	"syscall"
 	"testing"
 	"time"
+
+	"github.com/partita-go/partita/spi"
 )
 
 // turnPair returns both ends of a loopback TCP connection, each taking turns.
@@ -301,5 +305,346 @@ func TestTakeTurnsLeavesOtherConnsAlone(t *testing.T) {
 	w := wrappedTCP{a.(*turnConn).Conn.(*net.TCPConn)}
 	if takeTurns(w) != net.Conn(w) {
 		t.Fatal("takeTurns wrapped a wrapper of a TCPConn")
+	}
+}
+
+// frameOf returns the frame carrying body.
+func frameOf(body []byte) []byte {
+	return append(binary.LittleEndian.AppendUint32(nil, uint32(len(body))), body...)
+}
+
+// frameSink runs c's readFrames with pre in the background: each body
+// handled is sent (copied) on bodies, after hold (when not nil) lets it
+// go; readFrames' result is sent on done.
+type frameSink struct {
+	bodies chan []byte
+	hold   chan struct{}
+	done   chan error
+}
+
+func readFramesInto(c net.Conn, pre []byte, hold chan struct{}) *frameSink {
+	k := &frameSink{bodies: make(chan []byte, 1024), hold: hold, done: make(chan error, 1)}
+	go func() {
+		k.done <- c.(*turnConn).readFrames(pre, func(body []byte, _ bool) error {
+			if k.hold != nil {
+				<-k.hold
+			}
+			k.bodies <- bytes.Clone(body)
+			return nil
+		})
+	}()
+	return k
+}
+
+// handlingOne starts readFrames on a and has b send it frame "one", and
+// returns once the reader is handling "one" (held until hold is closed).
+func handlingOne(t *testing.T, a, b net.Conn) (k *frameSink, hold chan struct{}) {
+	t.Helper()
+	hold = make(chan struct{})
+	k = readFramesInto(a, nil, hold)
+	b.Write(frameOf([]byte("one")))
+	waitParked(t, "readFramesInto.func1.1", "[chan receive")
+	return k, hold
+}
+
+func (k *frameSink) expect(t *testing.T, want []byte) {
+	t.Helper()
+	if got := wait(t, k.bodies, "a frame"); !bytes.Equal(got, want) {
+		t.Fatalf("frame of %d bytes, want %d bytes %q...", len(got), len(want), want[:min(len(want), 8)])
+	}
+}
+
+// Frames of every size (empty, larger than the read buffer), the first
+// ones already read with the hello, the rest in writes that split them
+// anywhere: each is handed over whole and in order, and the peer's close
+// ends the loop with io.EOF, or io.ErrUnexpectedEOF inside a frame.
+func TestReadFramesHandsOverEveryFrame(t *testing.T) {
+	r := rand.New(rand.NewPCG(7, 7))
+	var bodies [][]byte
+	var stream []byte
+	for i := 0; i < 300; i++ {
+		n := r.IntN(300)
+		switch i % 50 {
+		case 7:
+			n = 0
+		case 13:
+			n = frameBufSize + r.IntN(3*frameBufSize) // grows the buffer
+		}
+		body := make([]byte, n)
+		for j := range body {
+			body[j] = byte(r.Uint32())
+		}
+		bodies = append(bodies, body)
+		stream = append(stream, frameOf(body)...)
+	}
+	for _, partial := range []bool{false, true} {
+		a, b := turnPair(t)
+		pre := len(frameOf(bodies[0])) + len(frameOf(bodies[1])) + 3 // two and a bit
+		k := readFramesInto(a, stream[:pre], nil)
+		rest := stream[pre:]
+		if partial {
+			rest = rest[:len(rest)-1]
+		}
+		go func() {
+			for len(rest) > 0 {
+				n := min(len(rest), 1+r.IntN(100<<10))
+				if _, err := b.Write(rest[:n]); err != nil {
+					return
+				}
+				rest = rest[n:]
+			}
+			b.Close()
+		}()
+		want := bodies
+		if partial {
+			want = bodies[:len(bodies)-1]
+		}
+		for _, body := range want {
+			k.expect(t, body)
+		}
+		err := k.end(t, a)
+		if wantErr := map[bool]error{false: io.EOF, true: io.ErrUnexpectedEOF}[partial]; err != wantErr {
+			t.Fatalf("partial last frame %v: readFrames returned %v, want %v", partial, err, wantErr)
+		}
+	}
+}
+
+// A frame longer than MaxFrameSize is a protocol error, not an allocation.
+func TestReadFramesRefusesAnOversizedFrame(t *testing.T) {
+	a, b := turnPair(t)
+	k := readFramesInto(a, nil, nil)
+	b.Write(binary.LittleEndian.AppendUint32(nil, MaxFrameSize+1))
+	if err := wait(t, k.done, "readFrames"); !errors.Is(err, spi.ErrProtocol) {
+		t.Fatalf("readFrames returned %v, want spi.ErrProtocol", err)
+	}
+}
+
+// After a short read the reader waits for the poller without reading
+// again. Bytes that arrive while it handles a frame, and whose event the
+// poller takes before the wait begins, still end the wait: a new
+// RawConn.Read would have forgotten that event, the same one does not.
+func TestReadFramesKeepsAnEventTakenWhileHandling(t *testing.T) {
+	a, b := turnPair(t)
+	tc := a.(*turnConn)
+	k, hold := handlingOne(t, a, b)
+	b.Write(frameOf([]byte("two")))
+	queued(t, a)
+	harvest(t)
+	close(hold)
+	k.expect(t, []byte("one"))
+	k.expect(t, []byte("two"))
+	if tc.skips.Load() == 0 {
+		t.Fatal("no read was skipped after the short one")
+	}
+}
+
+// A wait after a short read that the poller will not end ends at the
+// second poke; the reader reads for real, waits again with no deadline
+// left behind, and takes the next frame.
+func TestReadFramesPokeEndsAWaitWithoutAnError(t *testing.T) {
+	a, b := turnPair(t)
+	tc := a.(*turnConn)
+	k := readFramesInto(a, nil, nil)
+	b.Write(frameOf([]byte("one")))
+	k.expect(t, []byte("one"))
+	eventually(t, tc.skipping.Load)
+	waitParked(t, "readFrames", "waitRead")
+	tc.pokeIfStuck() // notes the wait
+	if tc.poked {
+		t.Fatal("the first poke set a deadline")
+	}
+	tc.pokeIfStuck()
+	eventually(t, func() bool { return !tc.skipping.Load() && !tc.pokedNow() })
+	waitParked(t, "readFrames", "waitRead")
+	select {
+	case err := <-k.done:
+		t.Fatalf("readFrames returned %v after a poke", err)
+	default:
+	}
+	b.Write(frameOf([]byte("two")))
+	k.expect(t, []byte("two"))
+}
+
+// A poke that lands while the reader is busy (the wait it aimed at is
+// over) makes the next wait fail at once; the reader clears it and reads
+// on.
+func TestReadFramesStalePokeIsHarmless(t *testing.T) {
+	a, b := turnPair(t)
+	tc := a.(*turnConn)
+	k, hold := handlingOne(t, a, b)
+	tc.pokeMu.Lock()
+	tc.poked = true
+	tc.Conn.SetReadDeadline(time.Unix(1, 0))
+	tc.pokeMu.Unlock()
+	b.Write(frameOf([]byte("two")))
+	queued(t, a)
+	harvest(t)
+	close(hold)
+	k.expect(t, []byte("one"))
+	k.expect(t, []byte("two"))
+	b.Write(frameOf([]byte("three")))
+	k.expect(t, []byte("three"))
+}
+
+// A close that comes right behind the last frame is seen: at once when
+// the poller reports it apart, else when the clock's pokes end the wait
+// that its shared event left without a wake-up.
+func TestReadFramesSeesACloseBehindTheLastFrame(t *testing.T) {
+	for i := 0; i < 20; i++ {
+		a, b := turnPair(t)
+		k := readFramesInto(a, nil, nil)
+		waitParked(t, "readFrames", "waitRead")
+		b.Write(frameOf([]byte("last")))
+		b.(*turnConn).Conn.(*net.TCPConn).CloseWrite()
+		k.expect(t, []byte("last"))
+		if err := k.end(t, a); err != io.EOF {
+			t.Fatalf("readFrames returned %v, want io.EOF", err)
+		}
+	}
+}
+
+// end returns what readFrames on c returned, poking c as the service's
+// clock would meanwhile: a close that came with the last frame is seen
+// only so (see readFrames).
+func (k *frameSink) end(t *testing.T, c net.Conn) error {
+	t.Helper()
+	var err error
+	eventually(t, func() bool {
+		select {
+		case err = <-k.done:
+			return true
+		default:
+			c.(*turnConn).pokeIfStuck()
+			return false
+		}
+	})
+	return err
+}
+
+func (c *turnConn) pokedNow() bool {
+	c.pokeMu.Lock()
+	defer c.pokeMu.Unlock()
+	return c.poked
+}
+
+// queued waits until the kernel holds bytes for c to read (a peek the
+// runtime's poller does not see): the socket's wake-up for them has run.
+func queued(t *testing.T, c net.Conn) {
+	t.Helper()
+	rc, err := c.(*turnConn).Conn.(*net.TCPConn).SyscallConn()
+	if err != nil {
+		t.Fatal(err)
+	}
+	var p [1]byte
+	eventually(t, func() bool {
+		n := 0
+		rc.Control(func(fd uintptr) {
+			n, _, _ = syscall.Recvfrom(int(fd), p[:], syscall.MSG_PEEK) // the socket is non-blocking
+		})
+		return n > 0
+	})
+}
+
+// harvest returns once the runtime's poller has taken every event pending
+// before the call: it wakes a reader parked in the poller, whose event
+// queues behind them, and waits for it.
+func harvest(t *testing.T) {
+	t.Helper()
+	x, y := turnPair(t)
+	got := make(chan error, 1)
+	go func() {
+		_, err := y.Read(make([]byte, 1))
+		got <- err
+	}()
+	waitParked(t, "harvest.func1", "waitRead")
+	x.Write([]byte{1})
+	if err := wait(t, got, "the harvesting reader"); err != nil {
+		t.Fatal(err)
+	}
+}
+
+// The service's clock pokes the connections that read frames themselves.
+type countingReader struct {
+	net.Conn
+	pokes atomic.Int32
+}
+
+func (c *countingReader) readFrames([]byte, func([]byte, bool) error) error { return io.EOF }
+func (c *countingReader) pokeIfStuck()                                      { c.pokes.Add(1) }
+
+func TestServicePokesFrameReaders(t *testing.T) {
+	s := New(Config{ClusterName: "dev", LocalID: "p", LocalAddress: "p:1", PartitionCount: 7,
+		Routing: threeRouting{"p"}, InvocationTimeout: 16 * time.Millisecond})
+	s.Start()
+	defer s.Shutdown()
+	x, y := net.Pipe()
+	defer y.Close()
+	nc := &countingReader{Conn: x}
+	if s.newConn(nc, hello{id: "q"}) == nil {
+		t.Fatal("newConn refused the connection")
+	}
+	eventually(t, func() bool { return nc.pokes.Load() >= 2 })
+}
+
+// A frame whose executor queue is full is handled again off the socket,
+// with waiting allowed, and the frames behind it follow in order; the
+// socket is not held meanwhile, so Close does not wait for the queue.
+func TestReadFramesWaitsForRoomOffTheSocket(t *testing.T) {
+	a, b := turnPair(t)
+	room := make(chan struct{})
+	var got [][]byte
+	var waited []bool
+	done := make(chan error, 1)
+	go func() {
+		full := true
+		done <- a.(*turnConn).readFrames(nil, func(body []byte, wait bool) error {
+			if string(body) == "full" && full {
+				if !wait {
+					return errWouldWait
+				}
+				<-room // the queue makes room
+				full = false
+			}
+			got, waited = append(got, bytes.Clone(body)), append(waited, wait)
+			return nil
+		})
+	}()
+	b.Write(append(append(frameOf([]byte("one")), frameOf([]byte("full"))...), frameOf([]byte("two"))...))
+	waitParked(t, "TestReadFramesWaitsForRoomOffTheSocket.func1.1", "[chan receive")
+	closed := make(chan error, 1)
+	go func() { closed <- a.Close() }()
+	if err := wait(t, closed, "Close while a frame waits for room"); err != nil {
+		t.Fatal(err)
+	}
+	close(room)
+	if err := wait(t, done, "readFrames"); !errors.Is(err, net.ErrClosed) {
+		t.Fatalf("readFrames returned %v, want net.ErrClosed", err)
+	}
+	if len(got) != 2 || string(got[0]) != "one" || string(got[1]) != "full" || waited[0] || !waited[1] {
+		t.Fatalf("handled %q (wait %v); want one, then full with waiting allowed, then nothing after Close", got, waited)
+	}
+}
+
+// Close stops readFrames after the frame at hand, though more frames are
+// buffered, and then returns (it waits for that frame only).
+func TestReadFramesStopsAtClose(t *testing.T) {
+	a, b := turnPair(t)
+	hold := make(chan struct{})
+	k := readFramesInto(a, nil, hold)
+	b.Write(append(frameOf([]byte("one")), frameOf([]byte("two"))...))
+	waitParked(t, "readFramesInto.func1.1", "[chan receive")
+	closed := make(chan error, 1)
+	go func() { closed <- a.Close() }()
+	eventually(t, a.(*turnConn).closed.Load)
+	close(hold)
+	if err := wait(t, closed, "Close"); err != nil {
+		t.Fatal(err)
+	}
+	k.expect(t, []byte("one"))
+	if err := wait(t, k.done, "readFrames"); !errors.Is(err, net.ErrClosed) {
+		t.Fatalf("readFrames returned %v, want net.ErrClosed", err)
+	}
+	if len(k.bodies) != 0 {
+		t.Fatalf("%d frames handled after Close", len(k.bodies))
 	}
 }
