@@ -230,7 +230,7 @@ func (c *turnConn) readFrames(pre []byte, handle func(body []byte, wait bool) er
 			// What is left of a partial frame goes to the front; a buffer
 			// grown for a huge frame is not kept for the small ones after.
 			switch {
-			case len(buf) > frameBufSize<<4 && end-start < frameBufSize:
+			case len(buf) > frameBufSize<<4 && fitsSmall(buf[start:end]):
 				small := make([]byte, frameBufSize)
 				buf, start, end = small, 0, copy(small, buf[start:end])
 			case start > 0:
@@ -267,7 +267,7 @@ func (c *turnConn) readFrames(pre []byte, handle func(body []byte, wait bool) er
 			// Wait for room in the executor's queue without holding the
 			// socket (pushing back on the sender through TCP, as before),
 			// then read before waiting: the next call forgot readiness.
-			later = false
+			later, skip = false, false
 			n := int(binary.LittleEndian.Uint32(buf[start:]))
 			if err := handle(buf[start+4:start+4+n:start+4+n], true); err != nil {
 				return err
@@ -291,6 +291,12 @@ func (c *turnConn) readFrames(pre []byte, handle func(body []byte, wait bool) er
 func (c *turnConn) Close() error {
 	c.closed.Store(true)
 	return c.Conn.Close()
+}
+
+// fitsSmall reports whether the partial frame p fits in readFrames' usual
+// buffer (when its length is not known yet, it is assumed to).
+func fitsSmall(p []byte) bool {
+	return len(p) < 4 || 4+int64(binary.LittleEndian.Uint32(p)) <= frameBufSize
 }
 
 // pokeIfStuck ends readFrames' wait after a short read if it has lasted

@@ -648,3 +648,57 @@ func TestReadFramesStopsAtClose(t *testing.T) {
 		t.Fatalf("%d frames handled after Close", len(k.bodies))
 	}
 }
+
+// After a frame was handled off the socket (its queue was full), the
+// reader reads before it waits, though its last read was short: the new
+// RawConn.Read forgot the event of bytes that came meanwhile.
+func TestReadFramesReadsAfterWaitingForRoom(t *testing.T) {
+	a, b := turnPair(t)
+	room := make(chan struct{})
+	bodies := make(chan string, 8)
+	go a.(*turnConn).readFrames(nil, func(body []byte, wait bool) error {
+		if string(body) == "full" {
+			if !wait {
+				return errWouldWait
+			}
+			<-room
+		}
+		bodies <- string(body)
+		return nil
+	})
+	b.Write(append(frameOf([]byte("one")), frameOf([]byte("full"))...))
+	waitParked(t, "TestReadFramesReadsAfterWaitingForRoom.func1", "[chan receive")
+	b.Write(frameOf([]byte("two")))
+	queued(t, a)
+	harvest(t)
+	close(room)
+	for _, want := range []string{"one", "full", "two"} {
+		if got := wait(t, bodies, want); got != want {
+			t.Fatalf("handled %q, want %q", got, want)
+		}
+	}
+}
+
+// A buffer grown for a frame larger than the usual one is kept while that
+// frame arrives in small pieces, and given up after it.
+func TestReadFramesKeepsAGrownBufferForItsFrame(t *testing.T) {
+	if !fitsSmall(nil) || !fitsSmall(frameOf(make([]byte, frameBufSize-4))) || fitsSmall(frameOf(make([]byte, frameBufSize-3))[:4]) {
+		t.Fatal("fitsSmall misjudges a frame's size")
+	}
+	a, b := turnPair(t)
+	k := readFramesInto(a, nil, nil)
+	big := make([]byte, 2<<20)
+	for i := range big {
+		big[i] = byte(i * 7)
+	}
+	f := append(frameOf(big), frameOf([]byte("after"))...)
+	go func() {
+		for len(f) > 0 { // pieces smaller than the usual buffer
+			n := min(len(f), 1000)
+			b.Write(f[:n])
+			f = f[n:]
+		}
+	}()
+	k.expect(t, big)
+	k.expect(t, []byte("after"))
+}
