@@ -359,8 +359,9 @@ type frameReader interface {
 	// readFrames calls handle with the body of each frame, pre's first,
 	// until handle or the connection fails; a body is valid only during
 	// the call. It calls handle with wait false while it holds the
-	// socket (a Close would wait for it), and again with wait true,
-	// having let go, for a frame that returned errWouldWait.
+	// socket (a Close waits for it, so such a handle must neither wait
+	// nor close this connection), and again with wait true, having let
+	// go, for a frame that returned errWouldWait.
 	readFrames(pre []byte, handle func(body []byte, wait bool) error) error
 	pokeIfStuck()
 }
