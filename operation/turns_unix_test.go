@@ -347,6 +347,19 @@ func handlingOne(t *testing.T, a, b net.Conn) (k *frameSink, hold chan struct{})
 	return k, hold
 }
 
+// twoWhileHandlingOne has b send frame "two" while a's reader handles
+// "one" (see handlingOne), lets the poller take the event for it, and
+// then has the reader go on: both frames must arrive.
+func (k *frameSink) twoWhileHandlingOne(t *testing.T, a, b net.Conn, hold chan struct{}) {
+	t.Helper()
+	b.Write(frameOf([]byte("two")))
+	queued(t, a)
+	harvest(t)
+	close(hold)
+	k.expect(t, []byte("one"))
+	k.expect(t, []byte("two"))
+}
+
 func (k *frameSink) expect(t *testing.T, want []byte) {
 	t.Helper()
 	if got := wait(t, k.bodies, "a frame"); !bytes.Equal(got, want) {
@@ -427,12 +440,7 @@ func TestReadFramesKeepsAnEventTakenWhileHandling(t *testing.T) {
 	a, b := turnPair(t)
 	tc := a.(*turnConn)
 	k, hold := handlingOne(t, a, b)
-	b.Write(frameOf([]byte("two")))
-	queued(t, a)
-	harvest(t)
-	close(hold)
-	k.expect(t, []byte("one"))
-	k.expect(t, []byte("two"))
+	k.twoWhileHandlingOne(t, a, b, hold)
 	if tc.skips.Load() == 0 {
 		t.Fatal("no read was skipped after the short one")
 	}
@@ -450,7 +458,7 @@ func TestReadFramesPokeEndsAWaitWithoutAnError(t *testing.T) {
 	eventually(t, tc.skipping.Load)
 	waitParked(t, "readFrames", "waitRead")
 	tc.pokeIfStuck() // notes the wait
-	if tc.poked {
+	if tc.pokedNow() {
 		t.Fatal("the first poke set a deadline")
 	}
 	tc.pokeIfStuck()
@@ -476,12 +484,7 @@ func TestReadFramesStalePokeIsHarmless(t *testing.T) {
 	tc.poked = true
 	tc.Conn.SetReadDeadline(time.Unix(1, 0))
 	tc.pokeMu.Unlock()
-	b.Write(frameOf([]byte("two")))
-	queued(t, a)
-	harvest(t)
-	close(hold)
-	k.expect(t, []byte("one"))
-	k.expect(t, []byte("two"))
+	k.twoWhileHandlingOne(t, a, b, hold)
 	b.Write(frameOf([]byte("three")))
 	k.expect(t, []byte("three"))
 }
