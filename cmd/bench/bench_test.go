@@ -5,6 +5,7 @@ import (
 	"encoding/json"
 	"os"
 	"path/filepath"
+	"runtime"
 	"strings"
 	"testing"
 	"time"
@@ -85,9 +86,26 @@ func TestFlags(t *testing.T) {
 		t.Errorf("-hot -counters 50: counters %d, hot %v, error %v; want 1 hot counter", o.counters, o.hot, err)
 	}
 	o, err = parseFlags(nil, &bytes.Buffer{})
-	want := options{members: 3, callers: 64, counters: 10000, duration: 10 * time.Second, warmup: 2 * time.Second, syncBackups: 1}
+	want := options{members: 3, callers: 64, counters: 10000, duration: 10 * time.Second, warmup: 2 * time.Second, syncBackups: 1,
+		partitionThreads: max(1, runtime.GOMAXPROCS(0)/3)}
 	if err != nil || o != want {
 		t.Errorf("defaults %+v (error %v), want %+v", o, err, want)
+	}
+	// Members in this process share its cores; a member that joins a
+	// cluster runs alone here; an explicit count is kept.
+	for _, c := range []struct {
+		args []string
+		want int
+	}{
+		{[]string{"-members", "1"}, runtime.GOMAXPROCS(0)},
+		{[]string{"-join", "127.0.0.1:5701"}, runtime.GOMAXPROCS(0)},
+		{[]string{"-members", "64"}, 1},
+		{[]string{"-partition-threads", "5"}, 5},
+	} {
+		o, err := parseFlags(c.args, &bytes.Buffer{})
+		if err != nil || o.partitionThreads != c.want {
+			t.Errorf("%q: partition threads %d (error %v), want %d", c.args, o.partitionThreads, err, c.want)
+		}
 	}
 }
 

@@ -50,14 +50,18 @@
 //	-warmup W             load before it, not measured (default 2s)
 //	-sync-backups S       synchronous backups per increment (default 1)
 //	-async-backups A      asynchronous backups per increment (default 0)
-//	-partition-threads T  partition executors per member (default 0: GOMAXPROCS)
+//	-partition-threads T  partition executors per member (default 0: the
+//	                      member's share of GOMAXPROCS, at least 1; see below)
 //	-json                 print one JSON object instead of the text report
 //	-cpuprofile FILE      write a CPU profile of the load (warm-up included)
 //	-trace FILE           write a Go execution trace of the load (warm-up
 //	                      included; large: use a short -duration)
 //
 // Every member gets partitions.backup-count S+A and the counter properties
-// backup-count=S and async-backup-count=A. Backups need members: with N
+// backup-count=S and async-backup-count=A. The members started in this
+// process share its cores, so by default each gets GOMAXPROCS/N partition
+// executors (at least 1) rather than a member's own default of GOMAXPROCS:
+// at 3 members on 2 cores, 1 each (with -join, GOMAXPROCS). Backups need members: with N
 // members a partition has at most N-1 backups. With -join the local member
 // binds the interface that reaches host:port (on a free port), uses the
 // default failure detection and cluster name "dev", and the backup flags

@@ -9,6 +9,7 @@ import (
 	"log/slog"
 	"os"
 	"os/signal"
+	"runtime"
 	"runtime/pprof"
 	"runtime/trace"
 	"sync"
@@ -59,7 +60,7 @@ func parseFlags(args []string, stderr io.Writer) (options, error) {
 	fs.IntVar(&o.syncBackups, "sync-backups", 1, "synchronous backups of each increment (counter backup-count)")
 	fs.IntVar(&o.asyncBackups, "async-backups", 0, "asynchronous backups of each increment (counter async-backup-count)")
 	fs.BoolVar(&o.json, "json", false, "print one JSON object instead of the text report")
-	fs.IntVar(&o.partitionThreads, "partition-threads", 0, "partition executor goroutines per member (0: GOMAXPROCS)")
+	fs.IntVar(&o.partitionThreads, "partition-threads", 0, "partition executor goroutines per member (0: the member's share of GOMAXPROCS, at least 1)")
 	fs.StringVar(&o.cpuProfile, "cpuprofile", "", "write a CPU profile of the load (warm-up included) to `file` (go tool pprof)")
 	fs.StringVar(&o.trace, "trace", "", "write a Go execution trace of the load (warm-up included) to `file` (go tool trace; large and slows the load: use a short -duration)")
 	fs.Usage = func() {
@@ -104,7 +105,21 @@ func parseFlags(args []string, stderr io.Writer) (options, error) {
 	if o.hot {
 		o.counters = 1
 	}
+	if o.partitionThreads == 0 {
+		o.partitionThreads = shareOfCores(o.members)
+	}
 	return o, nil
+}
+
+// shareOfCores is the partition executors each of n members in this
+// process gets by default: its share of GOMAXPROCS, at least 1. The members
+// share the process's cores, so GOMAXPROCS executors each (a member's own
+// default) would put n times as many executor goroutines on the cores as
+// there are cores, each waking for fewer operations at a time (at 3
+// members on 2 cores: 1.04× throughput and 0.96× CPU per increment with
+// one each; docs/performance.md, session 8).
+func shareOfCores(n int) int {
+	return max(1, runtime.GOMAXPROCS(0)/n)
 }
 
 // run is the whole command: it parses args, starts the members, runs the

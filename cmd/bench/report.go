@@ -39,7 +39,7 @@ type result struct {
 	Hot              bool     `json:"hot"`
 	SyncBackups      int      `json:"sync_backups"`
 	AsyncBackups     int      `json:"async_backups"`
-	PartitionThreads int      `json:"partition_threads"` // 0: GOMAXPROCS
+	PartitionThreads int      `json:"partition_threads"` // per member
 	GOMAXPROCS       int      `json:"gomaxprocs"`
 	GoVersion        string   `json:"go_version"`
 	FirstErrors      []string `json:"first_errors,omitempty"`
@@ -169,13 +169,9 @@ func (r *result) writeText(w io.Writer) error {
 	if r.LocalMembers != r.Members {
 		members = fmt.Sprintf("%d members (%d in this process)", r.Members, r.LocalMembers)
 	}
-	threads := "GOMAXPROCS"
-	if r.PartitionThreads > 0 {
-		threads = fmt.Sprint(r.PartitionThreads)
-	}
 	fmt.Fprintf(&b, "partita bench: %s, %d callers, %s, backups %d sync + %d async\n",
 		members, r.Callers, counters, r.SyncBackups, r.AsyncBackups)
-	fmt.Fprintf(&b, "runtime:    GOMAXPROCS %d, partition threads %s, %s\n", r.GOMAXPROCS, threads, r.GoVersion)
+	fmt.Fprintf(&b, "runtime:    GOMAXPROCS %d, partition threads %d per member, %s\n", r.GOMAXPROCS, r.PartitionThreads, r.GoVersion)
 	if r.Stopped != "" {
 		fmt.Fprintf(&b, "stopped:    %s\n", r.Stopped)
 	}
