@@ -116,8 +116,8 @@ func parseFlags(args []string, stderr io.Writer) (options, error) {
 // share the process's cores, so GOMAXPROCS executors each (a member's own
 // default) would put n times as many executor goroutines on the cores as
 // there are cores, each waking for fewer operations at a time (at 3
-// members on 2 cores: 1.04× throughput and 0.96× CPU per increment with
-// one each; docs/performance.md, session 8).
+// members on 2 cores, one each measured 1.04×, 0.96× and 1.14× in three
+// interleaved series; docs/performance.md, session 8).
 func shareOfCores(n int) int {
 	return max(1, runtime.GOMAXPROCS(0)/n)
 }
