@@ -3,6 +3,8 @@ package operation
 import (
 	"context"
 	"net"
+	"sync"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -69,27 +71,47 @@ func TestReviewRetryAnsweredBeforeSyncBackupApplied(t *testing.T) {
 		return Verdict{}
 	})
 	defer pSvc.Shutdown()
-	defer close(hold)
-	caller := reviewMember(t, "c", members, nil)
+	release := sync.OnceFunc(func() { close(hold) })
+	defer release()
+	var requests atomic.Int32 // the invocation's attempts, first included
+	caller := reviewMember(t, "c", members, func(m Message) Verdict {
+		if _, ok := m.Op.(*reviewBackedOp); ok && !m.Response {
+			requests.Add(1)
+		}
+		return Verdict{}
+	})
 	defer caller.Shutdown()
 
-	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
 	defer cancel()
 	done := make(chan error, 1)
 	go func() {
 		_, err := caller.Invoke(ctx, "svc", &reviewBackedOp{}, 1)
 		done <- err
 	}()
-	for pSvc.ReplicaVersion(1) == 0 { // the primary ran it; its backup is held
-		time.Sleep(time.Millisecond)
-	}
-	caller.MemberLeft("p") // the caller's connection breaks; it retries
-	select {
-	case err := <-done:
-		if err == nil && bSvc.ReplicaVersion(1) == 0 {
-			t.Errorf("the invocation was acknowledged while its synchronous backup was not applied (backup version %d)", bSvc.ReplicaVersion(1))
+	eventually(t, func() bool { return pSvc.ReplicaVersion(1) != 0 }) // the primary ran it; its backup is held
+	caller.MemberLeft("p")                                            // the caller's connection breaks; it retries
+	// A retry answered "in progress" is followed by another: two retries
+	// sent mean the primary refused at least one while the backup was held.
+	var early error
+	returned := false
+	eventually(t, func() bool {
+		select {
+		case early = <-done:
+			returned = true
+			return true
+		default:
+			return requests.Load() >= 3
 		}
-	case <-time.After(5 * time.Second):
-		t.Log("the retry waited for the backup (expected behaviour)")
+	})
+	if returned {
+		t.Fatalf("the invocation returned (%v) while its synchronous backup was held (backup version %d)", early, bSvc.ReplicaVersion(1))
+	}
+	release()
+	if err := <-done; err != nil {
+		t.Fatalf("after the backup was released: %v", err)
+	}
+	if v := bSvc.ReplicaVersion(1); v == 0 {
+		t.Errorf("the invocation was acknowledged, and the backup replica's version is %d", v)
 	}
 }
