@@ -453,6 +453,12 @@ func TestReadFramesPokeEndsAWaitWithoutAnError(t *testing.T) {
 	a, b := turnPair(t)
 	tc := a.(*turnConn)
 	k := readFramesInto(a, nil, nil)
+	// Written once the reader waits on an empty socket, so that the
+	// frame's event is the one that ends that wait. Written before, its
+	// event may reach the poller after the reader read the frame and end
+	// the wait after the short read at once (a wake-up with nothing to
+	// read, then a wait after EAGAIN that the pokes leave alone).
+	waitParked(t, "readFrames", "waitRead")
 	b.Write(frameOf([]byte("one")))
 	k.expect(t, []byte("one"))
 	eventually(t, tc.skipping.Load)
