@@ -889,6 +889,9 @@ func (c *conn) handleRequest(callID uint64, payload []byte, backup, wait bool) e
 	t := task{op: op, svc: svc, pid: int(pid), caller: c.remote.address, conn: c, callID: callID,
 		replica: int(replica), version: int64(version), key: key, resp: resp, retry: retry, st: svc.statsByID[tid],
 		callerCall: callerCall, callerID: callerID}
+	if s.runInline(t) {
+		return nil
+	}
 	if !wait {
 		if s.tryEnqueue(t) {
 			return nil

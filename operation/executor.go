@@ -4,6 +4,7 @@ import (
 	"fmt"
 	"runtime/debug"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/partita-go/partita/spi"
@@ -48,6 +49,12 @@ type executor struct {
 	reps  []Replica     // scratch for a partition's backups
 	rd    spi.Reader    // scratch for decoding responses
 	wr    spi.Writer    // scratch for encoding responses
+	// pending counts a partition executor's tasks from before they are
+	// queued until they are done; mu is held around each task. runInline
+	// runs a task in the executor's place only when it can take pending
+	// from 0, and holds mu meanwhile.
+	pending atomic.Int32
+	mu      sync.Mutex
 }
 
 func (e *executor) loop(wg *sync.WaitGroup) {
@@ -59,26 +66,44 @@ func (e *executor) loop(wg *sync.WaitGroup) {
 				// Shutting down: what is still queued does not run, and
 				// its caller is told so (the select below sees quit).
 				e.s.finish(t, nil, spi.ErrShutdown)
+				e.taskDone()
 			} else {
-				e.run(t)
+				e.runLocked(t)
 			}
 			continue
 		default:
 		}
 		select {
 		case t := <-e.queue:
-			e.run(t)
+			e.runLocked(t)
 		case <-e.s.quit:
 			// Fail what is still queued so no caller waits forever.
 			for {
 				select {
 				case t := <-e.queue:
 					e.s.finish(t, nil, spi.ErrShutdown)
+					e.taskDone()
 				default:
 					return
 				}
 			}
 		}
+	}
+}
+
+// runLocked runs a task taken from the queue.
+func (e *executor) runLocked(t task) {
+	e.mu.Lock()
+	e.run(t)
+	e.mu.Unlock()
+	e.taskDone()
+}
+
+// taskDone counts a task taken from the queue as done (partition
+// executors keep the count: see pending).
+func (e *executor) taskDone() {
+	if e.index >= 0 {
+		e.pending.Add(-1)
 	}
 }
 

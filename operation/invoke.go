@@ -153,6 +153,10 @@ func (s *Service) attempt(ctx context.Context, limit time.Time, svc *serviceEntr
 		if pastWindow() {
 			return nil, errPastWindow
 		}
+		if s.runInline(t) {
+			*sent = true
+			return s.wait(ctx, limit, cl, nil, 0)
+		}
 		if err := s.enqueueUntil(ctx, limit, t); err != nil {
 			return nil, err
 		}

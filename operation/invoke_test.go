@@ -3,6 +3,9 @@ package operation
 import (
 	"context"
 	"errors"
+	"runtime"
+	"slices"
+	"strings"
 	"sync/atomic"
 	"testing"
 	"time"
@@ -184,4 +187,21 @@ func eventually(t *testing.T, cond func() bool) {
 		}
 		time.Sleep(time.Millisecond)
 	}
+}
+
+// waitParked waits until some goroutine's stack holds every one of
+// frames (a read or write of the test waiting in the runtime's poller,
+// say).
+func waitParked(t *testing.T, frames ...string) {
+	t.Helper()
+	buf := make([]byte, 1<<20)
+	eventually(t, func() bool {
+		n := runtime.Stack(buf, true)
+		for _, g := range strings.Split(string(buf[:n]), "\n\n") {
+			if !slices.ContainsFunc(frames, func(f string) bool { return !strings.Contains(g, f) }) {
+				return true
+			}
+		}
+		return false
+	})
 }

@@ -312,11 +312,18 @@ func (s *Service) Shutdown() {
 	}
 	close(s.quit)
 	s.wg.Wait()
+	// Wait for operations running in place of an executor (runInline):
+	// one that took the lock before closed was set is still running.
+	for _, e := range s.partition {
+		e.mu.Lock()
+		e.mu.Unlock()
+	}
 	// The executors are gone: fail what was queued after they drained,
 	// then wake the invocations still waiting (see wait).
 	for _, e := range append(slices.Clone(s.partition), s.generic) {
 		for e != nil && len(e.queue) > 0 {
 			s.finish(<-e.queue, nil, spi.ErrShutdown)
+			e.taskDone()
 		}
 	}
 	s.stopped.Store(true)
@@ -422,19 +429,28 @@ func (s *Service) tryEnqueue(t task) bool {
 	if sampled() {
 		t.queued = time.Now().UnixNano()
 	}
+	q, e := s.queueOf(t)
+	if e != nil {
+		e.pending.Add(1)
+	}
 	select {
-	case s.queueOf(t) <- t:
+	case q <- t:
 		return true
 	default:
+		if e != nil {
+			e.pending.Add(-1)
+		}
 		return false
 	}
 }
 
-func (s *Service) queueOf(t task) chan task {
+// queueOf returns t's queue and, for a partition task, its executor.
+func (s *Service) queueOf(t task) (chan task, *executor) {
 	if t.pid >= 0 {
-		return s.partition[t.pid%len(s.partition)].queue
+		e := s.partition[t.pid%len(s.partition)]
+		return e.queue, e
 	}
-	return s.generic.queue
+	return s.generic.queue, nil
 }
 
 // enqueue queues t, waiting while its queue is full until ctx ends.
@@ -442,14 +458,55 @@ func (s *Service) enqueue(ctx context.Context, t task) error {
 	if s.tryEnqueue(t) {
 		return nil
 	}
+	q, e := s.queueOf(t)
+	if e != nil {
+		e.pending.Add(1)
+	}
 	select {
-	case s.queueOf(t) <- t:
+	case q <- t:
 		return nil
 	case <-s.quit:
+		if e != nil {
+			e.pending.Add(-1)
+		}
 		return spi.ErrShutdown
 	case <-ctx.Done():
+		if e != nil {
+			e.pending.Add(-1)
+		}
 		return fmt.Errorf("%w: executor queue full: %w", spi.ErrOverloaded, ctx.Err())
 	}
+}
+
+// runInline runs t on the calling goroutine (an invoking caller, or a
+// connection's reader), in place of its partition's executor, when t's
+// operation is a spi.NonBlockingOperation and the executor has nothing
+// queued or running. It saves the hand-off to the executor goroutine and
+// back; false: t did not run, queue it.
+//
+// The executor's pending count is taken from 0 to 1 first, so nothing
+// queued before t can still be waiting (per-partition order holds), and
+// the executor's lock is held while t runs, so a task queued meanwhile
+// waits for it (one operation of a partition at a time).
+func (s *Service) runInline(t task) bool {
+	if t.pid < 0 || t.fn != nil {
+		return false
+	}
+	if _, ok := t.op.(spi.NonBlockingOperation); !ok {
+		return false
+	}
+	e := s.partition[t.pid%len(s.partition)]
+	if !e.pending.CompareAndSwap(0, 1) {
+		return false
+	}
+	e.mu.Lock()
+	ran := !s.closed.Load() // checked under the lock: see Shutdown
+	if ran {
+		e.run(t)
+	}
+	e.mu.Unlock()
+	e.pending.Add(-1)
+	return ran
 }
 
 // RunOnPartition implements spi.OperationService.

@@ -10,9 +10,6 @@ import (
 	"math/rand/v2"
 	"net"
 	"os"
-	"runtime"
-	"slices"
-	"strings"
 	"sync/atomic"
 	"syscall"
 	"testing"
@@ -122,22 +119,6 @@ func TestTurnConnCarriesBothWaysAtOnce(t *testing.T) {
 	if got := wait(t, ra, "a's reader"); !bytes.Equal(got, pb) {
 		t.Fatal("a did not receive b's bytes intact")
 	}
-}
-
-// waitParked waits until some goroutine's stack holds every one of
-// frames: a read or write of the test waiting in the runtime's poller.
-func waitParked(t *testing.T, frames ...string) {
-	t.Helper()
-	buf := make([]byte, 1<<20)
-	eventually(t, func() bool {
-		n := runtime.Stack(buf, true)
-		for _, g := range strings.Split(string(buf[:n]), "\n\n") {
-			if !slices.ContainsFunc(frames, func(f string) bool { return !strings.Contains(g, f) }) {
-				return true
-			}
-		}
-		return false
-	})
 }
 
 // A writer waiting for room in a full send buffer does not hold the turn:

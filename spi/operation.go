@@ -8,11 +8,11 @@ package spi
 // its service registered (see OperationProvider), and run there. When the
 // target is the calling member the same value runs without being encoded.
 type Operation interface {
-	// Run does the work. For a partition operation it runs on the
-	// partition's executor goroutine, never concurrently with another
-	// operation of the same partition, so per-partition state needs no
-	// lock. Run must not block on remote calls. The OpContext is valid only
-	// during Run.
+	// Run does the work. For a partition operation it runs as the
+	// partition's executor (on its goroutine, or in its place for a
+	// NonBlockingOperation), never concurrently with another operation of
+	// the same partition, so per-partition state needs no lock. Run must
+	// not block on remote calls. The OpContext is valid only during Run.
 	Run(ctx *OpContext) error
 
 	// WriteData encodes the operation's fields.
@@ -23,9 +23,33 @@ type Operation interface {
 	ReadData(r *Reader) error
 }
 
+// NonBlockingOperation is an Operation whose Run (and Response) never
+// wait: no network or disk I/O, no channel, no lock that another goroutine
+// can hold for long, no invocation. Reading and writing the partition's
+// own state, reading the engine, and logging are fine.
+//
+// The engine may then run it on the goroutine that has it at hand, the
+// invoking caller's or the goroutine reading the connection it came on,
+// when its partition's executor has nothing queued or running, instead of
+// handing it to the executor goroutine and back. It still runs as that
+// executor: never beside another operation of the same partition, after
+// everything queued before it, with OpContext.Executor set to that
+// executor. The saving is a goroutine hand-off or two per operation
+// (docs/performance.md).
+//
+// The promise matters: an operation that waits there holds its caller
+// past the invocation's deadline (nothing can stop a Run), or stops every
+// frame behind it on its connection. Operations that may wait must not
+// implement this; they run on the executor goroutine as before.
+type NonBlockingOperation interface {
+	Operation
+	// NonBlocking marks the type; it is never called.
+	NonBlocking()
+}
+
 // ResponseOperation is an Operation that returns a value to the caller.
-// Response is called on the executor goroutine right after a successful
-// Run. Remote responses must be nil, bool, int, int64, uint64, float64,
+// Response is called right after a successful Run, still as the
+// partition's executor. Remote responses must be nil, bool, int, int64, uint64, float64,
 // string or []byte, unless the operation is also a ResponseCodec.
 //
 // An Operation that is not a ResponseOperation is a no-response operation:
@@ -70,8 +94,9 @@ type OpContext struct {
 	// Caller is the address of the member that sent the operation (this
 	// member's own address for a local call).
 	Caller string
-	// Executor is the index of the executor goroutine running the
-	// operation (partition p runs on executor p % N).
+	// Executor is the index of the executor running the operation
+	// (partition p runs on executor p % N), also when a
+	// NonBlockingOperation runs in its place.
 	Executor int
 	// ReplicaIndex is 0 for an operation on the primary, i for a backup
 	// operation on backup replica i.

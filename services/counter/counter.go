@@ -61,7 +61,7 @@ type Service struct {
 }
 
 // container holds the counters of one partition. Only that partition's
-// executor goroutine touches it.
+// operations touch it, one at a time.
 type container struct {
 	values map[string]int64
 }
@@ -295,6 +295,11 @@ func (op *IncOperation) BackupOperation() spi.Operation {
 	return &IncBackupOperation{Name: op.Name, Amount: op.Amount}
 }
 
+// NonBlocking implements spi.NonBlockingOperation: Run only updates the
+// partition's map (and may log), so the engine may run it on the
+// goroutine that has it when the partition's executor is idle.
+func (op *IncOperation) NonBlocking() {}
+
 // IncBackupOperation repeats an increment on a backup replica.
 type IncBackupOperation struct {
 	Name   string
@@ -305,6 +310,10 @@ var _ spi.BackupOperation = (*IncBackupOperation)(nil)
 
 // Backup implements spi.BackupOperation.
 func (op *IncBackupOperation) Backup() {}
+
+// NonBlocking implements spi.NonBlockingOperation: Run only updates the
+// partition's map (and may log).
+func (op *IncBackupOperation) NonBlocking() {}
 
 // Run implements spi.Operation, on the backup's partition executor.
 func (op *IncBackupOperation) Run(ctx *spi.OpContext) error {
@@ -372,6 +381,9 @@ func (op *GetOperation) Run(ctx *spi.OpContext) error {
 
 // Response implements spi.ResponseOperation.
 func (op *GetOperation) Response() any { return op.value }
+
+// NonBlocking implements spi.NonBlockingOperation.
+func (op *GetOperation) NonBlocking() {}
 
 // WriteData implements spi.Operation.
 func (op *GetOperation) WriteData(w *spi.Writer) { w.WriteString(op.Name) }
