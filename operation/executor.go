@@ -40,7 +40,9 @@ type task struct {
 }
 
 // executor is one goroutine with its queue. Partition p always runs on
-// partition executor p % N, so per-partition state is single-threaded.
+// partition executor p % N, one task at a time (a non-blocking operation
+// may run in its place: see runInline), so per-partition state needs no
+// lock.
 type executor struct {
 	s     *Service
 	index int // partition executors: 0..N-1; generic executors: -1

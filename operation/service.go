@@ -60,7 +60,8 @@ type Config struct {
 	// return at once; the service applies the Verdict without blocking a
 	// partition executor.
 	Hook func(m Message) Verdict
-	// OnReplicaGap is called on partition p's executor when a backup
+	// OnReplicaGap is called as partition p's executor (on its goroutine,
+	// or a reader's running a backup in its place) when a backup
 	// arrives ahead of a missing one: this replica needs a full sync from
 	// the primary (see ReplicaSynced). It must not block.
 	OnReplicaGap func(p int)
@@ -311,13 +312,15 @@ func (s *Service) Shutdown() {
 		c.close(spi.ErrShutdown)
 	}
 	close(s.quit)
-	s.wg.Wait()
-	// Wait for operations running in place of an executor (runInline):
-	// one that took the lock before closed was set is still running.
+	// Wait for the operations running in an executor's place (runInline)
+	// that took its lock before closed was set; later ones see closed and
+	// do not run. Before wg.Wait: what such an operation started (a
+	// delayed backup's goroutine) is then in wg before Wait begins.
 	for _, e := range s.partition {
 		e.mu.Lock()
 		e.mu.Unlock()
 	}
+	s.wg.Wait()
 	// The executors are gone: fail what was queued after they drained,
 	// then wake the invocations still waiting (see wait).
 	for _, e := range append(slices.Clone(s.partition), s.generic) {
@@ -499,14 +502,19 @@ func (s *Service) runInline(t task) bool {
 	if !e.pending.CompareAndSwap(0, 1) {
 		return false
 	}
+	// Deferred: a panic outside Run (in Response, say) reaches a caller
+	// that may recover, and must not leave the executor locked.
+	defer e.pending.Add(-1)
 	e.mu.Lock()
-	ran := !s.closed.Load() // checked under the lock: see Shutdown
-	if ran {
-		e.run(t)
+	defer e.mu.Unlock()
+	if s.closed.Load() { // checked under the lock: see Shutdown
+		return false
 	}
-	e.mu.Unlock()
-	e.pending.Add(-1)
-	return ran
+	if sampled() {
+		t.queued = time.Now().UnixNano() // timed like a queued task, with no wait
+	}
+	e.run(t)
+	return true
 }
 
 // RunOnPartition implements spi.OperationService.

@@ -50,9 +50,8 @@ type PartitionReplicationEvent struct {
 // MigrationAwareService is a service whose per-partition data moves with
 // its partition when members join or leave.
 //
-// Every method runs on the executor goroutine of e.PartitionID (the same
-// goroutine as the partition's operations), never concurrently with an
-// operation of that partition, so it may touch the partition's container
+// Every method runs on the executor goroutine of e.PartitionID, never
+// concurrently with an operation of that partition, so it may touch the partition's container
 // without a lock. None may block on remote calls.
 //
 // Contract: on each endpoint, every BeforeMigration is followed by exactly

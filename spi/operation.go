@@ -25,7 +25,7 @@ type Operation interface {
 
 // NonBlockingOperation is an Operation whose Run (and Response) never
 // wait: no network or disk I/O, no channel, no lock that another goroutine
-// can hold for long, no invocation. Reading and writing the partition's
+// can hold for long, no invocation, no RunOnPartition. Reading and writing the partition's
 // own state, reading the engine, and logging are fine.
 //
 // The engine may then run it on the goroutine that has it at hand, the

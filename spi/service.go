@@ -128,8 +128,8 @@ type PartitionService interface {
 
 // OperationService sends operations to the members that must run them.
 type OperationService interface {
-	// Invoke runs op on the owner of partitionID, on that partition's
-	// executor goroutine, and returns its response (nil for an operation
+	// Invoke runs op on the owner of partitionID, as that partition's
+	// executor (see Operation.Run), and returns its response (nil for an operation
 	// that is not a ResponseOperation). Retryable errors (see IsRetryable)
 	// are retried with back-off until ctx ends; a ctx without a deadline
 	// gets the configured invocation timeout. An error returned by Run on
@@ -143,7 +143,9 @@ type OperationService interface {
 	// RunOnPartition queues fn on the local executor goroutine of
 	// partitionID, after the operations already queued for it. Services use
 	// it to touch their per-partition containers from outside an operation
-	// (for example in DestroyDistributedObject). It does not wait.
+	// (for example in DestroyDistributedObject). It does not wait for fn
+	// to run, but waits for room while the executor's queue is full: do
+	// not call it from an operation.
 	RunOnPartition(partitionID int, fn func()) error
 }
 
