@@ -630,7 +630,11 @@ func (c *conn) sendBackup(cl *call, t task, typeID uint16, replica int, version 
 		c.pending[id] = cl
 		c.mu.Unlock()
 	}
-	err := c.queue(func(buf []byte) ([]byte, error) {
+	var h *heldWrites
+	if t.byCaller {
+		h = &held
+	}
+	err := c.queueHeld(h, func(buf []byte) ([]byte, error) {
 		buf, start := beginFrame(buf, kindBackup, id)
 		w := &c.wr // fill runs under c.mu
 		w.SetBuffer(buf)
@@ -889,7 +893,7 @@ func (c *conn) handleRequest(callID uint64, payload []byte, backup, wait bool) e
 	t := task{op: op, svc: svc, pid: int(pid), caller: c.remote.address, conn: c, callID: callID,
 		replica: int(replica), version: int64(version), key: key, resp: resp, retry: retry, st: svc.statsByID[tid],
 		callerCall: callerCall, callerID: callerID}
-	if s.runInline(t) {
+	if s.runInline(t, false) {
 		return nil
 	}
 	if !wait {

@@ -27,7 +27,11 @@ type task struct {
 	version int64
 	key     invKey // the invocation, for exactly-once
 	retry   bool   // not the invocation's first attempt
-	resp    []byte // a backup: the primary's encoded response
+	// byCaller: run in place on the invoking caller's goroutine, which
+	// parks right after; its backups' frames may be held like its
+	// requests (see heldWrites).
+	byCaller bool
+	resp     []byte // a backup: the primary's encoded response
 	// callerCall, on a backup, is the call id of the invocation that the
 	// backup answers (see sendBackups): this member's own when callerID
 	// is empty, else member callerID's.

@@ -137,3 +137,30 @@ func TestHeldNeverLeftBehind(t *testing.T) {
 		}
 	}
 }
+
+// A backup sent by an operation running in place on its caller's
+// goroutine is held like that caller's request (the caller parks right
+// after it); one sent from anywhere else wakes the writer at once.
+func TestCallersBackupIsHeldLikeItsRequest(t *testing.T) {
+	held.runnable.Add(1) // another caller has its answer and has not run
+	svc := &serviceEntry{id: 7}
+	send := func(byCaller bool) *conn {
+		c := fakeConn()
+		tk := task{svc: svc, pid: 3, byCaller: byCaller, key: invKey{origin: 1, seq: 1}}
+		if err := c.sendBackup(nil, tk, 2, 1, 1, 0, &echoOp{S: "x"}); err != nil || len(c.out) == 0 {
+			t.Fatalf("byCaller %v: no frame queued: %v", byCaller, err)
+		}
+		return c
+	}
+	other, caller := send(false), send(true)
+	if !woken(other) {
+		t.Error("a backup sent off the caller's goroutine was held")
+	}
+	if woken(caller) {
+		t.Error("the caller's backup woke its writer while another caller is about to run")
+	}
+	held.resumed() // that caller runs
+	if !woken(caller) {
+		t.Error("the caller's backup still held after the caller ahead ran")
+	}
+}

@@ -153,7 +153,7 @@ func (s *Service) attempt(ctx context.Context, limit time.Time, svc *serviceEntr
 		if pastWindow() {
 			return nil, errPastWindow
 		}
-		if s.runInline(t) {
+		if s.runInline(t, true) {
 			*sent = true
 			return s.wait(ctx, limit, cl, nil, 0)
 		}

@@ -491,7 +491,7 @@ func (s *Service) enqueue(ctx context.Context, t task) error {
 // queued before t can still be waiting (per-partition order holds), and
 // the executor's lock is held while t runs, so a task queued meanwhile
 // waits for it (one operation of a partition at a time).
-func (s *Service) runInline(t task) bool {
+func (s *Service) runInline(t task, byCaller bool) bool {
 	if t.pid < 0 || t.fn != nil {
 		return false
 	}
@@ -513,6 +513,7 @@ func (s *Service) runInline(t task) bool {
 	if sampled() {
 		t.queued = time.Now().UnixNano() // timed like a queued task, with no wait
 	}
+	t.byCaller = byCaller
 	e.run(t)
 	return true
 }
