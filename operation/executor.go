@@ -72,7 +72,7 @@ func (e *executor) loop(wg *sync.WaitGroup) {
 				// Shutting down: what is still queued does not run, and
 				// its caller is told so (the select below sees quit).
 				e.s.finish(t, nil, spi.ErrShutdown)
-				e.taskDone()
+				e.count(-1)
 			} else {
 				e.runLocked(t)
 			}
@@ -88,7 +88,7 @@ func (e *executor) loop(wg *sync.WaitGroup) {
 				select {
 				case t := <-e.queue:
 					e.s.finish(t, nil, spi.ErrShutdown)
-					e.taskDone()
+					e.count(-1)
 				default:
 					return
 				}
@@ -102,14 +102,15 @@ func (e *executor) runLocked(t task) {
 	e.mu.Lock()
 	e.run(t)
 	e.mu.Unlock()
-	e.taskDone()
+	e.count(-1)
 }
 
-// taskDone counts a task taken from the queue as done (partition
-// executors keep the count: see pending).
-func (e *executor) taskDone() {
+// count adds d to a partition executor's pending count (queued: +1,
+// done or not queued after all: -1). Generic executors share one queue
+// and keep no count.
+func (e *executor) count(d int32) {
 	if e.index >= 0 {
-		e.pending.Add(-1)
+		e.pending.Add(d)
 	}
 }
 

@@ -143,6 +143,12 @@ func TestHeldNeverLeftBehind(t *testing.T) {
 // after it); one sent from anywhere else wakes the writer at once.
 func TestCallersBackupIsHeldLikeItsRequest(t *testing.T) {
 	held.runnable.Add(1) // another caller has its answer and has not run
+	ran := false
+	t.Cleanup(func() {
+		if !ran { // leave the process-wide count as it was
+			held.resumed()
+		}
+	})
 	svc := &serviceEntry{id: 7}
 	send := func(byCaller bool) *conn {
 		c := fakeConn()
@@ -160,6 +166,7 @@ func TestCallersBackupIsHeldLikeItsRequest(t *testing.T) {
 		t.Error("the caller's backup woke its writer while another caller is about to run")
 	}
 	held.resumed() // that caller runs
+	ran = true
 	if !woken(caller) {
 		t.Error("the caller's backup still held after the caller ahead ran")
 	}

@@ -326,7 +326,7 @@ func (s *Service) Shutdown() {
 	for _, e := range append(slices.Clone(s.partition), s.generic) {
 		for e != nil && len(e.queue) > 0 {
 			s.finish(<-e.queue, nil, spi.ErrShutdown)
-			e.taskDone()
+			e.count(-1)
 		}
 	}
 	s.stopped.Store(true)
@@ -433,27 +433,24 @@ func (s *Service) tryEnqueue(t task) bool {
 		t.queued = time.Now().UnixNano()
 	}
 	q, e := s.queueOf(t)
-	if e != nil {
-		e.pending.Add(1)
-	}
+	e.count(1)
 	select {
 	case q <- t:
 		return true
 	default:
-		if e != nil {
-			e.pending.Add(-1)
-		}
+		e.count(-1)
 		return false
 	}
 }
 
-// queueOf returns t's queue and, for a partition task, its executor.
+// queueOf returns t's queue and its executor (for the generic queue, the
+// one its goroutines share).
 func (s *Service) queueOf(t task) (chan task, *executor) {
+	e := s.generic
 	if t.pid >= 0 {
-		e := s.partition[t.pid%len(s.partition)]
-		return e.queue, e
+		e = s.partition[t.pid%len(s.partition)]
 	}
-	return s.generic.queue, nil
+	return e.queue, e
 }
 
 // enqueue queues t, waiting while its queue is full until ctx ends.
@@ -462,21 +459,15 @@ func (s *Service) enqueue(ctx context.Context, t task) error {
 		return nil
 	}
 	q, e := s.queueOf(t)
-	if e != nil {
-		e.pending.Add(1)
-	}
+	e.count(1)
 	select {
 	case q <- t:
 		return nil
 	case <-s.quit:
-		if e != nil {
-			e.pending.Add(-1)
-		}
+		e.count(-1)
 		return spi.ErrShutdown
 	case <-ctx.Done():
-		if e != nil {
-			e.pending.Add(-1)
-		}
+		e.count(-1)
 		return fmt.Errorf("%w: executor queue full: %w", spi.ErrOverloaded, ctx.Err())
 	}
 }
