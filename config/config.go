@@ -123,6 +123,10 @@ type OperationsConfig struct {
 	// or a failover is answered instead of applied again. A retry later
 	// than this after the first attempt fails with spi.ErrIndeterminate.
 	DedupWindow time.Duration
+	// BackupAckTimeout bounds the wait for one synchronous backup's
+	// acknowledgement, re-sends included (`backup-ack-timeout`, default
+	// 10s). Past it the caller gets spi.ErrBackupTimeout.
+	BackupAckTimeout time.Duration
 }
 
 // MembershipConfig is the `membership:` section: failure detection and

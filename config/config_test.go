@@ -60,6 +60,7 @@ func TestDefault(t *testing.T) {
 			InvocationTimeout: 120 * time.Second,
 			RetryPause:        10 * time.Millisecond,
 			DedupWindow:       10 * time.Second,
+			BackupAckTimeout:  10 * time.Second,
 		},
 		Membership: MembershipConfig{
 			ProbeInterval:    time.Second,
@@ -169,7 +170,7 @@ func TestParseFull(t *testing.T) {
 	if c.Partitions.Count != 1021 {
 		t.Errorf("partitions = %d", c.Partitions.Count)
 	}
-	if want := (OperationsConfig{8, 1000, 2 * time.Minute, 500 * time.Millisecond, 10 * time.Second}); c.Operations != want {
+	if want := (OperationsConfig{8, 1000, 2 * time.Minute, 500 * time.Millisecond, 10 * time.Second, 10 * time.Second}); c.Operations != want {
 		t.Errorf("operations = %+v, want %+v", c.Operations, want)
 	}
 	if want := (MembershipConfig{2 * time.Second, time.Second, 6, 100 * time.Millisecond, 5 * time.Second}); c.Membership != want {

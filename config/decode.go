@@ -95,6 +95,7 @@ func (d *decoder) config(n *yaml.Node, c *Config) {
 			"invocation-timeout": scalar(d, &c.Operations.InvocationTimeout),
 			"retry-pause":        scalar(d, &c.Operations.RetryPause),
 			"dedup-window":       scalar(d, &c.Operations.DedupWindow),
+			"backup-ack-timeout": scalar(d, &c.Operations.BackupAckTimeout),
 		}),
 		"membership": d.section(map[string]field{
 			"probe-interval":     scalar(d, &c.Membership.ProbeInterval),

@@ -36,6 +36,12 @@ type Engine interface {
 	// ReplicaStatus returns a member's replica version and whether that
 	// replica still waits for a full sync, per partition.
 	ReplicaStatus(ctx context.Context, member string) (versions []int64, syncing []bool, err error)
+	// CaughtUp asks partition p's primary, on its executor of p, whether
+	// its table lists member as a replica of p that gets its backups and
+	// its replica version is at most version, in the same epoch: then a
+	// replica at version holds every write the primary made before, and
+	// gets every later one.
+	CaughtUp(ctx context.Context, p int, primary, member string, version int64) (bool, error)
 	// Install makes t this member's table and has it published to all;
 	// false when the member already holds a newer table (then the change
 	// is void).
@@ -125,7 +131,7 @@ func (m *Manager) Idle() bool {
 		return false
 	}
 	_, moves, orphans := Plan(t.Owners, ids, m.cfg.Count, m.e.Alive)
-	return len(moves) == 0 && len(orphans) == 0
+	return len(moves) == 0 && len(orphans) == 0 && !t.HasIncoming()
 }
 
 // Stats returns the counters.
@@ -162,6 +168,7 @@ func (m *Manager) round(ctx context.Context) {
 		ids[i] = t.ID
 	}
 	m.repair(ids)
+	m.settleIncoming(ctx)
 	t := m.e.Table()
 	if t == nil {
 		return
@@ -264,12 +271,21 @@ func (m *Manager) repair(ids []string) {
 			}
 			changed = true
 		}
-		backups := partition.RebalanceBackups(t.Owners, t.Backups, ids, m.cfg.Backups)
-		if backups == nil {
-			backups = make([][]string, m.cfg.Count)
+		// An incoming backup takes the place it was syncing for when the
+		// replica there died or was promoted.
+		prev := t.Backups
+		if t.HasIncoming() {
+			prev = make([][]string, len(t.Backups))
+			for p := range t.Backups {
+				prev[p] = slices.Clone(t.Backups[p])
+				for i, id := range t.IncomingOf(p) {
+					if id != "" && m.e.Alive(id) && i < len(prev[p]) && (prev[p][i] == "" || !m.e.Alive(prev[p][i])) {
+						prev[p][i] = id
+					}
+				}
+			}
 		}
-		if !slices.EqualFunc(backups, t.Backups, slices.Equal[[]string]) {
-			t.Backups = backups
+		if moveBackups(t, partition.RebalanceBackups(t.Owners, prev, ids, m.cfg.Backups), m.e.Alive) {
 			changed = true
 		}
 		return changed
@@ -281,6 +297,123 @@ func (m *Manager) repair(ids []string) {
 		m.log.Error("partitions lost: no live replica was in sync; they start empty or from a backup that may lack acknowledged writes",
 			"count", len(lost), "partitions", lost)
 		m.e.Lost(lost)
+	}
+}
+
+// moveBackups changes t's backups towards want (partition.RebalanceBackups'
+// choice) and reports whether it changed anything. A backup replica held
+// by a live member that is not the partition's owner is not replaced at
+// once: the member that is to take it over becomes incoming, syncs, and
+// takes over only once settleIncoming finds it caught up, so a failover
+// always finds the old, in-sync copy meanwhile. An empty or dead slot,
+// or a change of the number of backups, is filled directly (there is no
+// in-sync copy to keep).
+func moveBackups(t *partition.Table, want [][]string, alive func(string) bool) bool {
+	if want == nil {
+		want = make([][]string, len(t.Owners))
+	}
+	changed := false
+	var incoming [][]string
+	for p := range want {
+		cur := t.BackupsOf(p)
+		if len(cur) != len(want[p]) {
+			if t.Backups == nil {
+				t.Backups = make([][]string, len(t.Owners))
+			}
+			t.Backups[p] = slices.Clone(want[p])
+			changed = true
+			continue
+		}
+		var in []string
+		for i, w := range want[p] {
+			c := cur[i]
+			switch {
+			case c == w:
+			case c == "" || !alive(c) || c == t.Owners[p] || w == "":
+				t.Backups[p][i] = w
+				changed = true
+			default:
+				if in == nil {
+					in = make([]string, len(want[p]))
+				}
+				in[i] = w
+			}
+		}
+		if in != nil {
+			if incoming == nil {
+				incoming = make([][]string, len(t.Owners))
+			}
+			incoming[p] = in
+		}
+	}
+	if !slices.EqualFunc(incoming, t.Incoming, slices.Equal[[]string]) && (incoming != nil || t.HasIncoming()) {
+		changed = true
+	}
+	t.Incoming = incoming
+	return changed
+}
+
+// settleIncoming swaps in the incoming backup replicas that caught up
+// with their primary: a new table version names each the backup replica
+// it was to take over, and the member it replaces drops its copy.
+func (m *Manager) settleIncoming(ctx context.Context) {
+	t := m.e.Table()
+	if t == nil || !t.HasIncoming() {
+		return
+	}
+	status := map[string]replicaStatus{}
+	type swap struct{ p, i int }
+	var ready []swap
+	for p, in := range t.Incoming {
+		for i, id := range in {
+			if id == "" || !m.e.Alive(id) || !m.e.Alive(t.Owners[p]) {
+				continue
+			}
+			st, ok := status[id]
+			if !ok {
+				sctx, cancel := context.WithTimeout(ctx, 2*time.Second)
+				v, s, err := m.e.ReplicaStatus(sctx, id)
+				cancel()
+				if err != nil {
+					m.log.Debug("cannot read an incoming backup's replica state", "member", m.e.Address(id), "error", err)
+				}
+				st = replicaStatus{versions: v, syncing: s}
+				status[id] = st
+			}
+			if p >= len(st.versions) || p >= len(st.syncing) || st.syncing[p] {
+				continue
+			}
+			sctx, cancel := context.WithTimeout(ctx, 2*time.Second)
+			ok, err := m.e.CaughtUp(sctx, p, t.Owners[p], id, st.versions[p])
+			cancel()
+			if err != nil {
+				m.log.Debug("cannot ask a primary whether its incoming backup caught up", "partition", p, "error", err)
+			}
+			if ok {
+				ready = append(ready, swap{p, i})
+			}
+		}
+	}
+	if len(ready) == 0 {
+		return
+	}
+	if m.update(func(nt *partition.Table, _ bool) bool {
+		changed := false
+		for _, s := range ready {
+			id := t.Incoming[s.p][s.i]
+			if nt.Owners[s.p] != t.Owners[s.p] || !nt.IsIncoming(s.p, id) || nt.Incoming[s.p][s.i] != id {
+				continue // the table moved on meanwhile
+			}
+			nt.Backups[s.p][s.i] = id
+			nt.Incoming[s.p][s.i] = ""
+			changed = true
+		}
+		if changed && !nt.HasIncoming() {
+			nt.Incoming = nil
+		}
+		return changed
+	}) != nil {
+		m.log.Info("backup replicas moved", "count", len(ready))
 	}
 }
 
@@ -360,6 +493,9 @@ func (m *Manager) update(change func(t *partition.Table, first bool) bool) *part
 		for _, b := range next.Backups[p] {
 			add(b)
 		}
+		for _, b := range next.IncomingOf(p) {
+			add(b)
+		}
 	}
 	if next.BackupCount() == 0 {
 		next.Backups = nil
@@ -416,6 +552,9 @@ func (m *Manager) migrate(ctx context.Context, mv Move) error {
 	// A destination that is a backup of the partition swaps places with
 	// the source, which becomes that backup and keeps its data.
 	mv.DestinationIndex = t.ReplicaIndex(mv.Partition, mv.Destination)
+	if t.IsIncoming(mv.Partition, mv.Destination) {
+		mv.DestinationIndex = -1 // not a backup yet: nothing to swap
+	}
 	mv.SourceNewIndex = -1
 	if mv.DestinationIndex > 0 {
 		mv.SourceNewIndex = mv.DestinationIndex
@@ -448,6 +587,13 @@ func (m *Manager) migrate(ctx context.Context, mv Move) error {
 		t.Owners[mv.Partition] = mv.Destination
 		if k := mv.DestinationIndex; k > 0 && k <= len(t.Backups[mv.Partition]) && t.Backups[mv.Partition][k-1] == mv.Destination {
 			t.Backups[mv.Partition][k-1] = mv.Source
+		}
+		// A member holds one replica of a partition: a destination that
+		// was taking over a backup replica of it stops doing so.
+		for i, id := range t.IncomingOf(mv.Partition) {
+			if id == mv.Destination {
+				t.Incoming[mv.Partition][i] = ""
+			}
 		}
 		return true
 	})

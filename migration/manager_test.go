@@ -70,6 +70,9 @@ type fakeEngine struct {
 	// onInstall runs under the lock before the version check; it may
 	// replace f.table (a newer table arriving from elsewhere).
 	onInstall func(f *fakeEngine, t *partition.Table)
+	// caughtUp, when set, answers CaughtUp for a live primary, under mu (default:
+	// every incoming backup has caught up).
+	caughtUp func(p int, member string) bool
 	// onTargets runs without the lock after the member list was read; it
 	// may block.
 	onTargets func()
@@ -187,6 +190,16 @@ func (f *fakeEngine) Lost(partitions []int) {
 // scenarios do not need promotion choices.
 func (f *fakeEngine) ReplicaStatus(ctx context.Context, member string) ([]int64, []bool, error) {
 	return make([]int64, 64), make([]bool, 64), nil
+}
+
+func (f *fakeEngine) CaughtUp(ctx context.Context, p int, primary, member string, version int64) (bool, error) {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	f.otherCalls++
+	if !f.isAlive(primary) {
+		return false, errDead
+	}
+	return f.caughtUp == nil || f.caughtUp(p, member), nil
 }
 
 func (f *fakeEngine) Install(t *partition.Table) bool {

@@ -25,6 +25,7 @@ const (
 	opReplicaStatus uint16 = 10
 	opMemberStats   uint16 = 11
 	opResolve       uint16 = 12
+	opCaughtUp      uint16 = 13
 )
 
 func engineOperationTypes() []spi.OperationType {
@@ -41,6 +42,7 @@ func engineOperationTypes() []spi.OperationType {
 		{ID: opReplicaStatus, New: func() spi.Operation { return new(replicaStatusOp) }},
 		{ID: opMemberStats, New: func() spi.Operation { return new(memberStatsOp) }},
 		{ID: opResolve, New: func() spi.Operation { return new(resolveOp) }},
+		{ID: opCaughtUp, New: func() spi.Operation { return new(caughtUpOp) }},
 	}
 }
 

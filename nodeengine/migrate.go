@@ -387,6 +387,12 @@ func (e masterEngine) ReplicaStatus(ctx context.Context, member string) ([]int64
 	return v, s, err
 }
 
+func (e masterEngine) CaughtUp(ctx context.Context, p int, primary, member string, version int64) (bool, error) {
+	v, err := e.n.ops.InvokeOnPartitionOf(ctx, engineService, &caughtUpOp{member: member, version: version}, p, primary)
+	ok, _ := v.(bool)
+	return ok, err
+}
+
 func (e masterEngine) Lost(ps []int) {
 	e.n.metrics.lost.Add(float64(len(ps)))
 	for _, s := range e.n.services {

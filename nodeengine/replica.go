@@ -18,9 +18,14 @@ func (n *Node) Backups(p int, dst []operation.Replica) []operation.Replica {
 	if t == nil || p >= len(t.Backups) {
 		return dst
 	}
-	for _, id := range t.Backups[p] {
+	for i, id := range t.Backups[p] {
 		if id != "" {
-			dst = append(dst, operation.Replica{ID: id, Address: t.Members[id]})
+			dst = append(dst, operation.Replica{ID: id, Address: t.Members[id], Index: i + 1})
+		}
+	}
+	for i, id := range t.IncomingOf(p) {
+		if id != "" {
+			dst = append(dst, operation.Replica{ID: id, Address: t.Members[id], Index: i + 1, Incoming: true})
 		}
 	}
 	return dst
@@ -266,6 +271,39 @@ func (op *replicaSyncOp) Run(ctx *spi.OpContext) error {
 	return nil
 }
 
+// caughtUpOp asks a primary, on its executor of the partition, whether a
+// replica at version holds everything it backed up so far: its table
+// must list member as a replica that gets its backups (so every later
+// write goes there too), and its own version must not be past version in
+// the same epoch. Run on the executor, it comes after every operation
+// that read an older table.
+type caughtUpOp struct {
+	member  string
+	version int64
+	ok      bool
+}
+
+func (op *caughtUpOp) OwnerCheckExempt()   {}
+func (op *caughtUpOp) MessageKind() string { return "replica.caughtup" }
+func (op *caughtUpOp) Response() any       { return op.ok }
+func (op *caughtUpOp) WriteData(w *spi.Writer) {
+	w.WriteString(op.member)
+	w.WriteVarint(op.version)
+}
+func (op *caughtUpOp) ReadData(r *spi.Reader) error {
+	op.member, op.version = r.ReadString(), r.ReadVarint()
+	return r.Err()
+}
+func (op *caughtUpOp) Run(ctx *spi.OpContext) error {
+	n := ctx.Service.(*Node)
+	p := ctx.PartitionID
+	t := n.table.Load()
+	mine := n.ops.ReplicaVersion(p)
+	op.ok = t.Owner(p) == n.id && n.migs[p] == nil && !n.ops.IsMigrating(p) &&
+		t.ReplicaIndex(p, op.member) > 0 && mine <= op.version && mine>>32 == op.version>>32
+	return nil
+}
+
 // replicaCheckOp carries a primary's replica versions to one backup member
 // (anti-entropy); the backup asks for a sync where it is behind.
 type replicaCheckOp struct {
@@ -366,7 +404,7 @@ func (n *Node) checkReplicas() {
 		if o != n.id || n.ops.IsMigrating(p) {
 			continue
 		}
-		for _, b := range t.BackupsOf(p) {
+		for _, b := range slices.Concat(t.BackupsOf(p), t.IncomingOf(p)) {
 			if b == "" {
 				continue
 			}

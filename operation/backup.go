@@ -102,14 +102,18 @@ func (s *Service) ReplicaPending(p int) bool {
 // good and, after the ack, when the backup forwarded the answer: a
 // forwarded answer can be lost with its connection (the caller takes the
 // first answer and drops the other).
+//
+// A replica that is taking over a backup replica (Replica.Incoming) gets
+// every backup the replica it replaces gets, in the same mode: until the
+// master swaps them, a synchronous write is acknowledged by both.
 func (s *Service) sendBackups(e *executor, t task, bo spi.BackupAwareOperation, resp any) (busy *atomic.Bool) {
 	e.reps = s.cfg.Routing.Backups(t.pid, e.reps[:0])
 	reps := e.reps
-	total := min(max(bo.SyncBackupCount(), 0)+max(bo.AsyncBackupCount(), 0), len(reps))
+	syncN := max(bo.SyncBackupCount(), 0)
+	total, nsync := backupRoles(reps, syncN+max(bo.AsyncBackupCount(), 0), syncN, &e.roles)
 	if total == 0 {
 		return nil
 	}
-	syncN := min(max(bo.SyncBackupCount(), 0), total)
 	bop := bo.BackupOperation()
 	typeID, ok := t.svc.typeIDs[reflect.TypeOf(bop)]
 	if !ok {
@@ -125,37 +129,80 @@ func (s *Service) sendBackups(e *executor, t task, bo spi.BackupAwareOperation, 
 	} else {
 		run.t.resp = bytes.Clone(t.resp)
 	}
-	if syncN == 1 && t.conn != nil && t.callID != 0 {
+	if nsync == 1 && t.conn != nil && t.callID != 0 {
 		run.callerCall = t.callID
 		if reps[0].ID != t.conn.remote.id {
 			run.t.callerID = t.conn.remote.id // the backup forwards the answer
 		}
 	}
-	run.remaining.Store(int32(syncN))
-	for i := 0; i < total; i++ {
-		if i >= syncN {
+	run.remaining.Store(int32(nsync))
+	deadline := s.ticks.Load() + s.ackTicks
+	first := true
+	for i, r := range reps {
+		role := e.roles[i]
+		if role == 0 {
+			continue
+		}
+		if role > syncN {
 			s.m.backupAsyn.Inc()
-			if err := s.sendBackup(nil, run.t, reps[i], i+1, version, typeID, 0, bop); err != nil {
-				s.log.Debug("asynchronous backup not sent", "partition", t.pid, "replica", i+1, "to", reps[i].Address, "error", err)
+			if err := s.sendBackup(nil, run.t, r, role, version, typeID, 0, bop); err != nil {
+				s.log.Debug("asynchronous backup not sent", "partition", t.pid, "replica", role, "to", r.Address, "error", err)
 			}
 			continue
 		}
 		s.m.backupSync.Inc()
 		b := &run.first
-		if i > 0 {
+		if !first {
 			b = new(syncBackup)
 		}
-		*b = syncBackup{run: run, r: reps[i], replica: i + 1, version: version, typeID: typeID, op: bop}
+		first = false
+		*b = syncBackup{run: run, r: r, replica: role, version: version, typeID: typeID, op: bop, deadline: deadline}
 		b.cl.then = b
 		if t.queued != 0 {
 			b.start = time.Now()
 		}
 		b.send()
 	}
-	if syncN == 0 {
+	if nsync == 0 {
 		return nil
 	}
 	return &run.busy
+}
+
+// backupRoles decides which of a partition's replicas (as Routing.Backups
+// lists them) get a backup: roles[i] is the backup's replica number (1 for
+// the first backup) or 0 for none. The replicas that serve take the
+// numbers in order, up to count; an incoming replica takes the number of
+// the serving one it replaces, so it gets the same backups in the same
+// mode. It returns how many get one, and how many of those are
+// synchronous (number <= syncN). With one synchronous backup and no
+// incoming one, that backup is reps[0].
+func backupRoles(reps []Replica, count, syncN int, roles *[]int) (total, nsync int) {
+	*roles = (*roles)[:0]
+	var byIndex [8]int // serving replica's number by table index
+	n := 0
+	for _, r := range reps {
+		role := 0
+		if !r.Incoming {
+			if n < count {
+				n++
+				role = n
+			}
+			if r.Index > 0 && r.Index < len(byIndex) {
+				byIndex[r.Index] = role
+			}
+		} else if r.Index > 0 && r.Index < len(byIndex) {
+			role = byIndex[r.Index]
+		}
+		*roles = append(*roles, role)
+		if role > 0 {
+			total++
+			if role <= syncN {
+				nsync++
+			}
+		}
+	}
+	return total, nsync
 }
 
 // backupRun is the synchronous backups of one operation run on a primary:
@@ -173,7 +220,10 @@ type backupRun struct {
 	callerCall uint64
 	remaining  atomic.Int32
 	failed     atomic.Bool
-	first      syncBackup // the first replica's, in the same allocation
+	// unconfirmed: a backup replica that is still a member never
+	// acknowledged within operations.backup-ack-timeout (its error).
+	unconfirmed atomic.Pointer[error]
+	first       syncBackup // the first replica's, in the same allocation
 }
 
 // done counts one synchronous backup acknowledged (err nil) or given up.
@@ -196,6 +246,12 @@ func (r *backupRun) done(err error) {
 		}
 		return
 	}
+	if e := r.unconfirmed.Load(); e != nil {
+		// The write is on the primary only and a replica that should hold
+		// it lives: not acknowledged, the outcome is unknown to the caller.
+		s.finish(t, nil, *e)
+		return
+	}
 	if r.callerCall != 0 && !r.failed.Load() && t.callerID == "" {
 		return // the caller took its answer from the backup it holds
 	}
@@ -207,10 +263,14 @@ func (r *backupRun) done(err error) {
 }
 
 // syncBackup is one synchronous backup until its replica acknowledges it.
-// Only the replica member's death excuses a missing ack: any other failure
-// (the replica's table is behind and it refused, a broken connection to a
-// live member, an overloaded replica) is retried, so an acknowledged write
-// is on every synchronous backup replica.
+// Only the replica's leaving excuses a missing ack (the member died, or
+// the table no longer has that replica); any other failure (the replica's
+// table is behind and it refused, a broken connection to a live member,
+// an overloaded replica) is retried, so an acknowledged write is on every
+// synchronous backup replica. A replica that moved in the table (another
+// member now holds it) gets the backup at once. Past the deadline
+// (operations.backup-ack-timeout, counted in clock ticks) the write is
+// answered with spi.ErrBackupTimeout.
 type syncBackup struct {
 	run     *backupRun
 	r       Replica
@@ -220,15 +280,13 @@ type syncBackup struct {
 	op      spi.Operation
 	tries   int
 	start   time.Time // sampled backups only
+	// deadline is the tick of the service's clock (Service.ticks) after
+	// which the write is given up as unconfirmed.
+	deadline uint64
 	// cl is the pending call of the attempt in flight; an attempt's call
 	// is completed (and out of every pending map) before the next one.
 	cl call
 }
-
-// maxBackupTries bounds the retries of one synchronous backup (about 10 s
-// with the back-off below); past it the write is answered with only the
-// primary's copy and an error is logged.
-const maxBackupTries = 64
 
 func (b *syncBackup) send() {
 	run := b.run
@@ -249,17 +307,36 @@ func (b *syncBackup) acked(err error) {
 	}
 	_, member := s.cfg.Routing.MemberAddress(b.r.ID)
 	b.tries++
-	if !member || s.closed.Load() || b.tries >= maxBackupTries {
+	if b.tries == 1 {
+		s.m.backupLate.Inc()
+	}
+	if member && !s.closed.Load() {
+		r, ok := s.replicaNow(t.pid, b.r.ID, b.replica)
+		switch {
+		case !ok:
+			member = false // no such replica any more: like a death
+		case r.ID != b.r.ID:
+			// The replica moved: the new holder gets the backup at once
+			// (it applies it once synced). No pause, no try counted.
+			s.log.Debug("synchronous backup's replica moved; sending to the new one", "partition", t.pid,
+				"replica", b.replica, "from", b.r.Address, "to", r.Address)
+			b.r = r
+			b.tries--
+			b.send()
+			return
+		}
+	}
+	if !member || s.closed.Load() || s.ticks.Load() > b.deadline {
 		s.m.backupFailed.Inc()
 		if member && !s.closed.Load() {
-			s.log.Error("synchronous backup never acknowledged; the write is only on the primary", "partition", t.pid,
-				"replica", b.replica, "to", b.r.Address, "error", err)
+			err = fmt.Errorf("%w: partition %d replica %d on %s, for %v (%d tries): %w", spi.ErrBackupTimeout,
+				t.pid, b.replica, b.r.Address, s.cfg.BackupAckTimeout, b.tries, err)
+			s.log.Error("synchronous backup never acknowledged; the write is not acknowledged to its caller",
+				"partition", t.pid, "replica", b.replica, "to", b.r.Address, "error", err)
+			b.run.unconfirmed.CompareAndSwap(nil, &err)
 		}
 		b.run.done(err)
 		return
-	}
-	if b.tries == 1 {
-		s.m.backupLate.Inc()
 	}
 	s.log.Debug("synchronous backup failed; retrying", "partition", t.pid, "replica", b.replica, "to", b.r.Address, "error", err)
 	pause := min(time.Duration(b.tries)*5*time.Millisecond, 500*time.Millisecond)
@@ -268,6 +345,30 @@ func (b *syncBackup) acked(err error) {
 		defer s.wg.Done()
 		b.send()
 	})
+}
+
+// replicaNow returns who holds backup replica number `replica` of
+// partition p now: member id when the table still lists it as a replica
+// that gets backups (serving or incoming), else the serving replica with
+// that number; false when there is none.
+func (s *Service) replicaNow(p int, id string, replica int) (Replica, bool) {
+	reps := s.cfg.Routing.Backups(p, nil)
+	var roles []int
+	backupRoles(reps, len(reps), 0, &roles)
+	var moved Replica
+	found := false
+	for i, r := range reps {
+		if roles[i] == 0 {
+			continue
+		}
+		if r.ID == id {
+			return r, true
+		}
+		if !r.Incoming && roles[i] == replica {
+			moved, found = r, true
+		}
+	}
+	return moved, found
 }
 
 func (s *Service) sendBackup(cl *call, t task, r Replica, replica int, version int64, typeID uint16, callerCall uint64, bop spi.Operation) error {

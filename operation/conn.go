@@ -378,6 +378,33 @@ func (s *Service) pokeReaders() {
 	}
 }
 
+// expireBackups fails the synchronous backups whose ack is overdue
+// (syncBackup.deadline): their replica may have taken them and never
+// answer, as a replica stuck behind a sync would. Called on each tick.
+func (s *Service) expireBackups() {
+	now := s.ticks.Load()
+	s.mu.Lock()
+	conns := make([]*conn, 0, len(s.all))
+	for c := range s.all {
+		conns = append(conns, c)
+	}
+	s.mu.Unlock()
+	var late []*call
+	for _, c := range conns {
+		c.mu.Lock()
+		for id, cl := range c.pending {
+			if b, ok := cl.then.(*syncBackup); ok && now > b.deadline {
+				delete(c.pending, id)
+				late = append(late, cl)
+			}
+		}
+		c.mu.Unlock()
+	}
+	for _, cl := range late {
+		cl.complete(nil, fmt.Errorf("%w: no acknowledgement", spi.ErrTimeout))
+	}
+}
+
 // close shuts the connection once, failing its pending calls with err.
 func (c *conn) close(err error) {
 	c.mu.Lock()

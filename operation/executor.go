@@ -53,6 +53,7 @@ type executor struct {
 	queue chan task
 	opctx spi.OpContext // reused: an OpContext is valid only during Run
 	reps  []Replica     // scratch for a partition's backups
+	roles []int         // scratch: each replica's backup number (backupRoles)
 	rd    spi.Reader    // scratch for decoding responses
 	wr    spi.Writer    // scratch for encoding responses
 	// pending counts a partition executor's tasks from before they are

@@ -22,8 +22,9 @@ import (
 // Routing tells the operation service where partitions and members are.
 // Its methods are called on any goroutine, often, and must not block.
 type Routing interface {
-	// Backups appends partition p's backup replicas, in replica order, to
-	// dst (only the ones set in the table).
+	// Backups appends partition p's backup replicas to dst: the serving
+	// ones in replica order (only the ones set in the table), then the
+	// incoming ones, each naming the replica it takes over.
 	Backups(p int, dst []Replica) []Replica
 	// ReplicaIndex returns this member's replica index of partition p.
 	ReplicaIndex(p int) int
@@ -46,6 +47,7 @@ type Config struct {
 	InvocationTimeout time.Duration
 	RetryPause        time.Duration
 	DedupWindow       time.Duration  // how long invocation records are kept; 0: 10s
+	BackupAckTimeout  time.Duration  // a synchronous backup's ack, re-sends included; 0: 10s
 	Engine            spi.NodeEngine // handed to operations in OpContext
 	Routing           Routing
 	Logger            *slog.Logger
@@ -70,6 +72,12 @@ type Config struct {
 // Replica is one backup replica of a partition.
 type Replica struct {
 	ID, Address string
+	// Index is the replica's index in the table (1 for the first backup;
+	// 0 when unknown: the replicas' order then gives it).
+	Index int
+	// Incoming marks a member taking over backup replica Index from the
+	// serving one: it gets the same backups until the master swaps them.
+	Incoming bool
 }
 
 // Verdict is a Hook's decision about one message. The zero Verdict lets
@@ -168,7 +176,9 @@ type Service struct {
 	seq       atomic.Uint64
 	generic   *executor // generic executors share one queue
 	quit      chan struct{}
-	clock     timeoutClock // see invoke.go
+	clock     timeoutClock  // see invoke.go
+	ticks     atomic.Uint64 // the clock's ticks so far
+	ackTicks  uint64        // BackupAckTimeout in ticks
 	wg        sync.WaitGroup
 	started   atomic.Bool
 	running   atomic.Bool // the executors exist
@@ -205,6 +215,9 @@ func New(cfg Config) *Service {
 	if cfg.RetryPause <= 0 {
 		cfg.RetryPause = 10 * time.Millisecond
 	}
+	if cfg.BackupAckTimeout <= 0 {
+		cfg.BackupAckTimeout = 10 * time.Second
+	}
 	if cfg.Logger == nil {
 		cfg.Logger = slog.New(slog.DiscardHandler)
 	}
@@ -230,6 +243,8 @@ func New(cfg Config) *Service {
 		all:       make(map[*conn]struct{}),
 	}
 	s.clock.init()
+	period := clockPeriod(cfg.InvocationTimeout)
+	s.ackTicks = uint64((cfg.BackupAckTimeout + period - 1) / period)
 	return s
 }
 
@@ -291,7 +306,11 @@ func (s *Service) Start() {
 	s.wg.Add(1)
 	go func() {
 		defer s.wg.Done()
-		s.clock.run(clockPeriod(s.cfg.InvocationTimeout), s.quit, s.pokeReaders)
+		s.clock.run(clockPeriod(s.cfg.InvocationTimeout), s.quit, func() {
+			s.ticks.Add(1)
+			s.pokeReaders()
+			s.expireBackups()
+		})
 	}()
 	s.running.Store(true)
 }

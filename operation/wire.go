@@ -21,7 +21,7 @@ import (
 // a kindError and the connection stays up.
 const (
 	// ProtocolVersion is the version both sides of a connection must speak.
-	ProtocolVersion = 4
+	ProtocolVersion = 5
 	// MaxFrameSize bounds one frame (16 MiB).
 	MaxFrameSize = 16 << 20
 
@@ -127,6 +127,7 @@ var errorCodes = []error{
 	spi.ErrProtocol,
 	spi.ErrClusterMismatch,
 	spi.ErrNoSuchMember,
+	spi.ErrBackupTimeout, // before ErrIndeterminate, which it wraps
 	spi.ErrIndeterminate,
 	spi.ErrInProgress,
 }

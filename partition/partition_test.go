@@ -2,6 +2,7 @@ package partition
 
 import (
 	"fmt"
+	"slices"
 	"testing"
 
 	"github.com/cespare/xxhash/v2"
@@ -231,5 +232,45 @@ func TestTableEncodeDecodeBackups(t *testing.T) {
 	}
 	if got.BackupCount() != 2 || got.ReplicaIndex(0, "nobody") != -1 {
 		t.Fatal("backup count or missing replica index wrong")
+	}
+}
+
+func TestTableEncodeDecodeIncoming(t *testing.T) {
+	ms := members(4)
+	owners := Rebalance(nil, ms, 9)
+	tab := &Table{Version: 3, Owners: owners, Backups: RebalanceBackups(owners, nil, ms, 2),
+		Members: map[string]string{"m0": "a:1", "m1": "b:2", "m2": "c:3", "m3": "d:4"}}
+	// m3 takes over backup 2 of partition 4 from whoever holds it.
+	p := 4
+	in := ""
+	for _, m := range ms {
+		if tab.ReplicaIndex(p, m) < 0 {
+			in = m
+		}
+	}
+	tab.Incoming = make([][]string, 9)
+	tab.Incoming[p] = []string{"", in}
+	w := spi.NewWriter(nil)
+	tab.Encode(w)
+	got, err := Decode(spi.NewReader(w.Bytes()), 9)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if !got.IsIncoming(p, in) || got.ReplicaIndex(p, in) != 2 || !got.HasIncoming() {
+		t.Fatalf("incoming backup lost: IsIncoming %v, ReplicaIndex %d", got.IsIncoming(p, in), got.ReplicaIndex(p, in))
+	}
+	if got.Replica(p, 2) != tab.Replica(p, 2) || slices.Contains(got.BackupsOf(p), in) {
+		t.Fatalf("an incoming backup is not a replica yet: backups %q", got.BackupsOf(p))
+	}
+	if c := got.Clone(); !c.IsIncoming(p, in) {
+		t.Fatal("Clone dropped the incoming backup")
+	}
+	// An incoming backup beyond the table's backup count is refused.
+	bad := tab.Clone()
+	bad.Incoming[p] = []string{"", "", in}
+	w = spi.NewWriter(nil)
+	bad.Encode(w)
+	if _, err := Decode(spi.NewReader(w.Bytes()), 9); err == nil {
+		t.Fatal("decoded an incoming backup 3 of a table with 2 backups")
 	}
 }

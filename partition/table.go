@@ -21,6 +21,14 @@ type Table struct {
 	// partition p ("" for none). Nil when the table keeps no backups. A
 	// member never holds two replicas of one partition.
 	Backups [][]string
+	// Incoming[p][i], when not "", is the member that will take over
+	// backup replica i+1 of partition p from Backups[p][i] once it holds
+	// a full copy (the master checks, then swaps them in a new version).
+	// Until then the primary backs up to both, and Backups[p][i] stays
+	// the replica a failover promotes: a backup replica moves like a
+	// primary, never leaving its partition without an in-sync copy. Nil
+	// when no backup replica is moving.
+	Incoming [][]string
 	// Members maps member IDs to addresses for every owner in the table.
 	Members map[string]string
 }
@@ -59,7 +67,45 @@ func (t *Table) ReplicaIndex(p int, id string) int {
 			}
 		}
 	}
+	if p < len(t.Incoming) {
+		for i, b := range t.Incoming[p] {
+			if b == id {
+				return i + 1
+			}
+		}
+	}
 	return -1
+}
+
+// IsIncoming reports whether member id is taking over one of partition
+// p's backup replicas (it is syncing a copy and not yet a replica that a
+// failover may promote).
+func (t *Table) IsIncoming(p int, id string) bool {
+	return id != "" && t != nil && p >= 0 && p < len(t.Incoming) && slices.Contains(t.Incoming[p], id)
+}
+
+// IncomingOf returns the members taking over partition p's backup
+// replicas, by replica (nil when none; do not modify).
+func (t *Table) IncomingOf(p int) []string {
+	if t == nil || p < 0 || p >= len(t.Incoming) {
+		return nil
+	}
+	return t.Incoming[p]
+}
+
+// HasIncoming reports whether any backup replica is moving.
+func (t *Table) HasIncoming() bool {
+	if t == nil {
+		return false
+	}
+	for _, in := range t.Incoming {
+		for _, id := range in {
+			if id != "" {
+				return true
+			}
+		}
+	}
+	return false
 }
 
 // Replica returns the member holding replica i of partition p ("" none).
@@ -101,6 +147,12 @@ func (t *Table) Clone() *Table {
 		c.Backups = make([][]string, len(t.Backups))
 		for p, b := range t.Backups {
 			c.Backups[p] = append([]string(nil), b...)
+		}
+	}
+	if t.Incoming != nil {
+		c.Incoming = make([][]string, len(t.Incoming))
+		for p, b := range t.Incoming {
+			c.Incoming[p] = append([]string(nil), b...)
 		}
 	}
 	return c
@@ -147,6 +199,25 @@ func (t *Table) Encode(w *spi.Writer) {
 	for p := 0; p < len(t.Owners) && b > 0; p++ {
 		for i := 0; i < b; i++ {
 			w.WriteUvarint(ref(t.Backups[p][i]))
+		}
+	}
+	// Incoming backups, sparse: count, then (partition, replica, member).
+	n := 0
+	for p := range t.Incoming {
+		for _, id := range t.Incoming[p] {
+			if id != "" {
+				n++
+			}
+		}
+	}
+	w.WriteUvarint(uint64(n))
+	for p := range t.Incoming {
+		for i, id := range t.Incoming[p] {
+			if id != "" {
+				w.WriteUvarint(uint64(p))
+				w.WriteUvarint(uint64(i))
+				w.WriteUvarint(ref(id))
+			}
 		}
 	}
 }
@@ -207,6 +278,27 @@ func Decode(r *spi.Reader, count int) (*Table, error) {
 				}
 			}
 		}
+	}
+	n = r.ReadUvarint()
+	if r.Err() == nil && n > uint64(r.Remaining()) {
+		return nil, fmt.Errorf("%w: table lists %d incoming backups in %d bytes", spi.ErrProtocol, n, r.Remaining())
+	}
+	for k := uint64(0); k < n && r.Err() == nil; k++ {
+		p, i := r.ReadUvarint(), r.ReadUvarint()
+		if r.Err() == nil && (p >= uint64(count) || i >= b) {
+			return nil, fmt.Errorf("%w: incoming backup %d of partition %d in a table of %d partitions and %d backups", spi.ErrProtocol, i+1, p, count, b)
+		}
+		id, err := ref(int(p))
+		if err != nil {
+			return nil, err
+		}
+		if t.Incoming == nil {
+			t.Incoming = make([][]string, count)
+		}
+		if t.Incoming[p] == nil {
+			t.Incoming[p] = make([]string, b)
+		}
+		t.Incoming[p][i] = id
 	}
 	if err := r.Err(); err != nil {
 		return nil, err

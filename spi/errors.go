@@ -59,6 +59,14 @@ var (
 	// exactly-once record (operations.dedup-window).
 	ErrIndeterminate = errors.New("partita: outcome unknown: the target left after the operation was sent")
 
+	// ErrBackupTimeout means the operation ran on its partition's primary
+	// but a synchronous backup replica, still a member, did not
+	// acknowledge it within operations.backup-ack-timeout. The write is
+	// not acknowledged: it stays on the primary, and it may be lost if the
+	// primary fails before the backup catches up. Errors wrapping it also
+	// match ErrIndeterminate.
+	ErrBackupTimeout error = backupTimeout{}
+
 	// ErrInProgress means a retried operation's first attempt is still
 	// running (its synchronous backups are not all acknowledged yet).
 	// Retryable.
@@ -92,3 +100,13 @@ func (e *RemoteError) Error() string {
 
 // Unwrap returns the sentinel the remote error wrapped, or nil.
 func (e *RemoteError) Unwrap() error { return e.Err }
+
+// backupTimeout is ErrBackupTimeout: a sentinel of its own that also
+// matches ErrIndeterminate.
+type backupTimeout struct{}
+
+func (backupTimeout) Error() string {
+	return "partita: outcome unknown: a synchronous backup was not acknowledged in time"
+}
+
+func (backupTimeout) Is(target error) bool { return target == ErrIndeterminate }

@@ -1,0 +1,102 @@
+package migration
+
+import (
+	"context"
+	"errors"
+	"slices"
+	"sync/atomic"
+	"testing"
+)
+
+// A backup replica moves like a primary: the member taking it over is
+// incoming until it caught up, and the old backup serves meanwhile. Here
+// a joins' backups of a primary that is dead but not yet declared dead
+// (a crashed process restarted at once) can never catch up; when the
+// death is declared, the old, in-sync backups are promoted and nothing is
+// reported lost.
+func TestBackupsMoveOnlyOnceTheNewReplicaCaughtUp(t *testing.T) {
+	// In this layout d is to take over the backups of a's partitions 9-11.
+	f := newFake("b c b c b c b c a a a a", "a", "b", "c")
+	var aDead atomic.Bool
+	f.caughtUp = func(p int, member string) bool { return !aDead.Load() || f.table.Owner(p) != "a" } // under f.mu
+	f.onPrepare = func(ctx context.Context, c call) error {
+		if aDead.Load() && c.member == "a" {
+			return errors.New("fake: a does not answer")
+		}
+		return nil
+	}
+	h := startManager(t, f, Config{Backups: 1})
+	h.waitFor("backups assigned", func() bool { return f.current().BackupCount() == 1 && h.m.Idle() })
+	before := f.current()
+
+	aDead.Store(true)
+	f.join("d")
+	var waiting []int // a's partitions whose backup d takes over
+	h.waitFor("d to take over backups of a's partitions", func() bool {
+		cur := f.current()
+		waiting = waiting[:0]
+		for p := range cur.Owners {
+			if cur.IsIncoming(p, "d") {
+				if cur.Owner(p) != "a" {
+					return false // still catching up elsewhere
+				}
+				waiting = append(waiting, p)
+			}
+		}
+		return len(waiting) > 0
+	})
+	cur := f.current()
+	for _, p := range waiting {
+		if got, want := cur.BackupsOf(p)[0], before.BackupsOf(p)[0]; got != want {
+			t.Fatalf("partition %d: backup %q before d caught up, want the in-sync %q", p, got, want)
+		}
+	}
+
+	f.kill("a") // the death is declared
+	h.waitFor("a's partitions promoted and no backup incoming", func() bool {
+		cur := f.current()
+		return !slices.Contains(cur.Owners, "a") && !cur.HasIncoming() && h.m.Idle()
+	})
+	cur = f.current()
+	for _, p := range waiting {
+		if got, want := cur.Owner(p), before.BackupsOf(p)[0]; got != want {
+			t.Errorf("partition %d: owner %q after a died, want its in-sync backup %q", p, got, want)
+		}
+	}
+	for _, c := range f.calls() {
+		if c.op == "lost" {
+			t.Errorf("partitions reported lost %v: every one had an in-sync backup", c.lost)
+		}
+	}
+}
+
+// moveBackups, table by table: what changes at once and what waits.
+func TestMoveBackups(t *testing.T) {
+	alive := func(id string) bool { return id != "dead" }
+	for _, tc := range []struct {
+		name           string
+		owner          string
+		cur, want      []string
+		backups, incom []string // after
+	}{
+		{"unchanged", "a", []string{"b"}, []string{"b"}, []string{"b"}, nil},
+		{"empty slot filled at once", "a", []string{""}, []string{"c"}, []string{"c"}, nil},
+		{"dead backup replaced at once", "a", []string{"dead"}, []string{"c"}, []string{"c"}, nil},
+		{"promoted backup's slot filled at once", "b", []string{"b"}, []string{"c"}, []string{"c"}, nil},
+		{"live backup kept while the new one syncs", "a", []string{"b"}, []string{"c"}, []string{"b"}, []string{"c"}},
+		{"only the moving one waits", "a", []string{"b", "c"}, []string{"b", "d"}, []string{"b", "c"}, []string{"", "d"}},
+		{"fewer backups: at once", "a", []string{"b", "c"}, []string{"b"}, []string{"b"}, nil},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			tab := newFake(tc.owner).current()
+			tab.Backups = [][]string{slices.Clone(tc.cur)}
+			changed := moveBackups(tab, [][]string{tc.want}, alive)
+			if !slices.Equal(tab.BackupsOf(0), tc.backups) || !slices.Equal(tab.IncomingOf(0), tc.incom) {
+				t.Errorf("backups %q incoming %q, want %q and %q", tab.BackupsOf(0), tab.IncomingOf(0), tc.backups, tc.incom)
+			}
+			if changed != (tc.name != "unchanged") {
+				t.Errorf("changed = %v", changed)
+			}
+		})
+	}
+}
