@@ -11,9 +11,11 @@ import (
 )
 
 func TestDedupRecordLookupPruneCarry(t *testing.T) {
-	s := New(Config{PartitionCount: 2, Routing: selfRouting{"self"}, DedupWindow: time.Second})
+	// A window far longer than the test: on a loaded machine under -race
+	// the records made "now" must not expire before they are looked up.
+	s := New(Config{PartitionCount: 2, Routing: selfRouting{"self"}, DedupWindow: time.Minute})
 	now := monoNow()
-	old := now - int64(2*time.Second)
+	old := now - int64(2*time.Minute)
 	s.record(0, invKey{1, 1}, []byte{1}, old, nil)
 	for i := uint64(2); i <= maxCarried+10; i++ {
 		s.record(0, invKey{1, i}, []byte{byte(i)}, now, nil)
