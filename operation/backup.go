@@ -102,19 +102,28 @@ func (s *Service) ReplicaPending(p int) bool {
 // good and, after the ack, when the backup forwarded the answer: a
 // forwarded answer can be lost with its connection (the caller takes the
 // first answer and drops the other).
-func (s *Service) sendBackups(e *executor, t task, bo spi.BackupAwareOperation, resp any) (busy *atomic.Bool) {
+//
+// It fails, sending nothing, when the backup operation's type is not
+// registered: Register refuses such a type (it learns the backup's type
+// from a value made by the factory), so only a BackupOperation that
+// returns another type once the operation ran gets here. The write is
+// then on the primary alone, and the caller is told so rather than
+// answered as if it were backed up.
+func (s *Service) sendBackups(e *executor, t task, bo spi.BackupAwareOperation, resp any) (busy *atomic.Bool, err error) {
 	e.reps = s.cfg.Routing.Backups(t.pid, e.reps[:0])
 	reps := e.reps
 	total := min(max(bo.SyncBackupCount(), 0)+max(bo.AsyncBackupCount(), 0), len(reps))
 	if total == 0 {
-		return nil
+		return nil, nil
 	}
 	syncN := min(max(bo.SyncBackupCount(), 0), total)
 	bop := bo.BackupOperation()
 	typeID, ok := t.svc.typeIDs[reflect.TypeOf(bop)]
 	if !ok {
-		s.log.Error("backup operation type not registered; no backup taken", "service", t.svc.name, "op", fmt.Sprintf("%T", bop))
-		return nil
+		s.log.Error("backup operation type not registered; no backup taken", "service", t.svc.name,
+			"op", fmt.Sprintf("%T", t.op), "backup", fmt.Sprintf("%T", bop))
+		return nil, fmt.Errorf("service %q: %T ran on the primary of partition %d but was not backed up: its backup operation type %T is not registered",
+			t.svc.name, t.op, t.pid, bop)
 	}
 	version := s.versions[t.pid].Add(1)
 	run := &backupRun{s: s, t: t, resp: resp}
@@ -153,9 +162,9 @@ func (s *Service) sendBackups(e *executor, t task, bo spi.BackupAwareOperation, 
 		b.send()
 	}
 	if syncN == 0 {
-		return nil
+		return nil, nil
 	}
-	return &run.busy
+	return &run.busy, nil
 }
 
 // backupRun is the synchronous backups of one operation run on a primary:
