@@ -178,6 +178,10 @@ type Service struct {
 	records   []recordCount // exactly-once records, by partition executor
 	nextCall  atomic.Uint64
 
+	// syncRetries, by partition (touched on its executor), counts the
+	// full syncs of its replica that failed in a row (see resync).
+	syncRetries []syncRetry
+
 	mu    sync.Mutex
 	conns map[string]*peer // by member ID: the connection used to reach it
 	all   map[*conn]struct{}
@@ -229,6 +233,7 @@ func New(cfg Config) *Service {
 		conns:     make(map[string]*peer),
 		all:       make(map[*conn]struct{}),
 	}
+	s.syncRetries = make([]syncRetry, cfg.PartitionCount)
 	s.clock.init()
 	return s
 }
