@@ -135,14 +135,27 @@ func (n *Node) backOff(pause *time.Duration) bool {
 // requestSync asks partition p's primary for a full copy of its replica,
 // off the executor; the copy is installed on p's executor. Called on
 // executor p (operation.Config.OnReplicaGap).
+//
+// Every way it ends leaves the replica in a clean state: installed
+// (installSync), given up because this member is no longer a backup of p
+// (syncGaveUp: the waiting backups are failed, retryably), or abandoned
+// because the member stops (the waiting backups fail with
+// spi.ErrShutdown).
 func (n *Node) requestSync(p int) {
 	n.spawn(func() {
 		pause := 20 * time.Millisecond
+		stopped := func() {
+			n.ops.RunOnPartition(p, func() { n.ops.AbandonSync(p, spi.ErrShutdown) })
+		}
 		for attempt := 0; ; attempt++ {
 			t := n.table.Load()
 			k := t.ReplicaIndex(p, n.id)
-			if k <= 0 || n.ctx.Err() != nil {
-				n.ops.RunOnPartition(p, func() { n.ops.ReplicaSynced(p, -1) })
+			if n.ctx.Err() != nil {
+				stopped()
+				return
+			}
+			if k <= 0 {
+				n.ops.RunOnPartition(p, func() { n.syncGaveUp(p) })
 				return
 			}
 			// Short attempts: the owner may be dead and about to be
@@ -157,24 +170,35 @@ func (n *Node) requestSync(p int) {
 			}
 			n.log.Debug("replica sync failed; retrying", "partition", p, "attempt", attempt, "error", err)
 			if !n.backOff(&pause) {
+				stopped()
 				return
 			}
 		}
 	})
 }
 
+// syncGaveUp ends a full sync of partition p's replica that installed
+// nothing (executor p). operation.Service.ReplicaSynced(p, -1) asks for
+// another copy, after a back-off, while this member is a backup of p, and
+// otherwise fails the backups waiting for it; a member left with no
+// replica of p (and no migration of it) drops its data, as dropReplica.
+func (n *Node) syncGaveUp(p int) {
+	n.ops.ReplicaSynced(p, -1)
+	n.dropReplica(p)
+}
+
 // installSync replaces partition p's backup replica with the primary's copy
-// (executor p).
+// (executor p). A copy it cannot install ends in syncGaveUp.
 func (n *Node) installSync(p int, data []byte) {
 	if n.migs[p] != nil || n.table.Load().ReplicaIndex(p, n.id) <= 0 {
-		n.ops.ReplicaSynced(p, -1)
+		n.syncGaveUp(p)
 		return
 	}
 	r := spi.NewReader(data)
 	version := int64(r.ReadUvarint())
 	if err := r.Err(); err != nil {
 		n.log.Error("bad replica sync data", "partition", p, "error", err)
-		n.ops.ReplicaSynced(p, -1)
+		n.syncGaveUp(p)
 		return
 	}
 	if version <= n.ops.ReplicaVersion(p) {
@@ -194,7 +218,7 @@ func (n *Node) installSync(p int, data []byte) {
 			ma.svc.ClearPartitionReplica(p)
 		}
 		n.ops.ResetReplica(p)
-		n.ops.ReplicaSynced(p, -1)
+		n.syncGaveUp(p)
 		return
 	}
 	n.ops.ReplicaSynced(p, version)

@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"context"
 	"fmt"
+	"math"
 	"reflect"
 	"sync/atomic"
 	"time"
@@ -106,19 +107,28 @@ func (s *Service) ReplicaPending(p int) bool {
 // A replica that is taking over a backup replica (Replica.Incoming) gets
 // every backup the replica it replaces gets, in the same mode: until the
 // master swaps them, a synchronous write is acknowledged by both.
-func (s *Service) sendBackups(e *executor, t task, bo spi.BackupAwareOperation, resp any) (busy *atomic.Bool) {
+//
+// It fails, sending nothing, when the backup operation's type is not
+// registered: Register refuses such a type (it learns the backup's type
+// from a value made by the factory), so only a BackupOperation that
+// returns another type once the operation ran gets here. The write is
+// then on the primary alone, and the caller is told so rather than
+// answered as if it were backed up.
+func (s *Service) sendBackups(e *executor, t task, bo spi.BackupAwareOperation, resp any) (busy *atomic.Bool, err error) {
 	e.reps = s.cfg.Routing.Backups(t.pid, e.reps[:0])
 	reps := e.reps
 	syncN := max(bo.SyncBackupCount(), 0)
 	total, nsync := backupRoles(reps, syncN+max(bo.AsyncBackupCount(), 0), syncN, &e.roles)
 	if total == 0 {
-		return nil
+		return nil, nil
 	}
 	bop := bo.BackupOperation()
 	typeID, ok := t.svc.typeIDs[reflect.TypeOf(bop)]
 	if !ok {
-		s.log.Error("backup operation type not registered; no backup taken", "service", t.svc.name, "op", fmt.Sprintf("%T", bop))
-		return nil
+		s.log.Error("backup operation type not registered; no backup taken", "service", t.svc.name,
+			"op", fmt.Sprintf("%T", t.op), "backup", fmt.Sprintf("%T", bop))
+		return nil, fmt.Errorf("service %q: %T ran on the primary of partition %d but was not backed up: its backup operation type %T is not registered",
+			t.svc.name, t.op, t.pid, bop)
 	}
 	version := s.versions[t.pid].Add(1)
 	run := &backupRun{s: s, t: t, resp: resp}
@@ -164,9 +174,9 @@ func (s *Service) sendBackups(e *executor, t task, bo spi.BackupAwareOperation, 
 		b.send()
 	}
 	if nsync == 0 {
-		return nil
+		return nil, nil
 	}
-	return &run.busy
+	return &run.busy, nil
 }
 
 // backupRoles decides which of a partition's replicas (as Routing.Backups
@@ -646,10 +656,40 @@ func (s *Service) dropPending(p int, err error) {
 	s.replicas[p] = nil
 }
 
+// Pauses between the full syncs of one replica that keep failing: the
+// first is asked for again at once, the next after syncRetryPause,
+// doubling up to maxSyncRetryPause.
+const (
+	syncRetryPause    = 20 * time.Millisecond
+	maxSyncRetryPause = time.Second
+)
+
+// syncRetry is partition p's count of full syncs that failed in a row
+// (touched on p's executor).
+type syncRetry struct {
+	fails uint8
+	armed bool // a timer will ask again (retrySync)
+}
+
 // ReplicaSynced is called on partition p's executor once the engine
-// installed a full copy of the primary's replica at version v (or gave up,
-// with v = -1): waiting backups past v are applied in order.
+// installed a full copy of the primary's replica at version v: waiting
+// backups past v are applied in order. If some still wait behind a hole
+// (the copy was older than they are), another copy is asked for.
+//
+// v = -1 means the engine gave up on the copy (the primary refused it or
+// its data was bad, a migration was in progress, this member's role
+// changed). Nothing is left to stall: while this member is a backup of p
+// (Routing.ReplicaIndex > 0) the replica stays syncing, its waiting
+// backups keep waiting, and a new copy is asked for (OnReplicaGap) at
+// once, then, while syncs keep failing, after a pause that doubles from
+// 20 ms to 1 s; otherwise the waiting backups are failed with the
+// retryable spi.ErrWrongTarget and the replica stops syncing (the engine
+// drops the data of a replica it no longer holds).
 func (s *Service) ReplicaSynced(p int, v int64) {
+	if v < 0 {
+		s.syncFailed(p)
+		return
+	}
 	rs := s.replicaState(p)
 	s.setSyncing(p, rs, false)
 	if v > s.versions[p].Load() {
@@ -657,13 +697,85 @@ func (s *Service) ReplicaSynced(p int, v int64) {
 	}
 	e := s.partition[p%len(s.partition)]
 	s.drainBackups(e, p)
-	if len(rs.pending) > 0 && !rs.syncing && v >= 0 {
+	if len(rs.pending) > 0 && !rs.syncing {
 		// Still a hole: the sync was older than the waiting backups.
 		s.setSyncing(p, rs, true)
+		s.resync(p)
+		return
+	}
+	s.syncRetries[p].fails = 0
+}
+
+// syncFailed ends a full sync of partition p's replica that installed
+// nothing (executor p): see ReplicaSynced.
+func (s *Service) syncFailed(p int) {
+	if s.cfg.Routing.ReplicaIndex(p) <= 0 {
+		s.dropPending(p, fmt.Errorf("%w: partition %d: %s no longer holds a backup replica of it", spi.ErrWrongTarget, p, s.cfg.LocalAddress))
+		s.syncRetries[p].fails = 0
+		return
+	}
+	s.setSyncing(p, s.replicaState(p), true)
+	s.resync(p)
+}
+
+// resync asks for another full copy of partition p's replica, which is
+// syncing (executor p): at once after a first failure, after a pause
+// that doubles with each failure in a row past that, one timer at a time.
+func (s *Service) resync(p int) {
+	r := &s.syncRetries[p]
+	fails := r.fails
+	if r.fails < math.MaxUint8 {
+		r.fails++
+	}
+	if fails == 0 {
 		if s.cfg.OnReplicaGap != nil {
 			s.cfg.OnReplicaGap(p)
 		}
+		return
 	}
+	if r.armed {
+		return
+	}
+	r.armed = true
+	pause := min(syncRetryPause<<min(fails-1, 16), maxSyncRetryPause)
+	s.log.Debug("replica sync failed again; asking again after a pause", "partition", p, "failures", fails+1, "pause", pause)
+	s.wg.Add(1) // on executor p, which is in wg: never after Shutdown's Wait began
+	go func() {
+		defer s.wg.Done()
+		t := time.NewTimer(pause)
+		defer t.Stop()
+		select {
+		case <-s.quit:
+			return
+		case <-t.C:
+		}
+		s.RunOnPartition(p, func() { s.retrySync(p) })
+	}()
+}
+
+// retrySync asks again for the full copy of partition p's replica that
+// resync put off (executor p), unless the replica synced meanwhile.
+func (s *Service) retrySync(p int) {
+	s.syncRetries[p].armed = false
+	if rs := s.replicas[p]; rs == nil || !rs.syncing {
+		return
+	}
+	if s.cfg.Routing.ReplicaIndex(p) <= 0 {
+		s.syncFailed(p) // no longer a backup: fail the waiting backups
+		return
+	}
+	if s.cfg.OnReplicaGap != nil {
+		s.cfg.OnReplicaGap(p)
+	}
+}
+
+// AbandonSync stops partition p's replica waiting for a full sync, with
+// none asked for again: its waiting backups are failed with err, and its
+// version and records stay (the engine calls it when the member stops).
+// Call it on p's executor.
+func (s *Service) AbandonSync(p int, err error) {
+	s.dropPending(p, err)
+	s.syncRetries[p].fails = 0
 }
 
 // ResetReplica forgets partition p's replica (this member no longer holds

@@ -173,7 +173,11 @@ func (e *executor) run(t task) {
 		// Recorded after the backups left: no retry can run on this
 		// executor in between, and a retry must wait until they are
 		// acknowledged (busy).
-		busy := e.s.sendBackups(e, t, bo, resp)
+		busy, berr := e.s.sendBackups(e, t, bo, resp)
+		if berr != nil {
+			e.s.finish(t, nil, berr)
+			return
+		}
 		e.s.record(t.pid, t.key, enc, monoNow(), busy)
 		if busy != nil {
 			return // the last synchronous ack finishes the task

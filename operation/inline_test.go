@@ -347,14 +347,20 @@ func TestShutdownWaitsForWhatAnOperationInPlaceStarted(t *testing.T) {
 	}
 }
 
-// panicResponseOp panics in Response, outside executor.safely.
-type panicResponseOp struct{}
+// panicResponseOp panics in Response once it ran, outside
+// executor.safely (not on the fresh value Register asks for its type).
+type panicResponseOp struct{ ran bool }
 
-func (panicResponseOp) NonBlocking()                 {}
-func (panicResponseOp) Run(*spi.OpContext) error     { return nil }
-func (panicResponseOp) Response() any                { panic("bad Response") }
-func (panicResponseOp) WriteData(*spi.Writer)        {}
-func (panicResponseOp) ReadData(r *spi.Reader) error { return r.Err() }
+func (*panicResponseOp) NonBlocking()                 {}
+func (o *panicResponseOp) Run(*spi.OpContext) error   { o.ran = true; return nil }
+func (*panicResponseOp) WriteData(*spi.Writer)        {}
+func (*panicResponseOp) ReadData(r *spi.Reader) error { return r.Err() }
+func (o *panicResponseOp) Response() any {
+	if o.ran {
+		panic("bad Response")
+	}
+	return nil
+}
 
 // A panic outside Run (here in Response) while an operation runs in place
 // reaches the caller, which may recover it (net/http does); the executor
@@ -363,13 +369,13 @@ func TestPanicInPlaceLeavesTheExecutorUsable(t *testing.T) {
 	s := New(Config{ClusterName: "dev", LocalID: "p", LocalAddress: "p:1", PartitionCount: 7, PartitionThreads: 1,
 		Routing: ownerRouting{"p"}, InvocationTimeout: 5 * time.Second})
 	if err := s.Register("where", nil, append(whereTypes(),
-		spi.OperationType{ID: 9, New: func() spi.Operation { return panicResponseOp{} }})); err != nil {
+		spi.OperationType{ID: 9, New: func() spi.Operation { return new(panicResponseOp) }})); err != nil {
 		t.Fatal(err)
 	}
 	s.Start()
 	func() {
 		defer func() { recover() }()
-		s.Invoke(context.Background(), "where", panicResponseOp{}, 1)
+		s.Invoke(context.Background(), "where", new(panicResponseOp), 1)
 	}()
 	got, err := s.Invoke(context.Background(), "where", quickWhereOp{}, 4) // same executor
 	if err != nil || got != "caller" {

@@ -23,7 +23,7 @@ func (o *reviewCountOp) ReadData(r *spi.Reader) error   { return r.Err() }
 func (o *reviewCountOp) SyncBackupCount() int           { return 0 }
 func (o *reviewCountOp) AsyncBackupCount() int          { return 0 }
 func (o *reviewCountOp) ShouldBackup() bool             { return true }
-func (o *reviewCountOp) BackupOperation() spi.Operation { return nil }
+func (o *reviewCountOp) BackupOperation() spi.Operation { return o } // never sent: no backups
 func reviewCountTypes() []spi.OperationType {
 	return []spi.OperationType{{ID: 1, New: func() spi.Operation { return &reviewCountOp{} }}}
 }

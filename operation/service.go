@@ -188,6 +188,10 @@ type Service struct {
 	records   []recordCount // exactly-once records, by partition executor
 	nextCall  atomic.Uint64
 
+	// syncRetries, by partition (touched on its executor), counts the
+	// full syncs of its replica that failed in a row (see resync).
+	syncRetries []syncRetry
+
 	mu    sync.Mutex
 	conns map[string]*peer // by member ID: the connection used to reach it
 	all   map[*conn]struct{}
@@ -242,6 +246,7 @@ func New(cfg Config) *Service {
 		conns:     make(map[string]*peer),
 		all:       make(map[*conn]struct{}),
 	}
+	s.syncRetries = make([]syncRetry, cfg.PartitionCount)
 	s.clock.init()
 	period := clockPeriod(cfg.InvocationTimeout)
 	s.ackTicks = uint64((cfg.BackupAckTimeout + period - 1) / period)
@@ -278,12 +283,69 @@ func (s *Service) Register(name string, instance spi.Service, types []spi.Operat
 		}
 		e.types[t.ID] = t.New
 		e.typeIDs[rt] = t.ID
+	}
+	// Checked once every type is known: a backup type may come later in
+	// the list than the type it backs up.
+	for _, t := range types {
+		if err := e.checkType(t); err != nil {
+			return fmt.Errorf("register service %q: %w", name, err)
+		}
+	}
+	for _, t := range types {
+		rt := reflect.TypeOf(t.New())
 		st := s.m.forType(name, rt)
 		e.statsByType[rt], e.statsByID[t.ID] = st, st
 	}
 	s.byName[name] = e
 	s.byID[id] = e
 	return nil
+}
+
+// checkType refuses an operation type that could only fail at run time:
+// a spi.BackupAwareOperation whose backup operation is not among the
+// service's types (its writes would be acknowledged with no backup), or
+// a spi.ResponseOperation whose response cannot travel (not a built-in
+// type, and the operation is no spi.ResponseCodec). It learns both types
+// by calling BackupOperation and Response on a value from the type's
+// factory (spi.OperationType documents it): a panic there, or a nil
+// backup operation, is refused as well.
+func (e *serviceEntry) checkType(t spi.OperationType) error {
+	op := t.New()
+	if bo, ok := op.(spi.BackupAwareOperation); ok {
+		bop, err := probe(bo.BackupOperation)
+		switch {
+		case err != nil:
+			return fmt.Errorf("operation type %d (%T): BackupOperation, called on a value from New to learn the backup operation's type, %w", t.ID, op, err)
+		case bop == nil:
+			return fmt.Errorf("operation type %d (%T): BackupOperation, called on a value from New to learn the backup operation's type, returned nil", t.ID, op)
+		}
+		if _, ok := e.typeIDs[reflect.TypeOf(bop)]; !ok {
+			return fmt.Errorf("operation type %d (%T): its backup operation type %T is not registered: add it to the service's OperationTypes", t.ID, op, bop)
+		}
+	}
+	if ro, ok := op.(spi.ResponseOperation); ok {
+		if _, codec := op.(spi.ResponseCodec); codec {
+			return nil // any response travels through the codec
+		}
+		resp, err := probe(ro.Response)
+		if err != nil {
+			return fmt.Errorf("operation type %d (%T): Response, called on a value from New to learn the response's type, %w", t.ID, op, err)
+		}
+		if writeValue(spi.NewWriter(nil), resp) != nil {
+			return fmt.Errorf("operation type %d (%T): response type %T has no codec: return nil, bool, int, int64, uint64, float64, string or []byte, or implement spi.ResponseCodec", t.ID, op, resp)
+		}
+	}
+	return nil
+}
+
+// probe calls f, turning a panic into an error.
+func probe[T any](f func() T) (v T, err error) {
+	defer func() {
+		if r := recover(); r != nil {
+			err = fmt.Errorf("panicked: %v", r)
+		}
+	}()
+	return f(), nil
 }
 
 // Start starts the executors.

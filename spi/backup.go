@@ -22,7 +22,12 @@ type BackupAwareOperation interface {
 	ShouldBackup() bool
 	// BackupOperation returns the operation the backup replicas run. It
 	// must be one of the service's OperationTypes and should implement
-	// BackupOperation.
+	// BackupOperation. It is also called once when the service registers,
+	// on a value from New that never ran, to learn its type: it must not
+	// panic or return nil there, and a type that is not registered stops
+	// Node.Start (see OperationType). Should it return an unregistered
+	// type after Run all the same, the operation fails with an error (it
+	// ran on the primary, with no backup) instead of being acknowledged.
 	BackupOperation() Operation
 }
 

@@ -52,6 +52,13 @@ type NonBlockingOperation interface {
 // partition's executor. Remote responses must be nil, bool, int, int64, uint64, float64,
 // string or []byte, unless the operation is also a ResponseCodec.
 //
+// When the service registers, Response is also called once on a value from
+// the type's New, never run, to learn the response's type: it must not
+// panic there, and a type it returns that is none of the above (with no
+// ResponseCodec) is refused, so Node.Start fails naming it. A response
+// whose type only shows after Run (nil from the fresh value) is checked
+// when it is sent.
+//
 // An Operation that is not a ResponseOperation is a no-response operation:
 // Invoke returns nil and the error of Run.
 type ResponseOperation interface {
@@ -68,6 +75,13 @@ type ResponseCodec interface {
 }
 
 // OperationType names one decodable operation type of a service.
+//
+// Registration (during Node.Start) checks each type on a value from New:
+// a BackupAwareOperation's BackupOperation must return one of the
+// service's types, and a ResponseOperation's Response must be encodable
+// (see ResponseOperation). A type that fails, or whose BackupOperation or
+// Response panics on that value, stops the member from starting with an
+// error naming the service and the types.
 type OperationType struct {
 	// ID is unique within the service (not across services).
 	ID uint16

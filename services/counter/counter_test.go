@@ -8,6 +8,7 @@ import (
 	"time"
 
 	"github.com/partita-go/partita/nodeengine/clustertest"
+	"github.com/partita-go/partita/operation"
 	"github.com/partita-go/partita/services/counter"
 	"go.uber.org/goleak"
 )
@@ -128,5 +129,15 @@ func TestProxiesClusterWide(t *testing.T) {
 	}
 	if v, err := getCounter(t, c, 1, "shared").Get(ctx); err != nil || v != 0 {
 		t.Fatalf("recreated counter = %d, %v; want 0", v, err)
+	}
+}
+
+// The counter's operation types pass the checks of registration (each
+// backup operation registered, each response encodable).
+func TestCounterOperationTypesRegister(t *testing.T) {
+	s := operation.New(operation.Config{ClusterName: "dev", LocalID: "self", LocalAddress: "local", PartitionCount: 7})
+	svc := new(counter.Service)
+	if err := s.Register(counter.ServiceName, svc, svc.OperationTypes()); err != nil {
+		t.Fatal(err)
 	}
 }
