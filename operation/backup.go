@@ -4,88 +4,52 @@ import (
 	"bytes"
 	"context"
 	"fmt"
-	"math"
 	"reflect"
 	"sync/atomic"
 	"time"
 
+	"github.com/partita-go/partita/operation/replica"
 	"github.com/partita-go/partita/spi"
 )
 
-// Replica versions. Each member keeps, per partition, the version of its
-// replica: the primary adds one for every operation it backs up and stamps
-// the backups with it; a backup applies them in version order, each once.
-// The high 32 bits are an epoch, bumped when a backup is promoted, so that
-// the other backups see a gap and resynchronise from the new primary.
-
-// maxPendingBackups bounds the backups a replica holds while it waits for
-// a missing one or for a full sync.
-const maxPendingBackups = 4096
-
-// replicaState is a backup replica's bookkeeping for one partition,
-// touched only on the partition's executor.
-type replicaState struct {
-	pending map[int64]task // backups that arrived ahead of a missing one
-	syncing bool           // a full sync was asked for
-}
-
-func (s *Service) replicaState(p int) *replicaState {
-	if s.replicas[p] == nil {
-		s.replicas[p] = &replicaState{pending: make(map[int64]task)}
-	}
-	return s.replicas[p]
-}
+// Replica versions and the states of a backup replica are decided by
+// package replica (see its doc); this file acts on its decisions: it runs
+// and acknowledges backups, fails held ones and asks for full copies.
 
 // ReplicaVersion returns this member's replica version of partition p.
-func (s *Service) ReplicaVersion(p int) int64 { return s.versions[p].Load() }
+func (s *Service) ReplicaVersion(p int) int64 { return s.replicas[p].Version() }
 
 // SetReplicaVersion sets partition p's replica version (a migration's
 // destination takes the source's). Call it on p's executor.
-func (s *Service) SetReplicaVersion(p int, v int64) { s.versions[p].Store(v) }
+func (s *Service) SetReplicaVersion(p int, v int64) { s.replicas[p].Adopt(v) }
 
 // BumpEpoch starts a new epoch of partition p's versions (a promoted
 // backup, so that the other backups resynchronise). Call it on p's
 // executor.
-func (s *Service) BumpEpoch(p int) {
-	v := s.versions[p].Load()
-	s.versions[p].Store((v>>32 + 1) << 32)
-}
+func (s *Service) BumpEpoch(p int) { s.replicas[p].Promote() }
 
 // SyncsPending returns how many partitions' replicas wait for a sync.
-func (s *Service) SyncsPending() int { return int(s.syncs.Load()) }
+func (s *Service) SyncsPending() int {
+	n := 0
+	for p := range s.replicas {
+		if s.replicas[p].Syncing() {
+			n++
+		}
+	}
+	return n
+}
 
 // MarkSyncing records that a full sync of partition p's replica was asked
 // for (by the engine's anti-entropy). Call it on p's executor.
-func (s *Service) MarkSyncing(p int) {
-	rs := s.replicaState(p)
-	s.setSyncing(p, rs, true)
-}
-
-// setSyncing records whether partition p's replica waits for a full sync
-// (executor p); other goroutines read it through IsSyncing.
-func (s *Service) setSyncing(p int, rs *replicaState, on bool) {
-	if rs.syncing == on {
-		return
-	}
-	rs.syncing = on
-	s.syncFlag[p].Store(on)
-	if on {
-		s.syncs.Add(1)
-	} else {
-		s.syncs.Add(-1)
-	}
-}
+func (s *Service) MarkSyncing(p int) { s.replicas[p].MarkSyncing() }
 
 // IsSyncing reports whether partition p's replica here waits for a full
 // copy from its primary (it may lack acknowledged writes).
-func (s *Service) IsSyncing(p int) bool { return s.syncFlag[p].Load() }
+func (s *Service) IsSyncing(p int) bool { return s.replicas[p].Syncing() }
 
 // ReplicaPending reports whether partition p's replica waits for missing
 // backups or a sync. Call it on p's executor.
-func (s *Service) ReplicaPending(p int) bool {
-	rs := s.replicas[p]
-	return rs != nil && (rs.syncing || len(rs.pending) > 0)
-}
+func (s *Service) ReplicaPending(p int) bool { return s.replicas[p].Behind() }
 
 // sendBackups sends t's backups after it ran on the primary. It reports
 // whether it took over finishing t (there are synchronous backups: the last
@@ -130,7 +94,7 @@ func (s *Service) sendBackups(e *executor, t task, bo spi.BackupAwareOperation, 
 		return nil, fmt.Errorf("service %q: %T ran on the primary of partition %d but was not backed up: its backup operation type %T is not registered",
 			t.svc.name, t.op, t.pid, bop)
 	}
-	version := s.versions[t.pid].Add(1)
+	version := s.replicas[t.pid].Stamp()
 	run := &backupRun{s: s, t: t, resp: resp}
 	run.busy.Store(true)
 	// t.resp is the executor's scratch; retries need their own copy.
@@ -458,28 +422,37 @@ func (s *Service) runBackup(e *executor, t task, start time.Time) {
 		s.finish(t, nil, fmt.Errorf("%w: backup for partition %d: %s holds no backup replica of it", spi.ErrWrongTarget, p, s.cfg.LocalAddress))
 		return
 	}
-	cur := s.versions[p].Load()
-	switch {
-	case t.version <= cur:
+	step, ask, overflow := s.replicas[p].Offer(t.version, t)
+	switch step {
+	case replica.Covered:
 		s.backupApplied(e, t.unforwarded(), nil) // already applied, or covered by a sync
-	case t.version == cur+1:
-		s.applyBackup(e, t, start)
-		s.drainBackups(e, p)
-	default:
-		rs := s.replicaState(p)
-		if len(rs.pending) >= maxPendingBackups {
-			s.dropPending(p, fmt.Errorf("%w: partition %d: too many backups waiting for a sync", spi.ErrOverloaded, p))
-			rs = s.replicaState(p)
+	case replica.Apply:
+		if s.applyBackup(e, t, start) {
+			s.drainBackups(e, p)
 		}
-		rs.pending[t.version] = t
-		if !rs.syncing {
+	case replica.Hold:
+		s.fail(overflow, fmt.Errorf("%w: partition %d: too many backups waiting for a sync", spi.ErrOverloaded, p))
+		if ask {
 			s.m.backupGaps.Inc()
-			s.setSyncing(p, rs, true)
-			s.log.Debug("backup replica behind; asking the primary for a sync", "partition", p, "have", cur, "got", t.version)
-			if s.cfg.OnReplicaGap != nil {
-				s.cfg.OnReplicaGap(p)
-			}
+			s.log.Debug("backup replica behind; asking the primary for a sync", "partition", p,
+				"have", s.replicas[p].Version(), "got", t.version)
+			s.askSync(p)
 		}
+	}
+}
+
+// fail answers the backups ts with err (their primaries re-send them).
+func (s *Service) fail(ts []task, err error) {
+	for _, t := range ts {
+		s.finish(t, nil, err)
+	}
+}
+
+// askSync asks the engine for a full copy of partition p's replica
+// (executor p).
+func (s *Service) askSync(p int) {
+	if s.cfg.OnReplicaGap != nil {
+		s.cfg.OnReplicaGap(p)
 	}
 }
 
@@ -498,16 +471,13 @@ func (s *Service) applyBackup(e *executor, t task, start time.Time) bool {
 		p := t.pid
 		s.log.Error("backup operation failed; asking the primary for a full copy", "service", t.svc.name, "partition", p,
 			"version", t.version, "error", err)
-		if rs := s.replicaState(p); !rs.syncing {
-			s.setSyncing(p, rs, true)
-			if s.cfg.OnReplicaGap != nil {
-				s.cfg.OnReplicaGap(p)
-			}
+		if s.replicas[p].Failed() {
+			s.askSync(p)
 		}
 		s.finish(t, nil, fmt.Errorf("backup of partition %d version %d failed on %s: %w", p, t.version, s.cfg.LocalAddress, err))
 		return false
 	}
-	s.versions[t.pid].Store(t.version)
+	s.replicas[t.pid].Applied(t.version)
 	s.record(t.pid, t.key, t.resp, monoNow(), nil)
 	s.backupApplied(e, t, nil)
 	return true
@@ -617,72 +587,30 @@ type answerMessage struct{ spi.Operation }
 
 func (a answerMessage) MessageKind() string { return fmt.Sprintf("answer/%T", a.Operation) }
 
-// drainBackups applies the waiting backups that are now next in order and
-// acknowledges the ones a sync covered.
+// drainBackups applies the held backups that are now next in order and
+// acknowledges the ones a sync covered (executor p).
 func (s *Service) drainBackups(e *executor, p int) {
-	rs := s.replicas[p]
-	if rs == nil {
-		return
-	}
-	cur := s.versions[p].Load()
-	for v, t := range rs.pending {
-		if v <= cur {
-			delete(rs.pending, v)
+	s.replicas[p].Drain(func(t task, covered bool) bool {
+		if covered {
 			s.backupApplied(e, t.unforwarded(), nil)
+			return true
 		}
-	}
-	for {
-		t, ok := rs.pending[cur+1]
-		if !ok {
-			break
-		}
-		delete(rs.pending, cur+1)
-		if !s.applyBackup(e, t, time.Time{}) { // waited for its turn: not timed
-			break // refused: its primary sends it again
-		}
-		cur++
-	}
-}
-
-func (s *Service) dropPending(p int, err error) {
-	rs := s.replicas[p]
-	if rs == nil {
-		return
-	}
-	for _, t := range rs.pending {
-		s.finish(t, nil, err)
-	}
-	s.setSyncing(p, rs, false)
-	s.replicas[p] = nil
-}
-
-// Pauses between the full syncs of one replica that keep failing: the
-// first is asked for again at once, the next after syncRetryPause,
-// doubling up to maxSyncRetryPause.
-const (
-	syncRetryPause    = 20 * time.Millisecond
-	maxSyncRetryPause = time.Second
-)
-
-// syncRetry is partition p's count of full syncs that failed in a row
-// (touched on p's executor).
-type syncRetry struct {
-	fails uint8
-	armed bool // a timer will ask again (retrySync)
+		return s.applyBackup(e, t, time.Time{}) // waited for its turn: not timed
+	})
 }
 
 // ReplicaSynced is called on partition p's executor once the engine
-// installed a full copy of the primary's replica at version v: waiting
+// installed a full copy of the primary's replica at version v: held
 // backups past v are applied in order. If some still wait behind a hole
 // (the copy was older than they are), another copy is asked for.
 //
 // v = -1 means the engine gave up on the copy (the primary refused it or
 // its data was bad, a migration was in progress, this member's role
 // changed). Nothing is left to stall: while this member is a backup of p
-// (Routing.ReplicaIndex > 0) the replica stays syncing, its waiting
+// (Routing.ReplicaIndex > 0) the replica stays syncing, its held
 // backups keep waiting, and a new copy is asked for (OnReplicaGap) at
 // once, then, while syncs keep failing, after a pause that doubles from
-// 20 ms to 1 s; otherwise the waiting backups are failed with the
+// 20 ms to 1 s; otherwise the held backups are failed with the
 // retryable spi.ErrWrongTarget and the replica stops syncing (the engine
 // drops the data of a replica it no longer holds).
 func (s *Service) ReplicaSynced(p int, v int64) {
@@ -690,55 +618,38 @@ func (s *Service) ReplicaSynced(p int, v int64) {
 		s.syncFailed(p)
 		return
 	}
-	rs := s.replicaState(p)
-	s.setSyncing(p, rs, false)
-	if v > s.versions[p].Load() {
-		s.versions[p].Store(v)
-	}
 	e := s.partition[p%len(s.partition)]
-	s.drainBackups(e, p)
-	if len(rs.pending) > 0 && !rs.syncing {
-		// Still a hole: the sync was older than the waiting backups.
-		s.setSyncing(p, rs, true)
-		s.resync(p)
-		return
+	ask, pause := s.replicas[p].Synced(v, func(t task, covered bool) bool {
+		if covered {
+			s.backupApplied(e, t.unforwarded(), nil)
+			return true
+		}
+		return s.applyBackup(e, t, time.Time{})
+	})
+	if ask {
+		s.resync(p, pause)
 	}
-	s.syncRetries[p].fails = 0
 }
 
 // syncFailed ends a full sync of partition p's replica that installed
 // nothing (executor p): see ReplicaSynced.
 func (s *Service) syncFailed(p int) {
-	if s.cfg.Routing.ReplicaIndex(p) <= 0 {
-		s.dropPending(p, fmt.Errorf("%w: partition %d: %s no longer holds a backup replica of it", spi.ErrWrongTarget, p, s.cfg.LocalAddress))
-		s.syncRetries[p].fails = 0
-		return
+	backup := s.cfg.Routing.ReplicaIndex(p) > 0
+	ask, pause, drop := s.replicas[p].SyncFailed(backup)
+	s.fail(drop, fmt.Errorf("%w: partition %d: %s no longer holds a backup replica of it", spi.ErrWrongTarget, p, s.cfg.LocalAddress))
+	if ask {
+		s.resync(p, pause)
 	}
-	s.setSyncing(p, s.replicaState(p), true)
-	s.resync(p)
 }
 
-// resync asks for another full copy of partition p's replica, which is
-// syncing (executor p): at once after a first failure, after a pause
-// that doubles with each failure in a row past that, one timer at a time.
-func (s *Service) resync(p int) {
-	r := &s.syncRetries[p]
-	fails := r.fails
-	if r.fails < math.MaxUint8 {
-		r.fails++
-	}
-	if fails == 0 {
-		if s.cfg.OnReplicaGap != nil {
-			s.cfg.OnReplicaGap(p)
-		}
+// resync asks for another full copy of partition p's replica (executor
+// p): at once, or after pause on a timer of its own.
+func (s *Service) resync(p int, pause time.Duration) {
+	if pause == 0 {
+		s.askSync(p)
 		return
 	}
-	if r.armed {
-		return
-	}
-	r.armed = true
-	pause := min(syncRetryPause<<min(fails-1, 16), maxSyncRetryPause)
-	s.log.Debug("replica sync failed again; asking again after a pause", "partition", p, "failures", fails+1, "pause", pause)
+	s.log.Debug("replica sync failed again; asking again after a pause", "partition", p, "pause", pause)
 	s.wg.Add(1) // on executor p, which is in wg: never after Shutdown's Wait began
 	go func() {
 		defer s.wg.Done()
@@ -756,32 +667,25 @@ func (s *Service) resync(p int) {
 // retrySync asks again for the full copy of partition p's replica that
 // resync put off (executor p), unless the replica synced meanwhile.
 func (s *Service) retrySync(p int) {
-	s.syncRetries[p].armed = false
-	if rs := s.replicas[p]; rs == nil || !rs.syncing {
+	if !s.replicas[p].RetryDue() {
 		return
 	}
 	if s.cfg.Routing.ReplicaIndex(p) <= 0 {
-		s.syncFailed(p) // no longer a backup: fail the waiting backups
+		s.syncFailed(p) // no longer a backup: fail the held backups
 		return
 	}
-	if s.cfg.OnReplicaGap != nil {
-		s.cfg.OnReplicaGap(p)
-	}
+	s.askSync(p)
 }
 
 // AbandonSync stops partition p's replica waiting for a full sync, with
-// none asked for again: its waiting backups are failed with err, and its
+// none asked for again: its held backups are failed with err, and its
 // version and records stay (the engine calls it when the member stops).
 // Call it on p's executor.
-func (s *Service) AbandonSync(p int, err error) {
-	s.dropPending(p, err)
-	s.syncRetries[p].fails = 0
-}
+func (s *Service) AbandonSync(p int, err error) { s.fail(s.replicas[p].Abandon(), err) }
 
 // ResetReplica forgets partition p's replica (this member no longer holds
-// one): version 0, waiting backups failed. Call it on p's executor.
+// one): version 0, held backups failed. Call it on p's executor.
 func (s *Service) ResetReplica(p int) {
-	s.dropPending(p, fmt.Errorf("%w: partition %d: replica dropped", spi.ErrWrongTarget, p))
-	s.versions[p].Store(0)
+	s.fail(s.replicas[p].Reset(), fmt.Errorf("%w: partition %d: replica dropped", spi.ErrWrongTarget, p))
 	s.DropDedup(p)
 }

@@ -200,7 +200,7 @@ func (c stateCollector) Collect(ch chan<- prometheus.Metric) {
 		records += s.records[i].n.Load()
 	}
 	ch <- prometheus.MustNewConstMetric(dedupDesc, prometheus.GaugeValue, float64(records))
-	ch <- prometheus.MustNewConstMetric(syncsDesc, prometheus.GaugeValue, float64(s.syncs.Load()))
+	ch <- prometheus.MustNewConstMetric(syncsDesc, prometheus.GaugeValue, float64(s.SyncsPending()))
 }
 
 // One task in sampleEvery is timed (queue wait, run time, backup ack

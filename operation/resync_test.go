@@ -7,6 +7,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/partita-go/partita/operation/replica"
 	"github.com/partita-go/partita/spi"
 )
 
@@ -74,8 +75,7 @@ func (h *resyncHarness) on(f func()) {
 func (h *resyncHarness) pending() (syncing, waiting bool) {
 	h.on(func() {
 		syncing = h.s.IsSyncing(resyncPartition)
-		rs := h.s.replicas[resyncPartition]
-		waiting = rs != nil && len(rs.pending) > 0
+		waiting = h.s.replicas[resyncPartition].Held() > 0
 	})
 	return
 }
@@ -153,7 +153,7 @@ func TestGivenUpSyncOfABackupAsksAgain(t *testing.T) {
 }
 
 // Syncs that keep failing are asked for again after pauses that double
-// (never a busy loop), up to maxSyncRetryPause; a sync that succeeds
+// (never a busy loop), up to replica.MaxSyncPause; a sync that succeeds
 // starts the count again.
 func TestFailingSyncsBackOff(t *testing.T) {
 	h := newResyncHarness(t)
@@ -161,7 +161,7 @@ func TestFailingSyncsBackOff(t *testing.T) {
 	h.gap(t, 10*time.Second)
 	h.on(func() { h.s.ReplicaSynced(resyncPartition, -1) })
 	h.gap(t, 0) // the first failure: at once
-	for i, want := range []time.Duration{syncRetryPause, 2 * syncRetryPause, 4 * syncRetryPause} {
+	for i, want := range []time.Duration{replica.FirstSyncPause, 2 * replica.FirstSyncPause, 4 * replica.FirstSyncPause} {
 		start := time.Now()
 		h.on(func() { h.s.ReplicaSynced(resyncPartition, -1) })
 		h.gap(t, 10*time.Second)
@@ -170,7 +170,7 @@ func TestFailingSyncsBackOff(t *testing.T) {
 		}
 		expectPending(t, second)
 	}
-	if got := min(syncRetryPause<<16, maxSyncRetryPause); got != maxSyncRetryPause {
+	if got := min(replica.FirstSyncPause<<16, replica.MaxSyncPause); got != replica.MaxSyncPause {
 		t.Fatalf("longest pause %v", got)
 	}
 	// A sync older than the waiting backup (a hole remains) counts as a
@@ -178,8 +178,8 @@ func TestFailingSyncsBackOff(t *testing.T) {
 	start := time.Now()
 	h.on(func() { h.s.ReplicaSynced(resyncPartition, 0) })
 	h.gap(t, 10*time.Second)
-	if took := time.Since(start); took < 8*syncRetryPause {
-		t.Fatalf("after an old copy: asked again after %v, want at least %v", took, 8*syncRetryPause)
+	if took := time.Since(start); took < 8*replica.FirstSyncPause {
+		t.Fatalf("after an old copy: asked again after %v, want at least %v", took, 8*replica.FirstSyncPause)
 	}
 	h.on(func() { h.s.ReplicaSynced(resyncPartition, 1) })
 	if err := <-second; err != nil {
@@ -224,7 +224,7 @@ func TestGivenUpSyncOfAFormerBackupFailsWaitingBackups(t *testing.T) {
 			t.Fatalf("replica index %d: syncing %v, waiting %v, syncs pending %d", index, syncing, waiting, h.s.SyncsPending())
 		}
 		h.on(func() {
-			if h.s.syncRetries[resyncPartition].armed {
+			if h.s.replicas[resyncPartition].RetryArmed() {
 				t.Errorf("replica index %d: a sync retry is armed", index)
 			}
 		})

@@ -16,6 +16,7 @@ import (
 	"time"
 
 	"github.com/cespare/xxhash/v2"
+	"github.com/partita-go/partita/operation/replica"
 	"github.com/partita-go/partita/spi"
 )
 
@@ -166,13 +167,10 @@ type Service struct {
 	byName    map[string]*serviceEntry
 	byID      map[uint32]*serviceEntry
 	partition []*executor
-	migrating []atomic.Bool   // by partition: operations are refused
-	versions  []atomic.Int64  // by partition: replica version (see backup.go)
-	replicas  []*replicaState // by partition; touched on its executor only
-	syncs     atomic.Int32    // partitions whose replica waits for a sync
-	syncFlag  []atomic.Bool   // by partition: that replica waits for a sync
-	dedup     []dedupLog      // by partition; touched on its executor only
-	origin    uint64          // this member's incarnation, for invocation ids
+	migrating []atomic.Bool         // by partition: operations are refused
+	replicas  []replica.State[task] // by partition (see backup.go)
+	dedup     []dedupLog            // by partition; touched on its executor only
+	origin    uint64                // this member's incarnation, for invocation ids
 	seq       atomic.Uint64
 	generic   *executor // generic executors share one queue
 	quit      chan struct{}
@@ -187,10 +185,6 @@ type Service struct {
 	m         *metrics
 	records   []recordCount // exactly-once records, by partition executor
 	nextCall  atomic.Uint64
-
-	// syncRetries, by partition (touched on its executor), counts the
-	// full syncs of its replica that failed in a row (see resync).
-	syncRetries []syncRetry
 
 	mu    sync.Mutex
 	conns map[string]*peer // by member ID: the connection used to reach it
@@ -231,10 +225,8 @@ func New(cfg Config) *Service {
 	}
 	s := &Service{
 		migrating: make([]atomic.Bool, cfg.PartitionCount),
-		versions:  make([]atomic.Int64, cfg.PartitionCount),
-		replicas:  make([]*replicaState, cfg.PartitionCount),
+		replicas:  make([]replica.State[task], cfg.PartitionCount),
 		dedup:     make([]dedupLog, cfg.PartitionCount),
-		syncFlag:  make([]atomic.Bool, cfg.PartitionCount),
 		origin:    newIncarnation(),
 		m:         newMetrics(),
 		records:   make([]recordCount, cfg.PartitionThreads),
@@ -246,7 +238,6 @@ func New(cfg Config) *Service {
 		conns:     make(map[string]*peer),
 		all:       make(map[*conn]struct{}),
 	}
-	s.syncRetries = make([]syncRetry, cfg.PartitionCount)
 	s.clock.init()
 	period := clockPeriod(cfg.InvocationTimeout)
 	s.ackTicks = uint64((cfg.BackupAckTimeout + period - 1) / period)
