@@ -132,6 +132,10 @@ func (s *Service) sendBackups(e *executor, t task, bo spi.BackupAwareOperation, 
 		}
 	}
 	run.remaining.Store(int32(syncN))
+	if syncN > 0 {
+		// Before any backup leaves: an ack may finish the run at once.
+		run.bar = s.gates[t.pid].register(s)
+	}
 	for i := 0; i < total; i++ {
 		if i >= syncN {
 			s.m.backupAsyn.Inc()
@@ -173,7 +177,10 @@ type backupRun struct {
 	callerCall uint64
 	remaining  atomic.Int32
 	failed     atomic.Bool
-	first      syncBackup // the first replica's, in the same allocation
+	// bar counts the run among its partition's unfinished ones, which
+	// hold the answers of later reads (readgate.go).
+	bar   *barrier
+	first syncBackup // the first replica's, in the same allocation
 }
 
 // done counts one synchronous backup acknowledged (err nil) or given up.
@@ -187,6 +194,10 @@ func (r *backupRun) done(err error) {
 		return
 	}
 	r.busy.Store(false)
+	// The reads that ran after this write may be answered now, if no
+	// earlier run holds them; the way this writer is answered below (or
+	// not, at shutdown) is the way they are.
+	r.bar.runDone(s)
 	if s.closed.Load() {
 		// This member is going away: an ack that failed with it proves
 		// nothing, so send no answer (a remote caller retries with the
@@ -569,6 +580,7 @@ func (s *Service) ReplicaSynced(p int, v int64) {
 // one): version 0, waiting backups failed. Call it on p's executor.
 func (s *Service) ResetReplica(p int) {
 	s.dropPending(p, fmt.Errorf("%w: partition %d: replica dropped", spi.ErrWrongTarget, p))
+	s.failHeld(p, fmt.Errorf("%w: partition %d: replica dropped on %s", spi.ErrWrongTarget, p, s.cfg.LocalAddress))
 	s.versions[p].Store(0)
 	s.DropDedup(p)
 }

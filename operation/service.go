@@ -164,6 +164,7 @@ type Service struct {
 	syncs     atomic.Int32    // partitions whose replica waits for a sync
 	syncFlag  []atomic.Bool   // by partition: that replica waits for a sync
 	dedup     []dedupLog      // by partition; touched on its executor only
+	gates     []readGate      // by partition: answers held behind unacknowledged writes (readgate.go)
 	origin    uint64          // this member's incarnation, for invocation ids
 	seq       atomic.Uint64
 	generic   *executor // generic executors share one queue
@@ -217,6 +218,7 @@ func New(cfg Config) *Service {
 		versions:  make([]atomic.Int64, cfg.PartitionCount),
 		replicas:  make([]*replicaState, cfg.PartitionCount),
 		dedup:     make([]dedupLog, cfg.PartitionCount),
+		gates:     make([]readGate, cfg.PartitionCount),
 		syncFlag:  make([]atomic.Bool, cfg.PartitionCount),
 		origin:    newIncarnation(),
 		m:         newMetrics(),
@@ -321,6 +323,12 @@ func (s *Service) Shutdown() {
 		e.mu.Unlock()
 	}
 	s.wg.Wait()
+	// Every synchronous backup run has ended by now (its connection was
+	// closed, its retry found the member closed), releasing the answers
+	// held behind it; fail any left, so that no caller waits for them.
+	for p := range s.gates {
+		s.failHeld(p, spi.ErrShutdown)
+	}
 	// The executors are gone: fail what was queued after they drained,
 	// then wake the invocations still waiting (see wait).
 	for _, e := range append(slices.Clone(s.partition), s.generic) {
