@@ -110,6 +110,10 @@ func (s *Service) sendBackups(e *executor, t task, bo spi.BackupAwareOperation, 
 		}
 	}
 	run.remaining.Store(int32(nsync))
+	if nsync > 0 {
+		// Before any backup leaves: an ack may finish the run at once.
+		run.bar = s.gates[t.pid].register(s)
+	}
 	deadline := s.ticks.Load() + s.ackTicks
 	first := true
 	for i, r := range reps {
@@ -197,7 +201,10 @@ type backupRun struct {
 	// unconfirmed: a backup replica that is still a member never
 	// acknowledged within operations.backup-ack-timeout (its error).
 	unconfirmed atomic.Pointer[error]
-	first       syncBackup // the first replica's, in the same allocation
+	// bar counts the run among its partition's unfinished ones, which
+	// hold the answers of later reads (readgate.go).
+	bar   *barrier
+	first syncBackup // the first replica's, in the same allocation
 }
 
 // done counts one synchronous backup acknowledged (err nil) or given up.
@@ -211,6 +218,10 @@ func (r *backupRun) done(err error) {
 		return
 	}
 	r.busy.Store(false)
+	// The reads that ran after this write may be answered now, if no
+	// earlier run holds them; the way this writer is answered below (or
+	// not, at shutdown) is the way they are.
+	r.bar.runDone(s)
 	if s.closed.Load() {
 		// This member is going away: an ack that failed with it proves
 		// nothing, so send no answer (a remote caller retries with the
@@ -687,5 +698,6 @@ func (s *Service) AbandonSync(p int, err error) { s.fail(s.replicas[p].Abandon()
 // one): version 0, held backups failed. Call it on p's executor.
 func (s *Service) ResetReplica(p int) {
 	s.fail(s.replicas[p].Reset(), fmt.Errorf("%w: partition %d: replica dropped", spi.ErrWrongTarget, p))
+	s.failHeld(p, fmt.Errorf("%w: partition %d: replica dropped on %s", spi.ErrWrongTarget, p, s.cfg.LocalAddress))
 	s.DropDedup(p)
 }

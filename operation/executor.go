@@ -134,7 +134,8 @@ func (e *executor) run(t task) {
 		e.s.runBackup(e, t, start)
 		return
 	}
-	if _, exempt := t.op.(OwnerCheckExempt); t.pid >= 0 && !exempt {
+	_, exempt := t.op.(OwnerCheckExempt)
+	if t.pid >= 0 && !exempt {
 		if err := e.s.checkOwner(t.pid); err != nil {
 			e.s.finish(t, nil, err)
 			return
@@ -149,7 +150,7 @@ func (e *executor) run(t task) {
 			// A retry of an invocation that already ran here, or on the
 			// primary this member took over from.
 			resp, err := decodeResponse(&e.rd, t.op, b)
-			e.s.finish(t, resp, err)
+			e.s.answer(t, resp, err)
 			return
 		}
 	}
@@ -182,6 +183,12 @@ func (e *executor) run(t task) {
 		if busy != nil {
 			return // the last synchronous ack finishes the task
 		}
+	}
+	if t.pid >= 0 && !exempt {
+		// No synchronous backups of its own: not before the writes it may
+		// have seen are (readgate.go).
+		e.s.answer(t, resp, err)
+		return
 	}
 	e.s.finish(t, resp, err)
 }

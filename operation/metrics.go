@@ -37,6 +37,7 @@ type metrics struct {
 	backupAckSeconds       prometheus.Histogram
 	backupGaps             prometheus.Counter
 	backupAnswers          prometheus.Counter
+	answersHeld            prometheus.Counter
 }
 
 // opStats are the metrics of one operation type.
@@ -112,6 +113,10 @@ func newMetrics() *metrics {
 			Name: "partita_backup_answers_total",
 			Help: "Invocations of this member answered by the partition's only synchronous backup (held here, or forwarding the answer) before the primary's answer, if any.",
 		}),
+		answersHeld: prometheus.NewCounter(prometheus.CounterOpts{
+			Name: "partita_operation_answers_held_total",
+			Help: "Answers of operations without synchronous backups of their own (reads) held until the synchronous backups of the writes before them on their partition were done.",
+		}),
 	}
 	m.waitPartition = m.queueWait.WithLabelValues("partition")
 	m.waitGeneric = m.queueWait.WithLabelValues("generic")
@@ -125,7 +130,7 @@ func (s *Service) RegisterMetrics(r prometheus.Registerer) error {
 	m := s.m
 	for _, c := range []prometheus.Collector{m.runs, m.runErrors, m.runSeconds, m.invSeconds, m.invErrors,
 		m.invRetries, m.invTimeouts, m.queueWait, m.backupSent, m.backupAcked, m.backupLate, m.backupFailed,
-		m.backupAckSeconds, m.backupGaps, m.backupAnswers, stateCollector{s}} {
+		m.backupAckSeconds, m.backupGaps, m.backupAnswers, m.answersHeld, stateCollector{s}} {
 		if err := r.Register(c); err != nil {
 			return err
 		}

@@ -170,6 +170,7 @@ type Service struct {
 	migrating []atomic.Bool         // by partition: operations are refused
 	replicas  []replica.State[task] // by partition (see backup.go)
 	dedup     []dedupLog            // by partition; touched on its executor only
+	gates     []readGate            // by partition: answers held behind unacknowledged writes (readgate.go)
 	origin    uint64                // this member's incarnation, for invocation ids
 	seq       atomic.Uint64
 	generic   *executor // generic executors share one queue
@@ -227,6 +228,7 @@ func New(cfg Config) *Service {
 		migrating: make([]atomic.Bool, cfg.PartitionCount),
 		replicas:  make([]replica.State[task], cfg.PartitionCount),
 		dedup:     make([]dedupLog, cfg.PartitionCount),
+		gates:     make([]readGate, cfg.PartitionCount),
 		origin:    newIncarnation(),
 		m:         newMetrics(),
 		records:   make([]recordCount, cfg.PartitionThreads),
@@ -393,6 +395,12 @@ func (s *Service) Shutdown() {
 		e.mu.Unlock()
 	}
 	s.wg.Wait()
+	// Every synchronous backup run has ended by now (its connection was
+	// closed, its retry found the member closed), releasing the answers
+	// held behind it; fail any left, so that no caller waits for them.
+	for p := range s.gates {
+		s.failHeld(p, spi.ErrShutdown)
+	}
 	// The executors are gone: fail what was queued after they drained,
 	// then wake the invocations still waiting (see wait).
 	for _, e := range append(slices.Clone(s.partition), s.generic) {

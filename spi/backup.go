@@ -11,6 +11,15 @@ package spi
 // declared dead), the next AsyncBackupCount asynchronous (not waited for).
 // Both counts are clamped, silently, to the backups the table holds for the
 // partition (at most members-1 and partitions.backup-count).
+//
+// Any other operation of the partition (a read), and a run of this one
+// with no synchronous backup (ShouldBackup false, SyncBackupCount 0, or
+// none in the table), is answered only once the synchronous backups of
+// every backed-up run before it on the partition are acknowledged (or
+// given up, as their own callers are told): no caller sees a write that
+// can still be lost with the primary. A run with synchronous backups
+// answers after its own acknowledgements, which cover the earlier runs:
+// replicas apply backups in order.
 type BackupAwareOperation interface {
 	Operation
 	// SyncBackupCount returns the number of synchronous backups.

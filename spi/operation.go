@@ -34,8 +34,9 @@ type Operation interface {
 // handing it to the executor goroutine and back. It still runs as that
 // executor: never beside another operation of the same partition, after
 // everything queued before it, with OpContext.Executor set to that
-// executor. The saving is a goroutine hand-off or two per operation
-// (docs/performance.md).
+// executor, and its answer waits for the synchronous backups of earlier
+// writes as on the executor (see BackupAwareOperation). The saving is a
+// goroutine hand-off or two per operation (docs/performance.md).
 //
 // The promise matters: an operation that waits there holds its caller
 // past the invocation's deadline (nothing can stop a Run), or stops every
@@ -49,7 +50,9 @@ type NonBlockingOperation interface {
 
 // ResponseOperation is an Operation that returns a value to the caller.
 // Response is called right after a successful Run, still as the
-// partition's executor. Remote responses must be nil, bool, int, int64, uint64, float64,
+// partition's executor; the answer may leave later (see
+// BackupAwareOperation), so the value must not change after Response
+// returns. Remote responses must be nil, bool, int, int64, uint64, float64,
 // string or []byte, unless the operation is also a ResponseCodec.
 //
 // When the service registers, Response is also called once on a value from

@@ -59,3 +59,38 @@ func BenchmarkRemoteInc(b *testing.B)               { benchInc(b, 0, 0, 1, false
 func BenchmarkRemoteIncSyncBackup(b *testing.B)     { benchInc(b, 1, 0, 1, false) }
 func BenchmarkRemoteIncParallel(b *testing.B)       { benchInc(b, 0, 0, 1, true) }
 func BenchmarkRemoteIncBackupParallel(b *testing.B) { benchInc(b, 1, 0, 1, true) }
+
+// BenchmarkRemoteMixedBackupParallel: GOMAXPROCS*32 goroutines on member 0
+// alternate Inc and Get on one counter owned by member 1, with one
+// synchronous backup: a Get that runs while an increment's backup is in
+// flight waits for its acknowledgement (docs/architecture.md, "Reads wait
+// for the writes they saw"; held/get is the share of Gets held).
+func BenchmarkRemoteMixedBackupParallel(b *testing.B) {
+	c := clustertest.New(b, 2, withBackups(1))
+	ctx := context.Background()
+	obj, err := c.Member(0).Proxies().Get(ctx, counter.ServiceName, c.KeyOwnedBy(1, "bench"))
+	if err != nil {
+		b.Fatal(err)
+	}
+	ctr := obj.(*counter.Counter)
+	b.ReportAllocs()
+	b.ResetTimer()
+	b.SetParallelism(32)
+	b.RunParallel(func(pb *testing.PB) {
+		var err error
+		for i := 0; pb.Next(); i++ {
+			if i%2 == 0 {
+				_, err = ctr.Inc(ctx, 1)
+			} else {
+				_, err = ctr.Get(ctx)
+			}
+			if err != nil {
+				b.Error(err)
+				return
+			}
+		}
+	})
+	b.StopTimer()
+	held := clustertest.Scrape(b, c.Member(1)).Value("partita_operation_answers_held_total")
+	b.ReportMetric(held/float64(b.N/2+1), "held/get")
+}
