@@ -213,9 +213,7 @@ func (op *migPrepareOp) Run(ctx *spi.OpContext) error {
 		ma.svc.BeforeMigration(st.event)
 	}
 	w := spi.NewWriter(nil)
-	w.WriteUvarint(uint64(n.ops.ReplicaVersion(p)))
-	n.ops.AppendDedup(w, p)
-	if err := n.appendBundle(w, p, 0, op.move.Destination); err != nil {
+	if err := n.appendSnapshot(w, p, 0, op.move.Destination); err != nil {
 		n.endMig(p, false)
 		return err
 	}
@@ -274,15 +272,10 @@ func (op *migApplyOp) Run(ctx *spi.OpContext) error {
 		ma.svc.BeforeMigration(st.event)
 	}
 	n.metrics.migBytesRecv.Add(float64(len(op.data)))
-	r := spi.NewReader(op.data)
-	version := int64(r.ReadUvarint())
-	err := r.Err()
+	version, r, err := snapshotVersion(op.data)
 	if err == nil {
 		n.ops.ResetReplica(p)
-		err = n.ops.ReadDedup(r, p)
-	}
-	if err == nil {
-		err = n.runBundle(p, r, ctx.Caller, 0)
+		err = n.installSnapshot(r, p, ctx.Caller, 0)
 	}
 	if err != nil {
 		n.endMig(p, false)

@@ -194,9 +194,8 @@ func (n *Node) installSync(p int, data []byte) {
 		n.syncGaveUp(p)
 		return
 	}
-	r := spi.NewReader(data)
-	version := int64(r.ReadUvarint())
-	if err := r.Err(); err != nil {
+	version, r, err := snapshotVersion(data)
+	if err != nil {
 		n.log.Error("bad replica sync data", "partition", p, "error", err)
 		n.syncGaveUp(p)
 		return
@@ -208,11 +207,7 @@ func (n *Node) installSync(p int, data []byte) {
 	for _, ma := range n.migrationAware {
 		ma.svc.ClearPartitionReplica(p)
 	}
-	err := n.ops.ReadDedup(r, p)
-	if err == nil {
-		err = n.runBundle(p, r, n.address, n.table.Load().ReplicaIndex(p, n.id))
-	}
-	if err != nil {
+	if err := n.installSnapshot(r, p, n.address, n.table.Load().ReplicaIndex(p, n.id)); err != nil {
 		n.log.Error("replica sync failed", "partition", p, "error", err)
 		for _, ma := range n.migrationAware {
 			ma.svc.ClearPartitionReplica(p)
@@ -223,40 +218,6 @@ func (n *Node) installSync(p int, data []byte) {
 	}
 	n.ops.ReplicaSynced(p, version)
 	n.log.Debug("backup replica synced", "partition", p, "version", version)
-}
-
-// runBundle runs the replication operations in r on partition p's
-// executor (the caller's goroutine).
-func (n *Node) runBundle(p int, r *spi.Reader, caller string, replica int) error {
-	for r.Remaining() > 0 {
-		name, inst, rop, err := n.ops.ReadOperation(r)
-		if err == nil {
-			rctx := spi.OpContext{Engine: n, Service: inst, PartitionID: p, Caller: caller,
-				Executor: p % n.ops.PartitionThreads(), ReplicaIndex: replica}
-			if err = rop.Run(&rctx); err != nil {
-				err = fmt.Errorf("service %q: %T: %w", name, rop, err)
-			}
-		}
-		if err != nil {
-			return err
-		}
-	}
-	return nil
-}
-
-// appendBundle writes the replication operations of every migration-aware
-// service for replica index k of partition p (executor p).
-func (n *Node) appendBundle(w *spi.Writer, p, k int, dest string) error {
-	for _, ma := range n.migrationAware {
-		rop := ma.svc.PrepareReplicationOperation(spi.PartitionReplicationEvent{PartitionID: p, ReplicaIndex: k, Destination: dest})
-		if rop == nil {
-			continue
-		}
-		if err := n.ops.AppendOperation(w, ma.name, rop); err != nil {
-			return fmt.Errorf("service %q: replication operation: %w", ma.name, err)
-		}
-	}
-	return nil
 }
 
 // replicaSyncOp runs on the primary's executor of a partition and returns
@@ -286,9 +247,7 @@ func (op *replicaSyncOp) Run(ctx *spi.OpContext) error {
 		return fmt.Errorf("%w: partition %d", spi.ErrPartitionMigrating, p)
 	}
 	w := spi.NewWriter(nil)
-	w.WriteUvarint(uint64(n.ops.ReplicaVersion(p)))
-	n.ops.AppendDedup(w, p)
-	if err := n.appendBundle(w, p, op.replica, ctx.Caller); err != nil {
+	if err := n.appendSnapshot(w, p, op.replica, ctx.Caller); err != nil {
 		return err
 	}
 	op.data = w.Bytes()
