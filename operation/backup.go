@@ -3,6 +3,7 @@ package operation
 import (
 	"bytes"
 	"context"
+	"errors"
 	"fmt"
 	"reflect"
 	"sync/atomic"
@@ -290,6 +291,17 @@ func (b *syncBackup) acked(err error) {
 		b.run.done(nil)
 		return
 	}
+	if errors.Is(err, spi.ErrIndeterminate) {
+		// The replica follows a backup promoted since this write was
+		// stamped (refuseSuperseded): the write is not in the history that
+		// survives, and re-sending cannot change that.
+		s.m.backupFailed.Inc()
+		s.log.Warn("synchronous backup refused by a replica of a newer primary; the write is not acknowledged",
+			"partition", t.pid, "replica", b.replica, "to", b.r.Address, "error", err)
+		b.run.unconfirmed.CompareAndSwap(nil, &err)
+		b.run.done(err)
+		return
+	}
 	_, member := s.cfg.Routing.MemberAddress(b.r.ID)
 	b.tries++
 	if b.tries == 1 {
@@ -437,6 +449,8 @@ func (s *Service) runBackup(e *executor, t task, start time.Time) {
 	switch step {
 	case replica.Covered:
 		s.backupApplied(e, t.unforwarded(), nil) // already applied, or covered by a sync
+	case replica.Superseded:
+		s.refuseSuperseded(t)
 	case replica.Apply:
 		if s.applyBackup(e, t, start) {
 			s.drainBackups(e, p)
@@ -524,8 +538,8 @@ func (s *Service) backupApplied(e *executor, t task, err error) {
 // unforwarded returns backup t without the answer it would forward: only
 // a backup applied here forwards one. One that is acknowledged as already
 // applied or covered by a sync leaves the answer to the primary, which
-// vouches for the write (versions from before a resync to a newer epoch
-// also count as covered).
+// vouches for the write. (A backup of an older epoch is refused instead:
+// see refuseSuperseded.)
 func (t task) unforwarded() task {
 	if t.callerID != "" {
 		t.callerID, t.callerCall = "", 0
@@ -601,13 +615,28 @@ func (a answerMessage) MessageKind() string { return fmt.Sprintf("answer/%T", a.
 // drainBackups applies the held backups that are now next in order and
 // acknowledges the ones a sync covered (executor p).
 func (s *Service) drainBackups(e *executor, p int) {
-	s.replicas[p].Drain(func(t task, covered bool) bool {
-		if covered {
-			s.backupApplied(e, t.unforwarded(), nil)
-			return true
-		}
-		return s.applyBackup(e, t, time.Time{}) // waited for its turn: not timed
-	})
+	s.replicas[p].Drain(func(t task, step replica.Step) bool { return s.dueBackup(e, t, step) })
+}
+
+// dueBackup acts on a held backup that Drain hands back (executor p).
+func (s *Service) dueBackup(e *executor, t task, step replica.Step) bool {
+	switch step {
+	case replica.Covered:
+		s.backupApplied(e, t.unforwarded(), nil)
+		return true
+	case replica.Superseded:
+		s.refuseSuperseded(t)
+		return true
+	}
+	return s.applyBackup(e, t, time.Time{}) // waited for its turn: not timed
+}
+
+// refuseSuperseded refuses backup t, which an older epoch's primary
+// sent: this replica follows the history of a backup promoted since,
+// which may lack it.
+func (s *Service) refuseSuperseded(t task) {
+	s.finish(t, nil, fmt.Errorf("%w: backup of partition %d version %d:%d refused by %s, whose replica follows a newer primary (epoch %d)",
+		spi.ErrIndeterminate, t.pid, t.version>>32, t.version&(1<<32-1), s.cfg.LocalAddress, s.replicas[t.pid].Version()>>32))
 }
 
 // ReplicaSynced is called on partition p's executor once the engine
@@ -630,13 +659,7 @@ func (s *Service) ReplicaSynced(p int, v int64) {
 		return
 	}
 	e := s.partition[p%len(s.partition)]
-	ask, pause := s.replicas[p].Synced(v, func(t task, covered bool) bool {
-		if covered {
-			s.backupApplied(e, t.unforwarded(), nil)
-			return true
-		}
-		return s.applyBackup(e, t, time.Time{})
-	})
+	ask, pause := s.replicas[p].Synced(v, func(t task, step replica.Step) bool { return s.dueBackup(e, t, step) })
 	if ask {
 		s.resync(p, pause)
 	}

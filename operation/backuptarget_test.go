@@ -120,3 +120,27 @@ func TestSyncBackupAckTimeout(t *testing.T) {
 	}
 	t.Logf("caller saw: %v", err)
 }
+
+// A primary that was replaced by a promoted backup (declared dead while
+// it still ran) stamps its writes with the old epoch; a replica that
+// follows the new primary's epoch refuses them instead of acknowledging
+// them as covered, and the write's caller learns that its outcome is
+// unknown: the surviving history may lack it.
+func TestBackupOfAnOlderEpochIsNotAcknowledged(t *testing.T) {
+	members := map[string]*Service{}
+	members["p:1"] = viewMember(t, "p", view("b"), members, 0, nil)
+	members["b:1"] = viewMember(t, "b", view("b"), members, 0, nil)
+	p, b := members["p:1"], members["b:1"]
+	p.SetReplicaVersion(1, 5)       // the old primary, epoch 0
+	b.SetReplicaVersion(1, 1<<32+9) // a replica of the promoted one, epoch 1
+
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancel()
+	_, err := p.Invoke(ctx, "svc", &reviewBackedOp{}, 1)
+	if !errors.Is(err, spi.ErrIndeterminate) {
+		t.Fatalf("write backed up to a replica of a newer primary: %v, want spi.ErrIndeterminate", err)
+	}
+	if v := b.ReplicaVersion(1); v != 1<<32+9 {
+		t.Errorf("the replica's version moved to %#x", v)
+	}
+}

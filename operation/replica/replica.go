@@ -22,6 +22,7 @@
 //
 //	state    | event                   | next     | what the caller does
 //	---------+-------------------------+----------+------------------------------------
+//	any      | backup of older epoch   | same     | refuse it (Superseded)
 //	in order | backup v <= version     | in order | acknowledge, do not run (Covered)
 //	in order | backup v == version+1   | in order | run it, then Applied (Apply)
 //	in order | backup v > version+1    | syncing  | hold it, ask for a copy (Hold, ask)
@@ -64,9 +65,15 @@ const (
 	// Covered: the replica already holds it (applied, or covered by a
 	// full copy); acknowledge it without running it.
 	Covered
-	// Hold: it is ahead of a missing one; the State keeps it until Next
+	// Hold: it is ahead of a missing one; the State keeps it until Drain
 	// hands it back.
 	Hold
+	// Superseded: it comes from an older epoch than the replica's: its
+	// primary was replaced by a promoted backup, whose history this
+	// replica follows and which may lack the write. Refuse it: the write
+	// is not acknowledged by this replica (its caller must not be told
+	// it is safe).
+	Superseded
 )
 
 // State is one partition replica's replication state. The zero State is
@@ -124,6 +131,8 @@ func (s *State[T]) Adopt(v int64) { s.version.Store(v) }
 func (s *State[T]) Offer(v int64, t T) (step Step, ask bool, overflow []T) {
 	cur := s.version.Load()
 	switch {
+	case v>>32 < cur>>32:
+		return Superseded, false, nil
 	case v <= cur:
 		return Covered, false, nil
 	case v == cur+1:
@@ -158,17 +167,21 @@ func (s *State[T]) Failed() (ask bool) {
 // was not waiting already.
 func (s *State[T]) MarkSyncing() bool { return !s.syncing.Swap(true) }
 
-// Drain hands the held backups that are now due to run, in order: first
-// the ones the version covers (covered true: acknowledge them, the result
-// is ignored), then the ones next in order (covered false: run it and
-// call Applied or Failed; a false result stops the drain, the primary
-// re-sends it).
-func (s *State[T]) Drain(run func(t T, covered bool) bool) {
+// Drain hands the held backups that are now due, in order: first the
+// ones the version covers (Covered: acknowledge them) or that an older
+// epoch's primary sent (Superseded: refuse them), whose results are
+// ignored, then the ones next in order (Apply: run it and call Applied or
+// Failed; a false result stops the drain, the primary re-sends it).
+func (s *State[T]) Drain(run func(t T, step Step) bool) {
 	cur := s.version.Load()
 	for v, h := range s.held {
-		if v <= cur {
+		switch {
+		case v>>32 < cur>>32:
 			delete(s.held, v)
-			run(h, true)
+			run(h, Superseded)
+		case v <= cur:
+			delete(s.held, v)
+			run(h, Covered)
 		}
 	}
 	for {
@@ -178,7 +191,7 @@ func (s *State[T]) Drain(run func(t T, covered bool) bool) {
 			return
 		}
 		delete(s.held, cur+1)
-		if !run(h, false) {
+		if !run(h, Apply) {
 			return
 		}
 	}
@@ -189,7 +202,7 @@ func (s *State[T]) Drain(run func(t T, covered bool) bool) {
 // still held behind a hole the copy did not fill, the replica keeps
 // waiting and ask is true: the caller asks for another copy after pause
 // (0: at once; see SyncFailed).
-func (s *State[T]) Synced(v int64, run func(t T, covered bool) bool) (ask bool, pause time.Duration) {
+func (s *State[T]) Synced(v int64, run func(t T, step Step) bool) (ask bool, pause time.Duration) {
 	if v > s.version.Load() {
 		s.version.Store(v)
 	}

@@ -31,11 +31,15 @@ func run(t *testing.T, steps [][2]string) {
 			return v
 		}
 		var out string
-		drained := func(failAt int64) (func(int64, bool) bool, *[]string) {
+		drained := func(failAt int64) (func(int64, Step) bool, *[]string) {
 			var got []string
-			return func(v int64, covered bool) bool {
-				if covered {
+			return func(v int64, step Step) bool {
+				switch step {
+				case Covered:
 					got = append(got, fmt.Sprintf("%dc", v))
+					return true
+				case Superseded:
+					got = append(got, fmt.Sprintf("%ds", v))
 					return true
 				}
 				got = append(got, strconv.FormatInt(v, 10))
@@ -56,7 +60,7 @@ func run(t *testing.T, steps [][2]string) {
 		switch f[0] {
 		case "offer":
 			step, ask, overflow := s.Offer(arg(1), arg(1))
-			out = [...]string{"apply", "covered", "hold"}[step]
+			out = [...]string{"apply", "covered", "hold", "superseded"}[step]
 			if ask {
 				out += " ask"
 			}
@@ -193,6 +197,16 @@ func TestTransitions(t *testing.T) {
 			{"adopt 7", "version 0x7"},
 			{"offer 0x100000001", "hold ask"},
 			{"synced 0x100000000", "drained 4294967297; -"}, {"version", "4294967297 syncing=false behind=false"},
+		}},
+		{"a backup of an older epoch is refused, not acknowledged", [][2]string{
+			{"offer 1", "apply"}, {"applied 1", "version 1"},
+			{"promote", "version 0x100000000"},
+			{"offer 2", "superseded"}, {"offer 1", "superseded"},
+			{"offer 0x100000001", "apply"},
+		}},
+		{"held backups of an older epoch are refused after a copy of a newer one", [][2]string{
+			{"offer 3", "hold ask"},
+			{"synced 0x100000000", "drained 3s; -"},
 		}},
 		{"reset forgets everything", [][2]string{
 			{"offer 1", "apply"}, {"applied 1", "version 1"}, {"offer 3", "hold ask"},
