@@ -183,7 +183,11 @@ type migPrepareOp struct {
 	data   []byte
 }
 
-func (op *migPrepareOp) OwnerCheckExempt()   {}
+func (op *migPrepareOp) OwnerCheckExempt() {}
+
+// WaitsForWrites: the data goes to the destination, which serves it at
+// once, only when the writes in it are on their synchronous backups.
+func (op *migPrepareOp) WaitsForWrites()     {}
 func (op *migPrepareOp) MessageKind() string { return "migration.prepare" }
 func (op *migPrepareOp) Response() any       { return op.data }
 func (op *migPrepareOp) WriteData(w *spi.Writer) {

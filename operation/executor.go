@@ -184,7 +184,7 @@ func (e *executor) run(t task) {
 			return // the last synchronous ack finishes the task
 		}
 	}
-	if t.pid >= 0 && !exempt {
+	if _, waits := t.op.(WaitsForWrites); t.pid >= 0 && (!exempt || waits) {
 		// No synchronous backups of its own: not before the writes it may
 		// have seen are (readgate.go).
 		e.s.answer(t, resp, err)

@@ -147,6 +147,17 @@ type OwnerCheckExempt interface {
 	OwnerCheckExempt()
 }
 
+// WaitsForWrites is implemented by an OwnerCheckExempt operation whose
+// answer, like a read's, must wait until the synchronous backups of the
+// writes that ran before it are done (readgate.go): a migration's
+// prepare, whose answer carries the partition's data to its next owner.
+// (Other engine operations are answered at once: a replica sync must not
+// wait for acks that its own replica holds back until it is synced.)
+type WaitsForWrites interface {
+	OwnerCheckExempt
+	WaitsForWrites()
+}
+
 // serviceEntry is one registered service.
 type serviceEntry struct {
 	name     string

@@ -99,3 +99,80 @@ func TestGetDoesNotSeeAnIncrementThatIsLost(t *testing.T) {
 		t.Fatalf("Get = %d, Inc(1) = %d; want 5 and 6 (the held increment is lost)", r.v, v)
 	}
 }
+
+// A partition that migrates while one of its writes waits for its
+// synchronous backup: the source's data goes to the destination only once
+// that write is backed up, so the destination never serves a value that
+// can still be lost. Member 2, which owns the key, leaves gracefully (its
+// partitions migrate away) while the increment's backup is held: all its
+// other partitions move, that one waits, and a Get issued meanwhile does
+// not return the unacknowledged value.
+// (The held-answers metric shows the prepare waiting; without the wait
+// the partition moves and the destination would serve 7.)
+func TestMigrationWaitsForTheBackupsOfTheWritesItCarries(t *testing.T) {
+	c := clustertest.New(t, 3)
+	c.WaitClusterSafe()
+	key := c.KeyOwnedBy(2, "moving-")
+	caller := getCounter(t, c, 0, key)
+	ctx, cancel := context.WithTimeout(context.Background(), 60*time.Second)
+	defer cancel()
+	if v, err := caller.Inc(ctx, 5); err != nil || v != 5 {
+		t.Fatalf("first Inc = %d, %v", v, err)
+	}
+	leaving := c.Member(2)
+	hold := &clustertest.Fault{From: leaving.ID(), Kind: "backup/", Hold: make(chan struct{})}
+	remove := c.AddFault(hold)
+	defer remove()
+	release := sync.OnceFunc(func() { close(hold.Hold) })
+	defer release()
+	inc := make(chan incResult, 1)
+	go func() {
+		v, err := caller.Inc(ctx, 2)
+		inc <- incResult{v, err}
+	}()
+	clustertest.Eventually(t, 10*time.Second, func() error {
+		if hold.Hits() == 0 {
+			return fmt.Errorf("backup not sent yet")
+		}
+		return nil
+	})
+	left := make(chan struct{})
+	go func() {
+		defer close(left)
+		c.Shutdown(2)
+	}()
+	// The migration's prepare ran on the source, and its answer (the
+	// partition's data) is held behind the write's backup.
+	p := leaving.Partitions().PartitionID(key)
+	clustertest.Eventually(t, 30*time.Second, func() error {
+		if c.Member(0).Table().Owner(p) != leaving.ID() {
+			return fmt.Errorf("the partition of the held write moved")
+		}
+		if clustertest.Scrape(t, leaving).Value("partita_operation_answers_held_total") == 0 {
+			return fmt.Errorf("no answer held on the leaving member yet")
+		}
+		return nil
+	})
+	read := make(chan incResult, 1)
+	go func() {
+		v, err := caller.Get(ctx)
+		read <- incResult{v, err}
+	}()
+	// The partition is migrating: the Get, retried meanwhile, has no
+	// answer.
+	select {
+	case r := <-read:
+		t.Fatalf("Get answered (%d, %v) while the increment it may see is not backed up", r.v, r.err)
+	case r := <-inc:
+		t.Fatalf("the increment returned (%d, %v) while its backup was held", r.v, r.err)
+	default:
+	}
+	release()
+	if r := <-inc; r.err != nil || r.v != 7 {
+		t.Fatalf("Inc = %d, %v; want 7", r.v, r.err)
+	}
+	if r := <-read; r.err != nil || r.v < 5 {
+		t.Fatalf("Get = %d, %v", r.v, r.err)
+	}
+	<-left
+}
