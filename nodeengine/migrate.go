@@ -383,7 +383,18 @@ func (e masterEngine) Address(id string) string {
 }
 
 func (e masterEngine) ReplicaStatus(ctx context.Context, member string) ([]int64, []bool, error) {
-	_, _, v, s, err := e.n.replicaStatusOf(ctx, member)
+	address := ""
+	if member != e.n.id && !e.Alive(member) {
+		// memberlist declared it dead; it may still run (a member starved
+		// of CPU misses its probes): ask it once where the table says.
+		if t := e.n.table.Load(); t != nil {
+			address = t.Members[member]
+		}
+		if address == "" {
+			return nil, nil, fmt.Errorf("%w: %s (not in the member list or the table)", spi.ErrNoSuchMember, member)
+		}
+	}
+	_, _, v, s, err := e.n.replicaStatusAt(ctx, member, address)
 	return v, s, err
 }
 
