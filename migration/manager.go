@@ -25,7 +25,7 @@ type Engine interface {
 	// not leaving, oldest first.
 	Targets() []spi.Member
 	// Alive reports whether a member is in the member list (leaving ones
-	// included).
+	// included); this member is always alive.
 	Alive(id string) bool
 	// Address returns a live member's address.
 	Address(id string) string

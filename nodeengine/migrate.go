@@ -376,7 +376,14 @@ type masterEngine struct{ n *Node }
 
 func (e masterEngine) IsMaster() bool          { return e.n.IsMaster() && e.n.tookOver() }
 func (e masterEngine) Table() *partition.Table { return e.n.table.Load() }
-func (e masterEngine) Alive(id string) bool    { return containsMember(*e.n.members.Load(), id) }
+
+// Alive reports whether a member is in the member list; this member is
+// alive while it runs the Manager, even once it left memberlist at its
+// shutdown (its list then lacks it): a round in flight would otherwise
+// take the partitions it holds for lost.
+func (e masterEngine) Alive(id string) bool {
+	return id == e.n.id || containsMember(*e.n.members.Load(), id)
+}
 func (e masterEngine) Address(id string) string {
 	a, _ := e.n.MemberAddress(id)
 	return a
