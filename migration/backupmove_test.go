@@ -90,7 +90,7 @@ func TestMoveBackups(t *testing.T) {
 		t.Run(tc.name, func(t *testing.T) {
 			tab := newFake(tc.owner).current()
 			tab.Backups = [][]string{slices.Clone(tc.cur)}
-			changed := moveBackups(tab, [][]string{tc.want}, alive)
+			changed := moveBackups(tab, [][]string{tc.want}, alive, nil)
 			if !slices.Equal(tab.BackupsOf(0), tc.backups) || !slices.Equal(tab.IncomingOf(0), tc.incom) {
 				t.Errorf("backups %q incoming %q, want %q and %q", tab.BackupsOf(0), tab.IncomingOf(0), tc.backups, tc.incom)
 			}

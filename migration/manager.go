@@ -25,7 +25,7 @@ type Engine interface {
 	// not leaving, oldest first.
 	Targets() []spi.Member
 	// Alive reports whether a member is in the member list (leaving ones
-	// included).
+	// included); this member is always alive.
 	Alive(id string) bool
 	// Address returns a live member's address.
 	Address(id string) string
@@ -34,7 +34,10 @@ type Engine interface {
 	// (it may lack acknowledged writes).
 	Lost(partitions []int)
 	// ReplicaStatus returns a member's replica version and whether that
-	// replica still waits for a full sync, per partition.
+	// replica still waits for a full sync, per partition. The Manager also
+	// asks members that are not alive (memberlist may declare a member
+	// dead that still runs, one starved of CPU): those are asked once, at
+	// the address the table holds; an error means no answer.
 	ReplicaStatus(ctx context.Context, member string) (versions []int64, syncing []bool, err error)
 	// CaughtUp asks partition p's primary, on its executor of p, whether
 	// its table lists member as a replica of p that gets its backups and
@@ -84,7 +87,18 @@ type Manager struct {
 	seq                            atomic.Uint64 // move ids
 	inflight                       atomic.Int32
 	planned, completed, rolledBack atomic.Int64
+
+	deferMu     sync.Mutex
+	deferLogged string // the partitions whose repair waits, as last logged
 }
+
+// statusTimeout bounds a replica state query of a live backup; probeTimeout
+// bounds the question to a member declared dead whether it still runs and
+// holds a partition in sync, before that partition is reported lost.
+const (
+	statusTimeout = 2 * time.Second
+	probeTimeout  = 5 * time.Second
+)
 
 // New returns a Manager; start Run on a goroutine of its own.
 func New(e Engine, cfg Config) *Manager {
@@ -220,11 +234,22 @@ func (m *Manager) round(ctx context.Context) {
 // repair makes a new table version when a partition has no live primary
 // (a backup is promoted; with no live replica the partition is lost and
 // assigned empty) or its backups do not match the members.
+//
+// A partition is promoted only from replicas whose state is known: a live
+// backup whose state could not be read may be the one in sync, so while
+// no backup is known to be in sync the partition waits for the next
+// repair. Before a partition is reported lost, the members memberlist
+// declared dead that hold a replica of it in the table are asked once:
+// under load memberlist declares members dead that still run (and that
+// rejoin a moment later); one that answers with the partition in sync
+// holds every acknowledged write, so the partition waits rather than
+// start empty or from a replica that is still syncing.
 func (m *Manager) repair(ids []string) {
-	var promoted, lost []int
+	var promoted, lost, waiting []int
 	changed := false
 	status := m.candidateStatus()
 	m.update(func(t *partition.Table, first bool) bool {
+		promoted, lost, waiting, changed = nil, nil, nil, false
 		target := partition.Rebalance(nil, ids, m.cfg.Count)
 		if !first {
 			alive := make([]string, m.cfg.Count)
@@ -242,18 +267,24 @@ func (m *Manager) repair(ids []string) {
 			// Promote the most advanced live backup that is in sync; one
 			// still syncing may lack acknowledged writes: promote it only
 			// if no other is left, and report the partition as lost.
-			k, best, bestSynced := 0, int64(-1), false
+			k, best, bestSynced, unknown := 0, int64(-1), false, false
 			for i, b := range t.Backups[p] {
 				if b == "" || !m.e.Alive(b) {
 					continue
 				}
-				v, synced := int64(0), true
-				if st, ok := status[b]; ok {
-					v, synced = st.versions[p], !st.syncing[p]
+				st, ok := status[b]
+				if !ok || p >= len(st.versions) || p >= len(st.syncing) {
+					unknown = true // not read: it may be the one in sync
+					continue
 				}
+				v, synced := st.versions[p], !st.syncing[p]
 				if k == 0 || (synced && !bestSynced) || (synced == bestSynced && v > best) {
 					k, best, bestSynced = i+1, v, synced
 				}
+			}
+			if !bestSynced && (unknown || !first && inSyncElsewhere(t, p, status, m.e.Alive)) {
+				waiting = append(waiting, p)
+				continue
 			}
 			switch {
 			case k > 0:
@@ -285,11 +316,14 @@ func (m *Manager) repair(ids []string) {
 				}
 			}
 		}
-		if moveBackups(t, partition.RebalanceBackups(t.Owners, prev, ids, m.cfg.Backups), m.e.Alive) {
+		// A waiting partition's replicas stay where they are: the members
+		// it waits for keep their place in the table.
+		if moveBackups(t, partition.RebalanceBackups(t.Owners, prev, ids, m.cfg.Backups), m.e.Alive, waiting) {
 			changed = true
 		}
 		return changed
 	})
+	m.logWaiting(waiting)
 	if len(promoted) > 0 {
 		m.log.Info("backups promoted to primary", "partitions", len(promoted))
 	}
@@ -307,8 +341,8 @@ func (m *Manager) repair(ids []string) {
 // takes over only once settleIncoming finds it caught up, so a failover
 // always finds the old, in-sync copy meanwhile. An empty or dead slot,
 // or a change of the number of backups, is filled directly (there is no
-// in-sync copy to keep).
-func moveBackups(t *partition.Table, want [][]string, alive func(string) bool) bool {
+// in-sync copy to keep). The partitions in keep stay as they are.
+func moveBackups(t *partition.Table, want [][]string, alive func(string) bool, keep []int) bool {
 	if want == nil {
 		want = make([][]string, len(t.Owners))
 	}
@@ -316,6 +350,15 @@ func moveBackups(t *partition.Table, want [][]string, alive func(string) bool) b
 	var incoming [][]string
 	for p := range want {
 		cur := t.BackupsOf(p)
+		if slices.Contains(keep, p) {
+			if in := t.IncomingOf(p); in != nil {
+				if incoming == nil {
+					incoming = make([][]string, len(t.Owners))
+				}
+				incoming[p] = slices.Clone(in)
+			}
+			continue
+		}
 		if len(cur) != len(want[p]) {
 			if t.Backups == nil {
 				t.Backups = make([][]string, len(t.Owners))
@@ -422,8 +465,32 @@ type replicaStatus struct {
 	syncing  []bool
 }
 
+// inSync reports whether the replica of p is there and not waiting for a
+// full sync.
+func (s replicaStatus) inSync(p int) bool {
+	return p < len(s.versions) && p < len(s.syncing) && !s.syncing[p]
+}
+
+// inSyncElsewhere reports whether a member that is not alive but holds a
+// replica of p in t (its owner or a backup) answered that it holds p in
+// sync: memberlist declared it dead while it runs.
+func inSyncElsewhere(t *partition.Table, p int, status map[string]replicaStatus, alive func(string) bool) bool {
+	for _, id := range append([]string{t.Owners[p]}, t.BackupsOf(p)...) {
+		if id == "" || alive(id) {
+			continue
+		}
+		if st, ok := status[id]; ok && st.inSync(p) {
+			return true
+		}
+	}
+	return false
+}
+
 // candidateStatus asks the live backups of partitions whose primary is
-// gone for their replica state (nil when no promotion is due).
+// gone for their replica state, then, for the partitions none of them
+// holds in sync, the members declared dead that hold a replica of them in
+// the table (nil when no promotion is due). A member that does not
+// answer is left out.
 func (m *Manager) candidateStatus() map[string]replicaStatus {
 	t := m.e.Table()
 	if t == nil {
@@ -440,18 +507,75 @@ func (m *Manager) candidateStatus() map[string]replicaStatus {
 			}
 		}
 	}
-	out := make(map[string]replicaStatus, len(want))
-	for id := range want {
-		ctx, cancel := context.WithTimeout(context.Background(), 2*time.Second)
-		v, s, err := m.e.ReplicaStatus(ctx, id)
-		cancel()
-		if err != nil {
-			m.log.Warn("cannot read a backup's replica state before promoting", "member", m.e.Address(id), "error", err)
+	out := m.askStatus(want, statusTimeout, "cannot read a backup's replica state before promoting")
+	probe := map[string]bool{}
+	for p, o := range t.Owners {
+		if o != "" && m.e.Alive(o) {
 			continue
 		}
-		out[id] = replicaStatus{versions: v, syncing: s}
+		synced := false
+		for _, b := range t.BackupsOf(p) {
+			if st, ok := out[b]; ok && b != "" && st.inSync(p) {
+				synced = true
+			}
+		}
+		if synced {
+			continue
+		}
+		for _, id := range append([]string{o}, t.BackupsOf(p)...) {
+			if id != "" && !m.e.Alive(id) {
+				probe[id] = true
+			}
+		}
+	}
+	for id, st := range m.askStatus(probe, probeTimeout, "") {
+		m.log.Warn("a member declared dead still answers; the partitions it holds in sync wait for it rather than be reported lost",
+			"member_id", id)
+		out[id] = st
 	}
 	return out
+}
+
+// askStatus asks the members for their replica state at once, each for
+// up to timeout, and returns the answers; a failure is logged with
+// failMsg (when not empty).
+func (m *Manager) askStatus(members map[string]bool, timeout time.Duration, failMsg string) map[string]replicaStatus {
+	out := make(map[string]replicaStatus, len(members))
+	var mu sync.Mutex
+	var wg sync.WaitGroup
+	for id := range members {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			ctx, cancel := context.WithTimeout(context.Background(), timeout)
+			v, s, err := m.e.ReplicaStatus(ctx, id)
+			cancel()
+			if err != nil {
+				if failMsg != "" {
+					m.log.Warn(failMsg, "member", m.e.Address(id), "error", err)
+				}
+				return
+			}
+			mu.Lock()
+			out[id] = replicaStatus{versions: v, syncing: s}
+			mu.Unlock()
+		}()
+	}
+	wg.Wait()
+	return out
+}
+
+// logWaiting reports the partitions whose repair waits, when they change.
+func (m *Manager) logWaiting(waiting []int) {
+	key := fmt.Sprint(waiting)
+	m.deferMu.Lock()
+	changed := key != m.deferLogged
+	m.deferLogged = key
+	m.deferMu.Unlock()
+	if changed && len(waiting) > 0 {
+		m.log.Warn("partitions without a live primary wait: no live backup is known to be in sync, and a replica's state is unknown or a member declared dead still holds it in sync",
+			"count", len(waiting), "partitions", waiting)
+	}
 }
 
 // update changes a copy of the master's table under the lock and installs

@@ -76,6 +76,11 @@ type fakeEngine struct {
 	// onTargets runs without the lock after the member list was read; it
 	// may block.
 	onTargets func()
+	// onStatus answers ReplicaStatus for a member that answers (see
+	// ReplicaStatus); set under mu.
+	onStatus func(member string) ([]int64, []bool, error)
+	// running holds members declared dead that still run; set under mu.
+	running map[string]bool
 
 	count int
 
@@ -186,10 +191,21 @@ func (f *fakeEngine) Lost(partitions []int) {
 	f.log = append(f.log, call{op: "lost", lost: slices.Clone(partitions)})
 }
 
-// ReplicaStatus reports every replica in sync at version 0: the fake's
-// scenarios do not need promotion choices.
+// ReplicaStatus reports every replica in sync at version 0 unless
+// onStatus decides. A dead member does not answer, unless it still runs
+// (running: memberlist declared it dead by mistake).
 func (f *fakeEngine) ReplicaStatus(ctx context.Context, member string) ([]int64, []bool, error) {
-	return make([]int64, 64), make([]bool, 64), nil
+	f.mu.Lock()
+	answers := f.isAlive(member) || f.running[member]
+	onStatus := f.onStatus
+	f.mu.Unlock()
+	if !answers {
+		return nil, nil, errDead
+	}
+	if onStatus != nil {
+		return onStatus(member)
+	}
+	return make([]int64, f.count), make([]bool, f.count), nil
 }
 
 func (f *fakeEngine) CaughtUp(ctx context.Context, p int, primary, member string, version int64) (bool, error) {

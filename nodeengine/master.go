@@ -50,7 +50,7 @@ func (n *Node) membershipLoop() {
 
 // refreshMembers reads memberlist's view and reports who joined and left.
 func (n *Node) refreshMembers() {
-	next := memberList(n.ml.Members(), n.cfg.Cluster.Name)
+	next := n.memberView()
 	prev := *n.members.Load()
 	if slices.Equal(prev, next) {
 		return
@@ -95,6 +95,11 @@ func (n *Node) refreshMembers() {
 		n.mgr.Trigger()
 	}
 }
+
+// memberView returns memberlist's view of the members, oldest first. It
+// is not built from n.ml.Members(): memberlist rewrites the fields of the
+// nodes that returns after releasing its lock (see delegates.alive).
+func (n *Node) memberView() []spi.Member { return n.del.members(n.cfg.Cluster.Name) }
 
 func containsMember(ms []spi.Member, id string) bool {
 	for _, m := range ms {

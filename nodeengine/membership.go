@@ -48,6 +48,17 @@ type delegates struct {
 
 	mu      sync.Mutex
 	refused map[string]bool // peers already logged as refused
+	// alive holds a copy of the meta of every member memberlist holds
+	// alive (or suspect), by name, kept by the event callbacks. memberlist
+	// calls them with its node lock held, the only time a *memberlist.Node
+	// may be read: it rewrites Meta (and Addr, Port) of the node states
+	// Members() points to whenever an alive message with a newer
+	// incarnation arrives, which a member that refutes a suspicion sends.
+	alive map[string][]byte
+}
+
+func newDelegates(n *Node, meta []byte) *delegates {
+	return &delegates{n: n, meta: meta, refused: make(map[string]bool), alive: make(map[string][]byte)}
 }
 
 func (d *delegates) NodeMeta(limit int) []byte {
@@ -96,19 +107,42 @@ func (d *delegates) NotifyMerge(peers []*memberlist.Node) error {
 	return nil
 }
 
-func (d *delegates) NotifyJoin(node *memberlist.Node)   { d.n.memberEvent() }
-func (d *delegates) NotifyLeave(node *memberlist.Node)  { d.n.memberEvent() }
-func (d *delegates) NotifyUpdate(node *memberlist.Node) { d.n.memberEvent() }
+// NotifyJoin, NotifyUpdate and NotifyLeave are called by memberlist with
+// its node lock held (memberlist v0.7.0, state.go: aliveNode, deadNode),
+// in the order of its changes: they copy what the member list needs.
+func (d *delegates) NotifyJoin(node *memberlist.Node)   { d.set(node, true) }
+func (d *delegates) NotifyLeave(node *memberlist.Node)  { d.set(node, false) }
+func (d *delegates) NotifyUpdate(node *memberlist.Node) { d.set(node, true) }
 
-// memberList builds the member list from memberlist's view, oldest first.
-func memberList(nodes []*memberlist.Node, cluster string) []spi.Member {
-	out := make([]spi.Member, 0, len(nodes))
-	for _, nd := range nodes {
-		m, err := decodeMeta(nd.Meta)
+func (d *delegates) set(node *memberlist.Node, alive bool) {
+	d.mu.Lock()
+	if alive {
+		d.alive[node.Name] = bytes.Clone(node.Meta)
+	} else {
+		delete(d.alive, node.Name)
+	}
+	d.mu.Unlock()
+	d.n.memberEvent()
+}
+
+// members returns the member list from the copies the callbacks made,
+// oldest first.
+func (d *delegates) members(cluster string) []spi.Member {
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	return memberList(d.alive, cluster)
+}
+
+// memberList builds the member list from the members' meta by name,
+// oldest first.
+func memberList(metas map[string][]byte, cluster string) []spi.Member {
+	out := make([]spi.Member, 0, len(metas))
+	for name, meta := range metas {
+		m, err := decodeMeta(meta)
 		if err != nil || m.cluster != cluster || m.protocol != operation.ProtocolVersion {
 			continue
 		}
-		out = append(out, spi.Member{ID: nd.Name, Address: m.address, Started: time.Unix(0, m.started)})
+		out = append(out, spi.Member{ID: name, Address: m.address, Started: time.Unix(0, m.started)})
 	}
 	sort.Slice(out, func(i, j int) bool {
 		if !out[i].Started.Equal(out[j].Started) {

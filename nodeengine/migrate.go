@@ -373,14 +373,32 @@ type masterEngine struct{ n *Node }
 
 func (e masterEngine) IsMaster() bool          { return e.n.IsMaster() && e.n.tookOver() }
 func (e masterEngine) Table() *partition.Table { return e.n.table.Load() }
-func (e masterEngine) Alive(id string) bool    { return containsMember(*e.n.members.Load(), id) }
+
+// Alive reports whether a member is in the member list; this member is
+// alive while it runs the Manager, even once it left memberlist at its
+// shutdown (its list then lacks it): a round in flight would otherwise
+// take the partitions it holds for lost.
+func (e masterEngine) Alive(id string) bool {
+	return id == e.n.id || containsMember(*e.n.members.Load(), id)
+}
 func (e masterEngine) Address(id string) string {
 	a, _ := e.n.MemberAddress(id)
 	return a
 }
 
 func (e masterEngine) ReplicaStatus(ctx context.Context, member string) ([]int64, []bool, error) {
-	_, _, v, s, err := e.n.replicaStatusOf(ctx, member)
+	address := ""
+	if member != e.n.id && !e.Alive(member) {
+		// memberlist declared it dead; it may still run (a member starved
+		// of CPU misses its probes): ask it once where the table says.
+		if t := e.n.table.Load(); t != nil {
+			address = t.Members[member]
+		}
+		if address == "" {
+			return nil, nil, fmt.Errorf("%w: %s (not in the member list or the table)", spi.ErrNoSuchMember, member)
+		}
+	}
+	_, _, v, s, err := e.n.replicaStatusAt(ctx, member, address)
 	return v, s, err
 }
 

@@ -58,6 +58,7 @@ type Node struct {
 	count    int
 	tr       *muxTransport
 	ml       *memberlist.Memberlist
+	del      *delegates // memberlist's callbacks; the member list comes from their copies
 	ops      *operation.Service
 	parts    *partitionView
 	proxies  *proxyRegistry
@@ -274,9 +275,9 @@ func (n *Node) join(ctx context.Context) error {
 	mc.Transport = n.tr
 	mc.BindAddr, mc.BindPort = n.tr.addr.IP.String(), n.tr.addr.Port
 	mc.AdvertiseAddr, mc.AdvertisePort = mc.BindAddr, mc.BindPort
-	d := &delegates{n: n, refused: make(map[string]bool)}
-	d.meta = memberMeta{protocol: operation.ProtocolVersion, cluster: n.cfg.Cluster.Name,
-		address: n.address, started: n.started.UnixNano()}.encode()
+	d := newDelegates(n, memberMeta{protocol: operation.ProtocolVersion, cluster: n.cfg.Cluster.Name,
+		address: n.address, started: n.started.UnixNano()}.encode())
+	n.del = d
 	mc.Delegate, mc.Events, mc.Alive, mc.Merge = d, d, d, d
 	ms := n.cfg.Membership
 	mc.ProbeInterval, mc.ProbeTimeout = ms.ProbeInterval, ms.ProbeTimeout

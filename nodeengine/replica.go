@@ -441,11 +441,24 @@ func (n *Node) replicaStatus() []byte {
 
 // replicaStatusOf returns a member's replica versions and syncing flags.
 func (n *Node) replicaStatusOf(ctx context.Context, id string) (busy bool, tableVersion int64, versions []int64, syncing []bool, err error) {
+	return n.replicaStatusAt(ctx, id, "")
+}
+
+// replicaStatusAt is replicaStatusOf for a member reached at address once,
+// when address is not empty: a member memberlist declared dead, whose
+// address the table holds.
+func (n *Node) replicaStatusAt(ctx context.Context, id, address string) (busy bool, tableVersion int64, versions []int64, syncing []bool, err error) {
 	var b []byte
 	if id == n.id {
 		b = n.replicaStatus()
 	} else {
-		v, err := n.ops.InvokeOnMember(ctx, engineService, &replicaStatusOp{}, id)
+		var v any
+		var err error
+		if address != "" {
+			v, err = n.ops.InvokeOnceAt(ctx, engineService, &replicaStatusOp{}, id, address)
+		} else {
+			v, err = n.ops.InvokeOnMember(ctx, engineService, &replicaStatusOp{}, id)
+		}
 		if err != nil {
 			return false, 0, nil, nil, err
 		}

@@ -36,6 +36,25 @@ func (s *Service) InvokeOnMember(ctx context.Context, service string, op spi.Ope
 	return s.invoke(ctx, service, op, -1, memberID)
 }
 
+// InvokeOnceAt sends op once to member memberID at address, which the
+// routing may no longer know (the engine asks members that memberlist
+// declared dead whether they still run), and waits for the answer until
+// ctx ends or the invocation timeout passes. Nothing is retried: a
+// refused connection or a member answering under another id fails at
+// once.
+func (s *Service) InvokeOnceAt(ctx context.Context, service string, op spi.Operation, memberID, address string) (any, error) {
+	svc := s.byName[service]
+	if svc == nil {
+		return nil, fmt.Errorf("%w: %q is not enabled on this member", spi.ErrUnknownService, service)
+	}
+	var limit time.Time
+	if _, ok := ctx.Deadline(); !ok {
+		limit = time.Now().Add(s.cfg.InvocationTimeout)
+	}
+	var sent bool
+	return s.attempt(ctx, limit, svc, svc.stats(op), op, -1, memberID, address, invKey{}, false, time.Time{}, &sent)
+}
+
 func (s *Service) invoke(ctx context.Context, service string, op spi.Operation, pid int, member string) (any, error) {
 	svc := s.byName[service]
 	if svc == nil {
@@ -81,7 +100,7 @@ func (s *Service) attempts(ctx context.Context, limit time.Time, svc *serviceEnt
 			st.retries.Inc()
 		}
 		var sent bool
-		resp, err := s.attempt(ctx, limit, svc, st, op, pid, member, key, n > 0, sendBy, &sent)
+		resp, err := s.attempt(ctx, limit, svc, st, op, pid, member, "", key, n > 0, sendBy, &sent)
 		if errors.Is(err, errPastWindow) {
 			return nil, indeterminate(lastErr)
 		}
@@ -121,9 +140,10 @@ func (s *Service) attempts(ctx context.Context, limit time.Time, svc *serviceEnt
 // dialling and fault hooks take time after the back-off pause.
 var errPastWindow = errors.New("retry past the dedup window")
 
-// attempt sends op once to the member that should run it; not after sendBy
-// (when set: errPastWindow).
-func (s *Service) attempt(ctx context.Context, limit time.Time, svc *serviceEntry, st *opStats, op spi.Operation, pid int, member string, key invKey, retry bool, sendBy time.Time, sent *bool) (any, error) {
+// attempt sends op once to the member that should run it (at address when
+// not empty, else where the routing says); not after sendBy (when set:
+// errPastWindow).
+func (s *Service) attempt(ctx context.Context, limit time.Time, svc *serviceEntry, st *opStats, op spi.Operation, pid int, member, address string, key invKey, retry bool, sendBy time.Time, sent *bool) (any, error) {
 	pastWindow := func() bool { return !sendBy.IsZero() && time.Now().After(sendBy) }
 	if s.closed.Load() {
 		return nil, spi.ErrShutdown
@@ -131,7 +151,7 @@ func (s *Service) attempt(ctx context.Context, limit time.Time, svc *serviceEntr
 	if err := ctx.Err(); err != nil {
 		return nil, fmt.Errorf("%w: %w", spi.ErrTimeout, err)
 	}
-	var id, address string
+	var id string
 	if member == "" {
 		var ok bool
 		if id, address, ok = s.cfg.Routing.Owner(pid); !ok {
@@ -139,7 +159,7 @@ func (s *Service) attempt(ctx context.Context, limit time.Time, svc *serviceEntr
 		}
 	} else {
 		id = member
-		if id != s.cfg.LocalID {
+		if id != s.cfg.LocalID && address == "" {
 			var ok bool
 			if address, ok = s.cfg.Routing.MemberAddress(id); !ok {
 				return nil, fmt.Errorf("%w: %s", spi.ErrNoSuchMember, id)
