@@ -720,7 +720,8 @@ func (s *Service) AbandonSync(p int, err error) { s.fail(s.replicas[p].Abandon()
 // ResetReplica forgets partition p's replica (this member no longer holds
 // one): version 0, held backups failed. Call it on p's executor.
 func (s *Service) ResetReplica(p int) {
-	s.fail(s.replicas[p].Reset(), fmt.Errorf("%w: partition %d: replica dropped", spi.ErrWrongTarget, p))
+	held, records := s.replicas[p].Reset()
+	s.countRecords(p, -records)
+	s.fail(held, fmt.Errorf("%w: partition %d: replica dropped", spi.ErrWrongTarget, p))
 	s.failHeld(p, fmt.Errorf("%w: partition %d: replica dropped on %s", spi.ErrWrongTarget, p, s.cfg.LocalAddress))
-	s.DropDedup(p)
 }

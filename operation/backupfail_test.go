@@ -49,7 +49,7 @@ func TestFailedBackupAsksForCopy(t *testing.T) {
 	svc := s.byName["flaky"]
 	backup := func(version int64) error {
 		cl := newCall(&failOnce{ran: &ran})
-		t := task{op: cl.op, svc: svc, pid: 2, replica: 1, version: version, local: cl, key: invKey{origin: 9, seq: uint64(version)}}
+		t := task{op: cl.op, svc: svc, pid: 2, replica: 1, version: version, local: cl, key: invKey{Origin: 9, Seq: uint64(version)}}
 		ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
 		defer cancel()
 		if err := s.enqueue(ctx, t); err != nil {

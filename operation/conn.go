@@ -625,8 +625,8 @@ func (c *conn) sendRequest(cl *call, svc *serviceEntry, typeID uint16, pid int, 
 		w.WriteUint32(svc.id)
 		w.WriteUint16(typeID)
 		w.WriteVarint(int64(pid))
-		w.WriteUint64(key.origin)
-		w.WriteUvarint(key.seq)
+		w.WriteUint64(key.Origin)
+		w.WriteUvarint(key.Seq)
 		w.WriteBool(retry)
 		cl.op.WriteData(w)
 		buf = w.Bytes()
@@ -670,8 +670,8 @@ func (c *conn) sendBackup(cl *call, t task, typeID uint16, replica int, version 
 		w.WriteVarint(int64(t.pid))
 		w.WriteUint8(uint8(replica))
 		w.WriteUvarint(uint64(version))
-		w.WriteUint64(t.key.origin)
-		w.WriteUvarint(t.key.seq)
+		w.WriteUint64(t.key.Origin)
+		w.WriteUvarint(t.key.Seq)
 		w.WriteBytes(t.resp)
 		w.WriteUvarint(callerCall)
 		w.WriteString(t.callerID)
@@ -871,7 +871,7 @@ func (c *conn) handleRequest(callID uint64, payload []byte, backup, wait bool) e
 	if backup {
 		replica, version = r.ReadUint8(), r.ReadUvarint()
 	}
-	key := invKey{origin: r.ReadUint64(), seq: r.ReadUvarint()}
+	key := invKey{Origin: r.ReadUint64(), Seq: r.ReadUvarint()}
 	retry := false
 	if backup {
 		resp, callerCall, callerID = r.ReadBytes(), r.ReadUvarint(), r.ReadString()

@@ -152,7 +152,7 @@ func TestCallersBackupIsHeldLikeItsRequest(t *testing.T) {
 	svc := &serviceEntry{id: 7}
 	send := func(byCaller bool) *conn {
 		c := fakeConn()
-		tk := task{svc: svc, pid: 3, byCaller: byCaller, key: invKey{origin: 1, seq: 1}}
+		tk := task{svc: svc, pid: 3, byCaller: byCaller, key: invKey{Origin: 1, Seq: 1}}
 		if err := c.sendBackup(nil, tk, 2, 1, 1, 0, &echoOp{S: "x"}); err != nil || len(c.out) == 0 {
 			t.Fatalf("byCaller %v: no frame queued: %v", byCaller, err)
 		}

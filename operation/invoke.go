@@ -87,7 +87,7 @@ func (s *Service) attempts(ctx context.Context, limit time.Time, svc *serviceEnt
 	pause := s.cfg.RetryPause
 	var key invKey
 	if pid >= 0 {
-		key = invKey{origin: s.origin, seq: s.seq.Add(1)}
+		key = invKey{Origin: s.origin, Seq: s.seq.Add(1)}
 	}
 	mayHaveRun := false  // an attempt went out and its answer was lost
 	var sendBy time.Time // set once mayHaveRun: see errPastWindow

@@ -50,7 +50,7 @@ func (h *resyncHarness) backup(t *testing.T, version int64) <-chan error {
 	out := make(chan error, 1)
 	cl := newCall(writeBackupOp{})
 	tk := task{op: cl.op, svc: h.s.byName["store"], pid: resyncPartition, replica: 1, version: version, local: cl,
-		key: invKey{origin: 9, seq: uint64(version)}}
+		key: invKey{Origin: 9, Seq: uint64(version)}}
 	if err := h.s.enqueue(context.Background(), tk); err != nil {
 		t.Fatal(err)
 	}

@@ -20,7 +20,7 @@ import (
 func TestReviewBackupAckCompletedTwice(t *testing.T) {
 	s := newTestService(t)
 	svc := s.byName["echo"]
-	tk := task{svc: svc, pid: 1, key: invKey{origin: 1, seq: 1}}
+	tk := task{svc: svc, pid: 1, key: invKey{Origin: 1, Seq: 1}}
 	var twice, trials int
 	for trial := 0; trial < 200000 && twice == 0; trial++ {
 		trials++

@@ -180,7 +180,6 @@ type Service struct {
 	partition []*executor
 	migrating []atomic.Bool         // by partition: operations are refused
 	replicas  []replica.State[task] // by partition (see backup.go)
-	dedup     []dedupLog            // by partition; touched on its executor only
 	gates     []readGate            // by partition: answers held behind unacknowledged writes (readgate.go)
 	origin    uint64                // this member's incarnation, for invocation ids
 	seq       atomic.Uint64
@@ -238,7 +237,6 @@ func New(cfg Config) *Service {
 	s := &Service{
 		migrating: make([]atomic.Bool, cfg.PartitionCount),
 		replicas:  make([]replica.State[task], cfg.PartitionCount),
-		dedup:     make([]dedupLog, cfg.PartitionCount),
 		gates:     make([]readGate, cfg.PartitionCount),
 		origin:    newIncarnation(),
 		m:         newMetrics(),

@@ -4,6 +4,9 @@
 // what a copy, a promotion or a reset does to the version, and whether the
 // replica is in sync.
 //
+// It also keeps the replica's exactly-once record (record.go): the
+// invocations its primary ran, with their responses.
+//
 // A State does no I/O and starts no goroutines: its methods return what
 // the caller (the operation service, on the partition's executor) must do
 // next, so every transition is tested as a table (replica_test.go). Its
@@ -35,6 +38,7 @@
 //	         |                         |          | or after a pause that doubles
 //	         |                         | in order | not a backup: fail the held ones
 //	any      | Reset                   | empty    | fail the held ones, drop the data
+//	         |                         |          | (and the exactly-once record)
 //	any      | Promote                 | primary  | new epoch
 package replica
 
@@ -84,7 +88,11 @@ type State[T any] struct {
 	held    map[int64]T // backups ahead of a missing one
 	fails   uint8       // full copies that failed in a row
 	armed   bool        // a paused retry of a full copy is pending
+	record  Record      // exactly-once
 }
+
+// Record returns the replica's exactly-once record (record.go).
+func (s *State[T]) Record() *Record { return &s.record }
 
 // Version returns the replica's version. Any goroutine.
 func (s *State[T]) Version() int64 { return s.version.Load() }
@@ -266,12 +274,12 @@ func (s *State[T]) Abandon() []T {
 }
 
 // Reset forgets the replica (this member holds none any more): version 0,
-// not waiting; the caller fails the returned held backups and drops the
-// data and the exactly-once record.
-func (s *State[T]) Reset() []T {
-	drop := s.Abandon()
+// not waiting, no exactly-once record (records: how many it held); the
+// caller fails the returned held backups and drops the data.
+func (s *State[T]) Reset() (held []T, records int) {
+	held = s.Abandon()
 	s.version.Store(0)
-	return drop
+	return held, s.record.Drop()
 }
 
 // dropHeld empties the held backups and stops waiting.

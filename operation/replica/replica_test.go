@@ -95,7 +95,8 @@ func run(t *testing.T, steps [][2]string) {
 			s.Promote()
 			out = fmt.Sprintf("version %#x", s.Version())
 		case "reset":
-			out = fmt.Sprintf("dropped %d; version %d", len(s.Reset()), s.Version())
+			held, _ := s.Reset()
+			out = fmt.Sprintf("dropped %d; version %d", len(held), s.Version())
 		case "adopt":
 			s.Adopt(arg(1))
 			out = fmt.Sprintf("version %#x", s.Version())
