@@ -2,6 +2,9 @@ package operation
 
 import (
 	"bytes"
+	"context"
+	"errors"
+	"sync"
 	"sync/atomic"
 	"testing"
 	"time"
@@ -59,8 +62,8 @@ func TestDedupCarriesAges(t *testing.T) {
 	w := spi.NewWriter(nil)
 	s.AppendDedup(w, 0)
 	r := spi.NewReader(w.Bytes())
-	n, origin, seq, got := r.ReadUvarint(), r.ReadUint64(), r.ReadUvarint(), time.Duration(r.ReadVarint())
-	if r.Err() != nil || n != 1 || origin != 1 || seq != 1 || got < age || got > age+time.Second {
+	partial, n, origin, seq, got := r.ReadBool(), r.ReadUvarint(), r.ReadUint64(), r.ReadUvarint(), time.Duration(r.ReadVarint())
+	if r.Err() != nil || partial || n != 1 || origin != 1 || seq != 1 || got < age || got > age+time.Second {
 		t.Fatalf("carried n=%d id=%d/%d age %v (err %v), want one record aged about %v", n, origin, seq, got, r.Err(), age)
 	}
 	if err := s.ReadDedup(spi.NewReader(w.Bytes()), 1); err != nil {
@@ -150,5 +153,63 @@ func TestDedupExpiredTwinKeepsNewSideData(t *testing.T) {
 	resp, ok, isBusy := s.lookup(0, k)
 	if !ok || !bytes.Equal(resp, long) || !isBusy {
 		t.Fatalf("lookup = %x, found %v, busy %v; want the new record's response and busy flag", resp, ok, isBusy)
+	}
+}
+
+// A primary whose exactly-once record is partial (installed from a copy
+// that carried only the newest replica.MaxCarried records) does not run a
+// retry it cannot find: the first attempt may have run on the primary it
+// took over from. The caller learns the outcome is unknown. Here the
+// first attempt ran and its answer was lost (the caller's connection
+// broke), and the record was then replaced by a partial one.
+func TestRetryNotFoundInAPartialRecordIsIndeterminate(t *testing.T) {
+	hold := make(chan struct{})
+	var bSvc, pSvc *Service
+	members := func(addr string) *Service {
+		if addr == "b:1" {
+			return bSvc
+		}
+		return pSvc
+	}
+	bSvc = reviewMember(t, "b", members, nil)
+	defer bSvc.Shutdown()
+	pSvc = reviewMember(t, "p", members, func(m Message) Verdict {
+		if _, ok := m.Op.(backupMessage); ok {
+			return Verdict{Hold: hold} // the first attempt stays unanswered
+		}
+		return Verdict{}
+	})
+	defer pSvc.Shutdown()
+	release := sync.OnceFunc(func() { close(hold) })
+	defer release()
+	caller := reviewMember(t, "c", members, nil)
+	defer caller.Shutdown()
+
+	// A capped copy: more records than a copy carries.
+	now := monoNow()
+	var src replica.Record
+	for i := range replica.MaxCarried + 1 {
+		src.Add(invKey{Origin: 9, Seq: uint64(i + 1)}, []byte{1}, now, nil, pSvc.dedupWindow())
+	}
+	w := spi.NewWriter(nil)
+	src.Append(w, now, pSvc.dedupWindow())
+
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancel()
+	done := make(chan error, 1)
+	go func() {
+		_, err := caller.Invoke(ctx, "svc", &reviewBackedOp{}, 1)
+		done <- err
+	}()
+	eventually(t, func() bool { return pSvc.ReplicaVersion(1) != 0 }) // it ran; its backup is held
+	installed := make(chan error, 1)
+	pSvc.RunOnPartition(1, func() { installed <- pSvc.ReadDedup(spi.NewReader(w.Bytes()), 1) })
+	if err := <-installed; err != nil {
+		t.Fatal(err)
+	}
+	caller.MemberLeft("p") // the answer is lost; the caller retries
+	err := <-done
+	if !errors.Is(err, spi.ErrIndeterminate) {
+		t.Fatalf("retry not found in a partial record: %v, want spi.ErrIndeterminate", err)
 	}
 }

@@ -7,6 +7,7 @@ import (
 	"sync/atomic"
 	"time"
 
+	"github.com/partita-go/partita/operation/replica"
 	"github.com/partita-go/partita/spi"
 )
 
@@ -151,6 +152,11 @@ func (e *executor) run(t task) {
 			// primary this member took over from.
 			resp, err := decodeResponse(&e.rd, t.op, b)
 			e.s.answer(t, resp, err)
+			return
+		} else if !e.s.replicas[t.pid].Record().Complete(monoNow()) {
+			// Not found in a record that may lack it: it may have run.
+			e.s.finish(t, nil, fmt.Errorf("%w: partition %d: a retry not found in an exactly-once record that holds only the newest %d invocations",
+				spi.ErrIndeterminate, t.pid, replica.MaxCarried))
 			return
 		}
 	}

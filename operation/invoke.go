@@ -100,7 +100,9 @@ func (s *Service) attempts(ctx context.Context, limit time.Time, svc *serviceEnt
 			st.retries.Inc()
 		}
 		var sent bool
-		resp, err := s.attempt(ctx, limit, svc, st, op, pid, member, "", key, n > 0, sendBy, &sent)
+		// Marked a retry (looked up in the exactly-once record) only once
+		// an earlier attempt may have run: one that was refused did not.
+		resp, err := s.attempt(ctx, limit, svc, st, op, pid, member, "", key, mayHaveRun, sendBy, &sent)
 		if errors.Is(err, errPastWindow) {
 			return nil, indeterminate(lastErr)
 		}

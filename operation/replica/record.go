@@ -95,7 +95,16 @@ type Record struct {
 	flagHead  int
 	flagSeq   uint32
 	flagSweep int
+	// partialUntil: records made before this time may be missing (a copy
+	// carried only the newest MaxCarried); see Complete.
+	partialUntil int64
 }
+
+// Complete reports whether the record holds every invocation of the
+// window at now. A replica installed from a copy that carried only the
+// newest MaxCarried records lacks older ones until they would have
+// expired anyway: a retry it does not find may have run already.
+func (d *Record) Complete(now int64) bool { return now >= d.partialUntil }
 
 // Len returns how many records are kept.
 func (d *Record) Len() int { return d.n }
@@ -320,6 +329,7 @@ func (d *Record) Append(w *spi.Writer, now int64, win Window) (pruned int) {
 		// are the ones a retry can still need.
 		first = n - MaxCarried
 	}
+	w.WriteBool(first > 0 || !d.Complete(now)) // partial: older ones left out
 	w.WriteUvarint(uint64(n - first))
 	d.entries(first, func(e *entry) bool {
 		w.WriteUint64(e.key.Origin)
@@ -334,17 +344,26 @@ func (d *Record) Append(w *spi.Writer, now int64, win Window) (pruned int) {
 // Read replaces the records with the ones Append wrote, made their age
 // before now. It returns how many records there were before and after.
 func (d *Record) Read(r *spi.Reader, now int64, win Window) (before, after int, err error) {
+	partial := r.ReadBool()
 	n := r.ReadUvarint()
 	if r.Err() == nil && n > uint64(r.Remaining()/11) {
 		return 0, d.n, fmt.Errorf("%w: exactly-once record of %d entries in %d bytes", spi.ErrProtocol, n, r.Remaining())
 	}
 	before = d.Drop()
+	oldest := now
 	for i := uint64(0); i < n && r.Err() == nil; i++ {
 		k := Key{Origin: r.ReadUint64(), Seq: r.ReadUvarint()}
 		age, resp := r.ReadVarint(), r.ReadBytes()
 		if r.Err() == nil {
-			d.Add(k, resp, now-max(age, 0), nil, win)
+			at := now - max(age, 0)
+			oldest = min(oldest, at)
+			d.Add(k, resp, at, nil, win)
 		}
+	}
+	if partial {
+		// The ones left out are older than the oldest carried: they would
+		// have expired by the time it does.
+		d.partialUntil = oldest + win.Keep
 	}
 	return before, d.n, r.Err()
 }

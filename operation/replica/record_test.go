@@ -6,6 +6,8 @@ import (
 	"sync/atomic"
 	"testing"
 	"time"
+
+	"github.com/partita-go/partita/spi"
 )
 
 // testWindow: ten seconds, as the default dedup window.
@@ -149,5 +151,52 @@ func TestDedupFlagsBehindAStuckOne(t *testing.T) {
 	})
 	if allocs > 1.01 { // the flag itself
 		t.Fatalf("%.2f allocations per busy record", allocs)
+	}
+}
+
+// A replica installed from a copy that carried only the newest
+// MaxCarried records is promoted with a partial record: until the records
+// left out would have expired, a retry it does not find may have run
+// (Complete is false). One installed from a whole record is complete.
+func TestPromotedWithAndWithoutACompleteRecord(t *testing.T) {
+	now := int64(1 << 40)
+	for _, tc := range []struct {
+		name     string
+		records  int
+		complete bool
+	}{{"whole record", 10, true}, {"capped record", MaxCarried + 10, false}} {
+		t.Run(tc.name, func(t *testing.T) {
+			var src Record
+			for i := range tc.records {
+				src.Add(Key{1, uint64(i + 1)}, []byte{1}, now-int64(tc.records-i), nil, testWindow)
+			}
+			w := spi.NewWriter(nil)
+			src.Append(w, now, testWindow)
+			var s State[int]
+			if _, _, err := s.Record().Read(spi.NewReader(w.Bytes()), now, testWindow); err != nil {
+				t.Fatal(err)
+			}
+			s.Promote()
+			if got := s.Record().Complete(now); got != tc.complete {
+				t.Fatalf("promoted with a %s: Complete = %v", tc.name, got)
+			}
+			if _, found, _ := s.Record().Lookup(Key{1, uint64(tc.records)}, now-testWindow.Keep); !found {
+				t.Fatal("the newest record was not carried")
+			}
+			// Once the left-out records would have expired, it is whole.
+			if !s.Record().Complete(now + testWindow.Keep) {
+				t.Fatal("still partial a window later")
+			}
+			// A copy of a partial record is partial too.
+			w = spi.NewWriter(nil)
+			s.Record().Append(w, now, testWindow)
+			var again Record
+			if _, _, err := again.Read(spi.NewReader(w.Bytes()), now, testWindow); err != nil {
+				t.Fatal(err)
+			}
+			if again.Complete(now) != tc.complete {
+				t.Fatalf("a copy of it: Complete = %v", again.Complete(now))
+			}
+		})
 	}
 }
