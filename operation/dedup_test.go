@@ -4,7 +4,6 @@ import (
 	"bytes"
 	"context"
 	"errors"
-	"sync"
 	"sync/atomic"
 	"testing"
 	"time"
@@ -163,24 +162,7 @@ func TestDedupExpiredTwinKeepsNewSideData(t *testing.T) {
 // first attempt ran and its answer was lost (the caller's connection
 // broke), and the record was then replaced by a partial one.
 func TestRetryNotFoundInAPartialRecordIsIndeterminate(t *testing.T) {
-	hold := make(chan struct{})
-	var bSvc, pSvc *Service
-	members := func(addr string) *Service {
-		if addr == "b:1" {
-			return bSvc
-		}
-		return pSvc
-	}
-	bSvc = reviewMember(t, "b", members, nil)
-	defer bSvc.Shutdown()
-	pSvc = reviewMember(t, "p", members, func(m Message) Verdict {
-		if _, ok := m.Op.(backupMessage); ok {
-			return Verdict{Hold: hold} // the first attempt stays unanswered
-		}
-		return Verdict{}
-	})
-	defer pSvc.Shutdown()
-	release := sync.OnceFunc(func() { close(hold) })
+	pSvc, _, members, release := heldBackupPair(t)
 	defer release()
 	caller := reviewMember(t, "c", members, nil)
 	defer caller.Shutdown()

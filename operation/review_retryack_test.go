@@ -48,31 +48,38 @@ func reviewMember(t *testing.T, id string, dial func(string) *Service, hook func
 	return s
 }
 
+// heldBackupPair starts primary "p" and backup "b" (threeRouting) with
+// p's backups held until release (which the test's cleanup calls too);
+// members resolves their addresses, for a caller made with reviewMember.
+func heldBackupPair(t *testing.T) (p, b *Service, members func(string) *Service, release func()) {
+	hold := make(chan struct{})
+	members = func(addr string) *Service {
+		if addr == "b:1" {
+			return b
+		}
+		return p
+	}
+	b = reviewMember(t, "b", members, nil)
+	t.Cleanup(b.Shutdown)
+	p = reviewMember(t, "p", members, func(m Message) Verdict {
+		if _, ok := m.Op.(backupMessage); ok {
+			return Verdict{Hold: hold} // the backup is slow to leave
+		}
+		return Verdict{}
+	})
+	t.Cleanup(p.Shutdown)
+	release = sync.OnceFunc(func() { close(hold) })
+	t.Cleanup(release)
+	return p, b, members, release
+}
+
 // Review finding: the primary records an invocation before its synchronous
 // backups are acknowledged (executor.go run: record, then sendBackups). A
 // retry of that invocation (its first answer lost with a broken connection)
 // is answered from the record at once, while the backup has not been
 // applied: the caller holds an acknowledgement that only the primary backs.
 func TestReviewRetryAnsweredBeforeSyncBackupApplied(t *testing.T) {
-	hold := make(chan struct{})
-	var bSvc, pSvc *Service
-	members := func(addr string) *Service {
-		if addr == "b:1" {
-			return bSvc
-		}
-		return pSvc
-	}
-	bSvc = reviewMember(t, "b", members, nil)
-	defer bSvc.Shutdown()
-	pSvc = reviewMember(t, "p", members, func(m Message) Verdict {
-		if _, ok := m.Op.(backupMessage); ok {
-			return Verdict{Hold: hold} // the backup is slow to leave
-		}
-		return Verdict{}
-	})
-	defer pSvc.Shutdown()
-	release := sync.OnceFunc(func() { close(hold) })
-	defer release()
+	pSvc, bSvc, members, release := heldBackupPair(t)
 	var requests atomic.Int32 // the invocation's attempts, first included
 	caller := reviewMember(t, "c", members, func(m Message) Verdict {
 		if _, ok := m.Op.(*reviewBackedOp); ok && !m.Response {
