@@ -214,6 +214,13 @@ func TestTransitions(t *testing.T) {
 			{"reset", "dropped 1; version 0"}, {"version", "0 syncing=false behind=false"},
 			{"offer 1", "apply"},
 		}},
+		{"demotion: a primary made a backup starts over and waits for a copy", [][2]string{
+			{"adopt 7", "version 0x7"}, {"promote", "version 0x100000000"},
+			{"reset", "dropped 0; version 0"}, {"mark", "true"},
+			{"version", "0 syncing=true behind=true"}, {"insync 0x100000000", "false"},
+			{"offer 0x100000002", "hold"}, // the new primary's writes wait for the copy
+			{"synced 0x100000001", "drained 4294967298; -"}, {"insync 0x100000002", "true"},
+		}},
 		{"mark syncing once", [][2]string{
 			{"mark", "true"}, {"mark", "false"}, {"version", "0 syncing=true behind=true"},
 		}},
