@@ -243,7 +243,13 @@ func (op *replicaSyncOp) Run(ctx *spi.OpContext) error {
 	if n.table.Load().Owner(p) != n.id {
 		return fmt.Errorf("%w: partition %d: not the primary", spi.ErrWrongTarget, p)
 	}
-	if n.migs[p] != nil || n.ops.IsMigrating(p) {
+	// A migration's source still holds the partition's data, which
+	// operations no longer change: it serves copies. It must, because its
+	// prepare waits for the acks of the writes it carries (WaitsForWrites),
+	// and a backup replica that holds such a write behind a gap, or an
+	// incoming one, acks it only once it has its copy.
+	st := n.migs[p]
+	if source := st != nil && st.endpoint == spi.MigrationSource; !source && (st != nil || n.ops.IsMigrating(p)) {
 		return fmt.Errorf("%w: partition %d", spi.ErrPartitionMigrating, p)
 	}
 	w := spi.NewWriter(nil)

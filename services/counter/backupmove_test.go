@@ -119,6 +119,7 @@ func TestRebalanceUnderLoadKillPrimaryOfAMovingBackup(t *testing.T) {
 	for round := range 3 {
 		t.Run(fmt.Sprintf("round%d", round), func(t *testing.T) {
 			c := clustertest.New(t, 3)
+			c.WaitClusterSafe() // every backup in sync before the load
 			l := startLoad(t, 32, 1000, func(r *rand.Rand) *nodeengine.Node { return c.Member(0) })
 			l.waitOps(t, 2000)
 			d := c.AddMember()
