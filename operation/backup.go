@@ -361,7 +361,7 @@ func (s *Service) replicaNow(p int, id string, replica int) (Replica, bool) {
 		if r.ID == id {
 			return r, true
 		}
-		if !r.Incoming && roles[i] == replica {
+		if !r.Incoming && roles[i] == replica && r.ID != s.cfg.LocalID { // never to itself (it was demoted)
 			moved, found = r, true
 		}
 	}
