@@ -208,6 +208,11 @@ type backupRun struct {
 	first syncBackup // the first replica's, in the same allocation
 }
 
+// unconfirm records why the write is not acknowledged (the first reason
+// wins). A function of its own: taking the address of acked's err would
+// move it to the heap on every ack.
+func (r *backupRun) unconfirm(err error) { r.unconfirmed.CompareAndSwap(nil, &err) }
+
 // done counts one synchronous backup acknowledged (err nil) or given up.
 func (r *backupRun) done(err error) {
 	s, t := r.s, r.t
@@ -298,7 +303,7 @@ func (b *syncBackup) acked(err error) {
 		s.m.backupFailed.Inc()
 		s.log.Warn("synchronous backup refused by a replica of a newer primary; the write is not acknowledged",
 			"partition", t.pid, "replica", b.replica, "to", b.r.Address, "error", err)
-		b.run.unconfirmed.CompareAndSwap(nil, &err)
+		b.run.unconfirm(err)
 		b.run.done(err)
 		return
 	}
@@ -330,7 +335,7 @@ func (b *syncBackup) acked(err error) {
 				t.pid, b.replica, b.r.Address, s.cfg.BackupAckTimeout, b.tries, err)
 			s.log.Error("synchronous backup never acknowledged; the write is not acknowledged to its caller",
 				"partition", t.pid, "replica", b.replica, "to", b.r.Address, "error", err)
-			b.run.unconfirmed.CompareAndSwap(nil, &err)
+			b.run.unconfirm(err)
 		}
 		b.run.done(err)
 		return
