@@ -100,3 +100,26 @@ func TestMoveBackups(t *testing.T) {
 		})
 	}
 }
+
+// A primary that does not answer (frozen, or dead and not yet declared
+// so) is asked about its incoming backups once a round, not once per
+// partition: a round must reach the next repair soon.
+func TestSettleAsksAnUnansweringPrimaryOnceARound(t *testing.T) {
+	f := newFake("a a a a b b", "a", "b", "c")
+	tab := f.current()
+	tab.Backups = [][]string{{"b"}, {"b"}, {"b"}, {"b"}, {"a"}, {"a"}}
+	tab.Incoming = [][]string{{"c"}, {"c"}, {"c"}, {"c"}, nil, {"c"}}
+	tab.Members["c"] = "addr-c"
+	f.frozen = map[string]bool{"a": true}
+	m := New(f, Config{Count: f.count, Backups: 1})
+	m.settleIncoming(context.Background())
+	if asked := f.caughtUpAsked["a"]; asked != 1 {
+		t.Errorf("the unanswering primary of 4 moving backups was asked %d times in one round, want 1", asked)
+	}
+	if asked := f.caughtUpAsked["b"]; asked != 1 {
+		t.Errorf("the answering primary was asked %d times, want 1", asked)
+	}
+	if got := f.current(); !got.IsIncoming(0, "c") || got.IsIncoming(5, "c") || got.BackupsOf(5)[0] != "c" {
+		t.Errorf("after the round: partition 0 incoming %v (want true), partition 5 backups %q (want c)", got.IsIncoming(0, "c"), got.BackupsOf(5))
+	}
+}

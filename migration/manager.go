@@ -405,6 +405,7 @@ func (m *Manager) settleIncoming(ctx context.Context) {
 		return
 	}
 	status := map[string]replicaStatus{}
+	mute := map[string]bool{} // primaries that did not answer this round
 	type swap struct{ p, i int }
 	var ready []swap
 	for p, in := range t.Incoming {
@@ -423,13 +424,17 @@ func (m *Manager) settleIncoming(ctx context.Context) {
 				st = replicaStatus{versions: v, syncing: s}
 				status[id] = st
 			}
-			if p >= len(st.versions) || p >= len(st.syncing) || st.syncing[p] {
+			if p >= len(st.versions) || p >= len(st.syncing) || st.syncing[p] || mute[t.Owners[p]] {
 				continue
 			}
 			sctx, cancel := context.WithTimeout(ctx, 2*time.Second)
 			ok, err := m.e.CaughtUp(sctx, p, t.Owners[p], id, st.versions[p])
 			cancel()
 			if err != nil {
+				// A primary that does not answer (frozen, or dead and not
+				// yet declared so) is not asked again this round: the
+				// round must reach the next repair soon.
+				mute[t.Owners[p]] = true
 				m.log.Debug("cannot ask a primary whether its incoming backup caught up", "partition", p, "error", err)
 			}
 			if ok {

@@ -73,6 +73,10 @@ type fakeEngine struct {
 	// caughtUp, when set, answers CaughtUp for a live primary, under mu (default:
 	// every incoming backup has caught up).
 	caughtUp func(p int, member string) bool
+	// frozen members answer no CaughtUp (an error, as a timeout would);
+	// caughtUpAsked counts the questions per primary.
+	frozen        map[string]bool
+	caughtUpAsked map[string]int
 	// onTargets runs without the lock after the member list was read; it
 	// may block.
 	onTargets func()
@@ -212,7 +216,11 @@ func (f *fakeEngine) CaughtUp(ctx context.Context, p int, primary, member string
 	f.mu.Lock()
 	defer f.mu.Unlock()
 	f.otherCalls++
-	if !f.isAlive(primary) {
+	if f.caughtUpAsked == nil {
+		f.caughtUpAsked = map[string]int{}
+	}
+	f.caughtUpAsked[primary]++
+	if !f.isAlive(primary) || f.frozen[primary] {
 		return false, errDead
 	}
 	return f.caughtUp == nil || f.caughtUp(p, member), nil
