@@ -163,8 +163,8 @@ func (n *Node) cachedSafe() bool {
 }
 
 // Ready reports whether this member serves its share of the cluster: it
-// has joined, holds a partition table, takes part in no migration and is
-// not shutting down. When not, reason says why.
+// has joined, can accept connections on its port, holds a partition
+// table, takes part in no migration and is not shutting down. When not, reason says why.
 func (n *Node) Ready() (ready bool, reason string) {
 	switch n.state.Load() {
 	case stateNew:
@@ -173,6 +173,9 @@ func (n *Node) Ready() (ready bool, reason string) {
 		return false, "joining the cluster"
 	case stateStopped:
 		return false, "shutting down"
+	}
+	if r := n.tr.acceptProblem(); r != "" {
+		return false, r
 	}
 	if n.table.Load() == nil {
 		return false, "no partition table received yet"

@@ -8,6 +8,8 @@ import (
 	"net"
 	"strconv"
 	"sync"
+	"sync/atomic"
+	"syscall"
 	"time"
 
 	"github.com/hashicorp/memberlist"
@@ -22,6 +24,12 @@ const (
 
 	selectorTimeout  = 5 * time.Second
 	udpPacketBufSize = 65536
+
+	// An accept that fails for want of resources (file descriptors,
+	// buffers) is retried after a pause doubling from acceptPauseMin to
+	// acceptPauseMax.
+	acceptPauseMin = 5 * time.Millisecond
+	acceptPauseMax = time.Second
 )
 
 // muxTransport implements memberlist.Transport on the member's port and
@@ -37,6 +45,10 @@ type muxTransport struct {
 	done     chan struct{}
 	once     sync.Once
 	wg       sync.WaitGroup
+
+	// acceptErr is why the listener cannot accept connections now (nil
+	// while it can): readiness reports it.
+	acceptErr atomic.Pointer[string]
 }
 
 var _ memberlist.NodeAwareTransport = (*muxTransport)(nil)
@@ -112,23 +124,89 @@ func (t *muxTransport) serve(ops func(net.Conn)) {
 
 func (t *muxTransport) acceptLoop() {
 	defer t.wg.Done()
+	var (
+		pause    time.Duration
+		failed   int       // accepts failed since the last one that worked
+		loggedAt time.Time // last "cannot accept" line
+	)
 	for {
 		c, err := t.tcp.Accept()
-		if err != nil {
-			select {
-			case <-t.done:
-				return
-			default:
+		if err == nil {
+			if failed > 0 {
+				t.acceptErr.Store(nil)
+				t.log.Info("accepting connections again", "failedAccepts", failed)
+				failed, pause = 0, 0
 			}
-			if ne, ok := err.(net.Error); ok && ne.Timeout() {
-				continue
-			}
+			t.wg.Add(1)
+			go t.route(c)
+			continue
+		}
+		select {
+		case <-t.done:
+			return
+		default:
+		}
+		if errors.Is(err, net.ErrClosed) {
+			return
+		}
+		reason := "cannot accept connections: " + acceptCause(err)
+		t.acceptErr.Store(&reason)
+		if !transientAcceptError(err) {
 			t.log.Error("accept failed; no more connections on this port", "error", err)
 			return
 		}
-		t.wg.Add(1)
-		go t.route(c)
+		failed++
+		if failed == 1 || time.Since(loggedAt) >= time.Minute {
+			loggedAt = time.Now()
+			t.log.Warn("cannot accept connections; retrying", "error", err, "failedAccepts", failed)
+		}
+		pause = min(max(2*pause, acceptPauseMin), acceptPauseMax)
+		timer := time.NewTimer(pause)
+		select {
+		case <-timer.C:
+		case <-t.done:
+			timer.Stop()
+			return
+		}
 	}
+}
+
+// transientAcceptError tells whether a failed accept may work later: the
+// process or system is out of file descriptors or buffers, the peer gave
+// up before its connection was accepted, or the error says so itself.
+func transientAcceptError(err error) bool {
+	for _, e := range []error{syscall.EMFILE, syscall.ENFILE, syscall.ECONNABORTED,
+		syscall.ENOBUFS, syscall.ENOMEM, syscall.EINTR, syscall.EAGAIN} {
+		if errors.Is(err, e) {
+			return true
+		}
+	}
+	var ne net.Error
+	if errors.As(err, &ne) {
+		//lint:ignore SA1019 Temporary is what the standard library's own
+		// accept loops (net/http) still use to tell these errors apart.
+		return ne.Timeout() || ne.Temporary()
+	}
+	return false
+}
+
+// acceptCause is the system's words for a failed accept ("too many open
+// files"), without the operation and addresses around them.
+func acceptCause(err error) string {
+	var errno syscall.Errno
+	if errors.As(err, &errno) {
+		return errno.Error()
+	}
+	return err.Error()
+}
+
+// acceptProblem returns why the listener cannot accept connections, or ""
+// while it can.
+func (t *muxTransport) acceptProblem() string {
+	if r := t.acceptErr.Load(); r != nil {
+		return *r
+	}
+	return ""
 }
 
 // route reads the selector byte and hands the connection on.
