@@ -23,6 +23,7 @@ type engineMetrics struct {
 	migBytesSent  prometheus.Counter
 	migBytesRecv  prometheus.Counter
 	tableInstalls prometheus.Counter
+	rejected      *prometheus.CounterVec // partita_rejected_input_total, fed by the transport
 }
 
 func newEngineMetrics() (engineMetrics, *prometheus.CounterVec) {
@@ -41,13 +42,14 @@ func newEngineMetrics() (engineMetrics, *prometheus.CounterVec) {
 			Name: "partita_partition_table_installs_total",
 			Help: "Partition table versions this member installed.",
 		}),
+		rejected: newRejectedMetric(),
 	}, migBytes
 }
 
 func (n *Node) registerMetrics() error {
 	var migBytes *prometheus.CounterVec
 	n.metrics, migBytes = newEngineMetrics()
-	for _, c := range []prometheus.Collector{n.metrics.lost, migBytes, n.metrics.tableInstalls, engineCollector{n}} {
+	for _, c := range []prometheus.Collector{n.metrics.lost, migBytes, n.metrics.tableInstalls, n.metrics.rejected, engineCollector{n}} {
 		if err := n.registry.Register(c); err != nil {
 			return fmt.Errorf("partita: register metrics: %w", err)
 		}
