@@ -18,7 +18,6 @@ import (
 	"testing"
 	"time"
 
-	"github.com/partita-go/partita/config"
 	"github.com/partita-go/partita/nodeengine"
 	"github.com/partita-go/partita/nodeengine/clustertest"
 )
@@ -26,18 +25,6 @@ import (
 // emfileChildEnv makes TestAcceptSurvivesFileDescriptorExhaustion run as
 // the child: the member whose file descriptors run out.
 const emfileChildEnv = "PARTITA_TEST_EMFILE_CHILD"
-
-// loopbackConfig is a member config like clustertest's: any free port on
-// 127.0.0.1, no multicast, fast failure detection.
-func loopbackConfig(join ...string) *config.Config {
-	cfg := config.Default()
-	cfg.Network.Bind = "127.0.0.1:0"
-	cfg.Metrics.Address = "127.0.0.1:0"
-	cfg.Network.Join.Multicast.Enabled = false
-	cfg.Network.Join.Members = join
-	cfg.UseFastFailureDetection()
-	return cfg
-}
 
 // TestAcceptSurvivesFileDescriptorExhaustion starts a member in a child
 // process with few file descriptors, fills them with connections, and

@@ -1,13 +1,18 @@
 package nodeengine_test
 
 import (
+	"context"
 	"errors"
+	"fmt"
+	"log/slog"
 	"net"
 	"os"
+	"strings"
 	"testing"
 	"time"
 
 	"github.com/partita-go/partita/config"
+	"github.com/partita-go/partita/nodeengine"
 	"github.com/partita-go/partita/nodeengine/clustertest"
 )
 
@@ -72,5 +77,60 @@ func TestPendingConnectionsPerAddressCapped(t *testing.T) {
 	}
 	if ok, reason := b.Ready(); !ok {
 		t.Errorf("member not ready: %s", reason)
+	}
+}
+
+// loopbackConfig is a member config like clustertest's: any free port on
+// 127.0.0.1, no multicast, fast failure detection.
+func loopbackConfig(join ...string) *config.Config {
+	cfg := config.Default()
+	cfg.Network.Bind = "127.0.0.1:0"
+	cfg.Metrics.Address = "127.0.0.1:0"
+	cfg.Network.Join.Multicast.Enabled = false
+	cfg.Network.Join.Members = join
+	cfg.UseFastFailureDetection()
+	return cfg
+}
+
+// TestGarbageConnectionsCountedLogRateLimited sends 1,000 connections
+// with a bad protocol selector: each is counted, and the log holds one
+// line about them.
+func TestGarbageConnectionsCountedLogRateLimited(t *testing.T) {
+	var logs clustertest.LogBuffer
+	n, err := nodeengine.New(loopbackConfig(), nodeengine.WithLogger(slog.New(slog.NewTextHandler(&logs, nil))))
+	if err != nil {
+		t.Fatal(err)
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancel()
+	if err := n.Start(ctx); err != nil {
+		t.Fatal(err)
+	}
+	defer n.Terminate()
+
+	const garbage = 1000
+	for i := 0; i < garbage; i++ {
+		c, err := net.DialTimeout("tcp", n.Address(), time.Second)
+		if err != nil {
+			t.Fatal(err)
+		}
+		c.Write([]byte("GET / HTTP/1.0\r\n\r\n"))
+		c.Close()
+	}
+	clustertest.Eventually(t, 10*time.Second, func() error {
+		m := clustertest.Scrape(t, n)
+		if got := m.Value("partita_rejected_input_total", "reason", "bad_selector"); got != garbage {
+			return fmt.Errorf("partita_rejected_input_total{reason=bad_selector} = %v, want %d", got, garbage)
+		}
+		return nil
+	})
+	if k := strings.Count(logs.String(), "bad protocol selector"); k != 1 {
+		t.Errorf("%d log lines about the bad selector, want 1 (the rest suppressed for a minute):\n%s", k, logs.String())
+	}
+	if k := strings.Count(logs.String(), "level=WARN"); k > 3 {
+		t.Errorf("%d warn lines, want a few:\n%s", k, logs.String())
+	}
+	if ok, reason := n.Ready(); !ok {
+		t.Errorf("member not ready after the garbage: %s", reason)
 	}
 }
