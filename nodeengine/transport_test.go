@@ -16,15 +16,29 @@ import (
 	"github.com/partita-go/partita/nodeengine/clustertest"
 )
 
-// TestPendingConnectionsPerAddressCapped opens more idle connections from
-// 127.0.0.1 than network.max-pending-per-address allows: the extra ones
-// are closed at once and counted, and the members' established
-// connections still carry operations.
-func TestPendingConnectionsPerAddressCapped(t *testing.T) {
-	const perAddress, idle = 4, 20
+// TestPendingConnectionsCapped opens more idle connections from 127.0.0.1
+// than network.max-pending-per-address (or network.max-pending-connections)
+// allows: the extra ones are closed at once and counted, and the members'
+// established connections still carry operations.
+func TestPendingConnectionsCapped(t *testing.T) {
+	for _, tc := range []struct {
+		reason string
+		set    func(*config.NetworkConfig)
+	}{
+		{"too_many_from_address", func(n *config.NetworkConfig) { n.MaxPendingPerAddress = 4 }},
+		{"too_many_pending", func(n *config.NetworkConfig) { n.MaxPendingConnections = 4 }},
+	} {
+		t.Run(tc.reason, func(t *testing.T) {
+			testPendingConnectionsCapped(t, tc.reason, tc.set)
+		})
+	}
+}
+
+func testPendingConnectionsCapped(t *testing.T, reason string, set func(*config.NetworkConfig)) {
+	const limit, idle = 4, 20
 	c := clustertest.New(t, 2, clustertest.WithConfig(func(i int, cfg *config.Config) {
 		withProbe(i, cfg)
-		cfg.Network.MaxPendingPerAddress = perAddress
+		set(&cfg.Network)
 	}))
 	ctx := ctxT(t)
 	a, b := c.Member(0), c.Member(1)
@@ -64,12 +78,12 @@ func TestPendingConnectionsPerAddressCapped(t *testing.T) {
 			closed++
 		}
 	}
-	if closed < idle-perAddress || closed > idle-perAddress+1 {
+	if closed < idle-limit || closed > idle-limit+1 {
 		// +1: a connection of member a's may have held a slot.
-		t.Errorf("%d of %d idle connections closed within 2 s, want %d", closed, idle, idle-perAddress)
+		t.Errorf("%d of %d idle connections closed within 2 s, want %d", closed, idle, idle-limit)
 	}
-	if got := clustertest.Scrape(t, b).Value("partita_rejected_input_total", "reason", "too_many_from_address"); got < idle-perAddress {
-		t.Errorf("partita_rejected_input_total{reason=too_many_from_address} = %v, want >= %d", got, idle-perAddress)
+	if got := clustertest.Scrape(t, b).Value("partita_rejected_input_total", "reason", reason); got < idle-limit {
+		t.Errorf("partita_rejected_input_total{reason=%s} = %v, want >= %d", reason, got, idle-limit)
 	}
 	// The established operation connection still works.
 	if _, err := a.Operations().Invoke(ctx, "Probe", &probeOp{}, p); err != nil {
