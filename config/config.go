@@ -67,6 +67,13 @@ type NetworkConfig struct {
 	// PortCount is how many ports, from Bind's port up, auto-increment may
 	// try (`port-count`, default 100).
 	PortCount int
+	// MaxPendingConnections caps the inbound connections that have not yet
+	// sent their protocol selector, from everywhere
+	// (`max-pending-connections`, default 1024); more are closed at once.
+	MaxPendingConnections int
+	// MaxPendingPerAddress caps them per remote IP address
+	// (`max-pending-per-address`, default 256).
+	MaxPendingPerAddress int
 	// Join says how the member finds the cluster (`join`).
 	Join JoinConfig
 }

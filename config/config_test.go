@@ -45,9 +45,11 @@ func TestDefault(t *testing.T) {
 		Source:  DefaultSource,
 		Cluster: ClusterConfig{Name: "dev"},
 		Network: NetworkConfig{
-			Bind:              "127.0.0.1:5701",
-			PortAutoIncrement: true,
-			PortCount:         100,
+			Bind:                  "127.0.0.1:5701",
+			PortAutoIncrement:     true,
+			PortCount:             100,
+			MaxPendingConnections: 1024,
+			MaxPendingPerAddress:  256,
 			Join: JoinConfig{
 				Members:   []string{},
 				Multicast: MulticastConfig{Enabled: true, Group: "224.2.2.3:54327"},
@@ -112,6 +114,8 @@ network:
   bind: 10.0.0.1:6000
   port-auto-increment: false
   port-count: 10
+  max-pending-connections: 50
+  max-pending-per-address: 5
   join:
     members:
       - 10.0.0.2:6000
@@ -158,7 +162,8 @@ func TestParseFull(t *testing.T) {
 		t.Errorf("Source = %q", c.Source)
 	}
 	n := c.Network
-	if c.Cluster.Name != "prod" || n.Bind != "10.0.0.1:6000" || n.PortAutoIncrement || n.PortCount != 10 {
+	if c.Cluster.Name != "prod" || n.Bind != "10.0.0.1:6000" || n.PortAutoIncrement || n.PortCount != 10 ||
+		n.MaxPendingConnections != 50 || n.MaxPendingPerAddress != 5 {
 		t.Errorf("cluster/network = %+v %+v", c.Cluster, n)
 	}
 	if want := []string{"10.0.0.2:6000", "node-3.example.com:6000"}; !reflect.DeepEqual(n.Join.Members, want) {
@@ -179,11 +184,11 @@ func TestParseFull(t *testing.T) {
 	if c.Metrics.Address != ":9091" {
 		t.Errorf("metrics = %q", c.Metrics.Address)
 	}
-	if len(c.Services) != 2 || c.Services[1].Enabled || c.Services[1].Where != "full.yaml:40" {
+	if len(c.Services) != 2 || c.Services[1].Enabled || c.Services[1].Where != "full.yaml:42" {
 		t.Fatalf("services = %+v", c.Services)
 	}
 	enabled := c.EnabledServices()
-	if len(enabled) != 1 || enabled[0].Name != "CounterService" || enabled[0].Where != "full.yaml:31" {
+	if len(enabled) != 1 || enabled[0].Name != "CounterService" || enabled[0].Where != "full.yaml:33" {
 		t.Errorf("EnabledServices() = %+v", enabled)
 	}
 
@@ -207,16 +212,16 @@ func TestParseFull(t *testing.T) {
 		t.Errorf("Duration(flush) = %v, %v", got, err)
 	}
 	_, err = p.Int("bad-int", 1)
-	for _, want := range []string{"full.yaml:39", `"bad-int"`, "CounterService", `"ten"`} {
+	for _, want := range []string{"full.yaml:41", `"bad-int"`, "CounterService", `"ten"`} {
 		if err == nil || !strings.Contains(err.Error(), want) {
 			t.Errorf("Int(bad-int) error = %v, want it to contain %s", err, want)
 		}
 	}
-	if _, err := p.Bool("log-level", false); err == nil || !strings.Contains(err.Error(), "full.yaml:35") {
-		t.Errorf("Bool(log-level) error = %v, want full.yaml:35", err)
+	if _, err := p.Bool("log-level", false); err == nil || !strings.Contains(err.Error(), "full.yaml:37") {
+		t.Errorf("Bool(log-level) error = %v, want full.yaml:37", err)
 	}
-	if _, err := p.Duration("batch", 0); err == nil || !strings.Contains(err.Error(), "full.yaml:36") {
-		t.Errorf("Duration(batch) error = %v, want full.yaml:36", err)
+	if _, err := p.Duration("batch", 0); err == nil || !strings.Contains(err.Error(), "full.yaml:38") {
+		t.Errorf("Duration(batch) error = %v, want full.yaml:38", err)
 	}
 }
 
@@ -311,6 +316,9 @@ func TestInvalid(t *testing.T) {
 		{"bind bad host", "network:\n  bind: bad host!:5701\n", 2, "network.bind", `bad host "bad host!"`},
 		{"bind not a string", "network:\n  bind: [a]\n", 2, "network.bind", "want a string, got a list"},
 		{"port-count zero", "network:\n  port-count: 0\n", 2, "network.port-count", "must be positive"},
+		{"max-pending-connections zero", "network:\n  max-pending-connections: 0\n", 2, "network.max-pending-connections", "must be positive, got 0"},
+		{"max-pending-per-address negative", "network:\n  max-pending-per-address: -1\n", 2, "network.max-pending-per-address", "must be positive, got -1"},
+		{"max-pending-per-address string", "network:\n  max-pending-per-address: lots\n", 2, "network.max-pending-per-address", `want an integer, got "lots"`},
 		{"port-auto-increment not bool", "network:\n  port-auto-increment: maybe\n", 2, "network.port-auto-increment", `want true or false, got "maybe"`},
 		{"member port zero", "network:\n  join:\n    members:\n      - 10.0.0.1:5701\n      - 10.0.0.2:0\n", 5, "network.join.members[1]", `bad address "10.0.0.2:0": port must be 1..65535`},
 		{"member without host", "network:\n  join:\n    members: [':5701']\n", 3, "network.join.members[0]", "missing host"},

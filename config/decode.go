@@ -73,9 +73,11 @@ func (d *decoder) config(n *yaml.Node, c *Config) {
 			"name": scalar(d, &c.Cluster.Name),
 		}),
 		"network": d.section(map[string]field{
-			"bind":                scalar(d, &c.Network.Bind),
-			"port-auto-increment": scalar(d, &c.Network.PortAutoIncrement),
-			"port-count":          scalar(d, &c.Network.PortCount),
+			"bind":                    scalar(d, &c.Network.Bind),
+			"port-auto-increment":     scalar(d, &c.Network.PortAutoIncrement),
+			"port-count":              scalar(d, &c.Network.PortCount),
+			"max-pending-connections": scalar(d, &c.Network.MaxPendingConnections),
+			"max-pending-per-address": scalar(d, &c.Network.MaxPendingPerAddress),
 			"join": d.section(map[string]field{
 				"members": d.addrList(&c.Network.Join.Members),
 				"multicast": d.section(map[string]field{

@@ -14,6 +14,8 @@
 //	  bind: 127.0.0.1:5701           # port 0: any free port; empty host: all interfaces
 //	  port-auto-increment: true      # try the next ports when the bind port is taken...
 //	  port-count: 100                # ...up to this many
+//	  max-pending-connections: 1024  # inbound connections yet to send their first byte...
+//	  max-pending-per-address: 256   # ...and of them, from one remote IP
 //	  join:
 //	    members: []                  # static seeds, host:port
 //	    multicast:

@@ -87,6 +87,12 @@ func (c *Config) validate() []error {
 	if c.Network.PortCount <= 0 {
 		v.add("network.port-count", "must be positive, got %d", c.Network.PortCount)
 	}
+	if c.Network.MaxPendingConnections <= 0 {
+		v.add("network.max-pending-connections", "must be positive, got %d", c.Network.MaxPendingConnections)
+	}
+	if c.Network.MaxPendingPerAddress <= 0 {
+		v.add("network.max-pending-per-address", "must be positive, got %d", c.Network.MaxPendingPerAddress)
+	}
 	for i, m := range c.Network.Join.Members {
 		v.addr(fmt.Sprintf("network.join.members[%d]", i), m, false, true)
 	}

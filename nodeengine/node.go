@@ -210,7 +210,8 @@ func (n *Node) Start(ctx context.Context) (err error) {
 	if err := n.serveHTTP(); err != nil {
 		return err
 	}
-	n.tr.serve(n.ops.HandleConn)
+	n.tr.serve(n.ops.HandleConn, inboundLimits{pending: nw.MaxPendingConnections, perAddress: nw.MaxPendingPerAddress},
+		n.metrics.rejected)
 	if err := n.join(ctx); err != nil {
 		return err
 	}

@@ -23,6 +23,7 @@ type engineMetrics struct {
 	migBytesSent  prometheus.Counter
 	migBytesRecv  prometheus.Counter
 	tableInstalls prometheus.Counter
+	rejected      *prometheus.CounterVec // partita_rejected_input_total, fed by the transport
 }
 
 func newEngineMetrics() (engineMetrics, *prometheus.CounterVec) {
@@ -41,13 +42,14 @@ func newEngineMetrics() (engineMetrics, *prometheus.CounterVec) {
 			Name: "partita_partition_table_installs_total",
 			Help: "Partition table versions this member installed.",
 		}),
+		rejected: newRejectedMetric(),
 	}, migBytes
 }
 
 func (n *Node) registerMetrics() error {
 	var migBytes *prometheus.CounterVec
 	n.metrics, migBytes = newEngineMetrics()
-	for _, c := range []prometheus.Collector{n.metrics.lost, migBytes, n.metrics.tableInstalls, engineCollector{n}} {
+	for _, c := range []prometheus.Collector{n.metrics.lost, migBytes, n.metrics.tableInstalls, n.metrics.rejected, engineCollector{n}} {
 		if err := n.registry.Register(c); err != nil {
 			return fmt.Errorf("partita: register metrics: %w", err)
 		}
@@ -163,8 +165,8 @@ func (n *Node) cachedSafe() bool {
 }
 
 // Ready reports whether this member serves its share of the cluster: it
-// has joined, holds a partition table, takes part in no migration and is
-// not shutting down. When not, reason says why.
+// has joined, can accept connections on its port, holds a partition
+// table, takes part in no migration and is not shutting down. When not, reason says why.
 func (n *Node) Ready() (ready bool, reason string) {
 	switch n.state.Load() {
 	case stateNew:
@@ -173,6 +175,9 @@ func (n *Node) Ready() (ready bool, reason string) {
 		return false, "joining the cluster"
 	case stateStopped:
 		return false, "shutting down"
+	}
+	if r := n.tr.acceptProblem(); r != "" {
+		return false, r
 	}
 	if n.table.Load() == nil {
 		return false, "no partition table received yet"

@@ -6,11 +6,15 @@ import (
 	"fmt"
 	"log/slog"
 	"net"
+	"net/netip"
 	"strconv"
 	"sync"
+	"sync/atomic"
+	"syscall"
 	"time"
 
 	"github.com/hashicorp/memberlist"
+	"github.com/prometheus/client_golang/prometheus"
 )
 
 // One port per member: memberlist's UDP packets and a TCP listener shared by
@@ -22,6 +26,12 @@ const (
 
 	selectorTimeout  = 5 * time.Second
 	udpPacketBufSize = 65536
+
+	// An accept that fails for want of resources (file descriptors,
+	// buffers) is retried after a pause doubling from acceptPauseMin to
+	// acceptPauseMax.
+	acceptPauseMin = 5 * time.Millisecond
+	acceptPauseMax = time.Second
 )
 
 // muxTransport implements memberlist.Transport on the member's port and
@@ -37,6 +47,48 @@ type muxTransport struct {
 	done     chan struct{}
 	once     sync.Once
 	wg       sync.WaitGroup
+
+	// acceptErr is why the listener cannot accept connections now (nil
+	// while it can): readiness reports it.
+	acceptErr atomic.Pointer[string]
+
+	// Inbound connections that have not sent their selector yet, in all
+	// and by remote address, and their caps (set by serve).
+	limits      inboundLimits
+	pendMu      sync.Mutex
+	pending     int
+	pendingFrom map[netip.Addr]int
+
+	rejected *prometheus.CounterVec // partita_rejected_input_total{reason}
+	rejLog   rejectLog
+}
+
+// inboundLimits caps the inbound connections that have not yet sent their
+// selector (network.max-pending-connections and
+// network.max-pending-per-address).
+type inboundLimits struct {
+	pending, perAddress int
+}
+
+// Reasons of partita_rejected_input_total.
+const (
+	rejectBadSelector     = "bad_selector"
+	rejectNoSelector      = "no_selector"
+	rejectTooManyPending  = "too_many_pending"
+	rejectTooManyFromAddr = "too_many_from_address"
+)
+
+var rejectReasons = []string{rejectBadSelector, rejectNoSelector, rejectTooManyPending, rejectTooManyFromAddr}
+
+func newRejectedMetric() *prometheus.CounterVec {
+	v := prometheus.NewCounterVec(prometheus.CounterOpts{
+		Name: "partita_rejected_input_total",
+		Help: "Inbound connections this member closed before they reached memberlist or the operation service, by reason.",
+	}, []string{"reason"})
+	for _, r := range rejectReasons {
+		v.WithLabelValues(r)
+	}
+	return v
 }
 
 var _ memberlist.NodeAwareTransport = (*muxTransport)(nil)
@@ -103,8 +155,11 @@ func (t *muxTransport) Address() string { return t.addr.String() }
 
 // serve starts the accept and packet loops; ops receives operation
 // connections.
-func (t *muxTransport) serve(ops func(net.Conn)) {
+func (t *muxTransport) serve(ops func(net.Conn), limits inboundLimits, rejected *prometheus.CounterVec) {
 	t.ops = ops
+	t.limits = limits
+	t.pendingFrom = make(map[netip.Addr]int)
+	t.rejected = rejected
 	t.wg.Add(2)
 	go t.acceptLoop()
 	go t.packetLoop()
@@ -112,32 +167,217 @@ func (t *muxTransport) serve(ops func(net.Conn)) {
 
 func (t *muxTransport) acceptLoop() {
 	defer t.wg.Done()
+	var (
+		pause    time.Duration
+		failed   int       // accepts failed since the last one that worked
+		loggedAt time.Time // last "cannot accept" line
+	)
 	for {
 		c, err := t.tcp.Accept()
-		if err != nil {
-			select {
-			case <-t.done:
-				return
-			default:
+		if err == nil {
+			if failed > 0 {
+				t.acceptErr.Store(nil)
+				t.log.Info("accepting connections again", "failedAccepts", failed)
+				failed, pause = 0, 0
 			}
-			if ne, ok := err.(net.Error); ok && ne.Timeout() {
+			ip := remoteIP(c)
+			if reason := t.admit(ip); reason != "" {
+				c.Close()
+				t.reject(reason, ip, "closing connection: too many connections that have not said what they are",
+					"pending", t.limits.pending, "perAddress", t.limits.perAddress)
 				continue
 			}
+			t.wg.Add(1)
+			go t.route(c, ip)
+			continue
+		}
+		select {
+		case <-t.done:
+			return
+		default:
+		}
+		if errors.Is(err, net.ErrClosed) {
+			return
+		}
+		reason := "cannot accept connections: " + acceptCause(err)
+		t.acceptErr.Store(&reason)
+		if !transientAcceptError(err) {
 			t.log.Error("accept failed; no more connections on this port", "error", err)
 			return
 		}
-		t.wg.Add(1)
-		go t.route(c)
+		failed++
+		if failed == 1 || time.Since(loggedAt) >= time.Minute {
+			loggedAt = time.Now()
+			t.log.Warn("cannot accept connections; retrying", "error", err, "failedAccepts", failed)
+		}
+		pause = min(max(2*pause, acceptPauseMin), acceptPauseMax)
+		timer := time.NewTimer(pause)
+		select {
+		case <-timer.C:
+		case <-t.done:
+			timer.Stop()
+			return
+		}
 	}
 }
 
+// transientAcceptError tells whether a failed accept may work later: the
+// process or system is out of file descriptors or buffers, the peer gave
+// up before its connection was accepted, or the error says so itself.
+func transientAcceptError(err error) bool {
+	for _, e := range []error{syscall.EMFILE, syscall.ENFILE, syscall.ECONNABORTED,
+		syscall.ENOBUFS, syscall.ENOMEM, syscall.EINTR, syscall.EAGAIN} {
+		if errors.Is(err, e) {
+			return true
+		}
+	}
+	var ne net.Error
+	if errors.As(err, &ne) {
+		//lint:ignore SA1019 Temporary is what the standard library's own
+		// accept loops (net/http) still use to tell these errors apart.
+		return ne.Timeout() || ne.Temporary()
+	}
+	return false
+}
+
+// acceptCause is the system's words for a failed accept ("too many open
+// files"), without the operation and addresses around them.
+func acceptCause(err error) string {
+	var errno syscall.Errno
+	if errors.As(err, &errno) {
+		return errno.Error()
+	}
+	return err.Error()
+}
+
+// acceptProblem returns why the listener cannot accept connections, or ""
+// while it can.
+func (t *muxTransport) acceptProblem() string {
+	if r := t.acceptErr.Load(); r != nil {
+		return *r
+	}
+	return ""
+}
+
+// remoteIP is c's remote IP address (IPv4 unmapped); the zero Addr if it
+// is not TCP.
+func remoteIP(c net.Conn) netip.Addr {
+	if a, ok := c.RemoteAddr().(*net.TCPAddr); ok {
+		return a.AddrPort().Addr().Unmap()
+	}
+	return netip.Addr{}
+}
+
+// admit counts a new connection from ip as pending, or returns the reason
+// of partita_rejected_input_total it is over a cap for.
+func (t *muxTransport) admit(ip netip.Addr) string {
+	t.pendMu.Lock()
+	defer t.pendMu.Unlock()
+	if t.pending >= t.limits.pending {
+		return rejectTooManyPending
+	}
+	if t.pendingFrom[ip] >= t.limits.perAddress {
+		return rejectTooManyFromAddr
+	}
+	t.pending++
+	t.pendingFrom[ip]++
+	return ""
+}
+
+// release ends a connection's pending time: it sent its selector, or it
+// was closed.
+func (t *muxTransport) release(ip netip.Addr) {
+	t.pendMu.Lock()
+	defer t.pendMu.Unlock()
+	t.pending--
+	if k := t.pendingFrom[ip] - 1; k > 0 {
+		t.pendingFrom[ip] = k
+	} else {
+		delete(t.pendingFrom, ip)
+	}
+}
+
+// reject counts rejected input from ip and logs it at warn, at most once a
+// minute per remote address (see rejectLog).
+func (t *muxTransport) reject(reason string, ip netip.Addr, msg string, args ...any) {
+	t.rejected.WithLabelValues(reason).Inc()
+	if suppressed, ok := t.rejLog.allow(ip, time.Now()); ok {
+		args = append(args, "remote", ip.String(), "reason", reason)
+		if suppressed > 0 {
+			args = append(args, "suppressed", suppressed)
+		}
+		t.log.Warn(msg, args...)
+	}
+}
+
+// rejectLog rate-limits the warn lines about rejected input: the first
+// from a remote address is logged, then at most one a minute from it,
+// telling how many were suppressed since the last.
+type rejectLog struct {
+	mu   sync.Mutex
+	from map[netip.Addr]*rejectLogEntry
+}
+
+type rejectLogEntry struct {
+	logged     time.Time
+	suppressed int
+}
+
+const (
+	rejectLogEvery = time.Minute
+	// rejectLogMax bounds the addresses remembered: when it is reached,
+	// those quiet for a minute are forgotten, and while it still is, lines
+	// about new addresses are dropped (the metric still counts them).
+	rejectLogMax = 4096
+)
+
+// allow tells whether a line about ip may be logged at now, and how many
+// were suppressed before it.
+func (l *rejectLog) allow(ip netip.Addr, now time.Time) (suppressed int, ok bool) {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	e := l.from[ip]
+	if e == nil {
+		if l.from == nil {
+			l.from = make(map[netip.Addr]*rejectLogEntry)
+		}
+		if len(l.from) >= rejectLogMax {
+			for a, e := range l.from {
+				if now.Sub(e.logged) >= rejectLogEvery {
+					delete(l.from, a)
+				}
+			}
+			if len(l.from) >= rejectLogMax {
+				return 0, false
+			}
+		}
+		l.from[ip] = &rejectLogEntry{logged: now}
+		return 0, true
+	}
+	if now.Sub(e.logged) < rejectLogEvery {
+		e.suppressed++
+		return 0, false
+	}
+	suppressed, e.logged, e.suppressed = e.suppressed, now, 0
+	return suppressed, true
+}
+
 // route reads the selector byte and hands the connection on.
-func (t *muxTransport) route(c net.Conn) {
+func (t *muxTransport) route(c net.Conn, ip netip.Addr) {
 	defer t.wg.Done()
 	var b [1]byte
 	c.SetReadDeadline(time.Now().Add(selectorTimeout))
-	if _, err := c.Read(b[:]); err != nil {
+	_, err := c.Read(b[:])
+	t.release(ip)
+	if err != nil {
 		c.Close()
+		select {
+		case <-t.done:
+		default:
+			// A port check (connect, close) lands here too: counted, not
+			// logged.
+			t.rejected.WithLabelValues(rejectNoSelector).Inc()
+		}
 		return
 	}
 	c.SetReadDeadline(time.Time{})
@@ -151,9 +391,9 @@ func (t *muxTransport) route(c net.Conn) {
 	case selectOperations:
 		t.ops(c)
 	default:
-		t.log.Warn("closing connection: not a Partita member (bad protocol selector)",
-			"remote", c.RemoteAddr().String(), "byte", fmt.Sprintf("%#x", b[0]))
 		c.Close()
+		t.reject(rejectBadSelector, ip, "closing connection: not a Partita member (bad protocol selector)",
+			"byte", fmt.Sprintf("%#x", b[0]))
 	}
 }
 
