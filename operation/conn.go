@@ -198,15 +198,39 @@ func readFrame(br *bufio.Reader, buf []byte) ([]byte, error) {
 	if n > MaxFrameSize {
 		return buf, fmt.Errorf("%w: frame length %d exceeds the %d-byte limit", spi.ErrProtocol, n, MaxFrameSize)
 	}
-	if cap(buf) < int(n) {
-		buf = make([]byte, n)
+	buf, err = readBody(br, buf, int(n))
+	if err == io.EOF {
+		err = io.ErrUnexpectedEOF
 	}
-	buf = buf[:n]
-	if _, err := io.ReadFull(br, buf); err != nil {
-		if err == io.EOF {
-			err = io.ErrUnexpectedEOF
-		}
+	return buf, err
+}
+
+// bodyChunk is the most readBody allocates for a frame ahead of its bytes.
+const bodyChunk = 64 << 10
+
+// readBody reads an n-byte frame body into buf. A buffer too small for it
+// grows as the body arrives, doubling from bodyChunk, so that a peer that
+// announces a large frame and sends little of it costs little memory.
+func readBody(r io.Reader, buf []byte, n int) ([]byte, error) {
+	if cap(buf) >= n {
+		buf = buf[:n]
+		_, err := io.ReadFull(r, buf)
 		return buf, err
+	}
+	buf = buf[:0]
+	for len(buf) < n {
+		if len(buf) == cap(buf) {
+			nb := make([]byte, len(buf), min(n, max(2*cap(buf), bodyChunk)))
+			buf = nb[:copy(nb, buf)]
+		}
+		k, err := io.ReadFull(r, buf[len(buf):cap(buf)])
+		buf = buf[:len(buf)+k]
+		if err != nil {
+			if err == io.EOF && len(buf) > 0 {
+				err = io.ErrUnexpectedEOF
+			}
+			return buf, err
+		}
 	}
 	return buf, nil
 }
@@ -776,8 +800,8 @@ func (c *conn) readLoop(br *bufio.Reader) {
 			if err = c.handle(buf); err != nil {
 				break
 			}
-			if cap(buf) > 1<<20 {
-				buf = nil
+			if cap(buf) > bodyChunk {
+				buf = nil // do not keep a large frame's buffer
 			}
 		}
 	}

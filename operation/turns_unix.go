@@ -188,6 +188,12 @@ const frameBufSize = 64 << 10
 // outlasted a whole tick with a read deadline in the past, and the reader
 // then reads for real: such a close is noticed a tick or two late, never
 // missed.
+//
+// A frame larger than the buffer does not get a buffer of its size when
+// its length is read: the buffer doubles only when the frame's bytes have
+// filled it (growFrameBuf), so a peer that announces 16 MiB and sends
+// nothing costs the usual 64 KiB, and one that sends k bytes of it at most
+// 2k. A grown buffer is given up once what is left fits the usual one.
 func (c *turnConn) readFrames(pre []byte, handle func(body []byte, wait bool) error) error {
 	buf := make([]byte, max(frameBufSize, len(pre)))
 	start, end := 0, copy(buf, pre)
@@ -207,11 +213,7 @@ func (c *turnConn) readFrames(pre []byte, handle func(body []byte, wait bool) er
 				}
 				n := int(n32)
 				if end-start-4 < n {
-					if 4+n > len(buf) {
-						buf = append(make([]byte, 0, 4+n), buf[start:end]...)[:4+n]
-						start, end = 0, end-start
-					}
-					break
+					break // the buffer grows below, as the body arrives
 				}
 				if ferr = handle(buf[start+4:start+4+n:start+4+n], false); ferr == errWouldWait {
 					ferr, later = nil, true
@@ -228,14 +230,20 @@ func (c *turnConn) readFrames(pre []byte, handle func(body []byte, wait bool) er
 				}
 			}
 			// What is left of a partial frame goes to the front; a buffer
-			// grown for a huge frame is not kept for the small ones after.
+			// grown for a large frame is not kept for the small ones after.
 			switch {
-			case len(buf) > frameBufSize<<4 && fitsSmall(buf[start:end]):
+			case len(buf) > frameBufSize && fitsSmall(buf[start:end]):
 				small := make([]byte, frameBufSize)
 				buf, start, end = small, 0, copy(small, buf[start:end])
 			case start > 0:
 				end = copy(buf, buf[start:end])
 				start = 0
+			}
+			if end == len(buf) {
+				// A frame larger than the buffer, which is full of it: grow
+				// by doubling, never past the frame, so that a peer that
+				// announces a large frame costs memory only as it sends it.
+				buf = growFrameBuf(buf, end)
 			}
 			if skip {
 				skip = false
@@ -291,6 +299,15 @@ func (c *turnConn) readFrames(pre []byte, handle func(body []byte, wait bool) er
 func (c *turnConn) Close() error {
 	c.closed.Store(true)
 	return c.Conn.Close()
+}
+
+// growFrameBuf returns a buffer twice as large as buf (at most as large as
+// the frame at its front, whose length has been read) holding buf[:end].
+func growFrameBuf(buf []byte, end int) []byte {
+	need := 4 + int(binary.LittleEndian.Uint32(buf))
+	nb := make([]byte, min(need, 2*len(buf)))
+	copy(nb, buf[:end])
+	return nb
 }
 
 // fitsSmall reports whether the partial frame p fits in readFrames' usual
