@@ -8,6 +8,7 @@ import (
 	"fmt"
 	"io"
 	"net"
+	"os"
 	"slices"
 	"sync"
 	"sync/atomic"
@@ -186,6 +187,14 @@ func (s *Service) checkHello(h hello) error {
 
 // readFrame reads one frame body (after the length) into buf.
 func readFrame(br *bufio.Reader, buf []byte) ([]byte, error) {
+	return readFrameWithin(br, buf, nil, 0)
+}
+
+// readFrameWithin is readFrame with a read deadline on the body, unless
+// nc is nil: a body that has not arrived whole within timeout of its
+// length fails with errBodyTimeout. (A connection that reads frames itself
+// is timed by the clock instead: see frameReader.)
+func readFrameWithin(br *bufio.Reader, buf []byte, nc net.Conn, timeout time.Duration) ([]byte, error) {
 	lb, err := br.Peek(4) // not a local array: io.ReadFull would move it to the heap
 	if err != nil {
 		if err == io.EOF && len(lb) > 0 {
@@ -198,15 +207,46 @@ func readFrame(br *bufio.Reader, buf []byte) ([]byte, error) {
 	if n > MaxFrameSize {
 		return buf, fmt.Errorf("%w: frame length %d exceeds the %d-byte limit", spi.ErrProtocol, n, MaxFrameSize)
 	}
-	if cap(buf) < int(n) {
-		buf = make([]byte, n)
+	if nc != nil && br.Buffered() < int(n) {
+		nc.SetReadDeadline(time.Now().Add(timeout))
+		defer nc.SetReadDeadline(time.Time{})
 	}
-	buf = buf[:n]
-	if _, err := io.ReadFull(br, buf); err != nil {
-		if err == io.EOF {
-			err = io.ErrUnexpectedEOF
-		}
+	buf, err = readBody(br, buf, int(n))
+	switch {
+	case err == io.EOF:
+		err = io.ErrUnexpectedEOF
+	case errors.Is(err, os.ErrDeadlineExceeded) && nc != nil:
+		err = fmt.Errorf("%w: %d of a %d-byte frame received within %v: %w", errBodyTimeout, len(buf), n, timeout, err)
+	}
+	return buf, err
+}
+
+// bodyChunk is the most readBody allocates for a frame ahead of its bytes.
+const bodyChunk = 64 << 10
+
+// readBody reads an n-byte frame body into buf. A buffer too small for it
+// grows as the body arrives, doubling from bodyChunk, so that a peer that
+// announces a large frame and sends little of it costs little memory.
+func readBody(r io.Reader, buf []byte, n int) ([]byte, error) {
+	if cap(buf) >= n {
+		buf = buf[:n]
+		_, err := io.ReadFull(r, buf)
 		return buf, err
+	}
+	buf = buf[:0]
+	for len(buf) < n {
+		if len(buf) == cap(buf) {
+			nb := make([]byte, len(buf), min(n, max(2*cap(buf), bodyChunk)))
+			buf = nb[:copy(nb, buf)]
+		}
+		k, err := io.ReadFull(r, buf[len(buf):cap(buf)])
+		buf = buf[:len(buf)+k]
+		if err != nil {
+			if err == io.EOF && len(buf) > 0 {
+				err = io.ErrUnexpectedEOF
+			}
+			return buf, err
+		}
 	}
 	return buf, nil
 }
@@ -364,19 +404,36 @@ type frameReader interface {
 	// go, for a frame that returned errWouldWait.
 	readFrames(pre []byte, handle func(body []byte, wait bool) error) error
 	pokeIfStuck()
+	// bodyOverdue reports whether a frame's first bytes were received
+	// more than ticks calls ago (the clock's ticks) and it is not whole.
+	bodyOverdue(ticks uint64) bool
 }
 
 // pokeReaders pokes the connections that read frames themselves (see
-// turnConn).
+// turnConn), and closes those on which a frame has been partly received
+// for longer than FrameBodyTimeout.
 func (s *Service) pokeReaders() {
+	var late []*conn
 	s.mu.Lock()
-	defer s.mu.Unlock()
 	for c := range s.all {
 		if fr, ok := c.nc.(frameReader); ok {
 			fr.pokeIfStuck()
+			if fr.bodyOverdue(s.bodyTicks) {
+				late = append(late, c)
+			}
 		}
 	}
+	s.mu.Unlock()
+	for _, c := range late {
+		err := fmt.Errorf("%w: %s sent part of a frame and not the rest within %v", errBodyTimeout, c.remote.address, s.cfg.FrameBodyTimeout)
+		s.log.Warn("closing connection", "remote", c.nc.RemoteAddr().String(), "member", c.remote.id, "reason", err)
+		c.close(fmt.Errorf("%w: %w", spi.ErrMemberLeft, err))
+	}
 }
+
+// errBodyTimeout: a frame was not received whole within FrameBodyTimeout
+// of its first bytes.
+var errBodyTimeout = errors.New("frame body timeout")
 
 // expireBackups fails the synchronous backups whose ack is overdue
 // (syncBackup.deadline): their replica may have taken them and never
@@ -769,15 +826,15 @@ func (c *conn) readLoop(br *bufio.Reader) {
 	} else {
 		var buf []byte
 		for {
-			buf, err = readFrame(br, buf)
+			buf, err = readFrameWithin(br, buf, c.nc, c.s.cfg.FrameBodyTimeout)
 			if err != nil {
 				break
 			}
 			if err = c.handle(buf); err != nil {
 				break
 			}
-			if cap(buf) > 1<<20 {
-				buf = nil
+			if cap(buf) > bodyChunk {
+				buf = nil // do not keep a large frame's buffer
 			}
 		}
 	}
@@ -786,6 +843,8 @@ func (c *conn) readLoop(br *bufio.Reader) {
 	default:
 		if errors.Is(err, spi.ErrProtocol) {
 			c.s.log.Error("closing connection after a malformed frame", "remote", c.remote.address, "member", c.remote.id, "error", err)
+		} else if errors.Is(err, errBodyTimeout) {
+			c.s.log.Warn("closing connection", "remote", c.nc.RemoteAddr().String(), "member", c.remote.id, "reason", err)
 		} else {
 			c.s.log.Debug("connection closed", "remote", c.remote.address, "error", err)
 		}

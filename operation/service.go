@@ -47,11 +47,16 @@ type Config struct {
 	QueueSize         int // per executor; 0: 4096
 	InvocationTimeout time.Duration
 	RetryPause        time.Duration
-	DedupWindow       time.Duration  // how long invocation records are kept; 0: 10s
-	BackupAckTimeout  time.Duration  // a synchronous backup's ack, re-sends included; 0: 10s
-	Engine            spi.NodeEngine // handed to operations in OpContext
-	Routing           Routing
-	Logger            *slog.Logger
+	DedupWindow       time.Duration // how long invocation records are kept; 0: 10s
+	BackupAckTimeout  time.Duration // a synchronous backup's ack, re-sends included; 0: 10s
+	// FrameBodyTimeout bounds how long a frame may take to arrive once its
+	// first bytes have: a connection that sends part of a frame and not
+	// the rest in time is closed (a connection idle between frames is
+	// not). 0: 10s.
+	FrameBodyTimeout time.Duration
+	Engine           spi.NodeEngine // handed to operations in OpContext
+	Routing          Routing
+	Logger           *slog.Logger
 	// Dial opens a connection to another member's operation port. The
 	// node engine's dialer writes the protocol selector byte first.
 	Dial func(ctx context.Context, address string) (net.Conn, error)
@@ -188,6 +193,7 @@ type Service struct {
 	clock     timeoutClock  // see invoke.go
 	ticks     atomic.Uint64 // the clock's ticks so far
 	ackTicks  uint64        // BackupAckTimeout in ticks
+	bodyTicks uint64        // FrameBodyTimeout in ticks
 	wg        sync.WaitGroup
 	started   atomic.Bool
 	running   atomic.Bool // the executors exist
@@ -227,6 +233,9 @@ func New(cfg Config) *Service {
 	if cfg.BackupAckTimeout <= 0 {
 		cfg.BackupAckTimeout = 10 * time.Second
 	}
+	if cfg.FrameBodyTimeout <= 0 {
+		cfg.FrameBodyTimeout = 10 * time.Second
+	}
 	if cfg.Logger == nil {
 		cfg.Logger = slog.New(slog.DiscardHandler)
 	}
@@ -252,6 +261,7 @@ func New(cfg Config) *Service {
 	s.clock.init()
 	period := clockPeriod(cfg.InvocationTimeout)
 	s.ackTicks = uint64((cfg.BackupAckTimeout + period - 1) / period)
+	s.bodyTicks = uint64((cfg.FrameBodyTimeout + period - 1) / period)
 	return s
 }
 

@@ -60,6 +60,13 @@ type turnConn struct {
 	pokeMu   sync.Mutex
 	poked    bool   // a deadline in the past was set to end the wait
 	pokeSeen uint64 // skips at the previous poke
+
+	// For bodyOverdue: partial is 0 while no frame is partly received,
+	// else a number that readFrames changes for each new such frame. The
+	// clock (one goroutine) has seen bodySeen for bodyAge ticks.
+	partial  atomic.Uint64
+	bodySeen uint64
+	bodyAge  uint64
 }
 
 // takeTurns wraps a *net.TCPConn. Any other connection is returned as it
@@ -188,11 +195,24 @@ const frameBufSize = 64 << 10
 // outlasted a whole tick with a read deadline in the past, and the reader
 // then reads for real: such a close is noticed a tick or two late, never
 // missed.
+//
+// A frame larger than the buffer does not get a buffer of its size when
+// its length is read: the buffer doubles only when the frame's bytes have
+// filled it (growFrameBuf), so a peer that announces 16 MiB and sends
+// nothing costs the usual 64 KiB, and one that sends k bytes of it at most
+// 2k. A grown buffer is given up once what is left fits the usual one.
+//
+// A frame partly received is timed by the clock, not by a deadline per
+// frame: readFrames notes in partial when a read leaves a frame begun since
+// the last note (a comparison per read otherwise), and bodyOverdue, called
+// on every tick, counts the ticks for which the same frame stays partial.
 func (c *turnConn) readFrames(pre []byte, handle func(body []byte, wait bool) error) error {
 	buf := make([]byte, max(frameBufSize, len(pre)))
 	start, end := 0, copy(buf, pre)
-	skip := false  // the last read was short: wait before the next
-	later := false // the frame at start waits for room: see handle
+	skip := false       // the last read was short: wait before the next
+	later := false      // the frame at start waits for room: see handle
+	inFrame := false    // partial is not 0
+	var partials uint64 // frames noted in partial
 	var ferr error
 	f := func(fd uintptr) bool {
 		if c.skipping.Load() { // the wait is over
@@ -207,11 +227,7 @@ func (c *turnConn) readFrames(pre []byte, handle func(body []byte, wait bool) er
 				}
 				n := int(n32)
 				if end-start-4 < n {
-					if 4+n > len(buf) {
-						buf = append(make([]byte, 0, 4+n), buf[start:end]...)[:4+n]
-						start, end = 0, end-start
-					}
-					break
+					break // the buffer grows below, as the body arrives
 				}
 				if ferr = handle(buf[start+4:start+4+n:start+4+n], false); ferr == errWouldWait {
 					ferr, later = nil, true
@@ -227,15 +243,34 @@ func (c *turnConn) readFrames(pre []byte, handle func(body []byte, wait bool) er
 					return true
 				}
 			}
+			// A frame partly received is timed by the clock (bodyOverdue):
+			// note a new one (begun since the last note, as frames were
+			// handled or none was partly here) and the end of one.
+			if end > start {
+				if start > 0 || !inFrame {
+					partials++
+					c.partial.Store(partials)
+					inFrame = true
+				}
+			} else if inFrame {
+				c.partial.Store(0)
+				inFrame = false
+			}
 			// What is left of a partial frame goes to the front; a buffer
-			// grown for a huge frame is not kept for the small ones after.
+			// grown for a large frame is not kept for the small ones after.
 			switch {
-			case len(buf) > frameBufSize<<4 && fitsSmall(buf[start:end]):
+			case len(buf) > frameBufSize && fitsSmall(buf[start:end]):
 				small := make([]byte, frameBufSize)
 				buf, start, end = small, 0, copy(small, buf[start:end])
 			case start > 0:
 				end = copy(buf, buf[start:end])
 				start = 0
+			}
+			if end == len(buf) {
+				// A frame larger than the buffer, which is full of it: grow
+				// by doubling, never past the frame, so that a peer that
+				// announces a large frame costs memory only as it sends it.
+				buf = growFrameBuf(buf, end)
 			}
 			if skip {
 				skip = false
@@ -268,6 +303,10 @@ func (c *turnConn) readFrames(pre []byte, handle func(body []byte, wait bool) er
 			// socket (pushing back on the sender through TCP, as before),
 			// then read before waiting: the next call forgot readiness.
 			later, skip = false, false
+			if inFrame { // this frame is whole: its wait is not the peer's
+				c.partial.Store(0)
+				inFrame = false
+			}
 			n := int(binary.LittleEndian.Uint32(buf[start:]))
 			if err := handle(buf[start+4:start+4+n:start+4+n], true); err != nil {
 				return err
@@ -293,6 +332,15 @@ func (c *turnConn) Close() error {
 	return c.Conn.Close()
 }
 
+// growFrameBuf returns a buffer twice as large as buf (at most as large as
+// the frame at its front, whose length has been read) holding buf[:end].
+func growFrameBuf(buf []byte, end int) []byte {
+	need := 4 + int(binary.LittleEndian.Uint32(buf))
+	nb := make([]byte, min(need, 2*len(buf)))
+	copy(nb, buf[:end])
+	return nb
+}
+
 // fitsSmall reports whether the partial frame p fits in readFrames' usual
 // buffer (when its length is not known yet, it is assumed to).
 func fitsSmall(p []byte) bool {
@@ -314,6 +362,19 @@ func (c *turnConn) pokeIfStuck() {
 	}
 	c.poked = true
 	c.Conn.SetReadDeadline(time.Unix(1, 0))
+}
+
+// bodyOverdue implements frameReader: a frame's first bytes were read
+// more than ticks calls ago and it is not whole yet (however much of it
+// arrives meanwhile). It is called by the clock's goroutine only.
+func (c *turnConn) bodyOverdue(ticks uint64) bool {
+	p := c.partial.Load()
+	if p == 0 || p != c.bodySeen {
+		c.bodySeen, c.bodyAge = p, 0
+		return false
+	}
+	c.bodyAge++
+	return c.bodyAge > ticks
 }
 
 // unpoke clears a poke's deadline and reports whether there was one.

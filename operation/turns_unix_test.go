@@ -561,6 +561,7 @@ type countingReader struct {
 
 func (c *countingReader) readFrames([]byte, func([]byte, bool) error) error { return io.EOF }
 func (c *countingReader) pokeIfStuck()                                      { c.pokes.Add(1) }
+func (c *countingReader) bodyOverdue(uint64) bool                           { return false }
 
 func TestServicePokesFrameReaders(t *testing.T) {
 	s := New(Config{ClusterName: "dev", LocalID: "p", LocalAddress: "p:1", PartitionCount: 7,

@@ -4,10 +4,12 @@ import (
 	"bufio"
 	"bytes"
 	"context"
+	"encoding/binary"
 	"errors"
 	"io"
 	"net"
 	"testing"
+	"testing/iotest"
 	"time"
 
 	"github.com/partita-go/partita/spi"
@@ -206,5 +208,33 @@ func TestLocalInvokeAndUnknowns(t *testing.T) {
 	}
 	if _, err := s.Invoke(ctx, "echo", &echoOp{}, 7); err == nil {
 		t.Fatal("partition out of range accepted")
+	}
+}
+
+// readFrame allocates for a frame's body only as the body arrives: an
+// announced 16 MiB with 100 bytes behind it costs one chunk, and a large
+// body that arrives in small pieces is read whole.
+func TestReadFrameGrowsAsTheBodyArrives(t *testing.T) {
+	short := append(binary.LittleEndian.AppendUint32(nil, MaxFrameSize), make([]byte, 100)...)
+	buf, err := readFrame(bufio.NewReader(bytes.NewReader(short)), nil)
+	if err != io.ErrUnexpectedEOF || cap(buf) > bodyChunk {
+		t.Fatalf("readFrame = %d bytes (cap %d), %v; want at most %d bytes, io.ErrUnexpectedEOF", len(buf), cap(buf), err, bodyChunk)
+	}
+	big := make([]byte, 3<<20+5)
+	for i := range big {
+		big[i] = byte(i * 13)
+	}
+	stream := append(binary.LittleEndian.AppendUint32(nil, uint32(len(big))), big...)
+	stream = append(stream, 3, 0, 0, 0, 'a', 'b', 'c')
+	br := bufio.NewReaderSize(iotest.HalfReader(bytes.NewReader(stream)), 16)
+	buf, err = readFrame(br, make([]byte, 0, 10))
+	if err != nil || !bytes.Equal(buf, big) {
+		t.Fatalf("large frame: %d bytes, %v", len(buf), err)
+	}
+	if buf, err = readFrame(br, buf); err != nil || string(buf) != "abc" {
+		t.Fatalf("frame after it: %q, %v", buf, err)
+	}
+	if _, err = readFrame(br, buf); err != io.EOF {
+		t.Fatalf("at the end: %v, want io.EOF", err)
 	}
 }
