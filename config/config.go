@@ -134,6 +134,10 @@ type OperationsConfig struct {
 	// acknowledgement, re-sends included (`backup-ack-timeout`, default
 	// 10s). Past it the caller gets spi.ErrBackupTimeout.
 	BackupAckTimeout time.Duration
+	// FrameBodyTimeout bounds how long a frame from another member may
+	// take to arrive whole once it began (`frame-body-timeout`, default
+	// 10s); past it the connection is closed.
+	FrameBodyTimeout time.Duration
 }
 
 // MembershipConfig is the `membership:` section: failure detection and

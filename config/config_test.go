@@ -63,6 +63,7 @@ func TestDefault(t *testing.T) {
 			RetryPause:        10 * time.Millisecond,
 			DedupWindow:       10 * time.Second,
 			BackupAckTimeout:  10 * time.Second,
+			FrameBodyTimeout:  10 * time.Second,
 		},
 		Membership: MembershipConfig{
 			ProbeInterval:    time.Second,
@@ -130,6 +131,8 @@ operations:
   queue-size: 1000
   invocation-timeout: 2m
   retry-pause: 500ms
+  backup-ack-timeout: 3s
+  frame-body-timeout: 4s
 membership:
   probe-interval: 2s
   probe-timeout: 1s
@@ -175,7 +178,7 @@ func TestParseFull(t *testing.T) {
 	if c.Partitions.Count != 1021 {
 		t.Errorf("partitions = %d", c.Partitions.Count)
 	}
-	if want := (OperationsConfig{8, 1000, 2 * time.Minute, 500 * time.Millisecond, 10 * time.Second, 10 * time.Second}); c.Operations != want {
+	if want := (OperationsConfig{8, 1000, 2 * time.Minute, 500 * time.Millisecond, 10 * time.Second, 3 * time.Second, 4 * time.Second}); c.Operations != want {
 		t.Errorf("operations = %+v, want %+v", c.Operations, want)
 	}
 	if want := (MembershipConfig{2 * time.Second, time.Second, 6, 100 * time.Millisecond, 5 * time.Second}); c.Membership != want {
@@ -184,11 +187,11 @@ func TestParseFull(t *testing.T) {
 	if c.Metrics.Address != ":9091" {
 		t.Errorf("metrics = %q", c.Metrics.Address)
 	}
-	if len(c.Services) != 2 || c.Services[1].Enabled || c.Services[1].Where != "full.yaml:42" {
+	if len(c.Services) != 2 || c.Services[1].Enabled || c.Services[1].Where != "full.yaml:44" {
 		t.Fatalf("services = %+v", c.Services)
 	}
 	enabled := c.EnabledServices()
-	if len(enabled) != 1 || enabled[0].Name != "CounterService" || enabled[0].Where != "full.yaml:33" {
+	if len(enabled) != 1 || enabled[0].Name != "CounterService" || enabled[0].Where != "full.yaml:35" {
 		t.Errorf("EnabledServices() = %+v", enabled)
 	}
 
@@ -212,16 +215,16 @@ func TestParseFull(t *testing.T) {
 		t.Errorf("Duration(flush) = %v, %v", got, err)
 	}
 	_, err = p.Int("bad-int", 1)
-	for _, want := range []string{"full.yaml:41", `"bad-int"`, "CounterService", `"ten"`} {
+	for _, want := range []string{"full.yaml:43", `"bad-int"`, "CounterService", `"ten"`} {
 		if err == nil || !strings.Contains(err.Error(), want) {
 			t.Errorf("Int(bad-int) error = %v, want it to contain %s", err, want)
 		}
 	}
-	if _, err := p.Bool("log-level", false); err == nil || !strings.Contains(err.Error(), "full.yaml:37") {
-		t.Errorf("Bool(log-level) error = %v, want full.yaml:37", err)
+	if _, err := p.Bool("log-level", false); err == nil || !strings.Contains(err.Error(), "full.yaml:39") {
+		t.Errorf("Bool(log-level) error = %v, want full.yaml:39", err)
 	}
-	if _, err := p.Duration("batch", 0); err == nil || !strings.Contains(err.Error(), "full.yaml:38") {
-		t.Errorf("Duration(batch) error = %v, want full.yaml:38", err)
+	if _, err := p.Duration("batch", 0); err == nil || !strings.Contains(err.Error(), "full.yaml:40") {
+		t.Errorf("Duration(batch) error = %v, want full.yaml:40", err)
 	}
 }
 

@@ -98,6 +98,7 @@ func (d *decoder) config(n *yaml.Node, c *Config) {
 			"retry-pause":        scalar(d, &c.Operations.RetryPause),
 			"dedup-window":       scalar(d, &c.Operations.DedupWindow),
 			"backup-ack-timeout": scalar(d, &c.Operations.BackupAckTimeout),
+			"frame-body-timeout": scalar(d, &c.Operations.FrameBodyTimeout),
 		}),
 		"membership": d.section(map[string]field{
 			"probe-interval":     scalar(d, &c.Membership.ProbeInterval),

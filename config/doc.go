@@ -28,6 +28,9 @@
 //	  queue-size: 4096               # per executor
 //	  invocation-timeout: 120s       # for contexts without a deadline
 //	  retry-pause: 10ms              # first back-off between retries
+//	  dedup-window: 10s              # how long retries are recognised (exactly once)
+//	  backup-ack-timeout: 10s        # a sync backup's ack; past it spi.ErrBackupTimeout
+//	  frame-body-timeout: 10s        # a frame must arrive whole this soon after it began
 //	membership:
 //	  probe-interval: 1s
 //	  probe-timeout: 500ms           # at most probe-interval

@@ -126,6 +126,7 @@ func (c *Config) validate() []error {
 	v.positive("operations.retry-pause", op.RetryPause)
 	v.positive("operations.dedup-window", op.DedupWindow)
 	v.positive("operations.backup-ack-timeout", op.BackupAckTimeout)
+	v.positive("operations.frame-body-timeout", op.FrameBodyTimeout)
 	if op.RetryPause > 0 && op.InvocationTimeout > 0 && op.RetryPause >= op.InvocationTimeout {
 		v.add("operations.retry-pause", "must be shorter than invocation-timeout (%v), got %v", op.InvocationTimeout, op.RetryPause)
 	}

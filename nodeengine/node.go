@@ -188,8 +188,8 @@ func (n *Node) Start(ctx context.Context) (err error) {
 		ClusterName: n.cfg.Cluster.Name, LocalID: n.id, LocalAddress: n.address,
 		PartitionCount: n.count, PartitionThreads: oc.PartitionThreads, QueueSize: oc.QueueSize,
 		InvocationTimeout: oc.InvocationTimeout, RetryPause: oc.RetryPause, DedupWindow: oc.DedupWindow,
-		BackupAckTimeout: oc.BackupAckTimeout,
-		Engine:           n, Routing: n, Logger: n.log, Hook: n.hook, OnReplicaGap: n.requestSync,
+		BackupAckTimeout: oc.BackupAckTimeout, FrameBodyTimeout: oc.FrameBodyTimeout,
+		Engine: n, Routing: n, Logger: n.log, Hook: n.hook, OnReplicaGap: n.requestSync,
 		Dial: func(ctx context.Context, addr string) (net.Conn, error) {
 			return dialSelect(ctx, addr, 0, selectOperations)
 		},
