@@ -168,15 +168,9 @@ func TestAcceptSurvivesFileDescriptorExhaustion(t *testing.T) {
 // more than it uses, prints its addresses and runs until stdin closes.
 func emfileChild(t *testing.T) {
 	log := slog.New(slog.NewTextHandler(os.Stderr, &slog.HandlerOptions{Level: slog.LevelInfo}))
-	n, err := nodeengine.New(loopbackConfig(), nodeengine.WithLogger(log))
-	if err != nil {
-		t.Fatal(err)
-	}
 	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
 	defer cancel()
-	if err := n.Start(ctx); err != nil {
-		t.Fatal(err)
-	}
+	n := startLoopback(t, log)
 	defer n.Terminate()
 	clustertest.Eventually(t, 10*time.Second, func() error {
 		if ok, reason := n.Ready(); !ok {

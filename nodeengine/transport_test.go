@@ -106,12 +106,11 @@ func loopbackConfig(join ...string) *config.Config {
 	return cfg
 }
 
-// TestGarbageConnectionsCountedLogRateLimited sends 1,000 connections
-// with a bad protocol selector: each is counted, and the log holds one
-// line about them.
-func TestGarbageConnectionsCountedLogRateLimited(t *testing.T) {
-	var logs clustertest.LogBuffer
-	n, err := nodeengine.New(loopbackConfig(), nodeengine.WithLogger(slog.New(slog.NewTextHandler(&logs, nil))))
+// startLoopback starts one member with loopbackConfig and log; the caller
+// terminates it.
+func startLoopback(t *testing.T, log *slog.Logger) *nodeengine.Node {
+	t.Helper()
+	n, err := nodeengine.New(loopbackConfig(), nodeengine.WithLogger(log))
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -120,6 +119,15 @@ func TestGarbageConnectionsCountedLogRateLimited(t *testing.T) {
 	if err := n.Start(ctx); err != nil {
 		t.Fatal(err)
 	}
+	return n
+}
+
+// TestGarbageConnectionsCountedLogRateLimited sends 1,000 connections
+// with a bad protocol selector: each is counted, and the log holds one
+// line about them.
+func TestGarbageConnectionsCountedLogRateLimited(t *testing.T) {
+	var logs clustertest.LogBuffer
+	n := startLoopback(t, slog.New(slog.NewTextHandler(&logs, nil)))
 	defer n.Terminate()
 
 	const garbage = 1000

@@ -190,7 +190,7 @@ func (e *executor) run(t task) {
 			return // the last synchronous ack finishes the task
 		}
 	}
-	if _, waits := t.op.(WaitsForWrites); t.pid >= 0 && (!exempt || waits) {
+	if t.pid >= 0 && (!exempt || waitsForWrites(t.op)) {
 		// No synchronous backups of its own: not before the writes it may
 		// have seen are (readgate.go).
 		e.s.answer(t, resp, err)
@@ -225,4 +225,11 @@ func (e *executor) safely(f func() error) (err error) {
 		}
 	}()
 	return f()
+}
+
+// waitsForWrites reports whether an engine operation's answer waits like
+// a read's (asked only of the exempt ones, off the common path).
+func waitsForWrites(op spi.Operation) bool {
+	_, ok := op.(WaitsForWrites)
+	return ok
 }
