@@ -9,6 +9,7 @@ import (
 	"sync/atomic"
 	"time"
 
+	"github.com/partita-go/partita/internal/transport"
 	"github.com/partita-go/partita/operation/replica"
 	"github.com/partita-go/partita/spi"
 )
@@ -106,8 +107,8 @@ func (s *Service) sendBackups(e *executor, t task, bo spi.BackupAwareOperation, 
 	}
 	if nsync == 1 && t.conn != nil && t.callID != 0 {
 		run.callerCall = t.callID
-		if reps[0].ID != t.conn.remote.id {
-			run.t.callerID = t.conn.remote.id // the backup forwards the answer
+		if reps[0].ID != t.conn.Remote().ID {
+			run.t.callerID = t.conn.Remote().ID // the backup forwards the answer
 		}
 	}
 	run.remaining.Store(int32(nsync))
@@ -374,44 +375,8 @@ func (s *Service) replicaNow(p int, id string, replica int) (Replica, bool) {
 }
 
 func (s *Service) sendBackup(cl *call, t task, r Replica, replica int, version int64, typeID uint16, callerCall uint64, bop spi.Operation) error {
-	if s.cfg.Hook != nil {
-		m := Message{From: s.cfg.LocalID, To: r.ID, Service: t.svc.name, Partition: t.pid, Op: backupMessage{bop}}
-		if v := s.cfg.Hook(m); !v.pass() {
-			s.sendBackupLater(v, m, cl, t, r, replica, version, typeID, callerCall, bop)
-			return nil
-		}
-	}
-	return s.sendBackupNow(cl, t, r, replica, version, typeID, callerCall, bop)
-}
-
-// sendBackupLater applies a fault rule's verdict to a backup off the
-// executor (a delayed, held or dropped backup); backups then leave out of
-// order, which the replicas' version ordering absorbs. It is a function of
-// its own so that the hot path's task does not move to the heap.
-func (s *Service) sendBackupLater(v Verdict, m Message, cl *call, t task, r Replica, replica int, version int64, typeID uint16, callerCall uint64, bop spi.Operation) {
-	s.wg.Add(1)
-	go func() {
-		defer s.wg.Done()
-		ctx, cancel := context.WithTimeout(context.Background(), s.cfg.InvocationTimeout)
-		defer cancel()
-		err := v.apply(ctx, m)
-		if err == nil {
-			err = s.sendBackupNow(cl, t, r, replica, version, typeID, callerCall, bop)
-		}
-		if err != nil && cl != nil {
-			cl.complete(nil, err)
-		}
-	}()
-}
-
-// backupMessage names a backup for fault rules: "backup/<Go type>".
-type backupMessage struct{ spi.Operation }
-
-func (b backupMessage) MessageKind() string { return fmt.Sprintf("backup/%T", b.Operation) }
-
-func (s *Service) sendBackupNow(cl *call, t task, r Replica, replica int, version int64, typeID uint16, callerCall uint64, bop spi.Operation) error {
-	if c := s.connected(r.ID); c != nil {
-		return c.sendBackup(cl, t, typeID, replica, version, callerCall, bop)
+	if c := s.tr.Connected(r.ID); c != nil {
+		return s.sendBackupOn(c, cl, t, typeID, replica, version, callerCall, bop)
 	}
 	// Dialling can take long: never on a partition executor.
 	if s.closed.Load() {
@@ -422,17 +387,17 @@ func (s *Service) sendBackupNow(cl *call, t task, r Replica, replica int, versio
 }
 
 // dialAndSendBackup sends a backup once a connection to its replica is
-// dialled, on a goroutine of its own (kept out of sendBackupNow so that
+// dialled, on a goroutine of its own (kept out of sendBackup so that
 // the hot path's task does not move to the heap).
 func (s *Service) dialAndSendBackup(cl *call, t task, r Replica, replica int, version int64, typeID uint16, callerCall uint64, bop spi.Operation) {
 	s.wg.Add(1)
 	go func() {
 		defer s.wg.Done()
-		ctx, cancel := context.WithTimeout(context.Background(), handshakeTimeout)
+		ctx, cancel := context.WithTimeout(context.Background(), transport.HandshakeTimeout)
 		defer cancel()
-		c, err := s.connTo(ctx, r.ID, r.Address)
+		c, err := s.tr.Conn(ctx, r.ID, r.Address)
 		if err == nil {
-			err = c.sendBackup(cl, t, typeID, replica, version, callerCall, bop)
+			err = s.sendBackupOn(c, cl, t, typeID, replica, version, callerCall, bop)
 		}
 		if err != nil && cl != nil {
 			cl.complete(nil, err)
@@ -524,20 +489,19 @@ func (s *Service) backupApplied(e *executor, t task, err error) {
 	if err != nil || t.callerCall == 0 || t.conn == nil {
 		return
 	}
-	cl := t.conn.take(t.callerCall)
-	if cl == nil {
+	c := t.conn
+	if !waiting(c, t.callerCall) {
 		// The request may have left on the other connection to the
 		// primary (each member dials its own).
-		if c := s.connected(t.conn.remote.id); c != nil && c != t.conn {
-			cl = c.take(t.callerCall)
+		if c = s.tr.Connected(t.conn.Remote().ID); c == nil || !waiting(c, t.callerCall) {
+			return // answered already, or the caller gave up
 		}
 	}
-	if cl == nil {
-		return // answered already, or the caller gave up
-	}
+	// The answer arrives as the primary's response would, through the
+	// transport's handler (and so a fault wrapper's rules on answers).
 	s.m.backupAnswers.Inc()
-	resp, derr := decodeResponse(&e.rd, cl.op, t.resp)
-	cl.complete(resp, derr)
+	e.rd.Reset(t.resp)
+	s.handler.Frame(c, transport.Header{Kind: transport.KindResponse, CallID: t.callerCall}, &e.rd, true)
 }
 
 // unforwarded returns backup t without the answer it would forward: only
@@ -558,19 +522,10 @@ func (t task) unforwarded() task {
 // only the primary's, and a connection is dialled for next time (off the
 // executor).
 func (s *Service) forwardAnswer(t task) {
-	c := s.connected(t.callerID)
-	switch {
-	case c == nil:
+	if c := s.tr.Connected(t.callerID); c != nil {
+		s.sendAnswer(c, t)
+	} else {
 		s.dialLater(t.callerID)
-	case s.cfg.Hook != nil:
-		m := Message{From: s.cfg.LocalID, To: t.callerID, Service: t.svc.name, Partition: t.pid, Op: answerMessage{t.op}}
-		if v := s.cfg.Hook(m); !v.pass() {
-			s.forwardAnswerLater(v, m, c, t)
-			break
-		}
-		c.sendAnswer(t.callerCall, t.conn.remote.id, t.resp)
-	default:
-		c.sendAnswer(t.callerCall, t.conn.remote.id, t.resp)
 	}
 	s.finish(t, nil, nil)
 }
@@ -579,43 +534,19 @@ func (s *Service) forwardAnswer(t task) {
 // is open or being dialled; nothing waits for it.
 func (s *Service) dialLater(id string) {
 	address, ok := s.cfg.Routing.MemberAddress(id)
-	s.mu.Lock()
-	_, known := s.conns[id]
-	s.mu.Unlock()
-	if !ok || known || s.closed.Load() {
+	if !ok || s.tr.Known(id) || s.closed.Load() {
 		return
 	}
 	s.wg.Add(1)
 	go func() {
 		defer s.wg.Done()
-		ctx, cancel := context.WithTimeout(context.Background(), handshakeTimeout)
+		ctx, cancel := context.WithTimeout(context.Background(), transport.HandshakeTimeout)
 		defer cancel()
-		if _, err := s.connTo(ctx, id, address); err != nil {
+		if _, err := s.tr.Conn(ctx, id, address); err != nil {
 			s.log.Debug("no connection for forwarded answers", "member", id, "error", err)
 		}
 	}()
 }
-
-// forwardAnswerLater applies a fault rule's verdict to a forwarded answer
-// alone, off the executor: a held or delayed answer holds neither the ack
-// nor the primary's answer, a dropped one is never sent.
-func (s *Service) forwardAnswerLater(v Verdict, m Message, c *conn, t task) {
-	s.wg.Add(1)
-	go func() {
-		defer s.wg.Done()
-		ctx, cancel := context.WithTimeout(context.Background(), s.cfg.InvocationTimeout)
-		defer cancel()
-		if v.apply(ctx, m) == nil {
-			c.sendAnswer(t.callerCall, t.conn.remote.id, t.resp) // the frame's own copy
-		}
-	}()
-}
-
-// answerMessage names a forwarded answer for fault rules:
-// "answer/<backup operation's Go type>".
-type answerMessage struct{ spi.Operation }
-
-func (a answerMessage) MessageKind() string { return fmt.Sprintf("answer/%T", a.Operation) }
 
 // drainBackups applies the held backups that are now next in order and
 // acknowledges the ones a sync covered (executor p).

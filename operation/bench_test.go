@@ -6,6 +6,7 @@ import (
 	"context"
 	"testing"
 
+	"github.com/partita-go/partita/internal/transport"
 	"github.com/partita-go/partita/spi"
 )
 
@@ -20,7 +21,7 @@ func BenchmarkFrameEncode(b *testing.B) {
 			buf = buf[:0]
 		}
 		var start int
-		buf, start = beginFrame(buf, kindRequest, uint64(i))
+		buf, start = transport.BeginFrame(buf, transport.KindRequest, uint64(i))
 		w := spi.Writer{}
 		w.SetBuffer(buf)
 		w.WriteUint32(42)
@@ -31,7 +32,7 @@ func BenchmarkFrameEncode(b *testing.B) {
 		w.WriteBool(false)
 		op.WriteData(&w)
 		buf = w.Bytes()
-		if err := endFrame(buf, start); err != nil {
+		if err := transport.EndFrame(buf, start); err != nil {
 			b.Fatal(err)
 		}
 	}
@@ -55,10 +56,10 @@ func BenchmarkFrameDecode(b *testing.B) {
 			br.Reset(rd)
 		}
 		var err error
-		if body, err = readFrame(br, body); err != nil {
+		if body, err = transport.ReadFrame(br, body); err != nil {
 			b.Fatal(err)
 		}
-		_, payload, err := parseHeader(body)
+		_, payload, err := transport.ParseHeader(body)
 		if err != nil {
 			b.Fatal(err)
 		}

@@ -7,6 +7,7 @@ import (
 	"sync/atomic"
 	"time"
 
+	"github.com/partita-go/partita/internal/transport"
 	"github.com/partita-go/partita/operation/replica"
 	"github.com/partita-go/partita/spi"
 )
@@ -18,10 +19,10 @@ type task struct {
 	svc    *serviceEntry
 	pid    int
 	caller string
-	local  *call  // answer to a local invocation, or
-	conn   *conn  // answer on this connection
-	callID uint64 // under this call id (0: no answer)
-	fn     func() // instead of op
+	local  *call           // answer to a local invocation, or
+	conn   *transport.Conn // answer on this connection
+	callID uint64          // under this call id (0: no answer)
+	fn     func()          // instead of op
 	// For a backup: the replica index it is for and the version the
 	// primary stamped it with.
 	replica int
@@ -30,7 +31,7 @@ type task struct {
 	retry   bool   // not the invocation's first attempt
 	// byCaller: run in place on the invoking caller's goroutine, which
 	// parks right after; its backups' frames may be held like its
-	// requests (see heldWrites).
+	// requests (see transport.HeldWrites).
 	byCaller bool
 	resp     []byte // a backup: the primary's encoded response
 	// callerCall, on a backup, is the call id of the invocation that the

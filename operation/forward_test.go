@@ -7,6 +7,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/partita-go/partita/internal/transport"
 	"github.com/partita-go/partita/spi"
 	dto "github.com/prometheus/client_model/go"
 )
@@ -62,7 +63,7 @@ func newFwdCluster(t *testing.T, hooks map[string]func(Message) Verdict) *fwdClu
 	if _, err := k.c.Invoke(ctx, "svc", &reviewBackedOp{}, 1); err != nil {
 		t.Fatal(err)
 	}
-	eventually(t, func() bool { return k.b.connected("c") != nil })
+	eventually(t, func() bool { return k.b.tr.Connected("c") != nil })
 	return k
 }
 
@@ -117,12 +118,13 @@ func TestAnswerFrameCannotCompleteABackupAck(t *testing.T) {
 		_, err := k.c.Invoke(ctx, "svc", &reviewBackedOp{}, 1)
 		done <- err
 	}()
-	pb := k.p.connected("b")
+	pb := k.p.tr.Connected("b")
 	var ackID uint64
+	lb := linkOf(pb)
 	eventually(t, func() bool {
-		pb.mu.Lock()
-		defer pb.mu.Unlock()
-		for id, cl := range pb.pending {
+		lb.mu.Lock()
+		defer lb.mu.Unlock()
+		for id, cl := range lb.pending {
 			if cl.then != nil {
 				ackID = id
 			}
@@ -131,19 +133,19 @@ func TestAnswerFrameCannotCompleteABackupAck(t *testing.T) {
 	})
 	// A peer of p sends an answer frame for the ack's call id, naming b.
 	x, _ := pipeConn(t, k.p)
-	frame, start := beginFrame(nil, kindAnswer, ackID)
+	frame, start := transport.BeginFrame(nil, transport.KindAnswer, ackID)
 	w := &spi.Writer{}
 	w.SetBuffer(frame)
 	w.WriteString("b")
 	writeValue(w, "forged")
 	frame = w.Bytes()
-	endFrame(frame, start)
-	if err := x.handle(frame[4:]); err != nil {
+	transport.EndFrame(frame, start)
+	if err := x.Handle(frame[4:]); err != nil {
 		t.Fatal(err)
 	}
-	pb.mu.Lock()
-	_, pending := pb.pending[ackID]
-	pb.mu.Unlock()
+	lb.mu.Lock()
+	_, pending := lb.pending[ackID]
+	lb.mu.Unlock()
 	if !pending {
 		t.Fatal("an answer frame completed a backup's ack")
 	}
@@ -225,20 +227,21 @@ func TestAlreadyAppliedBackupDoesNotForward(t *testing.T) {
 	k := newFwdCluster(t, nil)
 	// A call of c's, pending on its connection to p, that a forwarded
 	// answer would complete.
-	cp := k.c.connected("p")
+	cp := k.c.tr.Connected("p")
 	cl := newCall(&reviewBackedOp{})
-	cl.held = &heldWrites{}
+	cl.held = &transport.HeldWrites{}
 	const callID = 1 << 40
-	cp.mu.Lock()
-	cp.pending[callID] = cl
-	cp.mu.Unlock()
-	defer cp.forget(callID)
+	lp := linkOf(cp)
+	lp.mu.Lock()
+	lp.pending[callID] = cl
+	lp.mu.Unlock()
+	defer forget(cp, callID)
 
 	resp, err := encodeResponse(&spi.Writer{}, &reviewBackedOp{}, "written")
 	if err != nil {
 		t.Fatal(err)
 	}
-	bp := k.b.connected("p")
+	bp := k.b.tr.Connected("p")
 	svc := k.b.byName["svc"]
 	done := make(chan struct{})
 	k.b.RunOnPartition(1, func() {

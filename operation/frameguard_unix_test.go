@@ -18,6 +18,8 @@ import (
 	"testing"
 	"time"
 
+	"github.com/partita-go/partita/internal/testkit"
+	"github.com/partita-go/partita/internal/transport"
 	"github.com/partita-go/partita/spi"
 )
 
@@ -50,7 +52,7 @@ func servedAs(t *testing.T, s *Service, wrap bool) (peer net.Conn, server *net.T
 		t.Fatal(err)
 	}
 	t.Cleanup(func() { peer.Close() })
-	b := wait(t, acc, "accept")
+	b := testkit.Recv(t, acc, "accept")
 	if b == nil {
 		t.Fatal("accept failed")
 	}
@@ -65,11 +67,11 @@ func servedAs(t *testing.T, s *Service, wrap bool) (peer net.Conn, server *net.T
 // greet sends a hello as member id and reads the service's.
 func greet(t *testing.T, peer net.Conn, id string) {
 	t.Helper()
-	if _, err := peer.Write(hello{version: ProtocolVersion, cluster: "dev", id: id, address: id}.encode(nil)); err != nil {
+	if _, err := peer.Write(transport.AppendHello(nil, transport.Hello{Version: ProtocolVersion, Cluster: "dev", ID: id, Address: id})); err != nil {
 		t.Fatal(err)
 	}
 	peer.SetReadDeadline(time.Now().Add(30 * time.Second))
-	if _, err := readHello(bufio.NewReaderSize(peer, 16)); err != nil {
+	if _, err := transport.ReadHello(bufio.NewReaderSize(peer, 16)); err != nil {
 		t.Fatal(err)
 	}
 	peer.SetReadDeadline(time.Time{})
@@ -201,12 +203,12 @@ func echoes(t *testing.T, s *Service, peer net.Conn, br *bufio.Reader, callID ui
 	}
 	peer.SetReadDeadline(time.Now().Add(30 * time.Second))
 	defer peer.SetReadDeadline(time.Time{})
-	body, err := readFrame(br, nil)
+	body, err := transport.ReadFrame(br, nil)
 	if err != nil {
 		t.Fatalf("call %d: %v", callID, err)
 	}
-	h, payload, err := parseHeader(body)
-	if err != nil || h.kind != kindResponse || h.callID != callID {
+	h, payload, err := transport.ParseHeader(body)
+	if err != nil || h.Kind != transport.KindResponse || h.CallID != callID {
 		t.Fatalf("call %d: answer %+v, %v", callID, h, err)
 	}
 	if v, err := readValue(spi.NewReader(payload), nil); err != nil || v != fmt.Sprintf("echo %d", callID) {

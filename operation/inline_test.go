@@ -11,6 +11,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/partita-go/partita/internal/transport"
 	"github.com/partita-go/partita/spi"
 	"github.com/prometheus/client_golang/prometheus"
 	dto "github.com/prometheus/client_model/go"
@@ -29,7 +30,7 @@ func (whereOp) Response() any {
 	switch {
 	case strings.Contains(stack, "(*executor).loop"):
 		return "executor"
-	case strings.Contains(stack, "(*conn).readLoop"):
+	case strings.Contains(stack, "(*Conn).readLoop"):
 		return "reader"
 	}
 	return "caller"
@@ -295,26 +296,34 @@ func (primaryRouting) ReplicaIndex(int) int { return 0 }
 
 // Shutdown waits for an operation running in an executor's place, and
 // for what it started: the local caller it runs on is not among the
-// service's goroutines, but the backup it held back (a fault hook) is,
-// and Shutdown returns only once that one is done. None starts in place
-// afterwards.
+// service's goroutines, but the backup it sends is, held back by a fault
+// rule; Shutdown drops it and returns only once no goroutine of the
+// service is left. None starts in place afterwards.
 func TestShutdownWaitsForWhatAnOperationInPlaceStarted(t *testing.T) {
 	st := &stuck{entered: make(chan struct{}, 1), release: make(chan struct{})}
-	hold := make(chan struct{})
+	hold := make(chan struct{}) // never closed: Shutdown drops the backup
+	network := transport.NewNetwork()
+	b := New(Config{ClusterName: "dev", LocalID: "b", LocalAddress: "b:1", PartitionCount: 7, PartitionThreads: 1,
+		Routing: primaryRouting{}, Dial: network.Dial})
+	defer network.Listen("b:1", b.HandleConn)()
 	s := New(Config{ClusterName: "dev", LocalID: "p", LocalAddress: "p:1", PartitionCount: 7, PartitionThreads: 1,
-		Routing: primaryRouting{}, InvocationTimeout: 5 * time.Second,
+		Routing: primaryRouting{}, InvocationTimeout: 5 * time.Second, Dial: network.Dial,
 		Hook: func(m Message) Verdict {
 			if _, ok := m.Op.(backupMessage); ok {
 				return Verdict{Hold: hold}
 			}
 			return Verdict{}
 		}})
-	if err := s.Register("slow", st, []spi.OperationType{
-		{ID: 1, New: func() spi.Operation { return slowBackedOp{} }},
-		{ID: 2, New: func() spi.Operation { return slowBackupOp{} }},
-	}); err != nil {
-		t.Fatal(err)
+	for _, x := range []*Service{s, b} {
+		if err := x.Register("slow", st, []spi.OperationType{
+			{ID: 1, New: func() spi.Operation { return slowBackedOp{} }},
+			{ID: 2, New: func() spi.Operation { return slowBackupOp{} }},
+		}); err != nil {
+			t.Fatal(err)
+		}
 	}
+	b.Start()
+	defer b.Shutdown()
 	s.Start()
 	invoked := make(chan error, 1)
 	go func() {
@@ -325,14 +334,7 @@ func TestShutdownWaitsForWhatAnOperationInPlaceStarted(t *testing.T) {
 	shut := make(chan struct{})
 	go func() { s.Shutdown(); close(shut) }()
 	waitParked(t, "(*Service).Shutdown", "Mutex).Lock") // waits for the operation
-	close(st.release)                                   // which holds its backup back
-	waitParked(t, "(*Service).Shutdown", "WaitGroup).Wait")
-	select {
-	case <-shut:
-		t.Fatal("Shutdown returned while a backup's goroutine still waits")
-	default:
-	}
-	close(hold)
+	close(st.release)                                   // which sends its backup
 	<-shut
 	<-invoked // ErrShutdown: its backup was never acknowledged
 	if _, err := s.Invoke(context.Background(), "slow", slowBackedOp{}, 1); !errors.Is(err, spi.ErrShutdown) {
@@ -342,8 +344,8 @@ func TestShutdownWaitsForWhatAnOperationInPlaceStarted(t *testing.T) {
 		t.Fatal("an operation ran in place after Shutdown")
 	}
 	buf := make([]byte, 1<<20)
-	if n := runtime.Stack(buf, true); strings.Contains(string(buf[:n]), "sendBackupLater") {
-		t.Fatal("a goroutine of the service (sendBackupLater) is still running after Shutdown returned")
+	if n := runtime.Stack(buf, true); strings.Contains(string(buf[:n]), "(*Faults).later") {
+		t.Fatal("a goroutine of the service (a held backup) is still running after Shutdown returned")
 	}
 }
 

@@ -8,6 +8,7 @@ import (
 	"sync/atomic"
 	"time"
 
+	"github.com/partita-go/partita/internal/transport"
 	"github.com/partita-go/partita/spi"
 )
 
@@ -189,19 +190,11 @@ func (s *Service) attempt(ctx context.Context, limit time.Time, svc *serviceEntr
 	if !ok {
 		return nil, fmt.Errorf("%w: %T is not among the operation types of service %q (see spi.OperationProvider)", spi.ErrUnknownOperation, op, svc.name)
 	}
-	if s.cfg.Hook != nil {
-		m := Message{From: s.cfg.LocalID, To: id, Service: svc.name, Partition: pid, Op: op}
-		if v := s.cfg.Hook(m); !v.pass() {
-			if err := s.applyVerdict(ctx, limit, v, m); err != nil {
-				return nil, err
-			}
-		}
-	}
-	c := s.connected(id)
+	c := s.tr.Connected(id)
 	if c == nil {
 		cctx, cancel := withLimit(ctx, limit)
 		var err error
-		c, err = s.connTo(cctx, id, address)
+		c, err = s.tr.Conn(cctx, id, address)
 		cancel()
 		if err != nil {
 			return nil, err
@@ -210,26 +203,17 @@ func (s *Service) attempt(ctx context.Context, limit time.Time, svc *serviceEntr
 	if pastWindow() {
 		return nil, errPastWindow
 	}
-	callID, err := c.sendRequest(cl, svc, typeID, pid, key, retry)
+	callID, err := s.sendRequest(c, cl, svc, typeID, pid, key, retry)
 	if err != nil {
 		return nil, err
 	}
 	*sent = true
-	resp, err := s.wait(ctx, limit, cl, c, callID)
-	if err == nil && s.cfg.Hook != nil {
-		m := Message{From: s.cfg.LocalID, To: id, Service: svc.name, Partition: pid, Op: op, Response: true}
-		if v := s.cfg.Hook(m); !v.pass() {
-			if herr := s.applyVerdict(ctx, limit, v, m); herr != nil {
-				return nil, herr
-			}
-		}
-	}
-	return resp, err
+	return s.wait(ctx, limit, cl, c, callID)
 }
 
 // wait waits for cl's answer until ctx ends or limit (when not zero)
 // passes.
-func (s *Service) wait(ctx context.Context, limit time.Time, cl *call, c *conn, callID uint64) (any, error) {
+func (s *Service) wait(ctx context.Context, limit time.Time, cl *call, c *transport.Conn, callID uint64) (any, error) {
 	done := ctx.Done() // nil for context.Background: never ready
 	var err error
 	for err == nil {
@@ -263,21 +247,13 @@ func (s *Service) wait(ctx context.Context, limit time.Time, cl *call, c *conn, 
 	// Abandoned: a late answer may still arrive, so the call is not
 	// recycled.
 	if c != nil {
-		c.forget(callID)
+		forget(c, callID)
 	}
 	return nil, err
 }
 
 func (s *Service) invocationTimeout() error {
 	return fmt.Errorf("%w: no answer within the invocation timeout (%v): %w", spi.ErrTimeout, s.cfg.InvocationTimeout, context.DeadlineExceeded)
-}
-
-// applyVerdict applies a fault rule's verdict; a held message waits at most
-// until ctx ends or limit passes.
-func (s *Service) applyVerdict(ctx context.Context, limit time.Time, v Verdict, m Message) error {
-	ctx, cancel := withLimit(ctx, limit)
-	defer cancel()
-	return v.apply(ctx, m)
 }
 
 // withLimit returns ctx bounded by limit, when limit is not zero.
@@ -322,7 +298,6 @@ func (k *timeoutClock) run(period time.Duration, quit <-chan struct{}, onTick fu
 		case <-t.C:
 			ch := make(chan struct{})
 			close(*k.ch.Swap(&ch))
-			held.release() // a backstop: see heldWrites
 			onTick()
 		case <-quit:
 			return

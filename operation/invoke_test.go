@@ -3,13 +3,11 @@ package operation
 import (
 	"context"
 	"errors"
-	"runtime"
-	"slices"
-	"strings"
 	"sync/atomic"
 	"testing"
 	"time"
 
+	"github.com/partita-go/partita/internal/testkit"
 	"github.com/partita-go/partita/spi"
 )
 
@@ -176,32 +174,5 @@ func TestInvokeWithoutDeadlineEndsAtShutdown(t *testing.T) {
 	}
 }
 
-// eventually polls cond until it holds, failing t after 10 s.
-// (clustertest.Eventually would be an import cycle here.)
-func eventually(t *testing.T, cond func() bool) {
-	t.Helper()
-	deadline := time.Now().Add(10 * time.Second)
-	for !cond() {
-		if time.Now().After(deadline) {
-			t.Fatal("condition not met within 10s")
-		}
-		time.Sleep(time.Millisecond)
-	}
-}
-
-// waitParked waits until some goroutine's stack holds every one of
-// frames (a read or write of the test waiting in the runtime's poller,
-// say).
-func waitParked(t *testing.T, frames ...string) {
-	t.Helper()
-	buf := make([]byte, 1<<20)
-	eventually(t, func() bool {
-		n := runtime.Stack(buf, true)
-		for _, g := range strings.Split(string(buf[:n]), "\n\n") {
-			if !slices.ContainsFunc(frames, func(f string) bool { return !strings.Contains(g, f) }) {
-				return true
-			}
-		}
-		return false
-	})
-}
+func eventually(t *testing.T, cond func() bool) { t.Helper(); testkit.Eventually(t, cond) }
+func waitParked(t *testing.T, frames ...string) { t.Helper(); testkit.WaitParked(t, frames...) }

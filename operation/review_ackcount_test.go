@@ -7,6 +7,7 @@ import (
 	"sync/atomic"
 	"testing"
 
+	"github.com/partita-go/partita/internal/transport"
 	"github.com/partita-go/partita/spi"
 )
 
@@ -25,7 +26,10 @@ func TestReviewBackupAckCompletedTwice(t *testing.T) {
 	for trial := 0; trial < 200000 && twice == 0; trial++ {
 		trials++
 		a, b := net.Pipe()
-		c := s.newConn(a, hello{version: ProtocolVersion, cluster: "dev", id: "peer", address: "peer"})
+		c, err := s.stream.Open(a, transport.Hello{Version: ProtocolVersion, Cluster: "dev", ID: "peer", Address: "peer"})
+		if err != nil {
+			t.Fatal(err)
+		}
 		var completions atomic.Int32
 		cl := &call{then: ackFunc(func(error) { completions.Add(1) })}
 		var wg sync.WaitGroup
@@ -33,18 +37,17 @@ func TestReviewBackupAckCompletedTwice(t *testing.T) {
 		go func() {
 			defer wg.Done()
 			// what sendBackups does with sendBackup's error
-			if err := c.sendBackup(cl, tk, 1, 1, 1, 0, &echoOp{S: "x"}); err != nil {
+			if err := s.sendBackupOn(c, cl, tk, 1, 1, 1, 0, &echoOp{S: "x"}); err != nil {
 				cl.complete(nil, err)
 			}
 		}()
 		go func() {
 			defer wg.Done()
 			runtime.Gosched()
-			c.close(spi.ErrMemberLeft)
+			c.Close(spi.ErrMemberLeft)
 		}()
 		wg.Wait()
 		b.Close()
-		c.wg.Wait()
 		if completions.Load() > 1 {
 			twice++
 		}

@@ -16,6 +16,7 @@ import (
 	"time"
 
 	"github.com/cespare/xxhash/v2"
+	"github.com/partita-go/partita/internal/transport"
 	"github.com/partita-go/partita/operation/replica"
 	"github.com/partita-go/partita/spi"
 )
@@ -60,13 +61,11 @@ type Config struct {
 	// Dial opens a connection to another member's operation port. The
 	// node engine's dialer writes the protocol selector byte first.
 	Dial func(ctx context.Context, address string) (net.Conn, error)
-	// Hook, when set, decides the fate of every request before it is sent
-	// to another member, every backup, every answer a backup forwards to
-	// the caller's member (a dropped one is never sent), and
-	// every successful answer when it arrives (tests use it to drop, delay
-	// or hold messages). It must
-	// return at once; the service applies the Verdict without blocking a
-	// partition executor.
+	// Hook, when set, wraps the transport in a transport.Faults that asks
+	// it the fate of every request, backup and forwarded answer before
+	// it leaves for another member, and of every successful answer when
+	// it arrives (tests use it to drop, delay, hold, reorder messages or
+	// cut connections). It must return at once.
 	Hook func(m Message) Verdict
 	// OnReplicaGap is called as partition p's executor (on its goroutine,
 	// or a reader's running a backup in its place) when a backup
@@ -86,64 +85,12 @@ type Replica struct {
 	Incoming bool
 }
 
-// Verdict is a Hook's decision about one message. The zero Verdict lets
-// the message through untouched.
-type Verdict struct {
-	// Hold, when not nil, holds the message until it is closed.
-	Hold <-chan struct{}
-	// Delay holds the message this long (after Hold).
-	Delay time.Duration
-	// Drop loses the message: the sender sees a broken connection
-	// (spi.ErrMemberLeft), a dropped answer is lost after the operation
-	// ran, a dropped backup never reaches its replica.
-	Drop bool
-}
-
-func (v Verdict) pass() bool { return v.Hold == nil && v.Delay == 0 && !v.Drop }
-
-// apply waits as v says, then returns the error a dropped message gives.
-func (v Verdict) apply(ctx context.Context, m Message) error {
-	if v.Hold != nil {
-		select {
-		case <-v.Hold:
-		case <-ctx.Done():
-			return fmt.Errorf("%w: %s held by a fault hook until the caller gave up", spi.ErrTimeout, m.Kind())
-		}
-	}
-	if v.Delay > 0 {
-		t := time.NewTimer(v.Delay)
-		select {
-		case <-t.C:
-		case <-ctx.Done():
-			t.Stop()
-		}
-	}
-	if v.Drop {
-		return fmt.Errorf("%w: %s dropped by a fault hook", spi.ErrMemberLeft, m.Kind())
-	}
-	return nil
-}
-
-// Message describes a request on its way to another member, for Hook.
-type Message struct {
-	From, To  string // member IDs: the request's sender and receiver
-	Service   string
-	Partition int // -1: generic
-	Op        spi.Operation
-	// Response is set when the hook sees the answer arriving back at the
-	// caller (From) instead of the request leaving it; an error then makes
-	// the caller treat the answer as lost with the connection.
-	Response bool
-}
-
-// Kind names the message for fault-injection rules: the operation's
-// MessageKind() when it has one, else "<service>/<Go type>".
-func (m Message) Kind() string {
-	if k, ok := m.Op.(interface{ MessageKind() string }); ok {
-		return k.MessageKind()
-	}
-	return fmt.Sprintf("%s/%T", m.Service, m.Op)
-}
+// Message and Verdict are the fault rules' view of a message and their
+// decision about it (see Config.Hook and transport.Faults).
+type (
+	Message = transport.Message
+	Verdict = transport.Verdict
+)
 
 // OwnerCheckExempt is implemented by engine operations that run on a
 // partition's executor whatever its owner and migration state (the
@@ -193,7 +140,6 @@ type Service struct {
 	clock     timeoutClock  // see invoke.go
 	ticks     atomic.Uint64 // the clock's ticks so far
 	ackTicks  uint64        // BackupAckTimeout in ticks
-	bodyTicks uint64        // FrameBodyTimeout in ticks
 	wg        sync.WaitGroup
 	started   atomic.Bool
 	running   atomic.Bool // the executors exist
@@ -203,9 +149,12 @@ type Service struct {
 	records   []recordCount // exactly-once records, by partition executor
 	nextCall  atomic.Uint64
 
-	mu    sync.Mutex
-	conns map[string]*peer // by member ID: the connection used to reach it
-	all   map[*conn]struct{}
+	// The member-to-member transport: tr is stream, or faults wrapping
+	// it when Config.Hook is set (send uses the concrete ones).
+	tr      transport.Transport
+	stream  *transport.Stream
+	faults  *transport.Faults
+	handler transport.Handler // the stream's: s, or faults in front of it
 }
 
 var _ spi.OperationService = (*Service)(nil)
@@ -239,10 +188,6 @@ func New(cfg Config) *Service {
 	if cfg.Logger == nil {
 		cfg.Logger = slog.New(slog.DiscardHandler)
 	}
-	if cfg.Dial == nil {
-		var d net.Dialer
-		cfg.Dial = func(ctx context.Context, address string) (net.Conn, error) { return d.DialContext(ctx, "tcp", address) }
-	}
 	s := &Service{
 		migrating: make([]atomic.Bool, cfg.PartitionCount),
 		replicas:  make([]replica.State[task], cfg.PartitionCount),
@@ -255,13 +200,28 @@ func New(cfg Config) *Service {
 		byName:    make(map[string]*serviceEntry),
 		byID:      make(map[uint32]*serviceEntry),
 		quit:      make(chan struct{}),
-		conns:     make(map[string]*peer),
-		all:       make(map[*conn]struct{}),
 	}
 	s.clock.init()
 	period := clockPeriod(cfg.InvocationTimeout)
 	s.ackTicks = uint64((cfg.BackupAckTimeout + period - 1) / period)
-	s.bodyTicks = uint64((cfg.FrameBodyTimeout + period - 1) / period)
+	s.handler = s
+	if cfg.Hook != nil {
+		s.faults = transport.NewFaults(cfg.LocalID, cfg.Hook, s)
+		s.handler = s.faults
+	}
+	s.stream = transport.NewStream(transport.Config{
+		Local:            transport.Hello{Version: transport.ProtocolVersion, Cluster: cfg.ClusterName, ID: cfg.LocalID, Address: cfg.LocalAddress},
+		Dial:             cfg.Dial,
+		Handler:          s.handler,
+		Logger:           cfg.Logger,
+		FrameBodyTimeout: cfg.FrameBodyTimeout,
+		TickPeriod:       period,
+	})
+	s.tr = s.stream
+	if s.faults != nil {
+		s.faults.Wrap(s.stream)
+		s.tr = s.faults
+	}
 	return s
 }
 
@@ -382,7 +342,7 @@ func (s *Service) Start() {
 		defer s.wg.Done()
 		s.clock.run(clockPeriod(s.cfg.InvocationTimeout), s.quit, func() {
 			s.ticks.Add(1)
-			s.pokeReaders()
+			s.tr.Tick()
 			s.expireBackups()
 		})
 	}()
@@ -395,15 +355,7 @@ func (s *Service) Shutdown() {
 	if s.closed.Swap(true) {
 		return
 	}
-	s.mu.Lock()
-	conns := make([]*conn, 0, len(s.all))
-	for c := range s.all {
-		conns = append(conns, c)
-	}
-	s.mu.Unlock()
-	for _, c := range conns {
-		c.close(spi.ErrShutdown)
-	}
+	s.tr.Close()
 	close(s.quit)
 	// Wait for the operations running in an executor's place (runInline)
 	// that took its lock before closed was set; later ones see closed and
@@ -414,6 +366,7 @@ func (s *Service) Shutdown() {
 		e.mu.Unlock()
 	}
 	s.wg.Wait()
+	s.tr.Wait()
 	// Every synchronous backup run has ended by now (its connection was
 	// closed, its retry found the member closed), releasing the answers
 	// held behind it; fail any left, so that no caller waits for them.
@@ -625,7 +578,7 @@ func (s *Service) finish(t task, resp any, err error) {
 	case t.local != nil:
 		t.local.complete(resp, err)
 	case t.conn != nil && t.callID != 0:
-		t.conn.sendResponse(t.callID, t.op, resp, err)
+		s.sendResponse(t.conn, t.callID, t.op, resp, err)
 	case err != nil && t.fn == nil:
 		s.log.Warn("operation failed with no caller waiting", "service", t.svc.name, "partition", t.pid, "error", err)
 	}

@@ -4,14 +4,13 @@ import (
 	"bufio"
 	"bytes"
 	"context"
-	"encoding/binary"
 	"errors"
 	"io"
 	"net"
 	"testing"
-	"testing/iotest"
 	"time"
 
+	"github.com/partita-go/partita/internal/transport"
 	"github.com/partita-go/partita/spi"
 	"go.uber.org/goleak"
 )
@@ -73,41 +72,22 @@ func TestValueRoundTrip(t *testing.T) {
 	}
 }
 
-func TestErrorFrameKeepsSentinel(t *testing.T) {
-	for _, sentinel := range errorCodes[1:] {
-		buf := appendError(nil, 9, errors.Join(errors.New("context"), sentinel))
-		h, payload, err := parseHeader(buf[4:])
-		if err != nil || h.kind != kindError || h.callID != 9 {
-			t.Fatalf("header %+v, %v", h, err)
-		}
-		got := decodeError(payload, "m1")
-		if !errors.Is(got, sentinel) {
-			t.Fatalf("%v does not wrap %v", got, sentinel)
-		}
-		var re *spi.RemoteError
-		if !errors.As(got, &re) || re.Member != "m1" {
-			t.Fatalf("not a RemoteError from m1: %v", got)
-		}
-	}
-	got := decodeError(appendError(nil, 1, errors.New("boom"))[headerSize:], "m2")
-	if got.Error() != "remote error from m2: boom" || errors.Unwrap(got) != nil {
-		t.Fatalf("application error = %v", got)
-	}
-}
-
 // pipeConn returns a conn of s over an in-memory pipe and the peer's end,
 // whose output is drained so the writer never blocks.
-func pipeConn(t testing.TB, s *Service) (*conn, net.Conn) {
+func pipeConn(t testing.TB, s *Service) (*transport.Conn, net.Conn) {
 	a, b := net.Pipe()
-	c := s.newConn(a, hello{version: ProtocolVersion, cluster: "dev", id: "peer", address: "peer"})
+	c, err := s.stream.Open(a, transport.Hello{Version: ProtocolVersion, Cluster: "dev", ID: "peer", Address: "peer"})
+	if err != nil {
+		t.Fatal(err)
+	}
 	done := make(chan struct{})
 	go func() { defer close(done); io.Copy(io.Discard, b) }()
-	t.Cleanup(func() { c.close(spi.ErrShutdown); b.Close(); <-done; c.wg.Wait() })
+	t.Cleanup(func() { c.Close(spi.ErrShutdown); b.Close(); <-done })
 	return c, b
 }
 
 func requestFrame(callID uint64, sid uint32, tid uint16, pid int64, data string) []byte {
-	buf, start := beginFrame(nil, kindRequest, callID)
+	buf, start := transport.BeginFrame(nil, transport.KindRequest, callID)
 	w := spi.Writer{}
 	w.SetBuffer(buf)
 	w.WriteUint32(sid)
@@ -118,7 +98,7 @@ func requestFrame(callID uint64, sid uint32, tid uint16, pid int64, data string)
 	w.WriteBool(false)
 	w.WriteString(data)
 	buf = w.Bytes()
-	endFrame(buf, start)
+	transport.EndFrame(buf, start)
 	return buf
 }
 
@@ -132,21 +112,21 @@ func FuzzFrame(f *testing.F) {
 	f.Add(requestFrame(2, sid, 9, 3, "unknown type"))
 	f.Add(requestFrame(3, 12345, 1, 3, "unknown service"))
 	f.Add(requestFrame(4, sid, 1, 99, "bad partition"))
-	f.Add(appendError(nil, 5, spi.ErrWrongTarget))
-	f.Add(hello{version: 1, cluster: "dev", id: "x", address: "y"}.encode(nil))
+	f.Add(transport.AppendError(nil, 5, spi.ErrWrongTarget))
+	f.Add(transport.AppendHello(nil, transport.Hello{Version: 1, Cluster: "dev", ID: "x", Address: "y"}))
 	f.Add([]byte{0, 0, 0, 0})
 	f.Add([]byte{0xff, 0xff, 0xff, 0xff, 2})
 	// A backup's forwarded answer (the fuzzed connection is also the one
 	// to the "primary", with calls 7 and 9 pending on it): a value, a
 	// codec's response, for no pending call, and cut short.
 	answerFrame := func(callID uint64, primary string, value func(w *spi.Writer)) []byte {
-		buf, start := beginFrame(nil, kindAnswer, callID)
+		buf, start := transport.BeginFrame(nil, transport.KindAnswer, callID)
 		w := &spi.Writer{}
 		w.SetBuffer(buf)
 		w.WriteString(primary)
 		value(w)
 		buf = w.Bytes()
-		endFrame(buf, start)
+		transport.EndFrame(buf, start)
 		return buf
 	}
 	f.Add(answerFrame(9, "peer", func(w *spi.Writer) { writeValue(w, int64(42)) }))
@@ -155,37 +135,33 @@ func FuzzFrame(f *testing.F) {
 		(&codecBackedOp{}).WriteResponse(w, pair{1, 2})
 	}))
 	f.Add(answerFrame(5, "nobody", func(w *spi.Writer) { writeValue(w, "x") }))
-	short, start := beginFrame(nil, kindAnswer, 8)
+	short, start := transport.BeginFrame(nil, transport.KindAnswer, 8)
 	short = append(short, 100, 'p') // a 100-byte member id, cut short
-	endFrame(short, start)
+	transport.EndFrame(short, start)
 	f.Add(short)
 	f.Fuzz(func(t *testing.T, data []byte) {
-		c, _ := pipeConn(t, s)
-		ready := make(chan struct{})
-		close(ready)
-		s.mu.Lock()
-		s.conns["peer"] = &peer{ready: ready, c: c} // c.close removes it
-		s.mu.Unlock()
-		h := &heldWrites{}
+		c, _ := pipeConn(t, s) // also the route to "peer"
+		h := &transport.HeldWrites{}
 		pending := []*call{newCall(&codecBackedOp{}), newCall(&reviewBackedOp{})}
-		c.mu.Lock()
+		l := linkOf(c)
+		l.mu.Lock()
 		for i, cl := range pending {
 			cl.held = h
-			c.pending[uint64(7+2*i)] = cl
+			l.pending[uint64(7+2*i)] = cl
 		}
-		c.mu.Unlock()
+		l.mu.Unlock()
 		br := bufio.NewReader(bytes.NewReader(data))
 		var buf []byte
 		for {
 			var err error
-			buf, err = readFrame(br, buf)
+			buf, err = transport.ReadFrame(br, buf)
 			if err != nil {
 				if !errors.Is(err, io.EOF) && !errors.Is(err, io.ErrUnexpectedEOF) && !errors.Is(err, spi.ErrProtocol) {
 					t.Fatalf("readFrame error %v is not EOF or ErrProtocol", err)
 				}
 				return
 			}
-			if err := c.handle(buf); err != nil {
+			if err := c.Handle(buf); err != nil {
 				if !errors.Is(err, spi.ErrProtocol) {
 					t.Fatalf("handle error %v is not ErrProtocol", err)
 				}
@@ -208,33 +184,5 @@ func TestLocalInvokeAndUnknowns(t *testing.T) {
 	}
 	if _, err := s.Invoke(ctx, "echo", &echoOp{}, 7); err == nil {
 		t.Fatal("partition out of range accepted")
-	}
-}
-
-// readFrame allocates for a frame's body only as the body arrives: an
-// announced 16 MiB with 100 bytes behind it costs one chunk, and a large
-// body that arrives in small pieces is read whole.
-func TestReadFrameGrowsAsTheBodyArrives(t *testing.T) {
-	short := append(binary.LittleEndian.AppendUint32(nil, MaxFrameSize), make([]byte, 100)...)
-	buf, err := readFrame(bufio.NewReader(bytes.NewReader(short)), nil)
-	if err != io.ErrUnexpectedEOF || cap(buf) > bodyChunk {
-		t.Fatalf("readFrame = %d bytes (cap %d), %v; want at most %d bytes, io.ErrUnexpectedEOF", len(buf), cap(buf), err, bodyChunk)
-	}
-	big := make([]byte, 3<<20+5)
-	for i := range big {
-		big[i] = byte(i * 13)
-	}
-	stream := append(binary.LittleEndian.AppendUint32(nil, uint32(len(big))), big...)
-	stream = append(stream, 3, 0, 0, 0, 'a', 'b', 'c')
-	br := bufio.NewReaderSize(iotest.HalfReader(bytes.NewReader(stream)), 16)
-	buf, err = readFrame(br, make([]byte, 0, 10))
-	if err != nil || !bytes.Equal(buf, big) {
-		t.Fatalf("large frame: %d bytes, %v", len(buf), err)
-	}
-	if buf, err = readFrame(br, buf); err != nil || string(buf) != "abc" {
-		t.Fatalf("frame after it: %q, %v", buf, err)
-	}
-	if _, err = readFrame(br, buf); err != io.EOF {
-		t.Fatalf("at the end: %v, want io.EOF", err)
 	}
 }

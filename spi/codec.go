@@ -117,6 +117,10 @@ func (r *Reader) Remaining() int { return len(r.buf) - r.off }
 // Offset returns how many bytes have been read.
 func (r *Reader) Offset() int { return r.off }
 
+// Rest returns the bytes left unread, without copying them or reading
+// past them; they are valid as long as the Reader's buffer is.
+func (r *Reader) Rest() []byte { return r.buf[r.off:] }
+
 func (r *Reader) fail(what string, need int) {
 	if r.err == nil {
 		r.err = fmt.Errorf("%w: truncated %s at offset %d: need %d bytes, have %d",

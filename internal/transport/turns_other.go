@@ -1,6 +1,6 @@
 //go:build !unix
 
-package operation
+package transport
 
 import "net"
 

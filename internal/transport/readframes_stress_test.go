@@ -1,6 +1,6 @@
 //go:build unix
 
-package operation
+package transport
 
 import (
 	"bytes"
@@ -11,7 +11,7 @@ import (
 )
 
 // Stress: random frame sizes (empty, small, > usual buffer, > the 1 MiB
-// shrink threshold), random write splits, random errWouldWait, and a
+// shrink threshold), random write splits, random ErrWouldWait, and a
 // clock poking every 200µs. Every frame is handed over once, whole and in
 // order, and the final FIN ends the loop with io.EOF. (The sleeps are
 // jitter that varies the interleavings, not synchronisation: every wait
@@ -48,7 +48,7 @@ func TestReviewReadFramesStress(t *testing.T) {
 		go func() {
 			done <- tc.readFrames(stream[:min(len(stream), 3000)], func(body []byte, wait bool) error {
 				if !wait && hr.IntN(8) == 0 {
-					return errWouldWait
+					return ErrWouldWait
 				}
 				if hr.IntN(50) == 0 {
 					time.Sleep(time.Duration(hr.IntN(300)) * time.Microsecond)

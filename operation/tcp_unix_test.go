@@ -5,12 +5,12 @@ package operation
 import (
 	"bufio"
 	"context"
-	"encoding/binary"
 	"errors"
 	"net"
 	"testing"
 	"time"
 
+	"github.com/partita-go/partita/internal/transport"
 	"github.com/partita-go/partita/spi"
 )
 
@@ -47,7 +47,7 @@ func tcpDialer(t *testing.T, to func() *Service) func(context.Context, string) (
 // reference is dropped. So conn.close (MemberLeft, Shutdown, the writer
 // on a write error) blocked for as long as the reader's handle did: here
 // handleRequest waits for room in a full executor queue. Now a frame that
-// would wait is handled again off the socket (errWouldWait).
+// would wait is handled again off the socket (transport.ErrWouldWait).
 func TestReviewMemberLeftDoesNotWaitForTheReadersHandle(t *testing.T) {
 	var p *Service
 	p = New(Config{ClusterName: "dev", LocalID: "p", LocalAddress: "p:1", PartitionCount: 7, PartitionThreads: 1,
@@ -82,7 +82,7 @@ func TestReviewMemberLeftDoesNotWaitForTheReadersHandle(t *testing.T) {
 	for i := 0; i < 3; i++ {                // one fills the queue, the next one holds p's reader
 		go c.Invoke(ctx, "svc", &echoOp{S: "x"}, 1)
 	}
-	waitParked(t, "(*Service).enqueue", "(*conn).handleRequest", "readFrames")
+	waitParked(t, "(*Service).enqueue", "(*Service).handleRequest", "readFrames")
 
 	left := make(chan struct{})
 	go func() {
@@ -95,19 +95,6 @@ func TestReviewMemberLeftDoesNotWaitForTheReadersHandle(t *testing.T) {
 		release() // let the test end
 		<-left
 		t.Fatal("MemberLeft waited for the reader's handle (a full executor queue) to return")
-	}
-}
-
-// Review finding: the frame length is converted to int before it is
-// checked; where int has 32 bits a length of 2 GiB or more is negative,
-// passes the MaxFrameSize check and slicing the body panics. readFrame
-// compares the uint32.
-func TestReviewReadFramesRefusesA2GiBLength(t *testing.T) {
-	a, b := turnPair(t)
-	k := readFramesInto(a, nil, nil)
-	b.Write(binary.LittleEndian.AppendUint32(nil, 1<<31))
-	if err := wait(t, k.done, "readFrames"); !errors.Is(err, spi.ErrProtocol) {
-		t.Fatalf("readFrames returned %v, want spi.ErrProtocol", err)
 	}
 }
 
@@ -136,10 +123,10 @@ func TestReviewRequestReadWithTheHelloIsServed(t *testing.T) {
 		t.Fatal(err)
 	}
 	defer q.Close()
-	out := hello{version: ProtocolVersion, cluster: "dev", id: "q", address: "q:1"}.encode(nil)
+	out := transport.AppendHello(nil, transport.Hello{Version: ProtocolVersion, Cluster: "dev", ID: "q", Address: "q:1"})
 	for i := uint64(1); i <= 3; i++ {
 		var start int
-		out, start = beginFrame(out, kindRequest, i)
+		out, start = transport.BeginFrame(out, transport.KindRequest, i)
 		w := spi.NewWriter(nil)
 		w.WriteUint32(p.byName["svc"].id)
 		w.WriteUint16(1)
@@ -149,24 +136,24 @@ func TestReviewRequestReadWithTheHelloIsServed(t *testing.T) {
 		w.WriteBool(false)
 		(&echoOp{S: "hi"}).WriteData(w)
 		out = append(out, w.Bytes()...)
-		endFrame(out, start)
+		transport.EndFrame(out, start)
 	}
 	if _, err := q.Write(out); err != nil {
 		t.Fatal(err)
 	}
 	q.SetReadDeadline(time.Now().Add(10 * time.Second))
 	br := bufio.NewReader(q)
-	if _, err := readHello(br); err != nil {
+	if _, err := transport.ReadHello(br); err != nil {
 		t.Fatal(err)
 	}
 	for i := uint64(1); i <= 3; i++ {
-		body, err := readFrame(br, nil)
+		body, err := transport.ReadFrame(br, nil)
 		if err != nil {
 			t.Fatal(err)
 		}
-		h, payload, err := parseHeader(body)
-		if err != nil || h.kind != kindResponse || h.callID != i {
-			t.Fatalf("frame %d: kind %d call %d, %v", i, h.kind, h.callID, err)
+		h, payload, err := transport.ParseHeader(body)
+		if err != nil || h.Kind != transport.KindResponse || h.CallID != i {
+			t.Fatalf("frame %d: kind %d call %d, %v", i, h.Kind, h.CallID, err)
 		}
 		if v, err := readValue(spi.NewReader(payload), nil); v != "hi" || err != nil {
 			t.Fatalf("response %v, %v", v, err)

@@ -1,9 +1,10 @@
 //go:build linux
 
-package operation
+package transport
 
 import (
 	"encoding/binary"
+	"github.com/partita-go/partita/internal/testkit"
 	"io"
 	"net"
 	"syscall"
@@ -21,7 +22,7 @@ func TestReviewCloseBehindTheLastFrameNeedsThePokes(t *testing.T) {
 	b.Write(frameOf([]byte("last")))
 	b.(*turnConn).Conn.(*net.TCPConn).CloseWrite()
 	rc, _ := tc.Conn.(*net.TCPConn).SyscallConn()
-	eventually(t, func() bool { // the FIN is in: CLOSE_WAIT
+	testkit.Eventually(t, func() bool { // the FIN is in: CLOSE_WAIT
 		var st uint8
 		rc.Control(func(fd uintptr) {
 			// the first 4 bytes of struct tcp_info: tcpi_state first
@@ -37,7 +38,7 @@ func TestReviewCloseBehindTheLastFrameNeedsThePokes(t *testing.T) {
 	close(hold)
 	k.expect(t, []byte("one"))
 	k.expect(t, []byte("last"))
-	waitParked(t, "readFrames", "waitRead")
+	testkit.WaitParked(t, "readFrames", "waitRead")
 	if !tc.skipping.Load() {
 		t.Fatal("the reader waits after EAGAIN: the hole was not reached")
 	}

@@ -1,6 +1,6 @@
 //go:build unix
 
-package operation
+package transport
 
 import (
 	"encoding/binary"
@@ -229,7 +229,7 @@ func (c *turnConn) readFrames(pre []byte, handle func(body []byte, wait bool) er
 				if end-start-4 < n {
 					break // the buffer grows below, as the body arrives
 				}
-				if ferr = handle(buf[start+4:start+4+n:start+4+n], false); ferr == errWouldWait {
+				if ferr = handle(buf[start+4:start+4+n:start+4+n], false); ferr == ErrWouldWait {
 					ferr, later = nil, true
 					return true // handled again below, off the socket
 				} else if ferr != nil {

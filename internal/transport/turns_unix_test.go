@@ -1,6 +1,6 @@
 //go:build unix
 
-package operation
+package transport
 
 import (
 	"bytes"
@@ -15,6 +15,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/partita-go/partita/internal/testkit"
 	"github.com/partita-go/partita/spi"
 )
 
@@ -52,16 +53,9 @@ func turnPair(t *testing.T) (a, b net.Conn) {
 	return a, b
 }
 
-// wait fails the test unless ch delivers within a bound.
 func wait[T any](t *testing.T, ch <-chan T, what string) T {
 	t.Helper()
-	select {
-	case v := <-ch:
-		return v
-	case <-time.After(30 * time.Second):
-		t.Fatalf("timed out waiting for %s", what)
-		panic("unreachable")
-	}
+	return testkit.Recv(t, ch, what)
 }
 
 // Both ends send many megabytes at once, in writes of every size, while
@@ -131,7 +125,7 @@ func TestTurnConnFullSendBufferDoesNotBlockReads(t *testing.T) {
 		_, err := a.Write(big) // waits until b reads
 		written <- err
 	}()
-	waitParked(t, "(*turnConn).Write", "waitWrite")
+	testkit.WaitParked(t, "(*turnConn).Write", "waitWrite")
 	if _, err := b.Write([]byte("ping")); err != nil {
 		t.Fatal(err)
 	}
@@ -166,7 +160,7 @@ func TestTurnConnWaitingReaderDoesNotBlockWrites(t *testing.T) {
 		_, err := io.ReadFull(a, make([]byte, 1))
 		read <- err
 	}()
-	waitParked(t, "(*turnConn).Read", "waitRead")
+	testkit.WaitParked(t, "(*turnConn).Read", "waitRead")
 	written := make(chan error, 1)
 	go func() {
 		_, err := a.Write([]byte("pong"))
@@ -222,8 +216,8 @@ func TestTurnConnCloseWakesWaiters(t *testing.T) {
 		_, err := a.Read(make([]byte, 1))
 		rerr <- err
 	}()
-	waitParked(t, "(*turnConn).Write", "waitWrite")
-	waitParked(t, "(*turnConn).Read", "waitRead")
+	testkit.WaitParked(t, "(*turnConn).Write", "waitWrite")
+	testkit.WaitParked(t, "(*turnConn).Read", "waitRead")
 	a.Close()
 	if err := wait(t, werr, "the waiting write"); !errors.Is(err, net.ErrClosed) {
 		t.Fatalf("write: %v, want net.ErrClosed", err)
@@ -324,7 +318,7 @@ func handlingOne(t *testing.T, a, b net.Conn) (k *frameSink, hold chan struct{})
 	hold = make(chan struct{})
 	k = readFramesInto(a, nil, hold)
 	b.Write(frameOf([]byte("one")))
-	waitParked(t, "readFramesInto.func1.1", "[chan receive")
+	testkit.WaitParked(t, "readFramesInto.func1.1", "[chan receive")
 	return k, hold
 }
 
@@ -439,18 +433,18 @@ func TestReadFramesPokeEndsAWaitWithoutAnError(t *testing.T) {
 	// event may reach the poller after the reader read the frame and end
 	// the wait after the short read at once (a wake-up with nothing to
 	// read, then a wait after EAGAIN that the pokes leave alone).
-	waitParked(t, "readFrames", "waitRead")
+	testkit.WaitParked(t, "readFrames", "waitRead")
 	b.Write(frameOf([]byte("one")))
 	k.expect(t, []byte("one"))
-	eventually(t, tc.skipping.Load)
-	waitParked(t, "readFrames", "waitRead")
+	testkit.Eventually(t, tc.skipping.Load)
+	testkit.WaitParked(t, "readFrames", "waitRead")
 	tc.pokeIfStuck() // notes the wait
 	if tc.pokedNow() {
 		t.Fatal("the first poke set a deadline")
 	}
 	tc.pokeIfStuck()
-	eventually(t, func() bool { return !tc.skipping.Load() && !tc.pokedNow() })
-	waitParked(t, "readFrames", "waitRead")
+	testkit.Eventually(t, func() bool { return !tc.skipping.Load() && !tc.pokedNow() })
+	testkit.WaitParked(t, "readFrames", "waitRead")
 	select {
 	case err := <-k.done:
 		t.Fatalf("readFrames returned %v after a poke", err)
@@ -483,7 +477,7 @@ func TestReadFramesSeesACloseBehindTheLastFrame(t *testing.T) {
 	for i := 0; i < 20; i++ {
 		a, b := turnPair(t)
 		k := readFramesInto(a, nil, nil)
-		waitParked(t, "readFrames", "waitRead")
+		testkit.WaitParked(t, "readFrames", "waitRead")
 		b.Write(frameOf([]byte("last")))
 		b.(*turnConn).Conn.(*net.TCPConn).CloseWrite()
 		k.expect(t, []byte("last"))
@@ -499,7 +493,7 @@ func TestReadFramesSeesACloseBehindTheLastFrame(t *testing.T) {
 func (k *frameSink) end(t *testing.T, c net.Conn) error {
 	t.Helper()
 	var err error
-	eventually(t, func() bool {
+	testkit.Eventually(t, func() bool {
 		select {
 		case err = <-k.done:
 			return true
@@ -526,7 +520,7 @@ func queued(t *testing.T, c net.Conn) {
 		t.Fatal(err)
 	}
 	var p [1]byte
-	eventually(t, func() bool {
+	testkit.Eventually(t, func() bool {
 		n := 0
 		rc.Control(func(fd uintptr) {
 			n, _, _ = syscall.Recvfrom(int(fd), p[:], syscall.MSG_PEEK) // the socket is non-blocking
@@ -546,7 +540,7 @@ func harvest(t *testing.T) {
 		_, err := y.Read(make([]byte, 1))
 		got <- err
 	}()
-	waitParked(t, "harvest.func1", "waitRead")
+	testkit.WaitParked(t, "harvest.func1", "waitRead")
 	x.Write([]byte{1})
 	if err := wait(t, got, "the harvesting reader"); err != nil {
 		t.Fatal(err)
@@ -563,18 +557,22 @@ func (c *countingReader) readFrames([]byte, func([]byte, bool) error) error { re
 func (c *countingReader) pokeIfStuck()                                      { c.pokes.Add(1) }
 func (c *countingReader) bodyOverdue(uint64) bool                           { return false }
 
-func TestServicePokesFrameReaders(t *testing.T) {
-	s := New(Config{ClusterName: "dev", LocalID: "p", LocalAddress: "p:1", PartitionCount: 7,
-		Routing: threeRouting{"p"}, InvocationTimeout: 16 * time.Millisecond})
-	s.Start()
-	defer s.Shutdown()
+// The stream's Tick pokes the connections that read frames themselves.
+func TestTickPokesFrameReaders(t *testing.T) {
+	s := NewStream(Config{Handler: nopHandler{}})
 	x, y := net.Pipe()
 	defer y.Close()
 	nc := &countingReader{Conn: x}
-	if s.newConn(nc, hello{id: "q"}) == nil {
-		t.Fatal("newConn refused the connection")
+	c := s.open(nc, Hello{ID: "q"})
+	if c == nil {
+		t.Fatal("open refused the connection")
 	}
-	eventually(t, func() bool { return nc.pokes.Load() >= 2 })
+	defer c.Close(nil)
+	s.Tick()
+	s.Tick()
+	if n := nc.pokes.Load(); n != 2 {
+		t.Fatalf("%d pokes after two ticks", n)
+	}
 }
 
 // A frame whose executor queue is full is handled again off the socket,
@@ -591,7 +589,7 @@ func TestReadFramesWaitsForRoomOffTheSocket(t *testing.T) {
 		done <- a.(*turnConn).readFrames(nil, func(body []byte, wait bool) error {
 			if string(body) == "full" && full {
 				if !wait {
-					return errWouldWait
+					return ErrWouldWait
 				}
 				<-room // the queue makes room
 				full = false
@@ -601,7 +599,7 @@ func TestReadFramesWaitsForRoomOffTheSocket(t *testing.T) {
 		})
 	}()
 	b.Write(append(append(frameOf([]byte("one")), frameOf([]byte("full"))...), frameOf([]byte("two"))...))
-	waitParked(t, "TestReadFramesWaitsForRoomOffTheSocket.func1.1", "[chan receive")
+	testkit.WaitParked(t, "TestReadFramesWaitsForRoomOffTheSocket.func1.1", "[chan receive")
 	closed := make(chan error, 1)
 	go func() { closed <- a.Close() }()
 	if err := wait(t, closed, "Close while a frame waits for room"); err != nil {
@@ -623,10 +621,10 @@ func TestReadFramesStopsAtClose(t *testing.T) {
 	hold := make(chan struct{})
 	k := readFramesInto(a, nil, hold)
 	b.Write(append(frameOf([]byte("one")), frameOf([]byte("two"))...))
-	waitParked(t, "readFramesInto.func1.1", "[chan receive")
+	testkit.WaitParked(t, "readFramesInto.func1.1", "[chan receive")
 	closed := make(chan error, 1)
 	go func() { closed <- a.Close() }()
-	eventually(t, a.(*turnConn).closed.Load)
+	testkit.Eventually(t, a.(*turnConn).closed.Load)
 	close(hold)
 	if err := wait(t, closed, "Close"); err != nil {
 		t.Fatal(err)
@@ -650,7 +648,7 @@ func TestReadFramesReadsAfterWaitingForRoom(t *testing.T) {
 	go a.(*turnConn).readFrames(nil, func(body []byte, wait bool) error {
 		if string(body) == "full" {
 			if !wait {
-				return errWouldWait
+				return ErrWouldWait
 			}
 			<-room
 		}
@@ -658,7 +656,7 @@ func TestReadFramesReadsAfterWaitingForRoom(t *testing.T) {
 		return nil
 	})
 	b.Write(append(frameOf([]byte("one")), frameOf([]byte("full"))...))
-	waitParked(t, "TestReadFramesReadsAfterWaitingForRoom.func1", "[chan receive")
+	testkit.WaitParked(t, "TestReadFramesReadsAfterWaitingForRoom.func1", "[chan receive")
 	b.Write(frameOf([]byte("two")))
 	queued(t, a)
 	harvest(t)
@@ -692,4 +690,17 @@ func TestReadFramesKeepsAGrownBufferForItsFrame(t *testing.T) {
 	}()
 	k.expect(t, big)
 	k.expect(t, []byte("after"))
+}
+
+// The frame length is converted to int before it is
+// checked; where int has 32 bits a length of 2 GiB or more is negative,
+// passes the MaxFrameSize check and slicing the body panics. readFrame
+// compares the uint32.
+func TestReadFramesRefusesA2GiBLength(t *testing.T) {
+	a, b := turnPair(t)
+	k := readFramesInto(a, nil, nil)
+	b.Write(binary.LittleEndian.AppendUint32(nil, 1<<31))
+	if err := wait(t, k.done, "readFrames"); !errors.Is(err, spi.ErrProtocol) {
+		t.Fatalf("readFrames returned %v, want spi.ErrProtocol", err)
+	}
 }
