@@ -26,7 +26,7 @@ func (n *Node) discover(ctx context.Context) []string {
 	}
 	d, err := discovery.Start(discovery.Config{
 		Group: mc.Group, Cluster: n.cfg.Cluster.Name, Logger: n.log, Interface: iface,
-		Self: discovery.Beacon{Cluster: n.cfg.Cluster.Name, Address: n.address, ID: n.id},
+		Self: discovery.Beacon{Cluster: n.cfg.Cluster.Name, Address: n.address, ID: n.view.id},
 	})
 	if err != nil {
 		n.log.Warn("multicast discovery unavailable; configure network.join.members to join others", "group", mc.Group, "error", err)
@@ -42,7 +42,7 @@ func (n *Node) discover(ctx context.Context) []string {
 		}
 	case <-wait.Done():
 	}
-	if !n.spawn(func() { n.joinDiscovered(d) }) {
+	if !n.run.spawn(func() { n.joinDiscovered(d) }) {
 		d.Close()
 	}
 	return seeds
@@ -54,13 +54,13 @@ func (n *Node) joinDiscovered(d *discovery.Discoverer) {
 	defer d.Close()
 	for {
 		select {
-		case <-n.stop:
+		case <-n.run.stop():
 			return
 		case b, ok := <-d.Peers():
 			if !ok {
 				return
 			}
-			if containsMember(*n.members.Load(), b.ID) {
+			if n.view.hasMember(b.ID) {
 				continue
 			}
 			if _, err := n.ml.Join([]string{b.Address}); err != nil {

@@ -45,8 +45,8 @@ func (n *Node) Handler() http.Handler {
 	mux.HandleFunc("GET /debug/cluster", func(w http.ResponseWriter, r *http.Request) {
 		ctx, cancel := context.WithTimeout(r.Context(), viewTimeout)
 		defer cancel()
-		defer context.AfterFunc(n.ctx, cancel)()
-		v := n.ClusterView(ctx)
+		defer context.AfterFunc(n.run.ctx, cancel)()
+		v := n.debugView(ctx)
 		if wantsHTML(r) {
 			w.Header().Set("Content-Type", debugui.ContentType)
 			w.Header().Set("Cache-Control", "no-store")

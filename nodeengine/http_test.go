@@ -205,7 +205,7 @@ func TestClusterViewAgreesWithPartitionService(t *testing.T) {
 		if err := json.Unmarshal([]byte(body), &v); err != nil {
 			t.Fatal(err)
 		}
-		tab := m.Table()
+		tab := m.Inspect().Table()
 		members := m.Members()
 		switch {
 		case v.Self != m.ID() || v.Cluster != "dev":

@@ -69,8 +69,8 @@ func ShutdownLocal(nodes []*Node) error {
 // WaitStable polls until every node sees all the others, all hold the same
 // partition table version, the table's owners are exactly the nodes (every
 // table owner is one of the nodes, every node owns partitions), and no node
-// reports MigrationInFlight; it returns ctx's error (wrapped with the last
-// reason) when ctx ends first.
+// reports a migration in flight (Inspector.MigrationInFlight); it returns
+// ctx's error (wrapped with the last reason) when ctx ends first.
 func WaitStable(ctx context.Context, nodes []*Node) error {
 	tick := time.NewTicker(10 * time.Millisecond)
 	defer tick.Stop()
@@ -96,7 +96,7 @@ func unstable(nodes []*Node) string {
 	isNode := func(id string) bool {
 		return slices.ContainsFunc(nodes, func(n *Node) bool { return n.ID() == id })
 	}
-	first := nodes[0].Table()
+	first := nodes[0].view.table.Load()
 	for i, n := range nodes {
 		seen := n.Members()
 		if len(seen) != len(nodes) {
@@ -107,7 +107,7 @@ func unstable(nodes []*Node) string {
 				return fmt.Sprintf("member %d sees %s, not one of the members", i, m.ID)
 			}
 		}
-		t := n.Table()
+		t := n.view.table.Load()
 		switch {
 		case t == nil:
 			return fmt.Sprintf("member %d has no partition table", i)
@@ -115,7 +115,7 @@ func unstable(nodes []*Node) string {
 			return fmt.Sprintf("member %d holds table version %d, member 0 another", i, t.Version)
 		case len(t.Members) != len(nodes):
 			return fmt.Sprintf("member %d's table (version %d) spans %d members", i, t.Version, len(t.Members))
-		case n.MigrationInFlight():
+		case n.migrating():
 			return fmt.Sprintf("member %d is migrating partitions", i)
 		}
 		for id := range t.Members {

@@ -39,7 +39,7 @@ func TestStartLocalWaitStable(t *testing.T) {
 	if err := nodeengine.WaitStable(ctx, nodes); err != nil {
 		t.Fatalf("WaitStable: %v", err)
 	}
-	t0, t1 := nodes[0].Table(), nodes[1].Table()
+	t0, t1 := nodes[0].Inspect().Table(), nodes[1].Inspect().Table()
 	if t0.Version != t1.Version || len(t0.Members) != 2 {
 		t.Errorf("tables: version %d and %d, %d owners; want one version, 2 owners", t0.Version, t1.Version, len(t0.Members))
 	}
@@ -48,7 +48,7 @@ func TestStartLocalWaitStable(t *testing.T) {
 			t.Errorf("%s sees %d members, want 2", n.Address(), len(n.Members()))
 		}
 	}
-	if !nodes[0].IsMaster() {
+	if !nodes[0].Inspect().IsMaster() {
 		t.Errorf("member 0 is not the master")
 	}
 }

@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"fmt"
 	"log/slog"
+	"slices"
 	"sort"
 	"strings"
 	"sync"
@@ -14,6 +15,85 @@ import (
 	"github.com/partita-go/partita/operation"
 	"github.com/partita-go/partita/spi"
 )
+
+// republishInterval is how often the membership loop re-checks the member
+// list and re-sends the table to members that have not acknowledged it.
+const republishInterval = 200 * time.Millisecond
+
+// memberEvent wakes the membership loop; called from memberlist's
+// goroutines, it never blocks.
+func (n *Node) memberEvent() {
+	select {
+	case n.wake <- struct{}{}:
+	default:
+	}
+}
+
+// membershipLoop applies member list changes: it tells the operation
+// service about members that left, resolves migrations of a departed
+// master and, on the master, wakes the migration manager and publishes the
+// table to members that lack it. It runs on its own goroutine until the
+// node stops.
+func (n *Node) membershipLoop() {
+	tick := time.NewTicker(republishInterval)
+	defer tick.Stop()
+	for {
+		n.refreshMembers()
+		if n.view.isMaster() {
+			n.pub.publish()
+		}
+		select {
+		case <-n.run.stop():
+			return
+		case <-n.wake:
+		case <-tick.C:
+		}
+	}
+}
+
+// refreshMembers reads memberlist's view and reports who joined and left.
+func (n *Node) refreshMembers() {
+	next := n.memberView()
+	prev := n.view.memberList()
+	if slices.Equal(prev, next) {
+		return
+	}
+	self := n.view.id
+	if len(prev) > 0 && len(next) > 0 && prev[0].ID != next[0].ID && next[0].ID == self {
+		n.pub.takeOver() // gate the planner before isMaster turns true
+	}
+	n.view.members.Store(&next)
+	for _, m := range prev {
+		if !containsMember(next, m.ID) && m.ID != self {
+			n.log.Info("member left", "left", m.Address, "left_id", m.ID, "members", len(next))
+			n.ops.MemberLeft(m.ID)
+			n.pub.forget(m.ID)
+			n.leavers.forget(m.ID)
+		}
+	}
+	for _, m := range next {
+		if !containsMember(prev, m.ID) && m.ID != self {
+			n.log.Info("member joined", "joined", m.Address, "joined_id", m.ID, "members", len(next))
+		}
+	}
+	if len(next) > 0 && (len(prev) == 0 || prev[0].ID != next[0].ID) {
+		n.log.Info("master is now", "master", next[0].Address, "master_id", next[0].ID, "self", next[0].ID == self)
+		if len(prev) > 0 && next[0].ID != self {
+			// A new master resolves them once it holds the newest table
+			// (tookOver): by its own, possibly older one, it could drop
+			// data that the newest table gives it.
+			n.resolveDepartedMaster(false)
+		}
+	}
+	if n.mgr != nil {
+		n.mgr.Trigger()
+	}
+}
+
+// memberView returns memberlist's view of the members, oldest first. It
+// is not built from n.ml.Members(): memberlist rewrites the fields of the
+// nodes that returns after releasing its lock (see delegates.alive).
+func (n *Node) memberView() []spi.Member { return n.del.members(n.cfg.Cluster.Name) }
 
 // memberMeta is what each member gossips about itself in memberlist's node
 // meta: enough to refuse strangers and to order members by age.

@@ -4,15 +4,21 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"log/slog"
+	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/partita-go/partita/migration"
+	"github.com/partita-go/partita/operation"
 	"github.com/partita-go/partita/partition"
 	"github.com/partita-go/partita/spi"
+	"github.com/prometheus/client_golang/prometheus"
 )
 
 // migState is one migration in flight on this member for one partition.
-// It lives in Node.migs[p] and is touched only on partition p's executor.
+// It lives in migrations.byPart[p] and is touched only on partition p's
+// executor.
 type migState struct {
 	move      migration.Move
 	endpoint  spi.MigrationEndpoint
@@ -27,7 +33,36 @@ type migrationAware struct {
 	svc  spi.MigrationAwareService
 }
 
-func (n *Node) eventFor(mv migration.Move, ep spi.MigrationEndpoint) spi.PartitionMigrationEvent {
+// migrations is this member's side of partition migrations: the source's
+// and the destination's steps (migPrepareOp, migApplyOp, migFinishOp) and
+// the resolution of migrations whose master is gone. Its state per
+// partition is touched only on that partition's executor, where every
+// method but inFlight runs; active and inFlight are read from any
+// goroutine. New makes it; Start gives it the rest before the operation
+// service runs.
+type migrations struct {
+	byPart   []*migState // by partition
+	active   atomic.Int32
+	inFlight migView
+
+	view      *clusterView
+	ops       *operation.Service
+	log       *slog.Logger
+	services  []migrationAware
+	replicas  *replicas
+	snaps     *snapshots
+	bytesSent prometheus.Counter
+	bytesRecv prometheus.Counter
+}
+
+func newMigrations(count int) *migrations {
+	return &migrations{byPart: make([]*migState, count)}
+}
+
+// at returns partition p's migration in flight, nil when none (executor p).
+func (m *migrations) at(p int) *migState { return m.byPart[p] }
+
+func eventFor(mv migration.Move, ep spi.MigrationEndpoint) spi.PartitionMigrationEvent {
 	e := spi.PartitionMigrationEvent{PartitionID: mv.Partition, Endpoint: ep, Source: mv.Source, Destination: mv.Destination,
 		CurrentReplicaIndex: 0, NewReplicaIndex: mv.SourceNewIndex}
 	if ep == spi.MigrationDestination {
@@ -36,43 +71,43 @@ func (n *Node) eventFor(mv migration.Move, ep spi.MigrationEndpoint) spi.Partiti
 	return e
 }
 
-// setMig installs or clears partition p's migration state (executor p).
-func (n *Node) setMig(p int, st *migState) {
+// set installs or clears partition p's migration state (executor p).
+func (m *migrations) set(p int, st *migState) {
 	switch {
-	case n.migs[p] == nil && st != nil:
-		n.migActive.Add(1)
-	case n.migs[p] != nil && st == nil:
-		n.migActive.Add(-1)
+	case m.byPart[p] == nil && st != nil:
+		m.active.Add(1)
+	case m.byPart[p] != nil && st == nil:
+		m.active.Add(-1)
 	}
-	n.migs[p] = st
-	n.migView.set(p, st)
-	n.ops.SetMigrating(p, st != nil && !st.committed)
+	m.byPart[p] = st
+	m.inFlight.set(p, st)
+	m.ops.SetMigrating(p, st != nil && !st.committed)
 }
 
-// endMig commits or rolls back the local side of a migration (executor p).
-func (n *Node) endMig(p int, commit bool) {
-	st := n.migs[p]
-	for _, ma := range n.migrationAware {
+// end commits or rolls back the local side of a migration (executor p).
+func (m *migrations) end(p int, commit bool) {
+	st := m.byPart[p]
+	for _, ma := range m.services {
 		if commit {
 			ma.svc.CommitMigration(st.event)
 		} else {
 			ma.svc.RollbackMigration(st.event)
 		}
 	}
-	n.log.Debug("migration ended", "partition", p, "endpoint", st.endpoint.String(), "commit", commit)
+	m.log.Debug("migration ended", "partition", p, "endpoint", st.endpoint.String(), "commit", commit)
 	if (commit && st.endpoint == spi.MigrationSource && st.event.NewReplicaIndex < 0) ||
 		(!commit && st.endpoint == spi.MigrationDestination && st.event.CurrentReplicaIndex < 0) {
-		n.ops.ResetReplica(p)
+		m.ops.ResetReplica(p)
 	}
 	if commit && st.endpoint == spi.MigrationDestination {
 		st.committed = true
-		if t := n.table.Load(); t != nil && t.Owner(p) == n.id {
+		if t := m.view.table.Load(); t != nil && t.Owner(p) == m.view.id {
 			st = nil // the table already names this member
 		}
-		n.setMig(p, st)
+		m.set(p, st)
 		return
 	}
-	n.setMig(p, nil)
+	m.set(p, nil)
 	// The table may have changed during the migration: a member that holds
 	// no replica now drops the data (its table change skipped the drop
 	// while the migration ran), and one that is a backup other than the
@@ -80,26 +115,8 @@ func (n *Node) endMig(p int, commit bool) {
 	// failed apply replaced its data), or a source that a newer table
 	// demoted while the move ran (its history is not the new primary's;
 	// the table change skipped the resync while the migration ran).
-	resync := !commit || st.endpoint == spi.MigrationSource && n.table.Load().ReplicaIndex(p, n.id) != st.event.NewReplicaIndex
-	n.settleReplica(p, resync)
-}
-
-// settleReplica makes partition p's data agree with what the table says
-// of this member once a migration ended (executor p): holding no replica,
-// it drops the data; a backup whose data the migration replaced (resync)
-// pulls a fresh copy from the primary.
-func (n *Node) settleReplica(p int, resync bool) {
-	switch idx := n.table.Load().ReplicaIndex(p, n.id); {
-	case idx < 0:
-		for _, ma := range n.migrationAware {
-			ma.svc.ClearPartitionReplica(p)
-		}
-		n.ops.ResetReplica(p)
-	case idx > 0 && resync:
-		n.ops.ResetReplica(p)
-		n.ops.MarkSyncing(p)
-		n.requestSync(p)
-	}
+	resync := !commit || st.endpoint == spi.MigrationSource && m.view.replicaIndex(p) != st.event.NewReplicaIndex
+	m.replicas.settle(p, resync)
 }
 
 // resolveOrphan ends a migration whose master is gone, by what the table
@@ -116,21 +133,22 @@ func (n *Node) settleReplica(p int, resync bool) {
 // resolves those (final) once it holds the newest table: its own when its
 // take-over gate opens, the other members' by a resolveOp carrying that
 // table.
-func (n *Node) resolveOrphan(p int, final bool) {
-	st := n.migs[p]
-	if st == nil || st.master == n.masterID() || !final && (st.committed || st.endpoint == spi.MigrationSource) {
+func (m *migrations) resolveOrphan(p int, final bool) {
+	st := m.byPart[p]
+	if st == nil || st.master == m.view.masterID() || !final && (st.committed || st.endpoint == spi.MigrationSource) {
 		return
 	}
-	owner := n.table.Load().Owner(p)
+	owner := m.view.table.Load().Owner(p)
+	self := m.view.id
 	switch {
 	case st.committed:
-		n.abandonCommitted(p)
+		m.abandonCommitted(p)
 	case st.endpoint == spi.MigrationSource:
-		n.endMig(p, owner != n.id)
+		m.end(p, owner != self)
 	default:
-		n.endMig(p, owner == n.id)
+		m.end(p, owner == self)
 	}
-	n.log.Info("resolved migration of a departed master", "partition", p, "endpoint", st.endpoint.String(), "owner_now", owner == n.id)
+	m.log.Info("resolved migration of a departed master", "partition", p, "endpoint", st.endpoint.String(), "owner_now", owner == self)
 }
 
 // abandonCommitted ends a destination's committed migration whose table
@@ -141,23 +159,16 @@ func (n *Node) resolveOrphan(p int, final bool) {
 // it is dropped; a later table that makes this member a replica brings a
 // fresh copy). Resetting it here would lose writes if a table naming this
 // member owner is on its way (a repair promoted it).
-func (n *Node) abandonCommitted(p int) {
+func (m *migrations) abandonCommitted(p int) {
 	// A committed destination accepts operations; if p refuses them now,
-	// installTable marked it for a promotion whose task is queued behind
+	// tables.install marked it for a promotion whose task is queued behind
 	// this one: it stays refused until that promotion ran.
-	promoting := n.ops.IsMigrating(p)
-	n.setMig(p, nil)
+	promoting := m.ops.IsMigrating(p)
+	m.set(p, nil)
 	if promoting {
-		n.ops.SetMigrating(p, true)
+		m.ops.SetMigrating(p, true)
 	}
-	n.settleReplica(p, false)
-}
-
-func (n *Node) masterID() string {
-	if ms := *n.members.Load(); len(ms) > 0 {
-		return ms[0].ID
-	}
-	return ""
+	m.replicas.settle(p, false)
 }
 
 // moveData is the wire form of a migration.Move.
@@ -200,30 +211,35 @@ func (op *migPrepareOp) ReadData(r *spi.Reader) error {
 	return r.Err()
 }
 
-func (op *migPrepareOp) Run(ctx *spi.OpContext) error {
-	n := ctx.Service.(*Node)
-	p := ctx.PartitionID
-	op.move.Partition = p
-	if st := n.migs[p]; st != nil {
-		return fmt.Errorf("partition %d: another migration is in flight (%s -> %s)", p, st.move.Source, st.move.Destination)
+func (op *migPrepareOp) Run(ctx *spi.OpContext) (err error) {
+	op.move.Partition = ctx.PartitionID
+	op.data, err = ctx.Service.(*Node).migs.prepare(op.move, op.master)
+	return err
+}
+
+// prepare starts move on its source and returns the partition's snapshot
+// for the destination (executor of move.Partition).
+func (m *migrations) prepare(mv migration.Move, master string) ([]byte, error) {
+	p := mv.Partition
+	if st := m.byPart[p]; st != nil {
+		return nil, fmt.Errorf("partition %d: another migration is in flight (%s -> %s)", p, st.move.Source, st.move.Destination)
 	}
-	if owner := n.table.Load().Owner(p); owner != n.id {
+	if owner := m.view.table.Load().Owner(p); owner != m.view.id {
 		// Not ErrWrongTarget: retrying cannot help, the plan is stale.
-		return fmt.Errorf("partition %d: source %s does not own it (owner %s): the plan is stale", p, n.id, owner)
+		return nil, fmt.Errorf("partition %d: source %s does not own it (owner %s): the plan is stale", p, m.view.id, owner)
 	}
-	st := &migState{move: op.move, endpoint: spi.MigrationSource, event: n.eventFor(op.move, spi.MigrationSource), master: op.master}
-	n.setMig(p, st)
-	for _, ma := range n.migrationAware {
+	st := &migState{move: mv, endpoint: spi.MigrationSource, event: eventFor(mv, spi.MigrationSource), master: master}
+	m.set(p, st)
+	for _, ma := range m.services {
 		ma.svc.BeforeMigration(st.event)
 	}
 	w := spi.NewWriter(nil)
-	if err := n.appendSnapshot(w, p, 0, op.move.Destination); err != nil {
-		n.endMig(p, false)
-		return err
+	if err := m.snaps.append(w, p, 0, mv.Destination); err != nil {
+		m.end(p, false)
+		return nil, err
 	}
-	op.data = w.Bytes()
-	n.metrics.migBytesSent.Add(float64(len(op.data)))
-	return nil
+	m.bytesSent.Add(float64(len(w.Bytes())))
+	return w.Bytes(), nil
 }
 
 // migApplyOp is step 2, on the destination's executor of the partition.
@@ -248,45 +264,48 @@ func (op *migApplyOp) ReadData(r *spi.Reader) error {
 }
 
 func (op *migApplyOp) Run(ctx *spi.OpContext) error {
-	n := ctx.Service.(*Node)
-	p := ctx.PartitionID
-	op.move.Partition = p
-	if st := n.migs[p]; st != nil {
+	op.move.Partition = ctx.PartitionID
+	return ctx.Service.(*Node).migs.apply(op.move, op.master, ctx.Caller, op.data)
+}
+
+// apply installs the source's snapshot data on move's destination
+// (executor of move.Partition); caller is the source's address.
+func (m *migrations) apply(mv migration.Move, master, caller string, data []byte) error {
+	p := mv.Partition
+	if st := m.byPart[p]; st != nil {
 		switch {
-		case st.move == op.move && st.master == op.master && st.endpoint == spi.MigrationDestination && !st.committed:
+		case st.move == mv && st.master == master && st.endpoint == spi.MigrationDestination && !st.committed:
 			return nil // a retry of this very step
 		case st.committed:
 			// An earlier attempt committed here but its table never came:
 			// what it left is stale, and this attempt replaces it.
-			n.setMig(p, nil)
+			m.set(p, nil)
 		default:
 			return fmt.Errorf("partition %d: another migration is in flight (%s -> %s)", p, st.move.Source, st.move.Destination)
 		}
 	}
-	if owner := n.table.Load().Owner(p); owner == n.id {
-		return fmt.Errorf("partition %d: destination %s already owns it", p, n.id)
+	if owner := m.view.table.Load().Owner(p); owner == m.view.id {
+		return fmt.Errorf("partition %d: destination %s already owns it", p, m.view.id)
 	}
 	// Whatever an unfinished earlier migration left here is stale.
-	for _, ma := range n.migrationAware {
-		ma.svc.ClearPartitionReplica(p)
-	}
-	st := &migState{move: op.move, endpoint: spi.MigrationDestination, event: n.eventFor(op.move, spi.MigrationDestination), master: op.master}
-	n.setMig(p, st)
-	for _, ma := range n.migrationAware {
+	m.replicas.clear(p)
+	st := &migState{move: mv, endpoint: spi.MigrationDestination, event: eventFor(mv, spi.MigrationDestination), master: master}
+	m.set(p, st)
+	for _, ma := range m.services {
 		ma.svc.BeforeMigration(st.event)
 	}
-	n.metrics.migBytesRecv.Add(float64(len(op.data)))
-	version, r, err := snapshotVersion(op.data)
+	m.bytesRecv.Add(float64(len(data)))
+	version, r, err := snapshotVersion(data)
 	if err == nil {
-		n.ops.ResetReplica(p)
-		err = n.installSnapshot(r, p, ctx.Caller, 0)
+		m.ops.ResetReplica(p)
+		err = m.snaps.install(r, p, caller, 0)
 	}
 	if err != nil {
-		n.endMig(p, false)
-		n.ops.ResetReplica(p)
+		m.end(p, false)
+		m.ops.ResetReplica(p)
 		return fmt.Errorf("partition %d: applying replication data: %w", p, err)
 	}
-	n.ops.SetReplicaVersion(p, version)
+	m.ops.SetReplicaVersion(p, version)
 	return nil
 }
 
@@ -319,23 +338,29 @@ func (op *migFinishOp) ReadData(r *spi.Reader) error {
 }
 
 func (op *migFinishOp) Run(ctx *spi.OpContext) error {
-	n := ctx.Service.(*Node)
-	p := ctx.PartitionID
-	op.move.Partition = p
-	st := n.migs[p]
-	if st == nil || st.move != op.move || st.endpoint != op.endpoint {
-		return nil
+	op.move.Partition = ctx.PartitionID
+	ctx.Service.(*Node).migs.finish(op.move, op.endpoint, op.commit)
+	return nil
+}
+
+// finish commits or rolls back this member's side (endpoint) of move
+// (executor of move.Partition); it does nothing for a migration that
+// already ended.
+func (m *migrations) finish(mv migration.Move, ep spi.MigrationEndpoint, commit bool) {
+	p := mv.Partition
+	st := m.byPart[p]
+	if st == nil || st.move != mv || st.endpoint != ep {
+		return
 	}
 	if st.committed {
-		if !op.commit {
+		if !commit {
 			// The master committed this destination, then a newer table
 			// won: the table naming this member will not come.
-			n.abandonCommitted(p)
+			m.abandonCommitted(p)
 		}
-		return nil
+		return
 	}
-	n.endMig(p, op.commit)
-	return nil
+	m.end(p, commit)
 }
 
 // leaveOp asks the master to move every partition off a leaving member.
@@ -351,14 +376,8 @@ func (op *leaveOp) WriteData(w *spi.Writer)      { w.WriteString(op.member) }
 func (op *leaveOp) ReadData(r *spi.Reader) error { op.member = r.ReadString(); return r.Err() }
 func (op *leaveOp) Run(ctx *spi.OpContext) error {
 	n := ctx.Service.(*Node)
-	n.leavingMu.Lock()
-	first := !n.leaving[op.member]
-	n.leaving[op.member] = true
-	op.targets = false
-	for _, m := range n.Members() {
-		op.targets = op.targets || !n.leaving[m.ID]
-	}
-	n.leavingMu.Unlock()
+	first, targets := n.leavers.add(op.member, n.view.memberList())
+	op.targets = targets
 	if first {
 		n.log.Info("member asked to leave: moving its partitions away", "leaving", op.member)
 	}
@@ -368,37 +387,79 @@ func (op *leaveOp) Run(ctx *spi.OpContext) error {
 
 func (op *leaveOp) Response() any { return op.targets }
 
+// leavers is the set of members draining before they leave, kept by the
+// master: leaveOp adds them, the membership loop forgets those that left
+// and the migration planner moves nothing to them (masterEngine.Targets).
+// Any goroutine may call it.
+type leavers struct {
+	mu  sync.Mutex
+	ids map[string]bool
+}
+
+// add marks member leaving; first reports whether it was not already,
+// targets whether any of members is not leaving.
+func (l *leavers) add(member string, members []spi.Member) (first, targets bool) {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	first = !l.ids[member]
+	l.ids[member] = true
+	for _, m := range members {
+		targets = targets || !l.ids[m.ID]
+	}
+	return first, targets
+}
+
+// forget drops member id: it left.
+func (l *leavers) forget(id string) {
+	l.mu.Lock()
+	delete(l.ids, id)
+	l.mu.Unlock()
+}
+
+// targets returns the members that are not leaving.
+func (l *leavers) targets(members []spi.Member) []spi.Member {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	var out []spi.Member
+	for _, m := range members {
+		if !l.ids[m.ID] {
+			out = append(out, m)
+		}
+	}
+	return out
+}
+
 // masterEngine adapts the Node to migration.Engine.
 type masterEngine struct{ n *Node }
 
-func (e masterEngine) IsMaster() bool          { return e.n.IsMaster() && e.n.tookOver() }
-func (e masterEngine) Table() *partition.Table { return e.n.table.Load() }
+func (e masterEngine) IsMaster() bool          { return e.n.view.isMaster() && e.n.pub.tookOver() }
+func (e masterEngine) Table() *partition.Table { return e.n.view.table.Load() }
 
 // Alive reports whether a member is in the member list; this member is
 // alive while it runs the Manager, even once it left memberlist at its
 // shutdown (its list then lacks it): a round in flight would otherwise
 // take the partitions it holds for lost.
 func (e masterEngine) Alive(id string) bool {
-	return id == e.n.id || containsMember(*e.n.members.Load(), id)
+	return id == e.n.view.id || e.n.view.hasMember(id)
 }
 func (e masterEngine) Address(id string) string {
-	a, _ := e.n.MemberAddress(id)
+	a, _ := routing{e.n.view}.MemberAddress(id)
 	return a
 }
 
 func (e masterEngine) ReplicaStatus(ctx context.Context, member string) ([]int64, []bool, error) {
 	address := ""
-	if member != e.n.id && !e.Alive(member) {
+	if member != e.n.view.id && !e.Alive(member) {
 		// memberlist declared it dead; it may still run (a member starved
 		// of CPU misses its probes): ask it once where the table says.
-		if t := e.n.table.Load(); t != nil {
+		if t := e.n.view.table.Load(); t != nil {
 			address = t.Members[member]
 		}
 		if address == "" {
 			return nil, nil, fmt.Errorf("%w: %s (not in the member list or the table)", spi.ErrNoSuchMember, member)
 		}
 	}
-	_, _, v, s, err := e.n.replicaStatusAt(ctx, member, address)
+	_, _, v, s, err := e.n.safety.statusAt(ctx, member, address)
 	return v, s, err
 }
 
@@ -419,51 +480,39 @@ func (e masterEngine) Lost(ps []int) {
 	}
 }
 
-func (e masterEngine) Targets() []spi.Member {
-	e.n.leavingMu.Lock()
-	defer e.n.leavingMu.Unlock()
-	var out []spi.Member
-	for _, m := range *e.n.members.Load() {
-		if !e.n.leaving[m.ID] {
-			out = append(out, m)
-		}
-	}
-	return out
-}
+func (e masterEngine) Targets() []spi.Member { return e.n.leavers.targets(e.n.view.memberList()) }
 
 func (e masterEngine) Install(t *partition.Table) bool {
-	if !e.n.installTable(t) {
+	if !e.n.tables.install(t) {
 		return false
 	}
-	e.n.log.Debug("partition table published", "version", t.Version, "owned", t.Counts()[e.n.id])
+	e.n.log.Debug("partition table published", "version", t.Version, "owned", t.Counts()[e.n.view.id])
 	e.n.memberEvent() // push it to everyone
 	return true
 }
 
 func (e masterEngine) Push(ctx context.Context, t *partition.Table, member string) error {
-	if member == e.n.id {
-		if cur := e.n.table.Load(); cur != nil && cur.Version >= t.Version {
+	if member == e.n.view.id {
+		if cur := e.n.view.table.Load(); cur != nil && cur.Version >= t.Version {
 			return nil
 		}
 		return errors.New("local table is older than the one pushed")
 	}
 	_, err := e.n.ops.InvokeOnMember(ctx, engineService, &publishTableOp{table: t}, member)
 	if err == nil {
-		e.n.publish.Lock()
-		e.n.acked[member] = max(e.n.acked[member], t.Version)
-		e.n.publish.Unlock()
+		e.n.pub.ack(member, t.Version)
 	}
 	return err
 }
 
 func (e masterEngine) Prepare(ctx context.Context, mv migration.Move) ([]byte, error) {
-	v, err := e.n.ops.InvokeOnPartitionOf(ctx, engineService, &migPrepareOp{move: mv, master: e.n.id}, mv.Partition, mv.Source)
+	v, err := e.n.ops.InvokeOnPartitionOf(ctx, engineService, &migPrepareOp{move: mv, master: e.n.view.id}, mv.Partition, mv.Source)
 	b, _ := v.([]byte)
 	return b, err
 }
 
 func (e masterEngine) Apply(ctx context.Context, mv migration.Move, data []byte) error {
-	_, err := e.n.ops.InvokeOnPartitionOf(ctx, engineService, &migApplyOp{move: mv, master: e.n.id, data: data}, mv.Partition, mv.Destination)
+	_, err := e.n.ops.InvokeOnPartitionOf(ctx, engineService, &migApplyOp{move: mv, master: e.n.view.id, data: data}, mv.Partition, mv.Destination)
 	return err
 }
 
@@ -481,8 +530,8 @@ func (e masterEngine) Finish(ctx context.Context, mv migration.Move, ep spi.Migr
 // only if final (see resolveOrphan). Each runs on the partition's
 // executor after the tasks of the tables installed so far.
 func (n *Node) resolveDepartedMaster(final bool) {
-	for p := 0; p < n.count; p++ {
-		n.ops.RunOnPartition(p, func() { n.resolveOrphan(p, final) })
+	for p := 0; p < n.view.count; p++ {
+		n.ops.RunOnPartition(p, func() { n.migs.resolveOrphan(p, final) })
 	}
 }
 
@@ -491,26 +540,26 @@ func (n *Node) resolveDepartedMaster(final bool) {
 // this one holds (see resolveOp), retrying each while it is alive and
 // this member is still master.
 func (n *Node) resolveOthers() {
-	t := n.table.Load()
+	t := n.view.table.Load()
 	if t == nil {
 		return
 	}
-	for _, m := range *n.members.Load() {
-		if m.ID == n.id {
+	for _, m := range n.view.memberList() {
+		if m.ID == n.view.id {
 			continue
 		}
-		n.spawn(func() {
+		n.run.spawn(func() {
 			pause := 10 * time.Millisecond
 			deadline := time.Now().Add(resolveTimeout)
 			for {
-				ctx, cancel := n.stopContext(2 * time.Second)
+				ctx, cancel := n.run.stopContext(2 * time.Second)
 				resp, err := n.ops.InvokeOnMember(ctx, engineService, &resolveOp{publishTableOp{table: t}}, m.ID)
 				cancel()
 				if err == nil {
-					n.adoptNewer(resp, m.Address)
+					n.pub.adoptNewer(resp, m.Address)
 					return
 				}
-				if !n.IsMaster() || !containsMember(*n.members.Load(), m.ID) || n.ctx.Err() != nil {
+				if !n.view.isMaster() || !n.view.hasMember(m.ID) || n.run.ctx.Err() != nil {
 					return
 				}
 				if time.Now().After(deadline) {
@@ -518,7 +567,7 @@ func (n *Node) resolveOthers() {
 					return
 				}
 				n.log.Debug("resolve request failed; retrying", "to", m.Address, "error", err)
-				if !n.backOff(&pause) {
+				if !n.run.backOff(&pause) {
 					return
 				}
 			}
@@ -544,10 +593,10 @@ type resolveOp struct {
 func (op *resolveOp) MessageKind() string { return "migration.resolve" }
 func (op *resolveOp) Run(ctx *spi.OpContext) error {
 	n := ctx.Service.(*Node)
-	if ms := *n.members.Load(); len(ms) == 0 || ms[0].Address != ctx.Caller {
+	if ms := n.view.memberList(); len(ms) == 0 || ms[0].Address != ctx.Caller {
 		return fmt.Errorf("resolve request from %s, which is not this member's master", ctx.Caller)
 	}
-	// installTable queues the table's role changes on the partitions'
+	// tables.install queues the table's role changes on the partitions'
 	// executors before it returns (and waits for a concurrent install):
 	// the resolutions queued next run after them.
 	op.newer = n.acceptTable(op.table, ctx.Caller)
@@ -559,12 +608,12 @@ func (op *resolveOp) Run(ctx *spi.OpContext) error {
 // until ctx ends, for the table to show it owns none.
 func (n *Node) drain(ctx context.Context) {
 	owned := func() int {
-		if t := n.table.Load(); t != nil {
-			return t.Counts()[n.id]
+		if t := n.view.table.Load(); t != nil {
+			return t.Counts()[n.view.id]
 		}
 		return 0
 	}
-	if len(n.Members()) <= 1 || owned() == 0 {
+	if len(n.view.memberList()) <= 1 || owned() == 0 {
 		return
 	}
 	n.log.Info("graceful shutdown: moving partitions to other members", "owned", owned())
@@ -573,7 +622,7 @@ func (n *Node) drain(ctx context.Context) {
 	var asked time.Time
 	noTargets := 0 // answers in a row that every other member is leaving
 	for owned() > 0 {
-		if len(n.Members()) <= 1 {
+		if len(n.view.memberList()) <= 1 {
 			// The others left meanwhile: nobody to hand over to.
 			n.log.Warn("graceful shutdown: no other member left to take this member's partitions", "owned", owned())
 			return
@@ -582,7 +631,7 @@ func (n *Node) drain(ctx context.Context) {
 			// Ask again now and then: the master may have changed.
 			asked = time.Now()
 			ictx, cancel := context.WithTimeout(ctx, time.Second)
-			resp, err := n.ops.InvokeOnMember(ictx, engineService, &leaveOp{member: n.id}, n.masterID())
+			resp, err := n.ops.InvokeOnMember(ictx, engineService, &leaveOp{member: n.view.id}, n.view.masterID())
 			cancel()
 			if err != nil {
 				n.log.Debug("leave request failed", "error", err)
@@ -604,35 +653,8 @@ func (n *Node) drain(ctx context.Context) {
 	}
 	// A leaving master makes sure everyone holds its last table, so the
 	// next master plans from it.
-	if n.IsMaster() {
-		n.waitAllAcked(ctx)
+	if n.view.isMaster() {
+		n.pub.waitAllAcked(ctx)
 	}
 	n.log.Info("graceful shutdown: this member owns no partition")
-}
-
-// waitAllAcked waits until every other member acknowledged the current
-// table, or ctx ends.
-func (n *Node) waitAllAcked(ctx context.Context) {
-	tick := time.NewTicker(20 * time.Millisecond)
-	defer tick.Stop()
-	for {
-		t := n.table.Load()
-		all := true
-		n.publish.Lock()
-		for _, m := range *n.members.Load() {
-			if m.ID != n.id && n.acked[m.ID] < t.Version {
-				all = false
-			}
-		}
-		n.publish.Unlock()
-		if all {
-			return
-		}
-		n.memberEvent()
-		select {
-		case <-ctx.Done():
-			return
-		case <-tick.C:
-		}
-	}
 }

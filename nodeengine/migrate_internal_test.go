@@ -1,12 +1,9 @@
 package nodeengine
 
 import (
-	"context"
-	"log/slog"
 	"testing"
 
 	"github.com/partita-go/partita/migration"
-	"github.com/partita-go/partita/operation"
 	"github.com/partita-go/partita/spi"
 )
 
@@ -32,29 +29,27 @@ func TestRollbackOfCommittedDestination(t *testing.T) {
 		owner, backup string
 		wantClear     bool
 	}{{"x", "", true}, {"b", "", false}, {"x", "b", false}} {
-		n := &Node{id: "b", count: 4, log: slog.New(slog.DiscardHandler), migs: make([]*migState, 4), metrics: testMetrics(), ctx: context.Background()}
-		n.ops = operation.New(operation.Config{LocalID: "b", LocalAddress: "b:1", PartitionCount: 4, PartitionThreads: 1, Routing: n})
 		cl := &clearLog{}
-		n.migrationAware = []migrationAware{{name: "log", svc: cl}}
+		n := bareNode(4, []migrationAware{{name: "log", svc: cl}}, nil)
 		tab := reviewTable(5, 4, tc.owner, tc.backup)
 		tab.Members["b"], tab.Members["x"] = "b:1", "x:1"
-		n.table.Store(tab)
+		n.view.table.Store(tab)
 		mv := migration.Move{Partition: 2, Source: "x", Destination: "b", SourceNewIndex: -1, ID: 7}
-		st := &migState{move: mv, endpoint: spi.MigrationDestination, event: n.eventFor(mv, spi.MigrationDestination), master: "m", committed: true}
-		n.setMig(2, st)
+		st := &migState{move: mv, endpoint: spi.MigrationDestination, event: eventFor(mv, spi.MigrationDestination), master: "m", committed: true}
+		n.migs.set(2, st)
 		n.ops.SetReplicaVersion(2, 42)
 		ctx := &spi.OpContext{Service: n, PartitionID: 2}
 
 		commit := &migFinishOp{move: mv, endpoint: spi.MigrationDestination, commit: true}
-		if err := commit.Run(ctx); err != nil || n.migs[2] != st {
+		if err := commit.Run(ctx); err != nil || n.migs.byPart[2] != st {
 			t.Fatalf("owner %s: a repeated commit changed the state: %v", tc.owner, err)
 		}
 		rollback := &migFinishOp{move: mv, endpoint: spi.MigrationDestination}
 		if err := rollback.Run(ctx); err != nil {
 			t.Fatal(err)
 		}
-		if n.migs[2] != nil || n.migActive.Load() != 0 || len(n.MigrationsInFlight()) != 0 {
-			t.Fatalf("owner %s: the committed destination still has its migration in flight: %q", tc.owner, n.MigrationsInFlight())
+		if n.migs.byPart[2] != nil || n.migs.active.Load() != 0 || len(n.migs.inFlight.describe()) != 0 {
+			t.Fatalf("owner %s: the committed destination still has its migration in flight: %q", tc.owner, n.migs.inFlight.describe())
 		}
 		if cleared := len(cl.cleared) == 1 && cl.cleared[0] == 2; cleared != tc.wantClear {
 			t.Fatalf("owner %s, backup %q: cleared %v, want the data dropped: %v", tc.owner, tc.backup, cl.cleared, tc.wantClear)
@@ -69,18 +64,17 @@ func TestRollbackOfCommittedDestination(t *testing.T) {
 // the partition refusing operations until the promotion task ran; a
 // rollback that runs first must leave that mark.
 func TestRollbackOfCommittedDestinationKeepsPromotionMark(t *testing.T) {
-	n := &Node{id: "b", count: 4, log: slog.New(slog.DiscardHandler), migs: make([]*migState, 4), metrics: testMetrics(), ctx: context.Background()}
-	n.ops = operation.New(operation.Config{LocalID: "b", LocalAddress: "b:1", PartitionCount: 4, PartitionThreads: 1, Routing: n})
-	n.table.Store(reviewTable(5, 4, "x", "b"))
+	n := bareNode(4, nil, nil)
+	n.view.table.Store(reviewTable(5, 4, "x", "b"))
 	mv := migration.Move{Partition: 2, Source: "x", Destination: "b", DestinationIndex: 1, SourceNewIndex: 1, ID: 7}
-	n.setMig(2, &migState{move: mv, endpoint: spi.MigrationDestination, event: n.eventFor(mv, spi.MigrationDestination), master: "m", committed: true})
-	n.ops.SetMigrating(2, true) // installTable, promoting b
+	n.migs.set(2, &migState{move: mv, endpoint: spi.MigrationDestination, event: eventFor(mv, spi.MigrationDestination), master: "m", committed: true})
+	n.ops.SetMigrating(2, true) // tables.install, promoting b
 	rollback := &migFinishOp{move: mv, endpoint: spi.MigrationDestination}
 	if err := rollback.Run(&spi.OpContext{Service: n, PartitionID: 2}); err != nil {
 		t.Fatal(err)
 	}
-	if n.migs[2] != nil || !n.ops.IsMigrating(2) {
-		t.Fatalf("after the rollback: state %v, refusing operations %v; want none, true", n.migs[2], n.ops.IsMigrating(2))
+	if n.migs.byPart[2] != nil || !n.ops.IsMigrating(2) {
+		t.Fatalf("after the rollback: state %v, refusing operations %v; want none, true", n.migs.byPart[2], n.ops.IsMigrating(2))
 	}
 }
 
@@ -99,20 +93,18 @@ func TestDemotedSourceResyncs(t *testing.T) {
 		{"committed, not planned as a backup", -1, true, true},
 		{"committed swap, the planned backup", 1, true, false},
 	} {
-		ctx, cancel := context.WithCancel(context.Background())
-		n := &Node{id: "b", count: 4, log: slog.New(slog.DiscardHandler), migs: make([]*migState, 4), metrics: testMetrics(), ctx: ctx}
-		n.ops = operation.New(operation.Config{LocalID: "b", LocalAddress: "b:1", PartitionCount: 4, PartitionThreads: 1, Routing: n})
+		n := bareNode(4, nil, nil)
 		n.ops.Start()
-		n.table.Store(reviewTable(5, 4, "x", "b")) // b is now backup 1 of x
+		n.view.table.Store(reviewTable(5, 4, "x", "b")) // b is now backup 1 of x
 		mv := migration.Move{Partition: 2, Source: "b", Destination: "d", SourceNewIndex: tc.newIndex, ID: 7}
-		n.setMig(2, &migState{move: mv, endpoint: spi.MigrationSource, event: n.eventFor(mv, spi.MigrationSource), master: "m"})
+		n.migs.set(2, &migState{move: mv, endpoint: spi.MigrationSource, event: eventFor(mv, spi.MigrationSource), master: "m"})
 		n.ops.SetReplicaVersion(2, 42)
-		cancel() // the sync request gives up at once: no primary to reach here
+		n.run.cancel() // the sync request gives up at once: no primary to reach here
 		end := &migFinishOp{move: mv, endpoint: spi.MigrationSource, commit: tc.commit}
 		if err := end.Run(&spi.OpContext{Service: n, PartitionID: 2}); err != nil {
 			t.Fatal(err)
 		}
-		n.wg.Wait()
+		n.run.wait()
 		n.ops.Shutdown()
 		if v := n.ops.ReplicaVersion(2); (v == 0) != tc.resync {
 			t.Errorf("%s: replica version %d after the move ended; want a resync: %v", tc.name, v, tc.resync)
@@ -125,38 +117,36 @@ func TestDemotedSourceResyncs(t *testing.T) {
 // not have reached it yet). The new master's resolveOp, refused from a
 // member that is not its master, resolves it by the table it carries.
 func TestCommittedDestinationWaitsForNewMaster(t *testing.T) {
-	n := &Node{id: "b", count: 4, log: slog.New(slog.DiscardHandler), migs: make([]*migState, 4), metrics: testMetrics(), ctx: context.Background()}
-	n.ops = operation.New(operation.Config{LocalID: "b", LocalAddress: "b:1", PartitionCount: 4, PartitionThreads: 1, Routing: n})
+	cl := &clearLog{}
+	n := bareNode(4, []migrationAware{{name: "log", svc: cl}}, nil)
 	n.ops.Start()
 	defer n.ops.Shutdown()
 	members := []spi.Member{{ID: "x", Address: "x:1"}, {ID: "b", Address: "b:1"}} // "m" is gone
-	n.members.Store(&members)
-	cl := &clearLog{}
-	n.migrationAware = []migrationAware{{name: "log", svc: cl}}
-	n.table.Store(reviewTable(5, 4, "x", ""))
+	n.view.members.Store(&members)
+	n.view.table.Store(reviewTable(5, 4, "x", ""))
 	mv := migration.Move{Partition: 2, Source: "x", Destination: "b", SourceNewIndex: -1, ID: 7}
-	st := &migState{move: mv, endpoint: spi.MigrationDestination, event: n.eventFor(mv, spi.MigrationDestination), master: "m", committed: true}
-	n.setMig(2, st)
+	st := &migState{move: mv, endpoint: spi.MigrationDestination, event: eventFor(mv, spi.MigrationDestination), master: "m", committed: true}
+	n.migs.set(2, st)
 	sync := func() { waitPartition(n, 2) }
 	n.resolveDepartedMaster(false)
 	sync()
-	if n.migs[2] != st || len(cl.cleared) != 0 {
-		t.Fatalf("resolved by its own table: state %v, cleared %v", n.migs[2], cl.cleared)
+	if n.migs.byPart[2] != st || len(cl.cleared) != 0 {
+		t.Fatalf("resolved by its own table: state %v, cleared %v", n.migs.byPart[2], cl.cleared)
 	}
 	op := &resolveOp{publishTableOp{table: reviewTable(6, 4, "x", "")}}
 	if err := op.Run(&spi.OpContext{Service: n, Caller: "y:1"}); err == nil {
 		t.Fatal("a resolve request from a member that is not the master was accepted")
 	}
 	sync()
-	if n.migs[2] != st || n.table.Load().Version != 5 {
-		t.Fatalf("a refused resolve request changed the state (%v) or the table (version %d)", n.migs[2], n.table.Load().Version)
+	if n.migs.byPart[2] != st || n.view.table.Load().Version != 5 {
+		t.Fatalf("a refused resolve request changed the state (%v) or the table (version %d)", n.migs.byPart[2], n.view.table.Load().Version)
 	}
 	if err := op.Run(&spi.OpContext{Service: n, Caller: "x:1"}); err != nil {
 		t.Fatal(err)
 	}
 	sync()
-	if n.table.Load().Version != 6 || n.migs[2] != nil || n.migActive.Load() != 0 {
-		t.Fatalf("after the master's resolve request: table version %d, state %v", n.table.Load().Version, n.migs[2])
+	if n.view.table.Load().Version != 6 || n.migs.byPart[2] != nil || n.migs.active.Load() != 0 {
+		t.Fatalf("after the master's resolve request: table version %d, state %v", n.view.table.Load().Version, n.migs.byPart[2])
 	}
 	if len(cl.cleared) != 1 || cl.cleared[0] != 2 {
 		t.Fatalf("cleared %v; want partition 2 dropped (the table names no replica here)", cl.cleared)
@@ -169,4 +159,53 @@ func waitPartition(n *Node, p int) {
 	done := make(chan struct{})
 	n.ops.RunOnPartition(p, func() { close(done) })
 	<-done
+}
+
+// A source whose master departed keeps refusing operations when it
+// resolves by its own table (which may predate the one naming the
+// destination owner: rolling back would make it serve the partition beside
+// the destination, both stamping backups with the same versions). The new
+// master's resolveOp resolves it by the table it carries. See
+// services/counter TestReviewStaleSourceReopensAndItsBackupIsAckedUnapplied
+// for the acknowledged increment this lost.
+func TestSourceWaitsForNewMaster(t *testing.T) {
+	for _, tc := range []struct {
+		name      string
+		owner     string // in the new master's table
+		wantClear bool
+	}{
+		{"newest table names the destination", "d", true},
+		{"newest table still names the source", "b", false},
+	} {
+		cl := &clearLog{}
+		n := bareNode(4, []migrationAware{{name: "log", svc: cl}}, nil)
+		n.ops.Start()
+		members := []spi.Member{{ID: "x", Address: "x:1"}, {ID: "b", Address: "b:1"}} // master "m" is gone
+		n.view.members.Store(&members)
+		n.view.table.Store(reviewTable(5, 4, "b", "x")) // b's own, possibly stale
+		mv := migration.Move{Partition: 2, Source: "b", Destination: "d", SourceNewIndex: -1, ID: 7}
+		st := &migState{move: mv, endpoint: spi.MigrationSource, event: eventFor(mv, spi.MigrationSource), master: "m"}
+		n.migs.set(2, st)
+		sync := func() { waitPartition(n, 2) }
+		n.resolveDepartedMaster(false)
+		sync()
+		if n.migs.byPart[2] != st || !n.ops.IsMigrating(2) {
+			t.Fatalf("%s: resolved by its own table: state %v, refusing operations %v; want the move kept, refusing",
+				tc.name, n.migs.byPart[2], n.ops.IsMigrating(2))
+		}
+		newest := reviewTable(6, 4, tc.owner, "x")
+		newest.Members["d"] = "d:1"
+		op := &resolveOp{publishTableOp{table: newest}}
+		if err := op.Run(&spi.OpContext{Service: n, Caller: "x:1"}); err != nil {
+			t.Fatal(err)
+		}
+		sync()
+		if n.migs.byPart[2] != nil || n.migs.active.Load() != 0 || n.ops.IsMigrating(2) {
+			t.Fatalf("%s: after the master's resolve request: state %v, refusing operations %v", tc.name, n.migs.byPart[2], n.ops.IsMigrating(2))
+		}
+		if cleared := len(cl.cleared) > 0 && cl.cleared[len(cl.cleared)-1] == 2; cleared != tc.wantClear {
+			t.Fatalf("%s: cleared %v; want partition 2 dropped: %v", tc.name, cl.cleared, tc.wantClear)
+		}
+		n.ops.Shutdown()
+	}
 }

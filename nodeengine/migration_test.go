@@ -269,13 +269,13 @@ func TestKillDestinationMidMigration(t *testing.T) {
 			t.Fatalf("counter c%d = %d (%v), acknowledged %d", i, v, err, acked[i])
 		}
 	}
-	if rb := c.Member(0).MigrationStats().RolledBack; rb == 0 {
+	if rb := c.Member(0).Inspect().MigrationStats().RolledBack; rb == 0 {
 		t.Fatal("no migration was rolled back")
 	}
 	checkLedgers(t, c.Members())
 	// Each survivor owns half, holds only data it owns, and all 1000 keys
 	// survived.
-	tab := c.Member(0).Table()
+	tab := c.Member(0).Inspect().Table()
 	keys := 0
 	for _, m := range c.Members() {
 		if k := tab.Counts()[m.ID()]; k < 135 || k > 136 {

@@ -59,12 +59,12 @@ func TestMulticastJoin(t *testing.T) {
 		}
 	})
 	converged := func() error {
-		v := devs[0].n.Table()
+		v := devs[0].n.Inspect().Table()
 		for _, m := range devs {
 			if k := len(m.n.Members()); k != 3 {
 				return fmt.Errorf("member %s sees %d members, want 3", m.n.Address(), k)
 			}
-			tab := m.n.Table()
+			tab := m.n.Inspect().Table()
 			if tab == nil || v == nil {
 				return fmt.Errorf("member %s has no partition table yet", m.n.Address())
 			}
@@ -74,7 +74,7 @@ func TestMulticastJoin(t *testing.T) {
 			}
 			// Between two rounds of the join's rebalance all may hold
 			// the same version: converged means the rebalance is over.
-			if m.n.MigrationInFlight() {
+			if m.n.Inspect().MigrationInFlight() {
 				return fmt.Errorf("member %s has migrations in flight", m.n.Address())
 			}
 		}

@@ -11,7 +11,6 @@ import (
 	"net"
 	"net/http"
 	"slices"
-	"sync"
 	"sync/atomic"
 	"time"
 
@@ -19,7 +18,6 @@ import (
 	"github.com/partita-go/partita/config"
 	"github.com/partita-go/partita/migration"
 	"github.com/partita-go/partita/operation"
-	"github.com/partita-go/partita/partition"
 	"github.com/partita-go/partita/spi"
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/prometheus/client_golang/prometheus/collectors"
@@ -46,72 +44,54 @@ func WithRegistry(r *prometheus.Registry) Option { return func(n *Node) { n.regi
 // service, proxies and the user services of its config. It implements
 // spi.NodeEngine. A Node runs once: Start, then Shutdown; make a new Node
 // to start again.
+//
+// Node wires its parts and runs the member's lifecycle; each part has one
+// job: routing tells the operation service where partitions are, tables
+// installs tables, publisher publishes them as master, replicas keeps the
+// replicas in line with the table, migrations runs this member's side of
+// migrations, safety answers whether the cluster is safe, snapshots
+// encodes partition data, and the membership loop (membership.go) applies
+// member list changes. They share the clusterView, what the member knows
+// of the cluster.
 type Node struct {
 	cfg      *config.Config
 	hook     func(m operation.Message) operation.Verdict
 	log      *slog.Logger
 	registry *prometheus.Registry
 
-	id       string
+	view     *clusterView
+	run      *runner
+	state    atomic.Int32
 	started  time.Time
 	address  string
-	count    int
 	tr       *muxTransport
 	ml       *memberlist.Memberlist
-	del      *delegates // memberlist's callbacks; the member list comes from their copies
+	del      *delegates    // memberlist's callbacks; the member list comes from their copies
+	wake     chan struct{} // membership changed
 	ops      *operation.Service
 	parts    *partitionView
 	proxies  *proxyRegistry
 	services map[string]spi.Service
 	order    []config.ServiceConfig // enabled services, config order
 	inited   []string               // services whose Init succeeded
+	// migrationAware are the enabled MigrationAwareServices, config order.
+	migrationAware []migrationAware
 
-	members atomic.Pointer[[]spi.Member] // oldest first
-	table   atomic.Pointer[partition.Table]
-
-	wake      chan struct{} // membership changed
-	stop      chan struct{}
-	ctx       context.Context // ends when the node stops
-	cancel    context.CancelFunc
-	wg        sync.WaitGroup
-	state     atomic.Int32
-	installMu sync.Mutex // serialises table installs
-	// tableLogged and tableSkipped rate-limit the table log line (under
-	// installMu).
-	tableLogged  time.Time
-	tableSkipped int
+	tables   *tables
+	pub      *publisher
+	replicas *replicas
+	migs     *migrations
+	safety   *safety
+	mgr      *migration.Manager
+	leavers  leavers
 
 	metrics  engineMetrics
 	safe     safeCache
-	migView  migView
 	http     *http.Server
 	httpAddr string
 	httpDone chan struct{}
-	// spawnMu and stopping keep wg.Add from racing with wg.Wait.
-	spawnMu  sync.Mutex
-	stopping bool
 	// mlStopped silences memberlist's late log lines after Shutdown.
 	mlStopped atomic.Bool
-
-	publish  sync.Mutex // guards acked, inflight, answered, takeOverEnd and term
-	acked    map[string]int64
-	inflight map[string]bool // table pushes in flight, by member
-	// answered is not nil while this member takes over as master: it
-	// plans nothing until every member answered a table push (so it holds
-	// the newest table any of them got from the old master) or takeOverEnd
-	// passed.
-	answered    map[string]bool
-	takeOverEnd time.Time
-	// term counts this member's take-overs: a push sent in an earlier
-	// term neither acknowledges nor answers for the current one.
-	term uint64
-
-	mgr            *migration.Manager
-	migrationAware []migrationAware
-	migs           []*migState // by partition; touched on its executor only
-	migActive      atomic.Int32
-	leavingMu      sync.Mutex
-	leaving        map[string]bool // members draining before they leave (master)
 }
 
 const (
@@ -131,11 +111,10 @@ func New(cfg *config.Config, opts ...Option) (*Node, error) {
 	if err := cfg.Validate(); err != nil {
 		return nil, err
 	}
-	n := &Node{cfg: cfg, log: slog.Default(), count: cfg.Partitions.Count,
+	count := cfg.Partitions.Count
+	n := &Node{cfg: cfg, log: slog.Default(), view: newClusterView(count), run: newRunner(context.Background()),
 		services: make(map[string]spi.Service), wake: make(chan struct{}, 1),
-		stop: make(chan struct{}), acked: make(map[string]int64), inflight: make(map[string]bool),
-		leaving: make(map[string]bool), migs: make([]*migState, cfg.Partitions.Count)}
-	n.ctx, n.cancel = context.WithCancel(context.Background())
+		migs: newMigrations(count), leavers: leavers{ids: make(map[string]bool)}}
 	for _, o := range opts {
 		o(n)
 	}
@@ -148,9 +127,8 @@ func New(cfg *config.Config, opts ...Option) (*Node, error) {
 	if err := n.registerMetrics(); err != nil {
 		return nil, err
 	}
-	n.parts = &partitionView{n: n}
+	n.parts = &partitionView{view: n.view, clusterSafe: n.isClusterSafe}
 	n.proxies = &proxyRegistry{n: n, objs: make(map[string]map[string]spi.DistributedObject)}
-	n.members.Store(&[]spi.Member{})
 	return n, nil
 }
 
@@ -167,7 +145,7 @@ func (n *Node) Start(ctx context.Context) (err error) {
 	if !n.state.CompareAndSwap(stateNew, stateStarting) {
 		return errors.New("partita: a Node starts once; make a new Node to start again")
 	}
-	n.id = newID()
+	n.view.id = newID()
 	n.started = time.Now()
 	defer func() {
 		if err != nil {
@@ -185,11 +163,12 @@ func (n *Node) Start(ctx context.Context) (err error) {
 
 	oc := n.cfg.Operations
 	n.ops = operation.New(operation.Config{
-		ClusterName: n.cfg.Cluster.Name, LocalID: n.id, LocalAddress: n.address,
-		PartitionCount: n.count, PartitionThreads: oc.PartitionThreads, QueueSize: oc.QueueSize,
+		ClusterName: n.cfg.Cluster.Name, LocalID: n.view.id, LocalAddress: n.address,
+		PartitionCount: n.view.count, PartitionThreads: oc.PartitionThreads, QueueSize: oc.QueueSize,
 		InvocationTimeout: oc.InvocationTimeout, RetryPause: oc.RetryPause, DedupWindow: oc.DedupWindow,
 		BackupAckTimeout: oc.BackupAckTimeout, FrameBodyTimeout: oc.FrameBodyTimeout,
-		Engine: n, Routing: n, Logger: n.log, Hook: n.hook, OnReplicaGap: n.requestSync,
+		Engine: n, Routing: routing{n.view}, Logger: n.log, Hook: n.hook,
+		OnReplicaGap: func(p int) { n.replicas.requestSync(p) },
 		Dial: func(ctx context.Context, addr string) (net.Conn, error) {
 			return dialSelect(ctx, addr, 0, selectOperations)
 		},
@@ -203,8 +182,9 @@ func (n *Node) Start(ctx context.Context) (err error) {
 	if err := n.createServices(); err != nil {
 		return err
 	}
-	n.mgr = migration.New(masterEngine{n}, migration.Config{Count: n.count, Parallel: n.cfg.Migration.Parallel,
+	n.mgr = migration.New(masterEngine{n}, migration.Config{Count: n.view.count, Parallel: n.cfg.Migration.Parallel,
 		Backups: n.cfg.Partitions.BackupCount, Timeout: n.cfg.Migration.StepTimeout, Logger: n.log})
+	n.wire()
 	n.ops.Start()
 	// The health endpoints answer from here on: not ready until joined.
 	if err := n.serveHTTP(); err != nil {
@@ -216,17 +196,37 @@ func (n *Node) Start(ctx context.Context) (err error) {
 		return err
 	}
 	n.refreshMembers()
-	n.wg.Add(3)
-	go n.antiEntropy(n.cfg.Partitions.AntiEntropyInterval)
-	go n.membershipLoop()
-	go func() {
-		defer n.wg.Done()
-		n.mgr.Run(n.ctx)
-	}()
+	n.run.spawn(func() { n.replicas.antiEntropy(n.cfg.Partitions.AntiEntropyInterval) })
+	n.run.spawn(n.membershipLoop)
+	n.run.spawn(func() { n.mgr.Run(n.run.ctx) })
 	n.state.Store(stateRunning)
-	n.log.Info("member started", "id", n.id, "cluster", n.cfg.Cluster.Name,
-		"partitions", n.count, "members", len(n.Members()))
+	n.log.Info("member started", "id", n.view.id, "cluster", n.cfg.Cluster.Name,
+		"partitions", n.view.count, "members", len(n.Members()))
 	return nil
+}
+
+// wire makes the node's parts once the operation service and the services
+// exist (Start, and the tests' bare nodes); nothing runs yet.
+func (n *Node) wire() {
+	snaps := &snapshots{engine: n, ops: n.ops, services: n.migrationAware}
+	n.replicas = &replicas{view: n.view, address: n.address, ops: n.ops, run: n.run, log: n.log, migs: n.migs,
+		snaps: snaps, services: n.migrationAware, stepTimeout: n.cfg.Migration.StepTimeout}
+	m := n.migs
+	m.view, m.ops, m.log, m.services, m.replicas, m.snaps = n.view, n.ops, n.log, n.migrationAware, n.replicas, snaps
+	m.bytesSent, m.bytesRecv = n.metrics.migBytesSent, n.metrics.migBytesRecv
+	n.tables = &tables{view: n.view, ops: n.ops, replicas: n.replicas, installs: n.metrics.tableInstalls, log: n.log}
+	n.pub = &publisher{view: n.view, ops: n.ops, run: n.run, log: n.log, tables: n.tables,
+		wake: n.memberEvent, plan: func() { n.mgr.Trigger() },
+		resolve: func() {
+			// By the newest table now, committed destinations included,
+			// here and on the other members.
+			n.run.spawn(func() { n.resolveDepartedMaster(true) })
+			n.resolveOthers()
+		},
+		acked: make(map[string]int64), inflight: make(map[string]bool)}
+	n.safety = &safety{view: n.view, ops: n.ops, busy: func() bool {
+		return n.migs.active.Load() > 0 || n.ops.SyncsPending() > 0 || (n.view.isMaster() && !n.mgr.Idle())
+	}}
 }
 
 // createServices makes, configures and initialises the enabled services in
@@ -272,7 +272,7 @@ func (n *Node) createServices() error {
 // by multicast).
 func (n *Node) join(ctx context.Context) error {
 	mc := memberlist.DefaultLANConfig()
-	mc.Name = n.id
+	mc.Name = n.view.id
 	mc.Transport = n.tr
 	mc.BindAddr, mc.BindPort = n.tr.addr.IP.String(), n.tr.addr.Port
 	mc.AdvertiseAddr, mc.AdvertisePort = mc.BindAddr, mc.BindPort
@@ -356,35 +356,15 @@ func (n *Node) Terminate() {
 	n.log.Info("member terminated")
 }
 
-// spawn runs f on a goroutine the node waits for at shutdown, unless the
-// node is stopping (then it reports false and f does not run).
-func (n *Node) spawn(f func()) bool {
-	n.spawnMu.Lock()
-	defer n.spawnMu.Unlock()
-	if n.stopping {
-		return false
-	}
-	n.wg.Add(1)
-	go func() {
-		defer n.wg.Done()
-		f()
-	}()
-	return true
-}
-
 // teardown stops everything Start started, in reverse.
 func (n *Node) teardown(terminate bool) {
-	n.spawnMu.Lock()
-	n.stopping = true // no goroutine joins wg once Wait may run
-	n.spawnMu.Unlock()
-	close(n.stop)
-	n.cancel()
+	n.run.halt()
 	if n.ml != nil {
 		n.ml.Shutdown()
 		n.mlStopped.Store(true)
 	}
 	n.stopHTTP()
-	n.wg.Wait()
+	n.run.wait()
 	if n.ml != nil {
 		// memberlist's Shutdown does not wait for a probe in flight, which
 		// waits for its ack for up to a probe interval: let it end, so that
@@ -408,7 +388,7 @@ func (n *Node) teardown(terminate bool) {
 }
 
 // ID returns this member's unique id.
-func (n *Node) ID() string { return n.id }
+func (n *Node) ID() string { return n.view.id }
 
 // Address returns the host:port this member listens on.
 func (n *Node) Address() string { return n.address }
@@ -419,23 +399,16 @@ func (n *Node) Service(name string) (spi.Service, bool) {
 	return s, ok
 }
 
-// Table returns this member's current partition table (nil before one
-// arrived). The table must not be modified.
-func (n *Node) Table() *partition.Table { return n.table.Load() }
-
-// OperationService returns the concrete operation service.
-func (n *Node) OperationService() *operation.Service { return n.ops }
-
 // ClusterName implements spi.NodeEngine.
 func (n *Node) ClusterName() string { return n.cfg.Cluster.Name }
 
 // LocalMember implements spi.NodeEngine.
 func (n *Node) LocalMember() spi.Member {
-	return spi.Member{ID: n.id, Address: n.address, Started: n.started}
+	return spi.Member{ID: n.view.id, Address: n.address, Started: n.started}
 }
 
 // Members implements spi.NodeEngine.
-func (n *Node) Members() []spi.Member { return slices.Clone(*n.members.Load()) }
+func (n *Node) Members() []spi.Member { return slices.Clone(n.view.memberList()) }
 
 // Partitions implements spi.NodeEngine.
 func (n *Node) Partitions() spi.PartitionService { return n.parts }
@@ -455,15 +428,38 @@ func (n *Node) Metrics() prometheus.Registerer { return n.registry }
 // Registry returns the member's metrics registry (for scraping).
 func (n *Node) Registry() *prometheus.Registry { return n.registry }
 
-// MigrationInFlight reports whether this member takes part in a partition
-// migration now or, on the master, has migrations left to plan or run.
-func (n *Node) MigrationInFlight() bool {
-	return n.migActive.Load() > 0 || (n.IsMaster() && n.mgr != nil && !n.mgr.Idle())
+// WaitClusterSafe polls Partitions().IsClusterSafe until it reports true
+// or ctx ends: every member holds the same table, none migrates or syncs
+// and every backup replica holds its primary's writes.
+func (n *Node) WaitClusterSafe(ctx context.Context) error {
+	tick := time.NewTicker(100 * time.Millisecond)
+	defer tick.Stop()
+	for {
+		if safe, err := n.isClusterSafe(ctx); err == nil && safe {
+			return nil
+		}
+		select {
+		case <-ctx.Done():
+			return fmt.Errorf("cluster not safe: %w", ctx.Err())
+		case <-tick.C:
+		}
+	}
 }
 
-// MigrationStats returns what this member's migration manager did while it
-// was master.
-func (n *Node) MigrationStats() migration.Stats { return n.mgr.Stats() }
+// isClusterSafe is the partition service's IsClusterSafe (false before
+// Start made the parts).
+func (n *Node) isClusterSafe(ctx context.Context) (bool, error) {
+	if n.view.table.Load() == nil {
+		return false, nil
+	}
+	return n.safety.isClusterSafe(ctx)
+}
+
+// migrating reports whether this member takes part in a partition
+// migration now or, on the master, has migrations left to plan or run.
+func (n *Node) migrating() bool {
+	return n.migs.active.Load() > 0 || (n.view.isMaster() && n.mgr != nil && !n.mgr.Idle())
+}
 
 // manager returns the migration manager (nil before Start made it).
 func (n *Node) manager() *migration.Manager {
@@ -471,79 +467,4 @@ func (n *Node) manager() *migration.Manager {
 		return nil // Start may still be making it
 	}
 	return n.mgr
-}
-
-// IsMaster reports whether this member is the oldest, the one that owns
-// the partition table.
-func (n *Node) IsMaster() bool {
-	ms := *n.members.Load()
-	return len(ms) > 0 && ms[0].ID == n.id
-}
-
-// Owner implements operation.Routing.
-func (n *Node) Owner(p int) (id, address string, ok bool) {
-	t := n.table.Load()
-	if t == nil {
-		return "", "", false
-	}
-	id = t.Owners[p]
-	if id == "" {
-		return "", "", false
-	}
-	return id, t.Members[id], true
-}
-
-// MemberAddress implements operation.Routing.
-func (n *Node) MemberAddress(id string) (string, bool) {
-	for _, m := range *n.members.Load() {
-		if m.ID == id {
-			return m.Address, true
-		}
-	}
-	// A member that has just joined may hear from others (the master's
-	// table) before its own member list catches up.
-	if t := n.table.Load(); t != nil && len(*n.members.Load()) <= 1 {
-		if a, ok := t.Members[id]; ok {
-			return a, true
-		}
-	}
-	return "", false
-}
-
-// partitionView implements spi.PartitionService over the node's table.
-type partitionView struct{ n *Node }
-
-func (v *partitionView) PartitionCount() int        { return v.n.count }
-func (v *partitionView) PartitionID(key string) int { return partition.ID(key, v.n.count) }
-func (v *partitionView) TableVersion() int64 {
-	if t := v.n.table.Load(); t != nil {
-		return t.Version
-	}
-	return 0
-}
-func (v *partitionView) BackupCount() int { return v.n.table.Load().BackupCount() }
-func (v *partitionView) ReplicaIndex(p int) int {
-	return v.n.table.Load().ReplicaIndex(p, v.n.id)
-}
-func (v *partitionView) IsClusterSafe(ctx context.Context) (bool, error) {
-	return v.n.IsClusterSafe(ctx)
-}
-func (v *partitionView) IsLocalOwner(p int) bool {
-	id, _, ok := v.n.Owner(p)
-	return ok && id == v.n.id
-}
-func (v *partitionView) Owner(p int) (spi.Member, bool) {
-	if p < 0 || p >= v.n.count {
-		return spi.Member{}, false
-	}
-	id, addr, ok := v.n.Owner(p)
-	if !ok {
-		return spi.Member{}, false
-	}
-	for _, m := range *v.n.members.Load() {
-		if m.ID == id {
-			return m, true
-		}
-	}
-	return spi.Member{ID: id, Address: addr}, true
 }

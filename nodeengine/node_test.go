@@ -35,11 +35,11 @@ func TestTablesConvergeBalanced(t *testing.T) {
 	for _, n := range []int{2, 3, 5} {
 		t.Run(strconv.Itoa(n), func(t *testing.T) {
 			c := clustertest.New(t, n)
-			ref := c.Member(0).Table()
+			ref := c.Member(0).Inspect().Table()
 			lo, hi := 271/n, (271+n-1)/n
 			counts := ref.Counts()
 			for _, m := range c.Members() {
-				tab := m.Table()
+				tab := m.Inspect().Table()
 				if tab.Version != ref.Version {
 					t.Fatalf("member %s has version %d, master %d", m.Address(), tab.Version, ref.Version)
 				}
@@ -52,7 +52,7 @@ func TestTablesConvergeBalanced(t *testing.T) {
 					t.Fatalf("member %s owns %d partitions, want %d..%d", m.Address(), k, lo, hi)
 				}
 			}
-			if !c.Member(0).IsMaster() {
+			if !c.Member(0).Inspect().IsMaster() {
 				t.Fatal("the oldest member is not the master")
 			}
 		})
@@ -119,10 +119,10 @@ func TestOperationRunsOnOwnerAndItsExecutor(t *testing.T) {
 			}
 			var w where
 			fmt.Sscanf(strings.ReplaceAll(v.(string), "/", " "), "%s %d %d", &w.member, &w.executor, &w.gid)
-			if owner := caller.Table().Owners[p]; w.member != owner {
+			if owner := caller.Inspect().Table().Owners[p]; w.member != owner {
 				t.Fatalf("partition %d ran on %s, owner is %s", p, w.member, owner)
 			}
-			threads := caller.OperationService().PartitionThreads()
+			threads := caller.Inspect().OperationService().PartitionThreads()
 			if w.executor != p%threads {
 				t.Fatalf("partition %d ran on executor %d, want %d", p, w.executor, p%threads)
 			}
@@ -166,7 +166,7 @@ func TestRemoteErrorsReachCaller(t *testing.T) {
 // ownedBy returns a partition that member id owns in n's table.
 func ownedBy(t *testing.T, n *nodeengine.Node, id string) int {
 	t.Helper()
-	for p, o := range n.Table().Owners {
+	for p, o := range n.Inspect().Table().Owners {
 		if o == id {
 			return p
 		}
@@ -259,7 +259,7 @@ func TestMalformedFrameClosesOnlyThatConnection(t *testing.T) {
 	// The member keeps serving others.
 	b := start(t, testConfig("127.0.0.1:0", a.Address()), nil)
 	clustertest.Eventually(t, 10*time.Second, func() error {
-		if len(a.Members()) != 2 || b.Table() == nil || b.Table().Version != a.Table().Version {
+		if len(a.Members()) != 2 || b.Inspect().Table() == nil || b.Inspect().Table().Version != a.Inspect().Table().Version {
 			return errors.New("second member not joined")
 		}
 		return nil

@@ -98,16 +98,16 @@ func (c engineCollector) Collect(ch chan<- prometheus.Metric) {
 	counter := func(d *prometheus.Desc, v int64) {
 		ch <- prometheus.MustNewConstMetric(d, prometheus.CounterValue, float64(v))
 	}
-	owned, backups, version := n.replicaCounts()
+	owned, backups, version := n.view.replicaCounts()
 	gauge(ownedDesc, float64(owned))
 	gauge(backedDesc, float64(backups))
 	gauge(tableVersionDesc, float64(version))
-	gauge(membersDesc, float64(len(*n.members.Load())))
-	gauge(masterDesc, b2f(n.IsMaster()))
+	gauge(membersDesc, float64(len(n.view.memberList())))
+	gauge(masterDesc, b2f(n.view.isMaster()))
 	gauge(safeDesc, b2f(n.cachedSafe()))
 	ready, _ := n.Ready()
 	gauge(readyDesc, b2f(ready))
-	gauge(migInFlightDesc, float64(n.migActive.Load()))
+	gauge(migInFlightDesc, float64(n.migs.active.Load()))
 	var st migration.Stats
 	if m := n.manager(); m != nil {
 		st = m.Stats()
@@ -122,24 +122,6 @@ func b2f(b bool) float64 {
 		return 1
 	}
 	return 0
-}
-
-// replicaCounts returns how many primaries and backups this member holds
-// in its table, and the table's version.
-func (n *Node) replicaCounts() (owned, backups int, version int64) {
-	t := n.table.Load()
-	if t == nil {
-		return 0, 0, 0
-	}
-	for p := range t.Owners {
-		switch i := t.ReplicaIndex(p, n.id); {
-		case i == 0:
-			owned++
-		case i > 0:
-			backups++
-		}
-	}
-	return owned, backups, t.Version
 }
 
 // safeCache keeps the last IsClusterSafe answer for scrapes: it asks
@@ -157,9 +139,9 @@ func (n *Node) cachedSafe() bool {
 	if time.Since(c.at) < time.Second {
 		return c.safe
 	}
-	ctx, cancel := n.stopContext(time.Second)
+	ctx, cancel := n.run.stopContext(time.Second)
 	defer cancel()
-	safe, err := n.IsClusterSafe(ctx)
+	safe, err := n.safety.isClusterSafe(ctx)
 	c.safe, c.at = err == nil && safe, time.Now()
 	return c.safe
 }
@@ -179,21 +161,21 @@ func (n *Node) Ready() (ready bool, reason string) {
 	if r := n.tr.acceptProblem(); r != "" {
 		return false, r
 	}
-	if n.table.Load() == nil {
+	if n.view.table.Load() == nil {
 		return false, "no partition table received yet"
 	}
-	if k := n.migActive.Load(); k > 0 {
+	if k := n.migs.active.Load(); k > 0 {
 		return false, fmt.Sprintf("%d partition migrations in flight on this member", k)
 	}
 	return true, ""
 }
 
 // migView is the migrations in flight on this member, readable from any
-// goroutine (migs itself belongs to the partitions' executors).
+// goroutine (migrations.byPart belongs to the partitions' executors).
 type migView struct {
 	mu    sync.Mutex
 	moves map[int]debugui.Migration
-	about map[int]string // the state in words, for Node.MigrationsInFlight
+	about map[int]string // the state in words, for describe
 }
 
 func (v *migView) set(p int, st *migState) {
@@ -217,10 +199,9 @@ func (v *migView) set(p int, st *migState) {
 		p, ep, st.move.Source, st.move.Destination, st.master, st.committed)
 }
 
-// MigrationsInFlight describes this member's side of each migration in
-// flight, one line per partition (for logs and test failures).
-func (n *Node) MigrationsInFlight() []string {
-	v := &n.migView
+// describe describes this member's side of each migration in flight, one
+// line per partition (for logs and test failures).
+func (v *migView) describe() []string {
 	v.mu.Lock()
 	defer v.mu.Unlock()
 	out := make([]string, 0, len(v.about))
@@ -260,7 +241,7 @@ func (n *Node) memberStats() []byte {
 	ready, _ := n.Ready()
 	w.WriteBool(ready)
 	w.WriteUvarint(n.ops.OperationsRun())
-	migs := n.migView.list(n.id)
+	migs := n.migs.inFlight.list(n.view.id)
 	w.WriteUvarint(uint64(len(migs)))
 	for _, m := range migs {
 		w.WriteVarint(int64(m.Partition))
@@ -300,15 +281,16 @@ func (n *Node) statsOf(ctx context.Context, m *debugui.Member) []debugui.Migrati
 	return out
 }
 
-// ClusterView returns this member's picture of the cluster: members (each
-// asked for its readiness, operation count and migrations), the partition
-// table and whether the cluster is safe. ctx bounds the questions; a member
-// that does not answer in time has Error set.
-func (n *Node) ClusterView(ctx context.Context) *debugui.View {
+// debugView returns this member's picture of the cluster for
+// /debug/cluster: members (each asked for its readiness, operation count
+// and migrations), the partition table and whether the cluster is safe.
+// ctx bounds the questions; a member that does not answer in time has
+// Error set.
+func (n *Node) debugView(ctx context.Context) *debugui.View {
 	now := time.Now()
-	v := &debugui.View{Cluster: n.cfg.Cluster.Name, Self: n.id, PartitionCount: n.count, Time: now,
+	v := &debugui.View{Cluster: n.cfg.Cluster.Name, Self: n.view.id, PartitionCount: n.view.count, Time: now,
 		Members: []debugui.Member{}, Partitions: []debugui.Partition{}, Migrations: []debugui.Migration{}}
-	t := n.table.Load()
+	t := n.view.table.Load()
 	counts := map[string][2]int{}
 	if t != nil {
 		v.TableVersion, v.BackupCount = t.Version, t.BackupCount()
@@ -334,11 +316,11 @@ func (n *Node) ClusterView(ctx context.Context) *debugui.View {
 	var wg sync.WaitGroup
 	for i, m := range ms {
 		v.Members[i] = debugui.Member{ID: m.ID, Address: m.Address, Started: m.Started, AgeSeconds: now.Sub(m.Started).Seconds(),
-			Master: i == 0, Self: m.ID == n.id, Owned: counts[m.ID][0], Backups: counts[m.ID][1]}
+			Master: i == 0, Self: m.ID == n.view.id, Owned: counts[m.ID][0], Backups: counts[m.ID][1]}
 		wg.Go(func() { migs[i] = n.statsOf(ctx, &v.Members[i]) })
 	}
 	wg.Go(func() {
-		safe, err := n.IsClusterSafe(ctx)
+		safe, err := n.safety.isClusterSafe(ctx)
 		v.ClusterSafe = err == nil && safe
 	})
 	wg.Wait()

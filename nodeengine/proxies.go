@@ -116,7 +116,7 @@ func (p *proxyRegistry) broadcast(ctx context.Context, op *proxyOp) error {
 	var mu sync.Mutex
 	var errs []error
 	for _, m := range p.n.Members() {
-		if m.ID == p.n.id {
+		if m.ID == p.n.view.id {
 			continue
 		}
 		wg.Add(1)

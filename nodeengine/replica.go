@@ -1,9 +1,9 @@
 package nodeengine
 
 import (
-	"context"
 	"errors"
 	"fmt"
+	"log/slog"
 	"slices"
 	"time"
 
@@ -12,36 +12,36 @@ import (
 	"github.com/partita-go/partita/spi"
 )
 
-// Backups implements operation.Routing.
-func (n *Node) Backups(p int, dst []operation.Replica) []operation.Replica {
-	t := n.table.Load()
-	if t == nil || p >= len(t.Backups) {
-		return dst
-	}
-	for i, id := range t.Backups[p] {
-		if id != "" {
-			dst = append(dst, operation.Replica{ID: id, Address: t.Members[id], Index: i + 1})
-		}
-	}
-	for i, id := range t.IncomingOf(p) {
-		if id != "" {
-			dst = append(dst, operation.Replica{ID: id, Address: t.Members[id], Index: i + 1, Incoming: true})
-		}
-	}
-	return dst
+// replicas keeps this member's partition replicas in line with the table:
+// it runs what a change of role requires (promotion, dropping the data,
+// a full sync from the primary), pulls and installs those syncs, serves
+// them as a primary and runs anti-entropy. Its per-partition work runs on
+// the partition's executor, where the migration state lives; a sync's
+// request runs on a goroutine of the runner. tables.install calls changes
+// (under its install lock), the operation service calls requestSync
+// (OnReplicaGap, on the executor), the migration endpoints call settle
+// (on the executor).
+type replicas struct {
+	view        *clusterView
+	address     string // this member's: the caller of a sync's replication operations
+	ops         *operation.Service
+	run         *runner
+	log         *slog.Logger
+	migs        *migrations
+	snaps       *snapshots
+	services    []migrationAware
+	stepTimeout time.Duration // bounds a sync request (migration.step-timeout)
 }
 
-// ReplicaIndex implements operation.Routing.
-func (n *Node) ReplicaIndex(p int) int { return n.table.Load().ReplicaIndex(p, n.id) }
-
-// replicaChanges runs, after a new table is installed, what this member's
+// changes runs, after a new table is installed, what this member's
 // change of role requires for each partition: a promoted backup runs the
 // promotion hooks, a member that lost every replica of a partition drops
 // its data, and a new backup asks its primary for a full copy. The work
 // runs on each partition's executor, where the migration state lives.
-func (n *Node) replicaChanges(prev, t *partition.Table) {
+func (r *replicas) changes(prev, t *partition.Table) {
+	id := r.view.id
 	for p := range t.Owners {
-		was, now := prev.ReplicaIndex(p, n.id), t.ReplicaIndex(p, n.id)
+		was, now := prev.ReplicaIndex(p, id), t.ReplicaIndex(p, id)
 		if was == now {
 			continue
 		}
@@ -49,87 +49,93 @@ func (n *Node) replicaChanges(prev, t *partition.Table) {
 		case now == 0:
 			// A migration's destination that committed waited for this
 			// table; otherwise a backup became primary: a promotion.
-			n.ops.RunOnPartition(p, func() {
-				if st := n.migs[p]; st != nil {
+			r.ops.RunOnPartition(p, func() {
+				if st := r.migs.at(p); st != nil {
 					if st.committed {
-						n.setMig(p, nil)
+						r.migs.set(p, nil)
 					} else {
-						n.ops.SetMigrating(p, true)
+						r.ops.SetMigrating(p, true)
 					}
 					return
 				}
 				if was > 0 {
-					n.promote(p, was, prev.Owner(p))
+					r.promote(p, was, prev.Owner(p))
 				}
 			})
 		case now < 0 && was >= 0:
-			n.ops.RunOnPartition(p, func() { n.dropReplica(p) })
+			r.ops.RunOnPartition(p, func() { r.drop(p) })
 		case now > 0 && was < 0:
-			n.ops.RunOnPartition(p, func() {
-				if n.migs[p] == nil && n.table.Load().ReplicaIndex(p, n.id) > 0 {
-					n.ops.ResetReplica(p)
-					n.ops.MarkSyncing(p) // not a candidate for promotion until synced
-					n.requestSync(p)
+			r.ops.RunOnPartition(p, func() {
+				if r.migs.at(p) == nil && r.view.replicaIndex(p) > 0 {
+					r.ops.ResetReplica(p)
+					r.ops.MarkSyncing(p) // not a candidate for promotion until synced
+					r.requestSync(p)
 				}
 			})
 		case now > 0 && was == 0:
 			// A primary demoted to backup. After a migration's swap its
 			// data is current; otherwise (a table of another master won)
 			// its history may differ from the primary's: start over.
-			n.ops.RunOnPartition(p, func() {
-				if n.migs[p] == nil && n.table.Load().ReplicaIndex(p, n.id) > 0 {
-					for _, ma := range n.migrationAware {
-						ma.svc.ClearPartitionReplica(p)
-					}
-					n.ops.ResetReplica(p)
-					n.ops.MarkSyncing(p)
-					n.requestSync(p)
+			r.ops.RunOnPartition(p, func() {
+				if r.migs.at(p) == nil && r.view.replicaIndex(p) > 0 {
+					r.clear(p)
+					r.ops.ResetReplica(p)
+					r.ops.MarkSyncing(p)
+					r.requestSync(p)
 				}
 			})
 		}
 	}
 }
 
-// promote makes this member, backup k of partition p, its primary
+// clear has every migration-aware service drop its data of partition p
 // (executor p).
-func (n *Node) promote(p, k int, oldOwner string) {
-	ev := spi.PartitionMigrationEvent{PartitionID: p, Endpoint: spi.MigrationDestination,
-		CurrentReplicaIndex: k, NewReplicaIndex: 0, Source: oldOwner, Destination: n.id}
-	for _, ma := range n.migrationAware {
-		ma.svc.BeforeMigration(ev)
-	}
-	for _, ma := range n.migrationAware {
-		ma.svc.CommitMigration(ev)
-	}
-	n.ops.BumpEpoch(p)
-	n.ops.SetMigrating(p, false)
-	n.log.Debug("backup promoted to primary", "partition", p, "replica", k)
-}
-
-// dropReplica clears partition p's data on a member that holds no replica
-// of it any more, unless a migration still needs it (executor p).
-func (n *Node) dropReplica(p int) {
-	if n.migs[p] != nil || n.table.Load().ReplicaIndex(p, n.id) >= 0 {
-		return
-	}
-	for _, ma := range n.migrationAware {
+func (r *replicas) clear(p int) {
+	for _, ma := range r.services {
 		ma.svc.ClearPartitionReplica(p)
 	}
-	n.ops.ResetReplica(p)
 }
 
-// backOff waits *pause before a retry and doubles it, up to a second; it
-// reports false, at once, when the node stops.
-func (n *Node) backOff(pause *time.Duration) bool {
-	t := time.NewTimer(*pause)
-	defer t.Stop()
-	select {
-	case <-n.stop:
-		return false
-	case <-t.C:
+// promote makes this member, backup k of partition p, its primary
+// (executor p).
+func (r *replicas) promote(p, k int, oldOwner string) {
+	ev := spi.PartitionMigrationEvent{PartitionID: p, Endpoint: spi.MigrationDestination,
+		CurrentReplicaIndex: k, NewReplicaIndex: 0, Source: oldOwner, Destination: r.view.id}
+	for _, ma := range r.services {
+		ma.svc.BeforeMigration(ev)
 	}
-	*pause = min(2**pause, time.Second)
-	return true
+	for _, ma := range r.services {
+		ma.svc.CommitMigration(ev)
+	}
+	r.ops.BumpEpoch(p)
+	r.ops.SetMigrating(p, false)
+	r.log.Debug("backup promoted to primary", "partition", p, "replica", k)
+}
+
+// drop clears partition p's data on a member that holds no replica of it
+// any more, unless a migration still needs it (executor p).
+func (r *replicas) drop(p int) {
+	if r.migs.at(p) != nil || r.view.replicaIndex(p) >= 0 {
+		return
+	}
+	r.clear(p)
+	r.ops.ResetReplica(p)
+}
+
+// settle makes partition p's data agree with what the table says of this
+// member once a migration ended (executor p): holding no replica, it
+// drops the data; a backup whose data the migration replaced (resync)
+// pulls a fresh copy from the primary.
+func (r *replicas) settle(p int, resync bool) {
+	switch idx := r.view.replicaIndex(p); {
+	case idx < 0:
+		r.clear(p)
+		r.ops.ResetReplica(p)
+	case idx > 0 && resync:
+		r.ops.ResetReplica(p)
+		r.ops.MarkSyncing(p)
+		r.requestSync(p)
+	}
 }
 
 // requestSync asks partition p's primary for a full copy of its replica,
@@ -141,35 +147,35 @@ func (n *Node) backOff(pause *time.Duration) bool {
 // (syncGaveUp: the waiting backups are failed, retryably), or abandoned
 // because the member stops (the waiting backups fail with
 // spi.ErrShutdown).
-func (n *Node) requestSync(p int) {
-	n.spawn(func() {
+func (r *replicas) requestSync(p int) {
+	r.run.spawn(func() {
 		pause := 20 * time.Millisecond
 		stopped := func() {
-			n.ops.RunOnPartition(p, func() { n.ops.AbandonSync(p, spi.ErrShutdown) })
+			r.ops.RunOnPartition(p, func() { r.ops.AbandonSync(p, spi.ErrShutdown) })
 		}
 		for attempt := 0; ; attempt++ {
-			t := n.table.Load()
-			k := t.ReplicaIndex(p, n.id)
-			if n.ctx.Err() != nil {
+			t := r.view.table.Load()
+			k := t.ReplicaIndex(p, r.view.id)
+			if r.run.ctx.Err() != nil {
 				stopped()
 				return
 			}
 			if k <= 0 {
-				n.ops.RunOnPartition(p, func() { n.syncGaveUp(p) })
+				r.ops.RunOnPartition(p, func() { r.syncGaveUp(p) })
 				return
 			}
 			// Short attempts: the owner may be dead and about to be
 			// replaced in the table, so look it up again each time.
-			ctx, cancel := n.stopContext(min(2*time.Second, n.cfg.Migration.StepTimeout))
-			v, err := n.ops.InvokeOnPartitionOf(ctx, engineService, &replicaSyncOp{replica: k}, p, t.Owner(p))
+			ctx, cancel := r.run.stopContext(min(2*time.Second, r.stepTimeout))
+			v, err := r.ops.InvokeOnPartitionOf(ctx, engineService, &replicaSyncOp{replica: k}, p, t.Owner(p))
 			cancel()
 			if err == nil {
 				data, _ := v.([]byte)
-				n.ops.RunOnPartition(p, func() { n.installSync(p, data) })
+				r.ops.RunOnPartition(p, func() { r.installSync(p, data) })
 				return
 			}
-			n.log.Debug("replica sync failed; retrying", "partition", p, "attempt", attempt, "error", err)
-			if !n.backOff(&pause) {
+			r.log.Debug("replica sync failed; retrying", "partition", p, "attempt", attempt, "error", err)
+			if !r.run.backOff(&pause) {
 				stopped()
 				return
 			}
@@ -181,43 +187,71 @@ func (n *Node) requestSync(p int) {
 // nothing (executor p). operation.Service.ReplicaSynced(p, -1) asks for
 // another copy, after a back-off, while this member is a backup of p, and
 // otherwise fails the backups waiting for it; a member left with no
-// replica of p (and no migration of it) drops its data, as dropReplica.
-func (n *Node) syncGaveUp(p int) {
-	n.ops.ReplicaSynced(p, -1)
-	n.dropReplica(p)
+// replica of p (and no migration of it) drops its data, as drop.
+func (r *replicas) syncGaveUp(p int) {
+	r.ops.ReplicaSynced(p, -1)
+	r.drop(p)
 }
 
 // installSync replaces partition p's backup replica with the primary's copy
 // (executor p). A copy it cannot install ends in syncGaveUp.
-func (n *Node) installSync(p int, data []byte) {
-	if n.migs[p] != nil || n.table.Load().ReplicaIndex(p, n.id) <= 0 {
-		n.syncGaveUp(p)
+func (r *replicas) installSync(p int, data []byte) {
+	if r.migs.at(p) != nil || r.view.replicaIndex(p) <= 0 {
+		r.syncGaveUp(p)
 		return
 	}
-	version, r, err := snapshotVersion(data)
+	version, rd, err := snapshotVersion(data)
 	if err != nil {
-		n.log.Error("bad replica sync data", "partition", p, "error", err)
-		n.syncGaveUp(p)
+		r.log.Error("bad replica sync data", "partition", p, "error", err)
+		r.syncGaveUp(p)
 		return
 	}
-	if version <= n.ops.ReplicaVersion(p) {
-		n.ops.ReplicaSynced(p, version) // already there
+	if version <= r.ops.ReplicaVersion(p) {
+		r.ops.ReplicaSynced(p, version) // already there
 		return
 	}
-	for _, ma := range n.migrationAware {
-		ma.svc.ClearPartitionReplica(p)
-	}
-	if err := n.installSnapshot(r, p, n.address, n.table.Load().ReplicaIndex(p, n.id)); err != nil {
-		n.log.Error("replica sync failed", "partition", p, "error", err)
-		for _, ma := range n.migrationAware {
-			ma.svc.ClearPartitionReplica(p)
-		}
-		n.ops.ResetReplica(p)
-		n.syncGaveUp(p)
+	r.clear(p)
+	if err := r.snaps.install(rd, p, r.address, r.view.replicaIndex(p)); err != nil {
+		r.log.Error("replica sync failed", "partition", p, "error", err)
+		r.clear(p)
+		r.ops.ResetReplica(p)
+		r.syncGaveUp(p)
 		return
 	}
-	n.ops.ReplicaSynced(p, version)
-	n.log.Debug("backup replica synced", "partition", p, "version", version)
+	r.ops.ReplicaSynced(p, version)
+	r.log.Debug("backup replica synced", "partition", p, "version", version)
+}
+
+// serveSync returns, on the primary's executor of partition p, its
+// replica version and data for backup replica index k of member caller.
+func (r *replicas) serveSync(p, k int, caller string) ([]byte, error) {
+	if r.view.table.Load().Owner(p) != r.view.id {
+		return nil, fmt.Errorf("%w: partition %d: not the primary", spi.ErrWrongTarget, p)
+	}
+	// A migration's source still holds the partition's data, which
+	// operations no longer change: it serves copies. It must, because its
+	// prepare waits for the acks of the writes it carries (WaitsForWrites),
+	// and a backup replica that holds such a write behind a gap, or an
+	// incoming one, acks it only once it has its copy.
+	st := r.migs.at(p)
+	if source := st != nil && st.endpoint == spi.MigrationSource; !source && (st != nil || r.ops.IsMigrating(p)) {
+		return nil, fmt.Errorf("%w: partition %d", spi.ErrPartitionMigrating, p)
+	}
+	w := spi.NewWriter(nil)
+	if err := r.snaps.append(w, p, k, caller); err != nil {
+		return nil, err
+	}
+	return w.Bytes(), nil
+}
+
+// caughtUp reports, on the primary's executor of partition p, whether
+// member's replica at version holds everything this primary backed up so
+// far (see caughtUpOp).
+func (r *replicas) caughtUp(p int, member string, version int64) bool {
+	t := r.view.table.Load()
+	mine := r.ops.ReplicaVersion(p)
+	return t.Owner(p) == r.view.id && r.migs.at(p) == nil && !r.ops.IsMigrating(p) &&
+		t.ReplicaIndex(p, member) > 0 && mine <= version && mine>>32 == version>>32
 }
 
 // replicaSyncOp runs on the primary's executor of a partition and returns
@@ -237,27 +271,9 @@ func (op *replicaSyncOp) ReadData(r *spi.Reader) error {
 	op.replica = int(r.ReadUvarint())
 	return r.Err()
 }
-func (op *replicaSyncOp) Run(ctx *spi.OpContext) error {
-	n := ctx.Service.(*Node)
-	p := ctx.PartitionID
-	if n.table.Load().Owner(p) != n.id {
-		return fmt.Errorf("%w: partition %d: not the primary", spi.ErrWrongTarget, p)
-	}
-	// A migration's source still holds the partition's data, which
-	// operations no longer change: it serves copies. It must, because its
-	// prepare waits for the acks of the writes it carries (WaitsForWrites),
-	// and a backup replica that holds such a write behind a gap, or an
-	// incoming one, acks it only once it has its copy.
-	st := n.migs[p]
-	if source := st != nil && st.endpoint == spi.MigrationSource; !source && (st != nil || n.ops.IsMigrating(p)) {
-		return fmt.Errorf("%w: partition %d", spi.ErrPartitionMigrating, p)
-	}
-	w := spi.NewWriter(nil)
-	if err := n.appendSnapshot(w, p, op.replica, ctx.Caller); err != nil {
-		return err
-	}
-	op.data = w.Bytes()
-	return nil
+func (op *replicaSyncOp) Run(ctx *spi.OpContext) (err error) {
+	op.data, err = ctx.Service.(*Node).replicas.serveSync(ctx.PartitionID, op.replica, ctx.Caller)
+	return err
 }
 
 // caughtUpOp asks a primary, on its executor of the partition, whether a
@@ -284,12 +300,7 @@ func (op *caughtUpOp) ReadData(r *spi.Reader) error {
 	return r.Err()
 }
 func (op *caughtUpOp) Run(ctx *spi.OpContext) error {
-	n := ctx.Service.(*Node)
-	p := ctx.PartitionID
-	t := n.table.Load()
-	mine := n.ops.ReplicaVersion(p)
-	op.ok = t.Owner(p) == n.id && n.migs[p] == nil && !n.ops.IsMigrating(p) &&
-		t.ReplicaIndex(p, op.member) > 0 && mine <= op.version && mine>>32 == op.version>>32
+	op.ok = ctx.Service.(*Node).replicas.caughtUp(ctx.PartitionID, op.member, op.version)
 	return nil
 }
 
@@ -320,34 +331,39 @@ func (op *replicaCheckOp) ReadData(r *spi.Reader) error {
 	return r.Err()
 }
 func (op *replicaCheckOp) Run(ctx *spi.OpContext) error {
-	n := ctx.Service.(*Node)
-	for i, p := range op.partitions {
-		if p < 0 || p >= n.count {
+	return ctx.Service.(*Node).replicas.checked(op.partitions, op.versions)
+}
+
+// checked handles a primary's anti-entropy check (any goroutine): each
+// partition whose replica here is behind its primary's version syncs.
+func (r *replicas) checked(partitions []int, versions []int64) error {
+	for i, p := range partitions {
+		if p < 0 || p >= r.view.count {
 			return fmt.Errorf("%w: partition %d", spi.ErrProtocol, p)
 		}
-		v := op.versions[i]
-		n.ops.RunOnPartition(p, func() {
-			if !n.behind(p, v) {
+		v := versions[i]
+		r.ops.RunOnPartition(p, func() {
+			if !r.behind(p, v) {
 				return
 			}
 			// The primary read its version v while backups stamped up to v
 			// may still have been on their way: look again a little later,
 			// and sync only if this replica is still behind (or of another
 			// epoch, another history).
-			n.spawn(func() {
+			r.run.spawn(func() {
 				t := time.NewTimer(antiEntropyGrace)
 				defer t.Stop()
 				select {
-				case <-n.stop:
+				case <-r.run.stop():
 					return
 				case <-t.C:
 				}
-				n.ops.RunOnPartition(p, func() {
-					if n.behind(p, v) {
-						n.log.Info("anti-entropy: backup replica differs from its primary; syncing", "partition", p,
-							"have", n.ops.ReplicaVersion(p), "primary", v)
-						n.ops.MarkSyncing(p)
-						n.requestSync(p)
+				r.ops.RunOnPartition(p, func() {
+					if r.behind(p, v) {
+						r.log.Info("anti-entropy: backup replica differs from its primary; syncing", "partition", p,
+							"have", r.ops.ReplicaVersion(p), "primary", v)
+						r.ops.MarkSyncing(p)
+						r.requestSync(p)
 					}
 				})
 			})
@@ -362,35 +378,34 @@ const antiEntropyGrace = 100 * time.Millisecond
 
 // behind reports whether this backup replica of p lacks what its primary
 // had at version v (executor p).
-func (n *Node) behind(p int, v int64) bool {
-	mine := n.ops.ReplicaVersion(p)
-	return n.migs[p] == nil && n.ReplicaIndex(p) > 0 && !n.ops.ReplicaPending(p) && (mine < v || mine>>32 != v>>32)
+func (r *replicas) behind(p int, v int64) bool {
+	mine := r.ops.ReplicaVersion(p)
+	return r.migs.at(p) == nil && r.view.replicaIndex(p) > 0 && !r.ops.ReplicaPending(p) && (mine < v || mine>>32 != v>>32)
 }
 
-// antiEntropy sends, every interval, this member's primary replica versions
-// to its backups.
-func (n *Node) antiEntropy(interval time.Duration) {
-	defer n.wg.Done()
+// antiEntropy sends, every interval until the node stops, this member's
+// primary replica versions to its backups (its own goroutine).
+func (r *replicas) antiEntropy(interval time.Duration) {
 	tick := time.NewTicker(interval)
 	defer tick.Stop()
 	for {
 		select {
-		case <-n.stop:
+		case <-r.run.stop():
 			return
 		case <-tick.C:
 		}
-		n.checkReplicas()
+		r.check()
 	}
 }
 
-func (n *Node) checkReplicas() {
-	t := n.table.Load()
+func (r *replicas) check() {
+	t := r.view.table.Load()
 	if t == nil {
 		return
 	}
 	ops := map[string]*replicaCheckOp{}
 	for p, o := range t.Owners {
-		if o != n.id || n.ops.IsMigrating(p) {
+		if o != r.view.id || r.ops.IsMigrating(p) {
 			continue
 		}
 		for _, b := range slices.Concat(t.BackupsOf(p), t.IncomingOf(p)) {
@@ -403,168 +418,15 @@ func (n *Node) checkReplicas() {
 				ops[b] = op
 			}
 			op.partitions = append(op.partitions, p)
-			op.versions = append(op.versions, n.ops.ReplicaVersion(p))
+			op.versions = append(op.versions, r.ops.ReplicaVersion(p))
 		}
 	}
 	for id, op := range ops {
-		ctx, cancel := n.stopContext(5 * time.Second)
-		_, err := n.ops.InvokeOnMember(ctx, engineService, op, id)
+		ctx, cancel := r.run.stopContext(5 * time.Second)
+		_, err := r.ops.InvokeOnMember(ctx, engineService, op, id)
 		cancel()
 		if err != nil && !errors.Is(err, spi.ErrNoSuchMember) {
-			n.log.Debug("anti-entropy check failed", "member", id, "error", err)
+			r.log.Debug("anti-entropy check failed", "member", id, "error", err)
 		}
 	}
-}
-
-// replicaStatusOp returns a member's replica versions and whether it is
-// migrating or syncing anything, for IsClusterSafe.
-type replicaStatusOp struct{ status []byte }
-
-func (op *replicaStatusOp) MessageKind() string          { return "replica.status" }
-func (op *replicaStatusOp) Response() any                { return op.status }
-func (op *replicaStatusOp) WriteData(*spi.Writer)        {}
-func (op *replicaStatusOp) ReadData(r *spi.Reader) error { return r.Err() }
-func (op *replicaStatusOp) Run(ctx *spi.OpContext) error {
-	op.status = ctx.Service.(*Node).replicaStatus()
-	return nil
-}
-
-func (n *Node) replicaStatus() []byte {
-	w := spi.NewWriter(nil)
-	busy := n.migActive.Load() > 0 || n.ops.SyncsPending() > 0 || (n.IsMaster() && !n.mgr.Idle())
-	w.WriteBool(busy)
-	var version int64
-	if t := n.table.Load(); t != nil {
-		version = t.Version
-	}
-	w.WriteVarint(version)
-	for p := 0; p < n.count; p++ {
-		w.WriteUvarint(uint64(n.ops.ReplicaVersion(p)))
-		w.WriteBool(n.ops.IsSyncing(p))
-	}
-	return w.Bytes()
-}
-
-// replicaStatusOf returns a member's replica versions and syncing flags.
-func (n *Node) replicaStatusOf(ctx context.Context, id string) (busy bool, tableVersion int64, versions []int64, syncing []bool, err error) {
-	return n.replicaStatusAt(ctx, id, "")
-}
-
-// replicaStatusAt is replicaStatusOf for a member reached at address once,
-// when address is not empty: a member memberlist declared dead, whose
-// address the table holds.
-func (n *Node) replicaStatusAt(ctx context.Context, id, address string) (busy bool, tableVersion int64, versions []int64, syncing []bool, err error) {
-	var b []byte
-	if id == n.id {
-		b = n.replicaStatus()
-	} else {
-		var v any
-		var err error
-		if address != "" {
-			v, err = n.ops.InvokeOnceAt(ctx, engineService, &replicaStatusOp{}, id, address)
-		} else {
-			v, err = n.ops.InvokeOnMember(ctx, engineService, &replicaStatusOp{}, id)
-		}
-		if err != nil {
-			return false, 0, nil, nil, err
-		}
-		b, _ = v.([]byte)
-	}
-	r := spi.NewReader(b)
-	busy, tableVersion = r.ReadBool(), r.ReadVarint()
-	versions, syncing = make([]int64, n.count), make([]bool, n.count)
-	for p := range versions {
-		versions[p], syncing[p] = int64(r.ReadUvarint()), r.ReadBool()
-	}
-	if err := r.Err(); err != nil {
-		return false, 0, nil, nil, fmt.Errorf("replica status of %s: %w", id, err)
-	}
-	return busy, tableVersion, versions, syncing, nil
-}
-
-// WaitClusterSafe polls IsClusterSafe until it reports true or ctx ends.
-func (n *Node) WaitClusterSafe(ctx context.Context) error {
-	tick := time.NewTicker(100 * time.Millisecond)
-	defer tick.Stop()
-	for {
-		if safe, err := n.IsClusterSafe(ctx); err == nil && safe {
-			return nil
-		}
-		select {
-		case <-ctx.Done():
-			return fmt.Errorf("cluster not safe: %w", ctx.Err())
-		case <-tick.C:
-		}
-	}
-}
-
-// IsClusterSafe asks every member for its replica state and reports
-// whether all hold the same table, none migrates or syncs, and every
-// backup replica holds its primary's writes. Under load backups are in
-// flight, so a backup behind its primary in a first round of questions is
-// asked again: it is safe when it then holds at least what its primary
-// held in the first round, in the same epoch (a write missing on a backup
-// for good keeps it behind, so it is never safe).
-func (n *Node) IsClusterSafe(ctx context.Context) (bool, error) {
-	t := n.table.Load()
-	if t == nil {
-		return false, nil
-	}
-	first, ok, err := n.replicaVersions(ctx, t.Version)
-	if !ok || err != nil {
-		return false, err
-	}
-	behind := func(want, have map[string][]int64, p int, o, b string) bool {
-		if want[o] == nil || have[b] == nil {
-			return true
-		}
-		w, h := want[o][p], have[b][p]
-		return h < w || h>>32 != w>>32
-	}
-	lagging := false
-	for p, o := range t.Owners {
-		for _, b := range t.BackupsOf(p) {
-			if b == "" {
-				continue
-			}
-			if first[o] == nil || first[b] == nil {
-				return false, nil // a replica on a member that is gone
-			}
-			if first[o][p] != first[b][p] {
-				lagging = true
-			}
-		}
-	}
-	if !lagging {
-		return true, nil
-	}
-	second, ok, err := n.replicaVersions(ctx, t.Version)
-	if !ok || err != nil {
-		return false, err
-	}
-	for p, o := range t.Owners {
-		for _, b := range t.BackupsOf(p) {
-			if b != "" && behind(first, second, p, o, b) {
-				return false, nil
-			}
-		}
-	}
-	return true, nil
-}
-
-// replicaVersions asks every member for its replica versions; ok is false
-// when one holds another table version, migrates or syncs.
-func (n *Node) replicaVersions(ctx context.Context, tableVersion int64) (map[string][]int64, bool, error) {
-	versions := map[string][]int64{}
-	for _, m := range n.Members() {
-		busy, tv, vs, syncing, err := n.replicaStatusOf(ctx, m.ID)
-		if err != nil {
-			return nil, false, err
-		}
-		if busy || tv != tableVersion || slices.Contains(syncing, true) {
-			return nil, false, nil
-		}
-		versions[m.ID] = vs
-	}
-	return versions, true, nil
 }

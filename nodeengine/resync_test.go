@@ -1,13 +1,8 @@
 package nodeengine
 
 import (
-	"context"
-	"log/slog"
 	"testing"
 	"time"
-
-	"github.com/partita-go/partita/config"
-	"github.com/partita-go/partita/operation"
 )
 
 // syncNode is a bare member "b" that backs every partition up for "x"
@@ -15,22 +10,18 @@ import (
 // gaps instead of going to x.
 type syncNode struct {
 	*Node
-	gaps   chan int
-	cancel context.CancelFunc
+	gaps chan int
 }
 
 func newSyncNode(t *testing.T) *syncNode {
 	const count = 7
-	ctx, cancel := context.WithCancel(context.Background())
-	n := &Node{id: "b", count: count, log: slog.New(slog.DiscardHandler), migs: make([]*migState, count), metrics: testMetrics(),
-		ctx: ctx, cancel: cancel, stop: make(chan struct{}), cfg: config.Default()}
-	sn := &syncNode{Node: n, gaps: make(chan int, 16), cancel: cancel}
-	n.ops = operation.New(operation.Config{LocalID: "b", LocalAddress: "b:1", PartitionCount: count,
-		PartitionThreads: 1, Routing: n, OnReplicaGap: func(p int) { sn.gaps <- p }})
+	sn := &syncNode{gaps: make(chan int, 16)}
+	n := bareNode(count, nil, func(p int) { sn.gaps <- p })
+	sn.Node = n
 	n.ops.Start()
-	n.table.Store(reviewTable(1, count, "x", "b"))
+	n.view.table.Store(reviewTable(1, count, "x", "b"))
 	t.Cleanup(func() {
-		cancel()
+		n.run.cancel()
 		n.teardownForTest()
 		n.ops.Shutdown()
 	})
@@ -54,7 +45,7 @@ func (n *syncNode) asked() bool {
 	}
 }
 
-// A copy installSync cannot install while this member is still a backup
+// A copy replicas.installSync cannot install while this member is still a backup
 // (bad data, a migration of the partition in progress here) leaves the
 // replica syncing and asks for another copy at once, instead of leaving
 // it stalled until the next anti-entropy round.
@@ -65,7 +56,7 @@ func TestInstallSyncThatFailsAsksAgain(t *testing.T) {
 		data  []byte
 	}{
 		{"bad data", func(*syncNode) {}, []byte{0xff}},
-		{"migration in progress", func(n *syncNode) { n.migs[0] = &migState{} }, []byte{5}},
+		{"migration in progress", func(n *syncNode) { n.migs.byPart[0] = &migState{} }, []byte{5}},
 		{"bad bundle", func(*syncNode) {}, []byte{5, 0, 0xff}},
 	} {
 		t.Run(c.name, func(t *testing.T) {
@@ -73,8 +64,8 @@ func TestInstallSyncThatFailsAsksAgain(t *testing.T) {
 			n.on(func() {
 				c.setup(n)
 				n.ops.MarkSyncing(0)
-				n.installSync(0, c.data)
-				n.migs[0] = nil
+				n.replicas.installSync(0, c.data)
+				n.migs.byPart[0] = nil
 			})
 			if !n.asked() || !n.ops.IsSyncing(0) {
 				t.Fatalf("after a failed install: sync asked again %v, syncing %v; want both", len(n.gaps) > 0, n.ops.IsSyncing(0))
@@ -93,15 +84,15 @@ func TestInstallSyncOnAFormerBackupDropsTheReplica(t *testing.T) {
 	n.on(func() {
 		n.ops.SetReplicaVersion(0, 3)
 		n.ops.MarkSyncing(0)
-		n.table.Store(reviewTable(2, n.count, "x", "c")) // b holds nothing
-		n.installSync(0, []byte{5})
+		n.view.table.Store(reviewTable(2, n.view.count, "x", "c")) // b holds nothing
+		n.replicas.installSync(0, []byte{5})
 	})
 	if n.asked() || n.ops.IsSyncing(0) || n.ops.ReplicaVersion(0) != 0 {
 		t.Fatalf("asked again %v, syncing %v, version %d; want false, false, 0", len(n.gaps) > 0, n.ops.IsSyncing(0), n.ops.ReplicaVersion(0))
 	}
 }
 
-// requestSync ends cleanly when this member is no longer a backup (the
+// replicas.requestSync ends cleanly when this member is no longer a backup (the
 // replica stops syncing, nothing asked for again) and when the member
 // stops (the sync is abandoned).
 func TestRequestSyncEnds(t *testing.T) {
@@ -122,8 +113,8 @@ func TestRequestSyncEnds(t *testing.T) {
 	}
 	t.Run("no longer a backup", func(t *testing.T) {
 		n := newSyncNode(t)
-		n.table.Store(reviewTable(2, n.count, "x", "c"))
-		n.on(func() { n.ops.MarkSyncing(0); n.requestSync(0) })
+		n.view.table.Store(reviewTable(2, n.view.count, "x", "c"))
+		n.on(func() { n.ops.MarkSyncing(0); n.replicas.requestSync(0) })
 		waitNotSyncing(t, n)
 		if n.asked() {
 			t.Fatal("a sync was asked for again")
@@ -131,8 +122,8 @@ func TestRequestSyncEnds(t *testing.T) {
 	})
 	t.Run("member stops", func(t *testing.T) {
 		n := newSyncNode(t)
-		n.cancel()
-		n.on(func() { n.ops.MarkSyncing(0); n.requestSync(0) })
+		n.run.cancel()
+		n.on(func() { n.ops.MarkSyncing(0); n.replicas.requestSync(0) })
 		waitNotSyncing(t, n)
 		if n.asked() {
 			t.Fatal("a sync was asked for again")

@@ -3,6 +3,7 @@ package nodeengine
 import (
 	"fmt"
 
+	"github.com/partita-go/partita/operation"
 	"github.com/partita-go/partita/spi"
 )
 
@@ -12,12 +13,21 @@ import (
 // replica version (uvarint), the exactly-once record, then the
 // replication operations of every migration-aware service.
 
-// appendSnapshot writes partition p's snapshot for replica index k to w
+// snapshots writes and installs snapshots of this member's partitions,
+// on the partition's executor: the migration endpoints and replicas call
+// it there.
+type snapshots struct {
+	engine   spi.NodeEngine // what the installed replication operations see
+	ops      *operation.Service
+	services []migrationAware
+}
+
+// append writes partition p's snapshot for replica index k to w
 // (executor p).
-func (n *Node) appendSnapshot(w *spi.Writer, p, k int, dest string) error {
-	w.WriteUvarint(uint64(n.ops.ReplicaVersion(p)))
-	n.ops.AppendDedup(w, p)
-	return n.appendBundle(w, p, k, dest)
+func (s *snapshots) append(w *spi.Writer, p, k int, dest string) error {
+	w.WriteUvarint(uint64(s.ops.ReplicaVersion(p)))
+	s.ops.AppendDedup(w, p)
+	return s.appendBundle(w, p, k, dest)
 }
 
 // snapshotVersion reads a snapshot's version and returns a reader at its
@@ -31,25 +41,25 @@ func snapshotVersion(data []byte) (int64, *spi.Reader, error) {
 	return v, r, nil
 }
 
-// installSnapshot installs the rest of a snapshot read by snapshotVersion
+// install installs the rest of a snapshot read by snapshotVersion
 // as partition p's replica index k (executor p): the exactly-once record,
 // then the services' replication operations. The caller cleared the
 // services' data and sets the version once it succeeded.
-func (n *Node) installSnapshot(r *spi.Reader, p int, caller string, k int) error {
-	if err := n.ops.ReadDedup(r, p); err != nil {
+func (s *snapshots) install(r *spi.Reader, p int, caller string, k int) error {
+	if err := s.ops.ReadDedup(r, p); err != nil {
 		return err
 	}
-	return n.runBundle(p, r, caller, k)
+	return s.runBundle(p, r, caller, k)
 }
 
 // runBundle runs the replication operations in r on partition p's
 // executor (the caller's goroutine).
-func (n *Node) runBundle(p int, r *spi.Reader, caller string, replica int) error {
+func (s *snapshots) runBundle(p int, r *spi.Reader, caller string, replica int) error {
 	for r.Remaining() > 0 {
-		name, inst, rop, err := n.ops.ReadOperation(r)
+		name, inst, rop, err := s.ops.ReadOperation(r)
 		if err == nil {
-			rctx := spi.OpContext{Engine: n, Service: inst, PartitionID: p, Caller: caller,
-				Executor: p % n.ops.PartitionThreads(), ReplicaIndex: replica}
+			rctx := spi.OpContext{Engine: s.engine, Service: inst, PartitionID: p, Caller: caller,
+				Executor: p % s.ops.PartitionThreads(), ReplicaIndex: replica}
 			if err = rop.Run(&rctx); err != nil {
 				err = fmt.Errorf("service %q: %T: %w", name, rop, err)
 			}
@@ -63,13 +73,13 @@ func (n *Node) runBundle(p int, r *spi.Reader, caller string, replica int) error
 
 // appendBundle writes the replication operations of every migration-aware
 // service for replica index k of partition p (executor p).
-func (n *Node) appendBundle(w *spi.Writer, p, k int, dest string) error {
-	for _, ma := range n.migrationAware {
+func (s *snapshots) appendBundle(w *spi.Writer, p, k int, dest string) error {
+	for _, ma := range s.services {
 		rop := ma.svc.PrepareReplicationOperation(spi.PartitionReplicationEvent{PartitionID: p, ReplicaIndex: k, Destination: dest})
 		if rop == nil {
 			continue
 		}
-		if err := n.ops.AppendOperation(w, ma.name, rop); err != nil {
+		if err := s.ops.AppendOperation(w, ma.name, rop); err != nil {
 			return fmt.Errorf("service %q: replication operation: %w", ma.name, err)
 		}
 	}

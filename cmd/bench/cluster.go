@@ -180,13 +180,13 @@ func (c *cluster) waitStable(ctx context.Context) error {
 func (c *cluster) joinedUnstable() string {
 	n := c.members[0]
 	seen := n.Members()
-	t := n.Table()
+	t := n.Inspect().Table()
 	switch {
 	case t == nil:
 		return "no partition table"
 	case len(t.Members) != len(seen):
 		return fmt.Sprintf("table version %d spans %d members, want %d", t.Version, len(t.Members), len(seen))
-	case n.MigrationInFlight():
+	case n.Inspect().MigrationInFlight():
 		return "migrating partitions"
 	}
 	for _, m := range seen {

@@ -107,7 +107,7 @@ func run(ctx context.Context, w io.Writer) (err error) {
 	}
 
 	// Where the counter lives: its partition's owner and backup.
-	t := members[0].Table()
+	t := members[0].Inspect().Table()
 	name := counterName
 	if ownedBy >= 0 {
 		name = nameOwnedBy(members, t, ownedBy)
@@ -240,13 +240,13 @@ func waitOwner(ctx context.Context, n *nodeengine.Node, p int) (int64, error) {
 	defer cancel()
 	var version int64
 	err := poll(ctx, "no failover", func() string {
-		t := n.Table()
+		t := n.Inspect().Table()
 		switch {
 		case t == nil:
 			return "no partition table"
 		case t.Owner(p) != n.ID():
 			return fmt.Sprintf("table version %d names %q owner of partition %d", t.Version, t.Owner(p), p)
-		case n.MigrationInFlight():
+		case n.Inspect().MigrationInFlight():
 			return "migrating partitions"
 		}
 		version = t.Version

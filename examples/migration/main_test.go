@@ -28,7 +28,7 @@ func TestRun(t *testing.T) {
 	var final *partition.Table
 	var ids []string // member ids in start order
 	beforeShutdown = func(members []*nodeengine.Node) {
-		final = members[0].Table()
+		final = members[0].Inspect().Table()
 		for _, n := range members {
 			ids = append(ids, n.ID())
 		}

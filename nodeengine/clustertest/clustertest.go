@@ -235,7 +235,7 @@ func (c *Cluster) stable() error {
 		if !slices.Equal(seen, ids) {
 			return fmt.Errorf("member %s sees %d members, want %d", m.Address(), len(seen), len(ids))
 		}
-		t := m.Table()
+		t := m.Inspect().Table()
 		if t == nil {
 			return fmt.Errorf("member %s has no partition table", m.Address())
 		}
@@ -249,8 +249,8 @@ func (c *Cluster) stable() error {
 				return fmt.Errorf("member %s: partition %d owned by %q, not a running member", m.Address(), p, o)
 			}
 		}
-		if m.MigrationInFlight() {
-			return fmt.Errorf("member %s has migrations in flight %q", m.Address(), m.MigrationsInFlight())
+		if m.Inspect().MigrationInFlight() {
+			return fmt.Errorf("member %s has migrations in flight %q", m.Address(), m.Inspect().MigrationsInFlight())
 		}
 	}
 	return nil
@@ -355,7 +355,7 @@ func (c *Cluster) remove(n *nodeengine.Node) {
 func (c *Cluster) PartitionOwnedBy(i int) int {
 	c.t.Helper()
 	n := c.Member(i)
-	for p, o := range n.Table().Owners {
+	for p, o := range n.Inspect().Table().Owners {
 		if o == n.ID() {
 			return p
 		}
@@ -371,7 +371,7 @@ func (c *Cluster) KeyOwnedBy(i int, prefix string) string {
 	n := c.Member(i)
 	for k := 0; k < 100000; k++ {
 		key := fmt.Sprintf("%s%d", prefix, k)
-		if n.Table().Owner(n.Partitions().PartitionID(key)) == n.ID() {
+		if n.Inspect().Table().Owner(n.Partitions().PartitionID(key)) == n.ID() {
 			return key
 		}
 	}

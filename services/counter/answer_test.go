@@ -111,7 +111,7 @@ func keyPlacedOn(t *testing.T, c *clustertest.Cluster, primary, backup int, pref
 	for k := 0; k < 100000; k++ {
 		key := fmt.Sprintf("%s%d", prefix, k)
 		p := n.Partitions().PartitionID(key)
-		if reps := n.Backups(p, nil); n.Table().Owner(p) == n.ID() && len(reps) > 0 && reps[0].ID == c.Member(backup).ID() {
+		if tab := n.Inspect().Table(); tab.Owner(p) == n.ID() && tab.Replica(p, 1) == c.Member(backup).ID() {
 			return key
 		}
 	}

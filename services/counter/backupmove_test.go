@@ -57,7 +57,7 @@ func TestPrimaryDiesWhileItsBackupMoves(t *testing.T) {
 	victim := -1
 	var moving []int
 	clustertest.Eventually(t, 30*time.Second, func() error {
-		tab := c.Member(0).Table()
+		tab := c.Member(0).Inspect().Table()
 		for i, m := range c.Members()[1:3] {
 			var ps []int
 			for p := range tab.Owners {
@@ -74,7 +74,7 @@ func TestPrimaryDiesWhileItsBackupMoves(t *testing.T) {
 		}
 		return nil
 	})
-	tab := c.Member(0).Table()
+	tab := c.Member(0).Inspect().Table()
 	for _, p := range moving {
 		if b := tab.BackupsOf(p); len(b) != 1 || b[0] == "" || b[0] == d.ID() {
 			t.Fatalf("partition %d: backups %q while the new member syncs: the old one must stay", p, b)
@@ -85,7 +85,7 @@ func TestPrimaryDiesWhileItsBackupMoves(t *testing.T) {
 	c.Kill(victim)
 	// Not WaitStable: the new member still waits for its copies.
 	clustertest.Eventually(t, 30*time.Second, func() error {
-		if tab := c.Member(0).Table(); slices.Contains(tab.Owners, dead) {
+		if tab := c.Member(0).Inspect().Table(); slices.Contains(tab.Owners, dead) {
 			return fmt.Errorf("the dead member still owns partitions")
 		}
 		return nil
@@ -125,7 +125,7 @@ func TestRebalanceUnderLoadKillPrimaryOfAMovingBackup(t *testing.T) {
 			d := c.AddMember()
 			victim := -1
 			clustertest.Eventually(t, 30*time.Second, func() error {
-				tab := c.Member(0).Table()
+				tab := c.Member(0).Inspect().Table()
 				for p := range tab.Owners {
 					if !tab.IsIncoming(p, d.ID()) {
 						continue

@@ -50,7 +50,7 @@ func (l *load) verifyAfterFailure(t *testing.T, c *clustertest.Cluster) {
 func checkBackupsEqualPrimaries(t *testing.T, c *clustertest.Cluster) {
 	t.Helper()
 	ms := c.Members()
-	tab := ms[0].Table()
+	tab := ms[0].Inspect().Table()
 	values := map[string]map[string]int64{}
 	for i, m := range ms {
 		values[m.ID()] = localValues(t, c, i)

@@ -137,7 +137,7 @@ func TestMigrationWaitsForTheBackupsOfTheWritesItCarries(t *testing.T) {
 	// partition's data) is held behind the write's backup.
 	p := leaving.Partitions().PartitionID(key)
 	clustertest.Eventually(t, 30*time.Second, func() error {
-		if c.Member(0).Table().Owner(p) != leaving.ID() {
+		if c.Member(0).Inspect().Table().Owner(p) != leaving.ID() {
 			return fmt.Errorf("the partition of the held write moved")
 		}
 		if clustertest.Scrape(t, leaving).Value("partita_operation_answers_held_total") == 0 {

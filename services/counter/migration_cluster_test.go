@@ -134,7 +134,7 @@ func (l *load) verify(t *testing.T, c *clustertest.Cluster) {
 func checkPlacement(t *testing.T, c *clustertest.Cluster) {
 	t.Helper()
 	ms := c.Members()
-	tab := ms[0].Table()
+	tab := ms[0].Inspect().Table()
 	counts := tab.Counts()
 	lo, hi := 271/len(ms), (271+len(ms)-1)/len(ms)
 	for i, m := range ms {
@@ -209,7 +209,7 @@ func TestGracefulShutdownUnderLoadIsExact(t *testing.T) {
 		i := len(c.Members()) - 1
 		leaving := c.Member(i)
 		c.Shutdown(i)
-		if owned := leaving.Table().Counts()[leaving.ID()]; owned != 0 {
+		if owned := leaving.Inspect().Table().Counts()[leaving.ID()]; owned != 0 {
 			t.Fatalf("member %d left still owning %d partitions", i, owned)
 		}
 		c.WaitStable()
@@ -229,11 +229,11 @@ func TestMasterLeavesDuringRebalanceIsExact(t *testing.T) {
 	c.AddMember()
 	master := c.Member(0)
 	c.Shutdown(0)
-	if owned := master.Table().Counts()[master.ID()]; owned != 0 {
+	if owned := master.Inspect().Table().Counts()[master.ID()]; owned != 0 {
 		t.Fatalf("the old master left owning %d partitions", owned)
 	}
 	c.WaitStable()
-	if !c.Member(0).IsMaster() {
+	if !c.Member(0).Inspect().IsMaster() {
 		t.Fatal("the oldest survivor is not the master")
 	}
 	l.waitOps(t, 1000)

@@ -19,7 +19,7 @@ import (
 func TestReviewGiveBackLosesAckedWrites(t *testing.T) {
 	c := clustertest.New(t, 2)
 	a := c.Member(0) // master
-	if !a.IsMaster() {
+	if !a.Inspect().IsMaster() {
 		t.Fatal("member 0 is not the master")
 	}
 	// 1. Hold every migration at its apply step, so that the destination's
@@ -30,7 +30,7 @@ func TestReviewGiveBackLosesAckedWrites(t *testing.T) {
 	// 2. The destination installs the table naming it, but the master never
 	// sees its acknowledgement (the answer is lost).
 	removePub := c.AddFault(&clustertest.Fault{From: a.ID(), To: d.ID(), Kind: "table.publish", Responses: true, Drop: true})
-	prev := a.Table()
+	prev := a.Inspect().Table()
 	close(holdApply)
 	removeApply()
 
@@ -38,7 +38,7 @@ func TestReviewGiveBackLosesAckedWrites(t *testing.T) {
 	// d and the master both route to d.
 	p, src, backup := -1, "", ""
 	clustertest.Eventually(t, 20*time.Second, func() error {
-		tn, td := a.Table(), d.Table()
+		tn, td := a.Inspect().Table(), d.Inspect().Table()
 		for q := range tn.Owners {
 			if tn.Owner(q) == d.ID() && td.Owner(q) == d.ID() && prev.ReplicaIndex(q, d.ID()) < 0 {
 				bs := tn.BackupsOf(q)
@@ -75,20 +75,20 @@ func TestReviewGiveBackLosesAckedWrites(t *testing.T) {
 	// applied on d and on its synchronous backup.
 	c.Kill(2)
 	clustertest.Eventually(t, 20*time.Second, func() error {
-		if o := a.Table().Owner(p); o == d.ID() {
+		if o := a.Inspect().Table().Owner(p); o == d.ID() {
 			return fmt.Errorf("partition %d still owned by the dead destination", p)
 		}
 		return nil
 	})
 	removePub()
-	t.Logf("partition %d now owned by %s (source %s, backup %s)", p, a.Table().Owner(p), src, backup)
+	t.Logf("partition %d now owned by %s (source %s, backup %s)", p, a.Inspect().Table().Owner(p), src, backup)
 	c.WaitStable()
 	got, err := ctr.Get(ctx)
 	if err != nil {
 		t.Fatal(err)
 	}
 	for i, m := range c.Members() {
-		t.Logf("member %s holds %s = %d (replica index %d)", m.ID(), name, localValues(t, c, i)[name], m.Table().ReplicaIndex(p, m.ID()))
+		t.Logf("member %s holds %s = %d (replica index %d)", m.ID(), name, localValues(t, c, i)[name], m.Inspect().Table().ReplicaIndex(p, m.ID()))
 	}
 	if got != acked {
 		t.Errorf("counter %s = %d after the destination died, want %d acknowledged increments: acknowledged writes lost", name, got, acked)
@@ -107,7 +107,7 @@ func TestReviewGiveBackLosesAckedWrites(t *testing.T) {
 	for i, m := range c.Members() {
 		vals[m.ID()] = localValues(t, c, i)[name]
 	}
-	tab := a.Table()
+	tab := a.Inspect().Table()
 	for _, b := range tab.BackupsOf(p) {
 		if vals[b] != vals[tab.Owner(p)] {
 			t.Errorf("cluster safe, yet counter %s is %d on its primary and %d on its backup", name, vals[tab.Owner(p)], vals[b])

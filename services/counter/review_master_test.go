@@ -45,8 +45,8 @@ func reviewMasterDiesMidPublish(t *testing.T) (stalled bool, diverged int) {
 	remove := c.AddFault(&clustertest.Fault{From: a.ID(), To: b.ID(), Kind: "table.publish", Hold: hold})
 	c.AddMember()
 	clustertest.Eventually(t, 20*time.Second, func() error {
-		if cc.Table().Version <= b.Table().Version+1 {
-			return fmt.Errorf("c at %d, b at %d", cc.Table().Version, b.Table().Version)
+		if cc.Inspect().Table().Version <= b.Inspect().Table().Version+1 {
+			return fmt.Errorf("c at %d, b at %d", cc.Inspect().Table().Version, b.Inspect().Table().Version)
 		}
 		return nil
 	})
@@ -72,13 +72,13 @@ func reviewMasterDiesMidPublish(t *testing.T) (stalled bool, diverged int) {
 	for i, m := range ms {
 		byID[m.ID()] = i
 	}
-	tab := ms[0].Table()
+	tab := ms[0].Inspect().Table()
 	for p, o := range tab.Owners {
 		for _, bk := range tab.BackupsOf(p) {
 			if bk == "" {
 				continue
 			}
-			ov, bv := ms[byID[o]].OperationService().ReplicaVersion(p), ms[byID[bk]].OperationService().ReplicaVersion(p)
+			ov, bv := ms[byID[o]].Inspect().OperationService().ReplicaVersion(p), ms[byID[bk]].Inspect().OperationService().ReplicaVersion(p)
 			if ov != bv {
 				diverged++
 				t.Logf("partition %d: primary version %#x, backup version %#x", p, ov, bv)

@@ -25,7 +25,7 @@ func TestReviewCommittedDestinationWaitsForNewMaster(t *testing.T) {
 	go func() { defer close(done); c.Shutdown(3) }() // d's partitions move to a, b, c
 	waiting := map[int]bool{}                        // b and d hold a table naming c owner, c one naming d
 	find := func() int {
-		bt, ct, dt := b.Table(), cc.Table(), d.Table()
+		bt, ct, dt := b.Inspect().Table(), cc.Inspect().Table(), d.Inspect().Table()
 		k := 0
 		for p := range ct.Owners {
 			waiting[p] = bt.Owner(p) == cc.ID() && dt.Owner(p) == cc.ID() && ct.Owner(p) == d.ID()
@@ -45,11 +45,11 @@ func TestReviewCommittedDestinationWaitsForNewMaster(t *testing.T) {
 	// b, the next master, pushes its table late to c: c notices a's death
 	// before a table naming it owner arrives.
 	late := c.AddFault(&clustertest.Fault{From: b.ID(), To: cc.ID(), Kind: "table.publish", Delay: 500 * time.Millisecond})
-	newest := d.Table().Version
+	newest := d.Inspect().Table().Version
 	c.Kill(0) // without backups a's own partitions are lost: not counted
 	close(hold)
 	clustertest.Eventually(t, 10*time.Second, func() error {
-		if v := cc.Table().Version; v < newest {
+		if v := cc.Inspect().Table().Version; v < newest {
 			return fmt.Errorf("c at version %d, the newest table was %d", v, newest)
 		}
 		return nil

@@ -26,25 +26,25 @@ func TestReviewNewMasterResolvesWithStaleTable(t *testing.T) {
 	go func() { defer close(done); c.Shutdown(3) }() // d's partitions move to a, b, c
 	stale := map[int]bool{}                          // b owns it in a's newest table, d in b's
 	clustertest.Eventually(t, 20*time.Second, func() error {
-		for p, o := range a.Table().Owners {
-			stale[p] = o == b.ID() && b.Table().Owner(p) == d.ID()
+		for p, o := range a.Inspect().Table().Owners {
+			stale[p] = o == b.ID() && b.Inspect().Table().Owner(p) == d.ID()
 			if stale[p] {
 				return nil
 			}
 		}
 		return fmt.Errorf("no move to b committed in a's table only")
 	})
-	v := a.Table().Version
+	v := a.Inspect().Table().Version
 	clustertest.Eventually(t, 10*time.Second, func() error { // a's publish loop reaches c and d
 		for _, m := range []*nodeengine.Node{cc, d} {
-			if tb := m.Table(); tb == nil || tb.Version < v {
+			if tb := m.Inspect().Table(); tb == nil || tb.Version < v {
 				return fmt.Errorf("%s has not got version %d yet", m.Address(), v)
 			}
 		}
 		return nil
 	})
-	for p, o := range a.Table().Owners {
-		stale[p] = o == b.ID() && b.Table().Owner(p) == d.ID()
+	for p, o := range a.Inspect().Table().Owners {
+		stale[p] = o == b.ID() && b.Inspect().Table().Owner(p) == d.ID()
 	}
 	c.Kill(0) // without backups a's own partitions are lost: not counted
 	remove()
@@ -75,7 +75,7 @@ func fourMembersOneWriteOnLast(t *testing.T) (c *clustertest.Cluster, inc func(n
 		return o.(*counter.Counter).Inc(ctx, 1)
 	}
 	for k := 0; len(names) < 300; k++ {
-		if n := fmt.Sprint("r-", k); d.Table().Owner(d.Partitions().PartitionID(n)) == d.ID() {
+		if n := fmt.Sprint("r-", k); d.Inspect().Table().Owner(d.Partitions().PartitionID(n)) == d.ID() {
 			if _, err := inc(n); err != nil {
 				t.Fatal(err)
 			}

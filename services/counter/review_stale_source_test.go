@@ -30,7 +30,7 @@ func TestReviewStaleSourceReopensAndItsBackupIsAckedUnapplied(t *testing.T) {
 		cfg.Migration.ShutdownTimeout = 3 * time.Second
 	}))
 	m, x, a := c.Member(0), c.Member(1), c.Member(2) // master, next master, source
-	if !m.IsMaster() {
+	if !m.Inspect().IsMaster() {
 		t.Fatal("member 0 is not the master")
 	}
 	ctx, cancel := context.WithTimeout(context.Background(), 60*time.Second)
@@ -40,7 +40,7 @@ func TestReviewStaleSourceReopensAndItsBackupIsAckedUnapplied(t *testing.T) {
 	// its backup; proxies on a (the stale source) and x (routes to the
 	// newest owner).
 	names := map[int]string{}
-	tab := a.Table()
+	tab := a.Inspect().Table()
 	for k := 0; len(names) < 60 && k < 20000; k++ {
 		n := fmt.Sprint("st-", k)
 		p := a.Partitions().PartitionID(n)
@@ -84,13 +84,13 @@ func TestReviewStaleSourceReopensAndItsBackupIsAckedUnapplied(t *testing.T) {
 	// prepared, waiting for that table, which the master cannot push.
 	p := -1
 	clustertest.Eventually(t, 15*time.Second, func() error {
-		xt, dt := x.Table(), d.Table()
+		xt, dt := x.Inspect().Table(), d.Inspect().Table()
 		if dt == nil {
 			return fmt.Errorf("d has no table")
 		}
 		for q := range names {
 			if dt.Owner(q) == d.ID() && xt.Owner(q) == d.ID() && xt.ReplicaIndex(q, x.ID()) > 0 &&
-				!d.OperationService().IsMigrating(q) && a.Table().Owner(q) == a.ID() && a.OperationService().IsMigrating(q) {
+				!d.Inspect().OperationService().IsMigrating(q) && a.Inspect().Table().Owner(q) == a.ID() && a.Inspect().OperationService().IsMigrating(q) {
 				p = q
 				return nil
 			}
@@ -99,7 +99,7 @@ func TestReviewStaleSourceReopensAndItsBackupIsAckedUnapplied(t *testing.T) {
 	})
 	name := names[p]
 	t.Logf("partition %d (%s): a=%s d=%s x=%s, versions a %#x d %#x x %#x", p, name, a.ID(), d.ID(), x.ID(),
-		a.OperationService().ReplicaVersion(p), d.OperationService().ReplicaVersion(p), x.OperationService().ReplicaVersion(p))
+		a.Inspect().OperationService().ReplicaVersion(p), d.Inspect().OperationService().ReplicaVersion(p), x.Inspect().OperationService().ReplicaVersion(p))
 
 	c.Kill(0)
 	clustertest.Eventually(t, 20*time.Second, func() error {
@@ -141,7 +141,7 @@ func TestReviewStaleSourceReopensAndItsBackupIsAckedUnapplied(t *testing.T) {
 	})
 	if r != nil {
 		t.Logf("increment through a answered while a held a stale table: %d, %v (a's version %#x, x's %#x)", r.v, r.err,
-			a.OperationService().ReplicaVersion(p), x.OperationService().ReplicaVersion(p))
+			a.Inspect().OperationService().ReplicaVersion(p), x.Inspect().OperationService().ReplicaVersion(p))
 	}
 	close(hold)
 	if r == nil {

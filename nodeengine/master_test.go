@@ -27,23 +27,23 @@ func TestNewMasterPlansFromNewestTable(t *testing.T) {
 	remove := c.AddFault(&clustertest.Fault{From: a.ID(), To: b.ID(), Kind: "table.publish", Hold: hold})
 	d := c.AddMember()
 	clustertest.Eventually(t, 20*time.Second, func() error {
-		bv, dt := b.Table().Version, d.Table()
-		if dt == nil || cc.Table().Version <= bv+1 || dt.Version <= bv+3 {
-			return fmt.Errorf("c at %d, b at %d, d not more than 3 versions ahead of b", cc.Table().Version, bv)
+		bv, dt := b.Inspect().Table().Version, d.Inspect().Table()
+		if dt == nil || cc.Inspect().Table().Version <= bv+1 || dt.Version <= bv+3 {
+			return fmt.Errorf("c at %d, b at %d, d not more than 3 versions ahead of b", cc.Inspect().Table().Version, bv)
 		}
 		return nil
 	})
 	// The answers to the next master's pushes come late until it has
 	// taken over and holds the newest table: a master that does not wait
 	// for them plans from its own, older one meanwhile.
-	newest := d.Table().Version
+	newest := d.Inspect().Table().Version
 	slow := c.AddFault(&clustertest.Fault{From: b.ID(), Kind: "table.publish", Responses: true, Delay: 300 * time.Millisecond})
 	c.Kill(0)
 	remove()
 	close(hold)
 	clustertest.Eventually(t, 20*time.Second, func() error {
-		if !b.IsMaster() || b.Table().Version < newest {
-			return fmt.Errorf("b master %v at version %d, the newest table was %d", b.IsMaster(), b.Table().Version, newest)
+		if !b.Inspect().IsMaster() || b.Inspect().Table().Version < newest {
+			return fmt.Errorf("b master %v at version %d, the newest table was %d", b.Inspect().IsMaster(), b.Inspect().Table().Version, newest)
 		}
 		return nil
 	})

@@ -14,7 +14,7 @@ import (
 )
 
 // reviewHooks records, at each promotion's BeforeMigration, whether the
-// partition was still refusing operations (it must be: installTable marks a
+// partition was still refusing operations (it must be: tables.install marks a
 // promoted partition migrating before the table becomes visible).
 type reviewHooks struct {
 	n        *Node
@@ -45,23 +45,22 @@ func reviewTable(version int64, count int, owner, backup string) *partition.Tabl
 	return t
 }
 
-// Review finding: two tables that both promote this member, installed at
-// once (a master push on a generic executor and a migration push, or
-// adoptNewer), make the loser of installTable's CompareAndSwap queue a task
-// that clears the "migrating" mark the winner set; when that task runs
-// before the winner's promotion task, the partition accepts operations
-// before BeforeMigration/CommitMigration and BumpEpoch ran.
-func TestReviewConcurrentInstallOpensPromotedPartitionEarly(t *testing.T) {
+// Two tables that both promote this member, installed at once (a master
+// push on a generic executor and a migration push, or adoptNewer), must
+// keep the partition refusing operations until its promotion ran: a task
+// of the loser of tables.install that cleared the "migrating" mark the
+// winner set, run before the winner's promotion task, would let the
+// partition accept operations before BeforeMigration/CommitMigration and
+// BumpEpoch ran.
+func TestConcurrentInstallsKeepPromotedPartitionClosed(t *testing.T) {
 	const count = 2048
 	var open, promoted int64
 	for trial := 0; trial < 1000 && open == 0; trial++ {
-		n := &Node{id: "b", count: count, log: slog.New(slog.DiscardHandler), migs: make([]*migState, count), metrics: testMetrics(), ctx: context.Background()}
-		n.ops = operation.New(operation.Config{LocalID: "b", LocalAddress: "b:1", PartitionCount: count,
-			PartitionThreads: 1, Routing: n})
-		h := &reviewHooks{n: n}
-		n.migrationAware = []migrationAware{{name: "hooks", svc: h}}
+		h := &reviewHooks{}
+		n := bareNode(count, []migrationAware{{name: "hooks", svc: h}}, nil)
+		h.n = n
 		n.ops.Start()
-		n.table.Store(reviewTable(1, count, "x", "b")) // b backs every partition up
+		n.view.table.Store(reviewTable(1, count, "x", "b")) // b backs every partition up
 		block := make(chan struct{})
 		n.ops.RunOnPartition(0, func() { <-block }) // hold the executor while both install
 		t2, t3 := reviewTable(2, count, "b", ""), reviewTable(3, count, "b", "")
@@ -72,7 +71,7 @@ func TestReviewConcurrentInstallOpensPromotedPartitionEarly(t *testing.T) {
 			go func() {
 				defer wg.Done()
 				start.Wait()
-				n.installTable(tab)
+				n.tables.install(tab)
 			}()
 		}
 		start.Done()
@@ -91,25 +90,21 @@ func TestReviewConcurrentInstallOpensPromotedPartitionEarly(t *testing.T) {
 	}
 }
 
-// Review finding: a member promoted by one table (BumpEpoch: its versions
-// move to epoch 1) and made a plain backup of another primary by the next
-// (no migration: was 0, now 1 in replicaChanges) keeps its data and its
-// epoch-1 version. It asks for no sync, and since its version is above
-// anything the real primary (epoch 0) stamps, runBackup acknowledges every
-// later backup as "already applied" without applying it; anti-entropy only
-// repairs backups that are behind. In a cluster this happens when a new
-// master plans from a stale table and then adopts a newer one
+// A member promoted by one table (BumpEpoch: its versions move to epoch
+// 1) and made a plain backup of another primary by the next (no
+// migration: was 0, now 1 in replicas.changes) must start over and sync:
+// keeping its data and its epoch-1 version, above anything the real
+// primary (epoch 0) stamps, runBackup would acknowledge every later backup
+// as "already applied" without applying it, and anti-entropy only repairs
+// backups that are behind. In a cluster this happens when a new master
+// plans from a stale table and then adopts a newer one
 // (TestReviewMasterDiesMidPublish in services/counter shows it under load).
-func TestReviewDemotedPrimaryKeepsForeignHistory(t *testing.T) {
+func TestDemotedPrimaryResyncs(t *testing.T) {
 	const count = 7
-	ctx, cancel := context.WithCancel(context.Background())
-	n := &Node{id: "b", count: count, log: slog.New(slog.DiscardHandler), migs: make([]*migState, count), metrics: testMetrics(), ctx: ctx,
-		cfg: config.Default()}
-	n.ops = operation.New(operation.Config{LocalID: "b", LocalAddress: "b:1", PartitionCount: count,
-		PartitionThreads: 1, Routing: n})
+	n := bareNode(count, nil, nil)
 	n.ops.Start()
 	defer func() {
-		cancel() // the syncs asked for give up
+		n.run.cancel() // the syncs asked for give up
 		n.teardownForTest()
 		n.ops.Shutdown()
 	}()
@@ -118,24 +113,37 @@ func TestReviewDemotedPrimaryKeepsForeignHistory(t *testing.T) {
 		n.ops.RunOnPartition(0, func() { close(done) })
 		<-done
 	}
-	n.table.Store(reviewTable(1, count, "x", "b"))
-	n.installTable(reviewTable(2, count, "b", "")) // x died: b promoted
+	n.view.table.Store(reviewTable(1, count, "x", "b"))
+	n.tables.install(reviewTable(2, count, "b", "")) // x died: b promoted
 	drain()
-	n.installTable(reviewTable(3, count, "c", "b")) // a newer table: c is primary, b its backup
+	n.tables.install(reviewTable(3, count, "c", "b")) // a newer table: c is primary, b its backup
 	drain()
 	v := n.ops.ReplicaVersion(0)
-	t.Logf("b: replica index %d, version %#x, syncs pending %d", n.ReplicaIndex(0), v, n.ops.SyncsPending())
-	if n.ReplicaIndex(0) == 1 && v>>32 > 0 && n.ops.SyncsPending() == 0 {
+	t.Logf("b: replica index %d, version %#x, syncs pending %d", n.view.replicaIndex(0), v, n.ops.SyncsPending())
+	if n.view.replicaIndex(0) == 1 && v>>32 > 0 && n.ops.SyncsPending() == 0 {
 		t.Errorf("b backs up c's partition with its own promotion epoch (version %#x) and no sync asked: c's backups (epoch 0) will be acknowledged as already applied", v)
 	}
 }
 
 // teardownForTest stops the goroutines a bare test Node spawned.
 func (n *Node) teardownForTest() {
-	n.spawnMu.Lock()
-	n.stopping = true
-	n.spawnMu.Unlock()
-	n.wg.Wait()
+	n.run.halt()
+	n.run.wait()
+}
+
+// bareNode returns member "b" of a cluster of count partitions with no
+// port, membership or loops, its parts wired as Start wires them around an
+// operation service of one executor (not started). services are its
+// migration-aware services; gap, when not nil, gets the operation
+// service's replica gap callbacks.
+func bareNode(count int, services []migrationAware, gap func(p int)) *Node {
+	n := &Node{cfg: config.Default(), log: slog.New(slog.DiscardHandler), view: newClusterView(count),
+		run: newRunner(context.Background()), migs: newMigrations(count), metrics: testMetrics(), migrationAware: services}
+	n.view.id = "b"
+	n.ops = operation.New(operation.Config{LocalID: "b", LocalAddress: "b:1", PartitionCount: count,
+		PartitionThreads: 1, Routing: routing{n.view}, OnReplicaGap: gap})
+	n.wire()
+	return n
 }
 
 func testMetrics() engineMetrics {

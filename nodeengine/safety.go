@@ -1,0 +1,154 @@
+package nodeengine
+
+import (
+	"context"
+	"fmt"
+	"slices"
+
+	"github.com/partita-go/partita/operation"
+	"github.com/partita-go/partita/spi"
+)
+
+// safety answers whether the cluster is safe: every member holds the same
+// table, none migrates or syncs, and every backup replica holds its
+// primary's writes. It asks every member for its replica status
+// (replicaStatusOp) and answers those questions for this member. Any
+// goroutine calls it: the partition service (Node.isClusterSafe), the
+// metrics collector, the debug view and the migration manager (statusAt).
+type safety struct {
+	view *clusterView
+	ops  *operation.Service
+	busy func() bool // this member migrates, syncs or, as master, has migrations to run
+}
+
+// replicaStatusOp returns a member's replica versions and whether it is
+// migrating or syncing anything, for IsClusterSafe.
+type replicaStatusOp struct{ status []byte }
+
+func (op *replicaStatusOp) MessageKind() string          { return "replica.status" }
+func (op *replicaStatusOp) Response() any                { return op.status }
+func (op *replicaStatusOp) WriteData(*spi.Writer)        {}
+func (op *replicaStatusOp) ReadData(r *spi.Reader) error { return r.Err() }
+func (op *replicaStatusOp) Run(ctx *spi.OpContext) error {
+	op.status = ctx.Service.(*Node).safety.status()
+	return nil
+}
+
+// status encodes this member's replica status.
+func (s *safety) status() []byte {
+	w := spi.NewWriter(nil)
+	w.WriteBool(s.busy())
+	var version int64
+	if t := s.view.table.Load(); t != nil {
+		version = t.Version
+	}
+	w.WriteVarint(version)
+	for p := 0; p < s.view.count; p++ {
+		w.WriteUvarint(uint64(s.ops.ReplicaVersion(p)))
+		w.WriteBool(s.ops.IsSyncing(p))
+	}
+	return w.Bytes()
+}
+
+// statusAt returns member id's replica versions and syncing flags. When
+// address is not empty the member is asked there, once: a member
+// memberlist declared dead, whose address the table holds.
+func (s *safety) statusAt(ctx context.Context, id, address string) (busy bool, tableVersion int64, versions []int64, syncing []bool, err error) {
+	var b []byte
+	if id == s.view.id {
+		b = s.status()
+	} else {
+		var v any
+		var err error
+		if address != "" {
+			v, err = s.ops.InvokeOnceAt(ctx, engineService, &replicaStatusOp{}, id, address)
+		} else {
+			v, err = s.ops.InvokeOnMember(ctx, engineService, &replicaStatusOp{}, id)
+		}
+		if err != nil {
+			return false, 0, nil, nil, err
+		}
+		b, _ = v.([]byte)
+	}
+	r := spi.NewReader(b)
+	busy, tableVersion = r.ReadBool(), r.ReadVarint()
+	versions, syncing = make([]int64, s.view.count), make([]bool, s.view.count)
+	for p := range versions {
+		versions[p], syncing[p] = int64(r.ReadUvarint()), r.ReadBool()
+	}
+	if err := r.Err(); err != nil {
+		return false, 0, nil, nil, fmt.Errorf("replica status of %s: %w", id, err)
+	}
+	return busy, tableVersion, versions, syncing, nil
+}
+
+// isClusterSafe asks every member for its replica state and reports
+// whether all hold the same table, none migrates or syncs, and every
+// backup replica holds its primary's writes. Under load backups are in
+// flight, so a backup behind its primary in a first round of questions is
+// asked again: it is safe when it then holds at least what its primary
+// held in the first round, in the same epoch (a write missing on a backup
+// for good keeps it behind, so it is never safe).
+func (s *safety) isClusterSafe(ctx context.Context) (bool, error) {
+	t := s.view.table.Load()
+	if t == nil {
+		return false, nil
+	}
+	first, ok, err := s.versions(ctx, t.Version)
+	if !ok || err != nil {
+		return false, err
+	}
+	behind := func(want, have map[string][]int64, p int, o, b string) bool {
+		if want[o] == nil || have[b] == nil {
+			return true
+		}
+		w, h := want[o][p], have[b][p]
+		return h < w || h>>32 != w>>32
+	}
+	lagging := false
+	for p, o := range t.Owners {
+		for _, b := range t.BackupsOf(p) {
+			if b == "" {
+				continue
+			}
+			if first[o] == nil || first[b] == nil {
+				return false, nil // a replica on a member that is gone
+			}
+			if first[o][p] != first[b][p] {
+				lagging = true
+			}
+		}
+	}
+	if !lagging {
+		return true, nil
+	}
+	second, ok, err := s.versions(ctx, t.Version)
+	if !ok || err != nil {
+		return false, err
+	}
+	for p, o := range t.Owners {
+		for _, b := range t.BackupsOf(p) {
+			if b != "" && behind(first, second, p, o, b) {
+				return false, nil
+			}
+		}
+	}
+	return true, nil
+}
+
+// versions asks every member for its replica versions; ok is false when
+// one holds another table version, migrates or syncs.
+func (s *safety) versions(ctx context.Context, tableVersion int64) (map[string][]int64, bool, error) {
+	versions := map[string][]int64{}
+	for _, m := range s.view.memberList() {
+		busy, tv, vs, syncing, err := s.statusAt(ctx, m.ID, "")
+		if err != nil {
+			return nil, false, err
+		}
+		if busy || tv != tableVersion || slices.Contains(syncing, true) {
+			return nil, false, nil
+		}
+		versions[m.ID] = vs
+	}
+	return versions, true, nil
+}

@@ -1,0 +1,119 @@
+package nodeengine
+
+import (
+	"log/slog"
+	"sync"
+	"time"
+
+	"github.com/partita-go/partita/operation"
+	"github.com/partita-go/partita/partition"
+	"github.com/partita-go/partita/spi"
+	"github.com/prometheus/client_golang/prometheus"
+)
+
+// tables installs newer partition tables on this member, one at a time:
+// it marks promoted partitions, makes the table current and has replicas
+// run the role changes. Whoever holds a newer table calls install, from
+// any goroutine: a master push (publishTableOp, resolveOp), the master
+// adopting a member's newer table (publisher) and the migration manager
+// (masterEngine.Install).
+type tables struct {
+	view     *clusterView
+	ops      *operation.Service
+	replicas *replicas
+	installs prometheus.Counter
+	log      *slog.Logger
+
+	mu sync.Mutex // serialises installs
+	// logged and skipped rate-limit the table log line (under mu).
+	logged  time.Time
+	skipped int
+}
+
+// install makes t the current table if it is newer; it reports whether it
+// did. Destination migrations waiting for their table are released.
+func (ts *tables) install(t *partition.Table) bool {
+	// One install at a time: the role changes of two tables must not
+	// interleave (a promotion's mark could be undone by the other).
+	ts.mu.Lock()
+	defer ts.mu.Unlock()
+	cur := ts.view.table.Load()
+	if cur != nil && cur.Version >= t.Version {
+		return false
+	}
+	// A promoted backup refuses operations until its promotion hooks ran:
+	// mark it before the table becomes visible.
+	if cur != nil {
+		for p := range t.Owners {
+			if t.Owners[p] == ts.view.id && cur.ReplicaIndex(p, ts.view.id) > 0 {
+				ts.ops.SetMigrating(p, true)
+			}
+		}
+	}
+	ts.view.table.Store(t)
+	ts.replicas.changes(cur, t)
+	ts.installs.Inc()
+	ts.logTable(t)
+	return true
+}
+
+// logTable reports an installed table at info, at most once a second (a
+// rebalance installs one per migration: the migration manager logs the
+// progress), and every version at debug. Called under mu.
+func (ts *tables) logTable(t *partition.Table) {
+	if time.Since(ts.logged) < time.Second {
+		ts.skipped++
+		ts.log.Debug("partition table installed", "version", t.Version)
+		return
+	}
+	owned, backups, _ := ts.view.replicaCounts()
+	ts.log.Info("partition table installed", "version", t.Version, "owned", owned, "backups", backups,
+		"versions_since_last_line", ts.skipped)
+	ts.logged, ts.skipped = time.Now(), 0
+}
+
+// replicaCounts returns how many primaries and backups this member holds
+// in its table, and the table's version.
+func (v *clusterView) replicaCounts() (owned, backups int, version int64) {
+	t := v.table.Load()
+	if t == nil {
+		return 0, 0, 0
+	}
+	for p := range t.Owners {
+		switch i := t.ReplicaIndex(p, v.id); {
+		case i == 0:
+			owned++
+		case i > 0:
+			backups++
+		}
+	}
+	return owned, backups, t.Version
+}
+
+// acceptTable installs a table pushed by the master and returns the
+// encoded table this member holds when that one is newer (nil otherwise).
+// The first table also brings the distributed objects the cluster knows.
+func (n *Node) acceptTable(t *partition.Table, from string) []byte {
+	prev := n.view.table.Load()
+	if !n.tables.install(t) {
+		if cur := n.view.table.Load(); cur.Version > t.Version {
+			w := spi.NewWriter(nil)
+			cur.Encode(w)
+			return w.Bytes()
+		}
+		return nil
+	}
+	n.log.Debug("partition table received", "version", t.Version, "from", from, "owned", t.Counts()[n.view.id])
+	if prev == nil && from != n.address {
+		// First table: learn the distributed objects created before this
+		// member joined.
+		if sender := t.MemberAt(from); sender != "" {
+			n.run.spawn(func() {
+				ctx, cancel := n.run.stopContext(10 * time.Second)
+				defer cancel()
+				n.proxies.syncFrom(ctx, sender)
+			})
+		}
+	}
+	return nil
+}
