@@ -234,10 +234,33 @@ func memberList(metas map[string][]byte, cluster string) []spi.Member {
 }
 
 // logWriter turns memberlist's log lines ("[WARN] memberlist: ...") into
-// slog records at the matching level.
+// slog records at the matching level. A line about input memberlist could
+// not decode goes to bad instead (when set), which counts it and
+// rate-limits such lines per remote address: garbage sent to the port
+// must not flood the log.
 type logWriter struct {
 	log     *slog.Logger
 	stopped *atomic.Bool
+	bad     func(remote, line string)
+}
+
+// badInputMarkers are the (lower-case) marks of memberlist's lines about
+// undecodable input, from a packet or a stream.
+var badInputMarkers = []string{"failed to decode", "invalid msgtype", "not supported", "label header", "unacceptable label",
+	"decrypt packet failed", "invalid checksum", "missing message type", "truncated messages", "failed to decompress",
+	"failed to receive", "failed to read remote state", "ping for unexpected node", "remote node state size"}
+
+// badInput returns the remote address of a line about undecodable input
+// ("" when the line does not name it), and whether it is one.
+func badInput(line string) (remote string, ok bool) {
+	low := strings.ToLower(line)
+	if !slices.ContainsFunc(badInputMarkers, func(m string) bool { return strings.Contains(low, m) }) {
+		return "", false
+	}
+	if i := strings.LastIndex(line, "from="); i >= 0 {
+		remote, _, _ = strings.Cut(line[i+len("from="):], " ")
+	}
+	return remote, true
 }
 
 func (w logWriter) Write(p []byte) (int, error) {
@@ -253,6 +276,12 @@ func (w logWriter) Write(p []byte) (int, error) {
 			level = l
 			line = strings.TrimSpace(line[i+len(prefix):])
 			break
+		}
+	}
+	if level >= slog.LevelWarn && w.bad != nil {
+		if remote, ok := badInput(line); ok {
+			w.bad(remote, line)
+			return len(p), nil
 		}
 	}
 	// memberlist reports ordinary churn (a peer going away) as errors;

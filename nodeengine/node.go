@@ -168,6 +168,8 @@ func (n *Node) Start(ctx context.Context) (err error) {
 		InvocationTimeout: oc.InvocationTimeout, RetryPause: oc.RetryPause, DedupWindow: oc.DedupWindow,
 		BackupAckTimeout: oc.BackupAckTimeout, FrameBodyTimeout: oc.FrameBodyTimeout,
 		Engine: n, Routing: routing{n.view}, Logger: n.log, Hook: n.hook,
+		Member:       func(id string) bool { _, ok := (routing{n.view}).MemberAddress(id); return ok },
+		Reject:       n.tr.rejectConn,
 		OnReplicaGap: func(p int) { n.replicas.requestSync(p) },
 		Dial: func(ctx context.Context, addr string) (net.Conn, error) {
 			return dialSelect(ctx, addr, 0, selectOperations)
@@ -284,7 +286,7 @@ func (n *Node) join(ctx context.Context) error {
 	mc.ProbeInterval, mc.ProbeTimeout = ms.ProbeInterval, ms.ProbeTimeout
 	mc.SuspicionMult, mc.GossipInterval = ms.SuspicionMult, ms.GossipInterval
 	mc.PushPullInterval = ms.PushPullInterval
-	mc.Logger = log.New(logWriter{n.log, &n.mlStopped}, "", 0)
+	mc.Logger = log.New(logWriter{n.log, &n.mlStopped, n.tr.rejectInput}, "", 0)
 	var err error
 	if n.ml, err = memberlist.Create(mc); err != nil {
 		return fmt.Errorf("partita: start membership: %w", err)

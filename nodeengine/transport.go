@@ -15,6 +15,8 @@ import (
 
 	"github.com/hashicorp/memberlist"
 	"github.com/prometheus/client_golang/prometheus"
+
+	"github.com/partita-go/partita/internal/transport"
 )
 
 // One port per member: memberlist's UDP packets and a TCP listener shared by
@@ -78,7 +80,14 @@ const (
 	rejectTooManyFromAddr = "too_many_from_address"
 )
 
-var rejectReasons = []string{rejectBadSelector, rejectNoSelector, rejectTooManyPending, rejectTooManyFromAddr}
+// rejectBadPacket: input memberlist could not decode (a UDP packet or a
+// stream after the 'M' selector), seen in its log lines (see logWriter).
+const rejectBadPacket = "bad_packet"
+
+// rejectReasons: the listener's, memberlist's, then the operation
+// transport's (transport.RejectReasons).
+var rejectReasons = append([]string{rejectBadSelector, rejectNoSelector, rejectTooManyPending, rejectTooManyFromAddr, rejectBadPacket},
+	transport.RejectReasons...)
 
 func newRejectedMetric() *prometheus.CounterVec {
 	v := prometheus.NewCounterVec(prometheus.CounterOpts{
@@ -308,6 +317,26 @@ func (t *muxTransport) reject(reason string, ip netip.Addr, msg string, args ...
 		}
 		t.log.Warn(msg, args...)
 	}
+}
+
+// rejectConn counts and logs (rate-limited) a connection the operation
+// transport refused or cut for its input (transport.Config.Reject).
+func (t *muxTransport) rejectConn(reason, remote string, err error) {
+	ip := netip.Addr{}
+	if ap, perr := netip.ParseAddrPort(remote); perr == nil {
+		ip = ap.Addr()
+	}
+	t.reject(reason, ip, "closing connection", "error", err)
+}
+
+// rejectInput counts and logs (rate-limited) input from remote that
+// memberlist could not decode; line is memberlist's own.
+func (t *muxTransport) rejectInput(remote, line string) {
+	ip := netip.Addr{}
+	if ap, err := netip.ParseAddrPort(remote); err == nil {
+		ip = ap.Addr()
+	}
+	t.reject(rejectBadPacket, ip, "ignoring input memberlist could not decode", "detail", line)
 }
 
 // rejectLog rate-limits the warn lines about rejected input: the first

@@ -8,6 +8,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/partita-go/partita/internal/transport"
 	"github.com/partita-go/partita/spi"
 )
 
@@ -46,7 +47,7 @@ func viewMember(t *testing.T, id string, view *atomic.Pointer[string], members m
 			members[address].HandleConn(b)
 			return a, nil
 		}})
-	if err := s.Register("svc", nil, reviewSvcTypes()); err != nil {
+	if err := s.Register("svc", nil, backedTypes()); err != nil {
 		t.Fatal(err)
 	}
 	s.Start()
@@ -69,7 +70,7 @@ func TestSyncBackupFollowsTheTable(t *testing.T) {
 	pView := view("b")
 	var toB atomic.Int32
 	members["p:1"] = viewMember(t, "p", pView, members, 0, func(m Message) Verdict {
-		if _, ok := m.Op.(backupMessage); ok && m.To == "b" {
+		if m.Frame == transport.KindBackup && m.To == "b" {
 			toB.Add(1)
 		}
 		return Verdict{}
@@ -82,7 +83,7 @@ func TestSyncBackupFollowsTheTable(t *testing.T) {
 	defer cancel()
 	done := make(chan error, 1)
 	go func() {
-		_, err := p.Invoke(ctx, "svc", &reviewBackedOp{}, 1)
+		_, err := p.Invoke(ctx, "svc", &backedOp{}, 1)
 		done <- err
 	}()
 	// b refuses; the primary retries while its own table names b.
@@ -114,7 +115,7 @@ func TestSyncBackupAckTimeout(t *testing.T) {
 
 	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
 	defer cancel()
-	_, err := p.Invoke(ctx, "svc", &reviewBackedOp{}, 1)
+	_, err := p.Invoke(ctx, "svc", &backedOp{}, 1)
 	if !errors.Is(err, spi.ErrBackupTimeout) || !errors.Is(err, spi.ErrIndeterminate) {
 		t.Fatalf("write whose backup is never acknowledged: %v, want spi.ErrBackupTimeout", err)
 	}
@@ -136,7 +137,7 @@ func TestBackupOfAnOlderEpochIsNotAcknowledged(t *testing.T) {
 
 	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
 	defer cancel()
-	_, err := p.Invoke(ctx, "svc", &reviewBackedOp{}, 1)
+	_, err := p.Invoke(ctx, "svc", &backedOp{}, 1)
 	if !errors.Is(err, spi.ErrIndeterminate) {
 		t.Fatalf("write backed up to a replica of a newer primary: %v, want spi.ErrIndeterminate", err)
 	}

@@ -164,7 +164,7 @@ func TestDedupExpiredTwinKeepsNewSideData(t *testing.T) {
 func TestRetryNotFoundInAPartialRecordIsIndeterminate(t *testing.T) {
 	pSvc, _, members, release := heldBackupPair(t)
 	defer release()
-	caller := reviewMember(t, "c", members, nil)
+	caller := callerMember(t, "c", members, nil)
 	defer caller.Shutdown()
 
 	// A capped copy: more records than a copy carries.
@@ -180,7 +180,7 @@ func TestRetryNotFoundInAPartialRecordIsIndeterminate(t *testing.T) {
 	defer cancel()
 	done := make(chan error, 1)
 	go func() {
-		_, err := caller.Invoke(ctx, "svc", &reviewBackedOp{}, 1)
+		_, err := caller.Invoke(ctx, "svc", &backedOp{}, 1)
 		done <- err
 	}()
 	eventually(t, func() bool { return pSvc.ReplicaVersion(1) != 0 }) // it ran; its backup is held

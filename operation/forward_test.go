@@ -49,7 +49,7 @@ func newFwdCluster(t *testing.T, hooks map[string]func(Message) Verdict) *fwdClu
 				member(address).HandleConn(b)
 				return a, nil
 			}})
-		types := append(reviewSvcTypes(), spi.OperationType{ID: 3, New: func() spi.Operation { return new(codecBackedOp) }})
+		types := append(backedTypes(), spi.OperationType{ID: 3, New: func() spi.Operation { return new(codecBackedOp) }})
 		if err := s.Register("svc", nil, types); err != nil {
 			t.Fatal(err)
 		}
@@ -60,7 +60,7 @@ func newFwdCluster(t *testing.T, hooks map[string]func(Message) Verdict) *fwdClu
 	k.p, k.b, k.c = start("p"), start("b"), start("c")
 	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
 	defer cancel()
-	if _, err := k.c.Invoke(ctx, "svc", &reviewBackedOp{}, 1); err != nil {
+	if _, err := k.c.Invoke(ctx, "svc", &backedOp{}, 1); err != nil {
 		t.Fatal(err)
 	}
 	eventually(t, func() bool { return k.b.tr.Connected("c") != nil })
@@ -76,7 +76,7 @@ func forwardedAnswers(s *Service) float64 {
 type pair struct{ A, B int64 }
 
 // codecBackedOp is a backed-up write whose response needs its codec.
-type codecBackedOp struct{ reviewBackedOp }
+type codecBackedOp struct{ backedOp }
 
 func (o *codecBackedOp) Response() any { return pair{4, -9} }
 func (o *codecBackedOp) WriteResponse(w *spi.Writer, v any) {
@@ -115,7 +115,7 @@ func TestAnswerFrameCannotCompleteABackupAck(t *testing.T) {
 	defer cancel()
 	done := make(chan error, 1)
 	go func() {
-		_, err := k.c.Invoke(ctx, "svc", &reviewBackedOp{}, 1)
+		_, err := k.c.Invoke(ctx, "svc", &backedOp{}, 1)
 		done <- err
 	}()
 	pb := k.p.tr.Connected("b")
@@ -163,7 +163,7 @@ func TestHeldForwardedAnswerDoesNotHoldThePrimarysAnswer(t *testing.T) {
 	hold := make(chan struct{})
 	defer close(hold)
 	k := newFwdCluster(t, map[string]func(Message) Verdict{"b": func(m Message) Verdict {
-		if _, ok := m.Op.(answerMessage); ok && on.Load() {
+		if m.Frame == transport.KindAnswer && on.Load() {
 			return Verdict{Hold: hold}
 		}
 		return Verdict{}
@@ -172,7 +172,7 @@ func TestHeldForwardedAnswerDoesNotHoldThePrimarysAnswer(t *testing.T) {
 	before := forwardedAnswers(k.c)
 	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
 	defer cancel()
-	if v, err := k.c.Invoke(ctx, "svc", &reviewBackedOp{}, 1); err != nil || v != "written" {
+	if v, err := k.c.Invoke(ctx, "svc", &backedOp{}, 1); err != nil || v != "written" {
 		t.Fatalf("Invoke = %v, %v; want the primary's answer", v, err)
 	}
 	if n := forwardedAnswers(k.c); n != before {
@@ -187,7 +187,7 @@ func TestForwardedAnswerWaitsBehindAGap(t *testing.T) {
 	var n atomic.Int32
 	hold := make(chan struct{})
 	k := newFwdCluster(t, map[string]func(Message) Verdict{"p": func(m Message) Verdict {
-		if _, ok := m.Op.(backupMessage); ok && n.Add(1) == 2 { // the first is newFwdCluster's
+		if m.Frame == transport.KindBackup && n.Add(1) == 2 { // the first is newFwdCluster's
 			return Verdict{Hold: hold}
 		}
 		return Verdict{}
@@ -195,10 +195,10 @@ func TestForwardedAnswerWaitsBehindAGap(t *testing.T) {
 	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
 	defer cancel()
 	first := make(chan error, 1)
-	go func() { _, err := k.c.Invoke(ctx, "svc", &reviewBackedOp{}, 1); first <- err }()
+	go func() { _, err := k.c.Invoke(ctx, "svc", &backedOp{}, 1); first <- err }()
 	eventually(t, func() bool { return n.Load() >= 2 })
 	second := make(chan error, 1)
-	go func() { _, err := k.c.Invoke(ctx, "svc", &reviewBackedOp{}, 1); second <- err }()
+	go func() { _, err := k.c.Invoke(ctx, "svc", &backedOp{}, 1); second <- err }()
 	// The second backup reaches b and waits there behind the held one.
 	eventually(t, func() bool { return n.Load() >= 3 })
 	eventually(t, func() bool {
@@ -228,7 +228,7 @@ func TestAlreadyAppliedBackupDoesNotForward(t *testing.T) {
 	// A call of c's, pending on its connection to p, that a forwarded
 	// answer would complete.
 	cp := k.c.tr.Connected("p")
-	cl := newCall(&reviewBackedOp{})
+	cl := newCall(&backedOp{})
 	cl.held = &transport.HeldWrites{}
 	const callID = 1 << 40
 	lp := linkOf(cp)
@@ -237,7 +237,7 @@ func TestAlreadyAppliedBackupDoesNotForward(t *testing.T) {
 	lp.mu.Unlock()
 	defer forget(cp, callID)
 
-	resp, err := encodeResponse(&spi.Writer{}, &reviewBackedOp{}, "written")
+	resp, err := encodeResponse(&spi.Writer{}, &backedOp{}, "written")
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -257,7 +257,7 @@ func TestAlreadyAppliedBackupDoesNotForward(t *testing.T) {
 	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
 	defer cancel()
 	eventually(t, func() bool {
-		if _, err := k.c.Invoke(ctx, "svc", &reviewBackedOp{}, 1); err != nil {
+		if _, err := k.c.Invoke(ctx, "svc", &backedOp{}, 1); err != nil {
 			t.Fatal(err)
 		}
 		return forwardedAnswers(k.c) > before

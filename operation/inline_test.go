@@ -309,7 +309,7 @@ func TestShutdownWaitsForWhatAnOperationInPlaceStarted(t *testing.T) {
 	s := New(Config{ClusterName: "dev", LocalID: "p", LocalAddress: "p:1", PartitionCount: 7, PartitionThreads: 1,
 		Routing: primaryRouting{}, InvocationTimeout: 5 * time.Second, Dial: network.Dial,
 		Hook: func(m Message) Verdict {
-			if _, ok := m.Op.(backupMessage); ok {
+			if m.Frame == transport.KindBackup {
 				return Verdict{Hold: hold}
 			}
 			return Verdict{}

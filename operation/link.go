@@ -235,7 +235,7 @@ func (s *Service) sendBackupOn(c *transport.Conn, cl *call, t task, typeID uint1
 			return err
 		}
 	}
-	f := transport.Frame{Kind: transport.KindBackup, CallID: id, Held: t.byCaller, Service: t.svc.name, Partition: t.pid, Op: backupMessage{op}}
+	f := transport.Frame{Kind: transport.KindBackup, CallID: id, Held: t.byCaller, Service: t.svc.name, Partition: t.pid, Op: op}
 	err := s.send(c, f, func(w *spi.Writer) error {
 		w.WriteUint32(t.svc.id)
 		w.WriteUint16(typeID)
@@ -256,15 +256,10 @@ func (s *Service) sendBackupOn(c *transport.Conn, cl *call, t task, typeID uint1
 	return err
 }
 
-// backupMessage names a backup for fault rules: "backup/<Go type>".
-type backupMessage struct{ spi.Operation }
-
-func (b backupMessage) MessageKind() string { return fmt.Sprintf("backup/%T", b.Operation) }
-
 // sendAnswer queues on c a backup's answer to call callID of the member
 // at the other end, which it sent to primary (see sendBackups).
 func (s *Service) sendAnswer(c *transport.Conn, t task) error {
-	f := transport.Frame{Kind: transport.KindAnswer, CallID: t.callerCall, Service: t.svc.name, Partition: t.pid, Op: answerMessage{t.op}}
+	f := transport.Frame{Kind: transport.KindAnswer, CallID: t.callerCall, Service: t.svc.name, Partition: t.pid, Op: t.op}
 	primary := t.conn.Remote().ID
 	return s.send(c, f, func(w *spi.Writer) error {
 		w.WriteString(primary)
@@ -272,12 +267,6 @@ func (s *Service) sendAnswer(c *transport.Conn, t task) error {
 		return nil
 	})
 }
-
-// answerMessage names a forwarded answer for fault rules:
-// "answer/<backup operation's Go type>".
-type answerMessage struct{ spi.Operation }
-
-func (a answerMessage) MessageKind() string { return fmt.Sprintf("answer/%T", a.Operation) }
 
 // sendResponse queues on c the answer to request callID received on it.
 func (s *Service) sendResponse(c *transport.Conn, callID uint64, op spi.Operation, resp any, err error) {

@@ -11,6 +11,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/partita-go/partita/internal/transport"
 	"github.com/partita-go/partita/spi"
 	dto "github.com/prometheus/client_model/go"
 )
@@ -146,7 +147,7 @@ func newGateCluster(t *testing.T) *gateCluster {
 	}
 	k.b = start("b", k.bc, nil)
 	k.p = start("p", k.pc, func(m Message) Verdict {
-		if _, ok := m.Op.(backupMessage); ok && m.Partition == heldPartition {
+		if m.Frame == transport.KindBackup && m.Partition == heldPartition {
 			if h := k.hold.Load(); h != nil {
 				k.holds.Add(1)
 				return Verdict{Hold: *h}

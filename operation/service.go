@@ -67,6 +67,13 @@ type Config struct {
 	// it arrives (tests use it to drop, delay, hold, reorder messages or
 	// cut connections). It must return at once.
 	Hook func(m Message) Verdict
+	// Member, when set, tells whether a member ID is in the cluster: the
+	// connections of a peer that is not are closed after
+	// transport.DefaultUnknownPeerGrace.
+	Member func(id string) bool
+	// Reject, when set, is told of the connections refused or cut for
+	// their input (see transport.Config.Reject); else they are logged.
+	Reject func(reason, remote string, err error)
 	// OnReplicaGap is called as partition p's executor (on its goroutine,
 	// or a reader's running a backup in its place) when a backup
 	// arrives ahead of a missing one: this replica needs a full sync from
@@ -216,6 +223,8 @@ func New(cfg Config) *Service {
 		Logger:           cfg.Logger,
 		FrameBodyTimeout: cfg.FrameBodyTimeout,
 		TickPeriod:       period,
+		Member:           cfg.Member,
+		Reject:           cfg.Reject,
 	})
 	s.tr = s.stream
 	if s.faults != nil {

@@ -42,24 +42,24 @@ func tcpDialer(t *testing.T, to func() *Service) func(context.Context, string) (
 	}
 }
 
-// Review finding: readFrames runs handle inside RawConn.Read, which holds
+// readFrames runs handle inside RawConn.Read, which holds
 // the descriptor's read lock, and (*poll.FD).Close waits until every
 // reference is dropped. So conn.close (MemberLeft, Shutdown, the writer
 // on a write error) blocked for as long as the reader's handle did: here
 // handleRequest waits for room in a full executor queue. Now a frame that
 // would wait is handled again off the socket (transport.ErrWouldWait).
-func TestReviewMemberLeftDoesNotWaitForTheReadersHandle(t *testing.T) {
+func TestMemberLeftDoesNotWaitForTheReadersHandle(t *testing.T) {
 	var p *Service
 	p = New(Config{ClusterName: "dev", LocalID: "p", LocalAddress: "p:1", PartitionCount: 7, PartitionThreads: 1,
 		QueueSize: 1, Routing: threeRouting{"p"}, InvocationTimeout: 30 * time.Second})
-	if err := p.Register("svc", nil, reviewSvcTypes()); err != nil {
+	if err := p.Register("svc", nil, backedTypes()); err != nil {
 		t.Fatal(err)
 	}
 	p.Start()
 	c := New(Config{ClusterName: "dev", LocalID: "c", LocalAddress: "c:1", PartitionCount: 7, PartitionThreads: 1,
 		Routing: threeRouting{"c"}, RetryPause: time.Millisecond, InvocationTimeout: 30 * time.Second,
 		Dial: tcpDialer(t, func() *Service { return p })})
-	if err := c.Register("svc", nil, reviewSvcTypes()); err != nil {
+	if err := c.Register("svc", nil, backedTypes()); err != nil {
 		t.Fatal(err)
 	}
 	c.Start()
@@ -98,12 +98,12 @@ func TestReviewMemberLeftDoesNotWaitForTheReadersHandle(t *testing.T) {
 	}
 }
 
-// Not a finding: a request sent in the same write as the hello is read by
+// A request sent in the same write as the hello is read by
 // readHello's bufio.Reader and must reach readFrames as pre.
-func TestReviewRequestReadWithTheHelloIsServed(t *testing.T) {
+func TestRequestReadWithTheHelloIsServed(t *testing.T) {
 	p := New(Config{ClusterName: "dev", LocalID: "p", LocalAddress: "p:1", PartitionCount: 7, PartitionThreads: 1,
 		Routing: threeRouting{"p"}})
-	if err := p.Register("svc", nil, reviewSvcTypes()); err != nil {
+	if err := p.Register("svc", nil, backedTypes()); err != nil {
 		t.Fatal(err)
 	}
 	p.Start()

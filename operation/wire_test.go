@@ -142,7 +142,7 @@ func FuzzFrame(f *testing.F) {
 	f.Fuzz(func(t *testing.T, data []byte) {
 		c, _ := pipeConn(t, s) // also the route to "peer"
 		h := &transport.HeldWrites{}
-		pending := []*call{newCall(&codecBackedOp{}), newCall(&reviewBackedOp{})}
+		pending := []*call{newCall(&codecBackedOp{}), newCall(&backedOp{})}
 		l := linkOf(c)
 		l.mu.Lock()
 		for i, cl := range pending {

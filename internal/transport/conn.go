@@ -31,6 +31,8 @@ type Conn struct {
 
 	rd spi.Reader // the reader goroutine's, for each frame
 
+	unknownTicks uint64 // ticks for which the peer was no member (Tick's alone)
+
 	wake chan struct{} // cap 1: frames queued
 	done chan struct{} // closed when closing
 	wg   sync.WaitGroup
@@ -222,16 +224,16 @@ func (c *Conn) readLoop(br *bufio.Reader) {
 			}
 		}
 	}
-	log := c.t.log
 	select {
 	case <-c.done: // closed on purpose
 	default:
-		if errors.Is(err, spi.ErrProtocol) {
-			log.Error("closing connection after a malformed frame", "remote", c.remote.Address, "member", c.remote.ID, "error", err)
-		} else if errors.Is(err, errBodyTimeout) {
-			log.Warn("closing connection", "remote", c.RemoteAddr(), "member", c.remote.ID, "reason", err)
-		} else {
-			log.Debug("connection closed", "remote", c.remote.Address, "error", err)
+		switch {
+		case errors.Is(err, spi.ErrProtocol):
+			c.t.reject(RejectFrame, c.RemoteAddr(), "closing connection after a malformed frame", fmt.Errorf("member %s: %w", c.remote.ID, err))
+		case errors.Is(err, errBodyTimeout):
+			c.t.reject(RejectSlowFrame, c.RemoteAddr(), "closing connection", fmt.Errorf("member %s: %w", c.remote.ID, err))
+		default:
+			c.t.log.Debug("connection closed", "remote", c.remote.Address, "error", err)
 		}
 	}
 	c.Close(fmt.Errorf("%w: connection to %s lost: %w", spi.ErrMemberLeft, c.remote.Address, err))

@@ -14,18 +14,29 @@ import (
 // successful answer to a request of From's arriving from To.
 type Message struct {
 	From, To  string // member IDs: the request's sender and receiver
+	Frame     uint8  // KindRequest, KindBackup or KindAnswer
 	Service   string
 	Partition int // -1: generic
-	Op        spi.Operation
+	// Op is the operation: the request's, the backup operation of a
+	// backup or forwarded answer.
+	Op spi.Operation
 	// Response is set when the rule sees the answer arriving back at the
 	// caller (From) instead of the request leaving it.
 	Response bool
 }
 
-// Kind names the message for fault rules: the operation's MessageKind()
-// when it has one (backups are "backup/<Go type>", forwarded answers
-// "answer/<Go type>"), else "<service>/<Go type>".
+// Kind names the message for fault rules: a backup is
+// "backup/<Go type>", a forwarded answer "answer/<Go type>" (of the backup
+// operation); a request is named by its operation's MessageKind() when it
+// has one (the engine's operations: "table.publish"...), else
+// "<service>/<Go type>".
 func (m Message) Kind() string {
+	switch m.Frame {
+	case KindBackup:
+		return fmt.Sprintf("backup/%T", m.Op)
+	case KindAnswer:
+		return fmt.Sprintf("answer/%T", m.Op)
+	}
 	if k, ok := m.Op.(interface{ MessageKind() string }); ok {
 		return k.MessageKind()
 	}
@@ -109,7 +120,7 @@ func (f *Faults) Send(c *Conn, fr Frame, body func(w *spi.Writer) error) error {
 	default:
 		return f.Stream.Send(c, fr, body)
 	}
-	m := Message{From: f.local, To: c.remote.ID, Service: fr.Service, Partition: fr.Partition, Op: fr.Op}
+	m := Message{From: f.local, To: c.remote.ID, Frame: fr.Kind, Service: fr.Service, Partition: fr.Partition, Op: fr.Op}
 	if fr.Kind == KindRequest && fr.CallID != 0 {
 		f.mu.Lock()
 		f.requests[callRef{c, fr.CallID}] = &request{m: m}

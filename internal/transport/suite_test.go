@@ -74,7 +74,8 @@ type got struct {
 }
 
 // recorder is a Handler that records every frame and the closes, and
-// answers each request with a response carrying the request's payload.
+// answers each request that expects an answer (a call id) with a
+// response carrying the request's payload.
 type recorder struct {
 	tr     func() Transport
 	frames chan got
@@ -89,7 +90,7 @@ func (r *recorder) Opened(*Conn) {}
 func (r *recorder) Frame(c *Conn, h Header, rd *spi.Reader, wait bool) error {
 	p := string(rd.Rest())
 	r.frames <- got{c.Remote().ID, h.Kind, h.CallID, p}
-	if h.Kind == KindRequest {
+	if h.Kind == KindRequest && h.CallID != 0 {
 		return r.tr().Send(c, Frame{Kind: KindResponse, CallID: h.CallID}, func(w *spi.Writer) error {
 			w.SetBuffer(append(w.Bytes(), p...))
 			return nil
@@ -106,7 +107,7 @@ type member struct {
 	rec      *recorder
 }
 
-func startMember(t *testing.T, nw network, id, cluster string, rule func(Message) Verdict) *member {
+func startMember(t *testing.T, nw network, id, cluster string, rule func(Message) Verdict, opts ...func(*Config)) *member {
 	m := &member{id: id, rec: newRecorder()}
 	m.rec.tr = func() Transport { return m.tr }
 	var h Handler = m.rec
@@ -118,8 +119,12 @@ func startMember(t *testing.T, nw network, id, cluster string, rule func(Message
 	var s *Stream
 	ready := make(chan struct{}) // s is set
 	m.addr = nw.listen(t, func(nc net.Conn) { <-ready; s.Accept(nc) })
-	s = NewStream(Config{Local: Hello{Version: ProtocolVersion, Cluster: cluster, ID: id, Address: m.addr},
-		Dial: nw.dial, Handler: h, FrameBodyTimeout: 300 * time.Millisecond, TickPeriod: 50 * time.Millisecond})
+	cfg := Config{Local: Hello{Version: ProtocolVersion, Cluster: cluster, ID: id, Address: m.addr},
+		Dial: nw.dial, Handler: h, FrameBodyTimeout: 300 * time.Millisecond, TickPeriod: 50 * time.Millisecond}
+	for _, o := range opts {
+		o(&cfg)
+	}
+	s = NewStream(cfg)
 	m.tr = s
 	if f != nil {
 		f.Wrap(s)
@@ -303,6 +308,34 @@ func TestSuiteHalfFrameIsCut(t *testing.T) {
 	})
 }
 
+// A peer that speaks the protocol but is not a member (Config.Member) is
+// cut after the grace, and reported; a member's connection is not.
+func TestSuiteUnknownPeerIsCut(t *testing.T) {
+	forEach(t, func(t *testing.T, nw network) {
+		rejected := make(chan string, 4)
+		b := startMember(t, nw, "b", "dev", nil, func(c *Config) {
+			c.Member = func(id string) bool { return id == "a" }
+			c.UnknownPeerGrace = 200 * time.Millisecond
+			c.Reject = func(reason, _ string, _ error) { rejected <- reason }
+		})
+		a, x := startMember(t, nw, "a", "dev", nil), startMember(t, nw, "x", "dev", nil)
+		ca, cx := a.connect(t, b), x.connect(t, b)
+		if r := testkit.Recv(t, rejected, "the stranger to be cut"); r != RejectUnknownPeer {
+			t.Fatalf("rejected for %q, want %q", r, RejectUnknownPeer)
+		}
+		testkit.Recv(t, x.rec.closed, "the stranger's end to close")
+		if err := x.send(cx, KindRequest, 1, "x"); err == nil {
+			t.Fatal("the stranger's connection still takes frames")
+		}
+		if err := a.send(ca, KindRequest, 1, "a"); err != nil {
+			t.Fatal(err)
+		}
+		if g := next(t, b.rec.frames); g.from != "a" {
+			t.Fatalf("b got %+v", g)
+		}
+	})
+}
+
 // The fault wrapper: a dropped request fails its send with
 // spi.ErrMemberLeft and never arrives; a held one arrives once released,
 // after the frames sent behind it (reordered); a delayed one arrives late;
@@ -325,16 +358,16 @@ func TestSuiteFaults(t *testing.T) {
 		}
 		a, b := startMember(t, nw, "a", "dev", rule), startMember(t, nw, "b", "dev", nil)
 		c := a.connect(t, b)
-		if err := a.send(c, KindBackup, 0, "drop"); !errors.Is(err, spi.ErrMemberLeft) {
+		if err := a.send(c, KindRequest, 0, "drop"); !errors.Is(err, spi.ErrMemberLeft) {
 			t.Fatalf("dropped send: %v", err)
 		}
-		if err := a.send(c, KindBackup, 0, "hold"); err != nil {
+		if err := a.send(c, KindRequest, 0, "hold"); err != nil {
 			t.Fatal(err)
 		}
-		if err := a.send(c, KindBackup, 0, "delay"); err != nil {
+		if err := a.send(c, KindRequest, 0, "delay"); err != nil {
 			t.Fatal(err)
 		}
-		a.send(c, KindBackup, 0, "plain")
+		a.send(c, KindRequest, 0, "plain")
 		if g := next(t, b.rec.frames); g.payload != "plain" {
 			t.Fatalf("first to arrive: %+v, want the plain frame", g)
 		}
@@ -346,7 +379,7 @@ func TestSuiteFaults(t *testing.T) {
 		if g := next(t, b.rec.frames); g.payload != "hold" {
 			t.Fatalf("after the release: %+v, want the held frame", g)
 		}
-		if err := a.send(c, KindBackup, 0, "cut"); !errors.Is(err, spi.ErrMemberLeft) {
+		if err := a.send(c, KindRequest, 0, "cut"); !errors.Is(err, spi.ErrMemberLeft) {
 			t.Fatalf("cut send: %v", err)
 		}
 		testkit.Recv(t, a.rec.closed, "a's end to close")

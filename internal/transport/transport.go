@@ -98,7 +98,35 @@ type Config struct {
 	FrameBodyTimeout time.Duration
 	// TickPeriod is how often Tick is called; 0: 1s.
 	TickPeriod time.Duration
+	// Member, when set, tells whether a member ID is in the cluster: a
+	// connection whose peer it has not known for UnknownPeerGrace is
+	// closed (a process that speaks the protocol is not a member for it).
+	Member func(id string) bool
+	// UnknownPeerGrace: see Member; 0: DefaultUnknownPeerGrace.
+	UnknownPeerGrace time.Duration
+	// Reject, when set, is told of every connection refused or cut for
+	// its input, with a Reject* reason and the peer's network address,
+	// instead of the transport logging each one (the node engine counts
+	// them and rate-limits its lines per address).
+	Reject func(reason, remote string, err error)
 }
+
+// Reasons given to Config.Reject.
+const (
+	RejectHello       = "bad_hello"        // no hello, or not a Partita hello, within HandshakeTimeout
+	RejectCluster     = "cluster_mismatch" // a hello of another cluster name or protocol version
+	RejectFrame       = "bad_frame"        // a malformed frame after the hello
+	RejectSlowFrame   = "slow_frame"       // a frame not received whole within FrameBodyTimeout
+	RejectUnknownPeer = "unknown_peer"     // a peer that is not a member, for UnknownPeerGrace
+)
+
+// RejectReasons lists the Reject* reasons.
+var RejectReasons = []string{RejectHello, RejectCluster, RejectFrame, RejectSlowFrame, RejectUnknownPeer}
+
+// DefaultUnknownPeerGrace is how long a connection may speak for a member
+// ID the cluster does not know (Config.Member): long enough for a joining
+// member's news to reach every member by gossip.
+const DefaultUnknownPeerGrace = 10 * time.Second
 
 // HandshakeTimeout bounds the hello exchange on a new connection.
 const HandshakeTimeout = 5 * time.Second
@@ -111,6 +139,7 @@ type Stream struct {
 	cfg       Config
 	log       *slog.Logger
 	bodyTicks uint64 // FrameBodyTimeout in ticks
+	peerTicks uint64 // UnknownPeerGrace in ticks
 	closed    atomic.Bool
 	wg        sync.WaitGroup
 
@@ -147,6 +176,9 @@ func NewStream(cfg Config) *Stream {
 	if cfg.TickPeriod <= 0 {
 		cfg.TickPeriod = time.Second
 	}
+	if cfg.UnknownPeerGrace <= 0 {
+		cfg.UnknownPeerGrace = DefaultUnknownPeerGrace
+	}
 	if cfg.Logger == nil {
 		cfg.Logger = slog.New(slog.DiscardHandler)
 	}
@@ -158,6 +190,7 @@ func NewStream(cfg Config) *Stream {
 		cfg:       cfg,
 		log:       cfg.Logger,
 		bodyTicks: uint64((cfg.FrameBodyTimeout + cfg.TickPeriod - 1) / cfg.TickPeriod),
+		peerTicks: uint64((cfg.UnknownPeerGrace + cfg.TickPeriod - 1) / cfg.TickPeriod),
 		peers:     make(map[string]*peer),
 		all:       make(map[*Conn]struct{}),
 	}
@@ -189,7 +222,11 @@ func (t *Stream) Accept(nc net.Conn) {
 			err = t.cfg.Local.check(h)
 		}
 		if err != nil {
-			t.log.Warn("refusing connection", "remote", nc.RemoteAddr().String(), "error", err)
+			reason := RejectHello
+			if errors.Is(err, spi.ErrClusterMismatch) {
+				reason = RejectCluster
+			}
+			t.reject(reason, nc.RemoteAddr().String(), "refusing connection", err)
 			nc.Write(AppendError(nil, 0, err))
 			nc.Close()
 			return
@@ -386,9 +423,16 @@ func (t *Stream) Each(f func(c *Conn)) {
 // themselves (see turnConn), and closes those on which a frame has been
 // partly received for longer than FrameBodyTimeout.
 func (t *Stream) Tick() {
-	var late []*Conn
+	var late, strangers []*Conn
 	t.mu.Lock()
 	for c := range t.all {
+		if t.cfg.Member != nil {
+			if t.cfg.Member(c.remote.ID) {
+				c.unknownTicks = 0
+			} else if c.unknownTicks++; c.unknownTicks > t.peerTicks {
+				strangers = append(strangers, c)
+			}
+		}
 		if fr, ok := c.nc.(frameReader); ok {
 			fr.pokeIfStuck()
 			if fr.bodyOverdue(t.bodyTicks) {
@@ -399,10 +443,24 @@ func (t *Stream) Tick() {
 	t.mu.Unlock()
 	for _, c := range late {
 		err := fmt.Errorf("%w: %s sent part of a frame and not the rest within %v", errBodyTimeout, c.remote.Address, t.cfg.FrameBodyTimeout)
-		t.log.Warn("closing connection", "remote", c.RemoteAddr(), "member", c.remote.ID, "reason", err)
+		t.reject(RejectSlowFrame, c.RemoteAddr(), "closing connection", err)
+		c.Close(fmt.Errorf("%w: %w", spi.ErrMemberLeft, err))
+	}
+	for _, c := range strangers {
+		err := fmt.Errorf("%w: %s speaks as member %s, which is not in the cluster (for %v)", spi.ErrNoSuchMember, c.remote.Address, c.remote.ID, t.cfg.UnknownPeerGrace)
+		t.reject(RejectUnknownPeer, c.RemoteAddr(), "closing connection", err)
 		c.Close(fmt.Errorf("%w: %w", spi.ErrMemberLeft, err))
 	}
 	Callers.Release() // a count left behind delays writers a tick, never more
+}
+
+// reject reports a connection refused or cut for its input.
+func (t *Stream) reject(reason, remote, msg string, err error) {
+	if t.cfg.Reject != nil {
+		t.cfg.Reject(reason, remote, err)
+		return
+	}
+	t.log.Warn(msg, "remote", remote, "reason", reason, "error", err)
 }
 
 // Close implements Transport.

@@ -16,7 +16,7 @@ import (
 // order, and the final FIN ends the loop with io.EOF. (The sleeps are
 // jitter that varies the interleavings, not synchronisation: every wait
 // is for a frame or the end, bounded by wait.)
-func TestReviewReadFramesStress(t *testing.T) {
+func TestReadFramesStress(t *testing.T) {
 	for seed := uint64(1); seed <= 4; seed++ {
 		r := rand.New(rand.NewPCG(seed, 99))
 		var bodies [][]byte

@@ -15,7 +15,7 @@ import (
 // last frame and the FIN arrive, and their one event is taken, while the
 // reader handles the frame before; the reader then reads the last frame
 // short and waits with no event to come. Only the pokes end the wait.
-func TestReviewCloseBehindTheLastFrameNeedsThePokes(t *testing.T) {
+func TestReadFramesCloseBehindTheLastFrameNeedsThePokes(t *testing.T) {
 	a, b := turnPair(t)
 	tc := a.(*turnConn)
 	k, hold := handlingOne(t, a, b)
