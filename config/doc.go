@@ -1,6 +1,15 @@
 // Package config reads, defaults and validates the YAML configuration of a
 // Partita member, and holds the registry of service types.
 //
+// Who calls what: a service package calls RegisterService from its init
+// function; a program (cmd/member, a test, an embedder) calls Load, Parse
+// or Default and hands the Config to nodeengine.New, whose Start looks the
+// enabled services' factories up with ServiceFactory. Every function may
+// be called from any goroutine: the registry is guarded by a lock, and
+// loading touches no shared state. A Config is a plain value: the node
+// keeps the one handed to nodeengine.New and reads it from its own
+// goroutines, so do not change it after that.
+//
 // # File format
 //
 // A configuration file is one YAML document whose top level has up to seven

@@ -19,4 +19,28 @@
 // master publish the source as owner again and roll the source back. A
 // source that dies after step 1 does not stop the move: its data is
 // already on its way.
+//
+// Before each round and each move the Manager also repairs the table: a
+// partition whose primary died gets its most advanced in-sync backup
+// promoted, missing backups are chosen again (partition.RebalanceBackups),
+// a backup replica that moves is named incoming beside the one it
+// replaces and swapped in once it caught up, and a partition with no
+// in-sync replica left is reported lost (Engine.Lost).
+//
+// # Who calls what, on which goroutine
+//
+// The node engine makes one Manager per member and runs Run on a goroutine
+// of its own; Run plans only while Engine.IsMaster, a round at a time,
+// when Trigger wakes it (on membership changes; Trigger may be called from
+// any goroutine and never blocks) and every 250 ms. A round runs up to
+// Config.Parallel moves at once, each on a goroutine of its own, and the
+// Manager calls the Engine from all of them. Every change of the master's
+// table, from the round or from a move's repair, is made on a copy under
+// the Manager's lock and installed with Engine.Install. The Engine's
+// steps (Prepare, Apply, Finish, Push, ReplicaStatus, CaughtUp) wait for
+// the member asked, where the migration steps and CaughtUp run on its
+// executor of the partition; each is bounded by Config.Timeout (the state
+// questions by shorter limits). Lost is called outside the lock, from
+// whichever goroutine repaired. Plan is a pure function; Idle, InFlight
+// and Stats may be called from any goroutine.
 package migration

@@ -63,7 +63,7 @@ func (s *Service) ReplicaPending(p int) bool { return s.replicas[p].Behind() }
 // the backup as soon as it is applied. When the caller holds that backup,
 // two messages after the request instead of four; otherwise the backup
 // also carries the caller's member id and forwards the answer itself
-// (kindAnswer), three hops instead of four. The ack still comes to the
+// (transport.KindAnswer), three hops instead of four. The ack still comes to the
 // primary, which retries the backup until it is applied (the answer comes
 // with the retry). It answers the caller itself when the backup failed for
 // good and, after the ack, when the backup forwarded the answer: a

@@ -1,6 +1,3 @@
-// Package operation moves operations between members and runs them: the
-// invocation path (routing, retries, timeouts), the per-partition and
-// generic executors, and the member-to-member wire protocol.
 package operation
 
 import (

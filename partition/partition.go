@@ -5,6 +5,14 @@
 // processes and platforms, so every member agrees on it. The table is
 // computed by the master (the oldest member) alone and published with a
 // version; members keep the newest version they have seen.
+//
+// The package is values and pure functions: it starts no goroutines and
+// takes no locks. A Table is immutable once published, so any goroutine
+// may read a shared one (the node engine keeps the current one behind an
+// atomic pointer, read by the operation service's routing on every
+// invocation); a change is made on a Clone. Rebalance and RebalanceBackups
+// compute owners and backups for the master's migration manager (package
+// migration); Encode and Decode carry a table in the master's pushes.
 package partition
 
 import (

@@ -2,8 +2,11 @@ package spi
 
 // BackupAwareOperation is an operation whose effect is copied to the
 // partition's backup replicas after it ran on the primary. The engine
-// calls these methods on the primary's partition executor, right after a
-// successful Run (and Response).
+// calls these methods as the primary's partition executor (on its
+// goroutine, or in its place for a NonBlockingOperation), right after a
+// successful Run (and Response): ShouldBackup first, then the two counts,
+// then BackupOperation when the table holds a replica to send to. They
+// must not block.
 //
 // The backups go to the partition's replicas 1..n from the partition
 // table, in replica order: the first SyncBackupCount of them are
@@ -41,10 +44,14 @@ type BackupAwareOperation interface {
 }
 
 // BackupOperation marks an operation that runs on a backup replica. It runs
-// on the backup member's executor of the partition, in the order the
-// primary stamped the backups (each backup exactly once), and its
-// OpContext.ReplicaIndex is the backup's replica index (1..6). Its response
-// and errors are not returned to the caller; an error is logged.
+// as the backup member's executor of the partition (on its goroutine, or,
+// for a NonBlockingOperation, in its place on the reader goroutine of the
+// connection the backup arrived on), in the order the primary stamped the
+// backups (each backup exactly once), and its OpContext.ReplicaIndex is the
+// backup's replica index (1..6). Its response and errors are not returned
+// to the caller. An error is logged and refuses the backup (a primary
+// waiting for its ack sends it again), and the replica takes a full copy
+// from its primary rather than claim a write it lacks.
 type BackupOperation interface {
 	Operation
 	// Backup is a marker; it does nothing.
@@ -52,9 +59,11 @@ type BackupOperation interface {
 }
 
 // PartitionLostListener is implemented by a service that wants to know
-// when a partition lost every replica (its data is gone; the partition
-// starts empty on a new owner). PartitionLost is called on the master, on
-// the goroutine of the migration planner, and must not block.
+// when a partition lost every replica in sync (its data is gone or may
+// lack acknowledged writes; the partition starts empty on a new owner, or
+// from a backup that was still syncing). PartitionLost is called on the
+// master only, on a goroutine of the migration manager (its planning loop
+// or one of its moves; two calls may overlap), and must not block.
 type PartitionLostListener interface {
 	PartitionLost(partitionID int)
 }

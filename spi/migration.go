@@ -59,13 +59,25 @@ type PartitionReplicationEvent struct {
 // the service had nothing to send. While a partition migrates, operations
 // on it are rejected with ErrPartitionMigrating (callers retry them), so
 // the data a service hands over is a consistent snapshot.
+//
+// The same hooks serve the partition's backup replicas. A backup promoted
+// to primary when its primary died gets BeforeMigration then
+// CommitMigration with Endpoint MigrationDestination, CurrentReplicaIndex
+// its backup index and NewReplicaIndex 0 (no data moves: it holds it
+// already). A backup replica that needs a full copy (new, or behind its
+// primary) gets ClearPartitionReplica, then runs the operation that
+// PrepareReplicationOperation returned on the primary.
 type MigrationAwareService interface {
 	// PrepareReplicationOperation returns an operation that rebuilds the
 	// partition's data on the destination, or nil when the service holds
-	// nothing for it. It runs on the source after BeforeMigration; the
-	// operation is encoded, sent and run on the destination's executor of
-	// the same partition (its OpContext.PartitionID is e.PartitionID). It
-	// must be one of the service's OperationTypes.
+	// nothing for it. It runs on a migration's source after
+	// BeforeMigration (e.ReplicaIndex 0), and on a primary asked for a
+	// full copy by one of its backup replicas (e.ReplicaIndex that
+	// replica's index, no BeforeMigration). The operation is encoded at
+	// once, on the same goroutine, sent, and run on the destination's
+	// executor of the same partition (its OpContext.PartitionID is
+	// e.PartitionID, its ReplicaIndex the index the destination holds).
+	// It must be one of the service's OperationTypes.
 	PrepareReplicationOperation(e PartitionReplicationEvent) Operation
 
 	// BeforeMigration is called on both endpoints before any data moves.
@@ -82,6 +94,9 @@ type MigrationAwareService interface {
 	RollbackMigration(e PartitionMigrationEvent)
 
 	// ClearPartitionReplica drops everything the service holds for the
-	// partition: this member no longer holds any replica of it.
+	// partition: this member no longer holds any replica of it, or its
+	// data is about to be replaced by a full copy (a backup replica that
+	// resynchronises, a migration's destination clearing what an
+	// unfinished earlier migration left).
 	ClearPartitionReplica(partitionID int)
 }

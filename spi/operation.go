@@ -11,15 +11,27 @@ type Operation interface {
 	// Run does the work. For a partition operation it runs as the
 	// partition's executor (on its goroutine, or in its place for a
 	// NonBlockingOperation), never concurrently with another operation of
-	// the same partition, so per-partition state needs no lock. Run must
-	// not block on remote calls. The OpContext is valid only during Run.
+	// the same partition, so per-partition state needs no lock. An
+	// operation of InvokeOnMember runs on a generic executor, where
+	// generic operations may run at the same time: state they share needs
+	// a lock. Run must not block on remote calls, nor call
+	// RunOnPartition. The OpContext is valid only during Run.
 	Run(ctx *OpContext) error
 
-	// WriteData encodes the operation's fields.
+	// WriteData encodes the operation's fields. It is called on the
+	// goroutine that sends the operation, often under the lock of the
+	// connection it is written to, and possibly several times, at the
+	// same time on several goroutines (every attempt of an invocation,
+	// and every backup replica and re-send of a backup, encode the same
+	// value): it must only read the operation, and must not block.
 	WriteData(w *Writer)
 
-	// ReadData decodes what WriteData wrote. r is valid only during the
-	// call (the engine reuses it); keep copies, never r itself.
+	// ReadData decodes what WriteData wrote, into a fresh value from the
+	// type's factory, on the target: on the reader goroutine of the
+	// connection the operation arrived on (on the partition's executor
+	// for the replication operations of a migration or a replica sync).
+	// It must not block. r is valid only during the call (the engine
+	// reuses it); keep copies, never r itself.
 	ReadData(r *Reader) error
 }
 
@@ -70,8 +82,17 @@ type ResponseOperation interface {
 }
 
 // ResponseCodec lets an operation encode a response of its own type.
-// WriteResponse runs on the target after Response; ReadResponse runs on the
-// caller, on the value the caller invoked, when the response arrives.
+// WriteResponse runs on the target after Response, with the value Response
+// returned, possibly more than once (the exactly-once record keeps the
+// response encoded too), on whichever goroutine encodes or sends it (the
+// executor, a
+// connection's reader that received the last backup ack, the one that
+// releases a held answer), often under the connection's lock.
+// ReadResponse runs where a response is decoded: on the caller's member
+// when the answer arrives (on the value the caller invoked, on a
+// connection's reader or a backup's executor), and on the primary when a
+// retry is answered from the exactly-once record (on the retry's value,
+// as the partition's executor). Neither may block.
 type ResponseCodec interface {
 	WriteResponse(w *Writer, response any)
 	ReadResponse(r *Reader) (any, error)
@@ -93,8 +114,9 @@ type OperationType struct {
 }
 
 // OperationProvider is implemented by a service whose operations travel
-// between members. OperationTypes is called once during Start, before Init;
-// every member must return the same ids for the same types.
+// between members. OperationTypes is called once, on the goroutine of
+// Node.Start, before Init; every member must return the same ids for the
+// same types.
 type OperationProvider interface {
 	OperationTypes() []OperationType
 }
@@ -113,7 +135,7 @@ type OpContext struct {
 	Caller string
 	// Executor is the index of the executor running the operation
 	// (partition p runs on executor p % N), also when a
-	// NonBlockingOperation runs in its place.
+	// NonBlockingOperation runs in its place; -1 on a generic executor.
 	Executor int
 	// ReplicaIndex is 0 for an operation on the primary, i for a backup
 	// operation on backup replica i.

@@ -12,8 +12,9 @@ import (
 // Service is a user-defined service: any Go value created by the factory
 // registered with config.RegisterService. The engine discovers what the
 // service can do by type assertion: ManagedService, RemoteService,
-// OperationProvider, ConfigParser (and, later, MigrationAwareService and
-// SplitBrainHandlerService).
+// OperationProvider, ConfigParser, MigrationAwareService,
+// PartitionLostListener (and, later, SplitBrainHandlerService). The
+// package overview lists which goroutine calls each of them.
 type Service any
 
 // ManagedService is a service with a lifecycle.
@@ -21,33 +22,42 @@ type ManagedService interface {
 	// Init is called once, on the goroutine that runs Node.Start, after
 	// the member has bound its port and before it joins the cluster, in the
 	// order the services appear in the config. props are the service's
-	// `properties:` from the config file. An error aborts Start.
+	// `properties:` from the config file. An error aborts Start. The
+	// executors start after Init and the member has no partition table
+	// yet: Init may keep the engine and prepare containers, but must not
+	// invoke operations or call RunOnPartition.
 	Init(engine NodeEngine, props Properties) error
 
-	// Shutdown is called once, on the goroutine that runs Node.Shutdown,
-	// in reverse config order, after the partition executors have stopped
-	// (so no operation runs concurrently). terminate is true for a hard
-	// stop (no graceful hand-off of data).
+	// Shutdown is called once, on the goroutine that runs Node.Shutdown
+	// or Node.Terminate (or Node.Start, when Start fails after this
+	// service's Init), in reverse config order, after the partition
+	// executors have stopped (so no operation runs concurrently).
+	// terminate is true for a hard stop (no graceful hand-off of data).
 	Shutdown(terminate bool)
 
-	// Reset drops all of this member's data for the service (used when a
-	// member rejoins after a split brain). It is called with no operation
-	// running.
+	// Reset drops all of this member's data for the service, for a member
+	// that rejoins after a split brain, with no operation running. The
+	// engine does not call it yet: split-brain healing is not built.
 	Reset()
 }
 
 // RemoteService is a service that hands out distributed objects (proxies).
 type RemoteService interface {
 	// CreateDistributedObject returns the proxy for name. It is called once
-	// per name on every member, on the goroutine of the first Proxies().Get
-	// on this member or on the generic executor when another member created
-	// the object; it must not block on remote calls.
+	// per name on every member (again after a Destroy): on the goroutine of
+	// the first Proxies().Get on this member, on a generic executor when
+	// another member created the object, or on a goroutine of the engine
+	// when this member, just joined, learns the objects created before it.
+	// It runs under the proxy registry's lock: it must not block on remote
+	// calls nor call the ProxyRegistry.
 	CreateDistributedObject(name string) (DistributedObject, error)
 
 	// DestroyDistributedObject drops the object's data on this member. It
-	// is called on every member, on the generic executor, when the object
-	// is destroyed anywhere in the cluster. Data that partition executors
-	// own must be dropped with OperationService.RunOnPartition.
+	// is called on every member when the object is destroyed anywhere in
+	// the cluster: on the goroutine of ProxyRegistry.Destroy on the member
+	// that destroys it, on a generic executor on the others. Data that
+	// partition executors own must be dropped with
+	// OperationService.RunOnPartition. It must not block on remote calls.
 	DestroyDistributedObject(name string)
 }
 
@@ -57,7 +67,9 @@ type DistributedObject interface {
 	Name() string
 	// ServiceName returns the name of the service that owns the object.
 	ServiceName() string
-	// Destroy removes the object and its data on every member.
+	// Destroy removes the object and its data on every member. It waits
+	// for every member (see ProxyRegistry.Destroy): call it from a
+	// goroutine of your own, not as a partition's executor.
 	Destroy(ctx context.Context) error
 }
 
@@ -80,7 +92,8 @@ type Member struct {
 }
 
 // NodeEngine is what the engine gives a service. Its methods are safe for
-// concurrent use from any goroutine.
+// concurrent use from any goroutine and return at once; of the services
+// they return, the methods that wait for other members say so.
 type NodeEngine interface {
 	// ClusterName returns the configured cluster name.
 	ClusterName() string
@@ -102,7 +115,10 @@ type NodeEngine interface {
 	Metrics() prometheus.Registerer
 }
 
-// PartitionService maps keys to partitions and partitions to members.
+// PartitionService maps keys to partitions and partitions to members, by
+// this member's copy of the partition table. Its methods may be called from
+// any goroutine; all but IsClusterSafe read local state and return at
+// once.
 type PartitionService interface {
 	// PartitionCount returns the number of partitions (271 by default).
 	PartitionCount() int
@@ -122,34 +138,46 @@ type PartitionService interface {
 	// 0 primary, i backup i, -1 none.
 	ReplicaIndex(partitionID int) int
 	// IsClusterSafe asks every member and reports whether no migration is
-	// in flight and every backup replica holds what its primary holds.
+	// in flight and every backup replica holds what its primary holds. It
+	// waits for their answers: not from a partition's executor.
 	IsClusterSafe(ctx context.Context) (bool, error)
 }
 
 // OperationService sends operations to the members that must run them.
+// Its methods may be called from any goroutine, within the limits each
+// states.
 type OperationService interface {
 	// Invoke runs op on the owner of partitionID, as that partition's
 	// executor (see Operation.Run), and returns its response (nil for an operation
 	// that is not a ResponseOperation). Retryable errors (see IsRetryable)
 	// are retried with back-off until ctx ends; a ctx without a deadline
 	// gets the configured invocation timeout. An error returned by Run on
-	// another member arrives as a *RemoteError.
+	// another member arrives as a *RemoteError. It blocks the calling
+	// goroutine until the answer (or the deadline): call it from a
+	// goroutine of your own, such as a proxy's caller, never from an
+	// operation's Run or another hook that runs as a partition's executor.
 	Invoke(ctx context.Context, service string, op Operation, partitionID int) (any, error)
 
 	// InvokeOnMember runs op on the given member (by ID) on its generic
-	// executor, not bound to a partition.
+	// executor, not bound to a partition; generic operations may run at
+	// the same time as each other. It blocks like Invoke.
 	InvokeOnMember(ctx context.Context, service string, op Operation, memberID string) (any, error)
 
 	// RunOnPartition queues fn on the local executor goroutine of
 	// partitionID, after the operations already queued for it. Services use
 	// it to touch their per-partition containers from outside an operation
-	// (for example in DestroyDistributedObject). It does not wait for fn
-	// to run, but waits for room while the executor's queue is full: do
-	// not call it from an operation.
+	// (for example in DestroyDistributedObject, or a metrics collector).
+	// It does not wait for fn to run, but waits for room while the
+	// executor's queue is full: do not call it as a partition's executor
+	// (from a partition operation, a backup or a MigrationAwareService
+	// method), where it could wait for itself.
 	RunOnPartition(partitionID int, fn func()) error
 }
 
-// ProxyRegistry holds this member's proxies, one per (service, name).
+// ProxyRegistry holds this member's proxies, one per (service, name). Its
+// methods may be called from any goroutine; Get (on first use) and
+// Destroy wait for every member, so not from a partition's executor nor
+// from CreateDistributedObject, which runs under the registry's lock.
 type ProxyRegistry interface {
 	// Get returns the cached proxy for name, creating it on first use here
 	// and on every other member (CreateDistributedObject runs everywhere
@@ -158,6 +186,7 @@ type ProxyRegistry interface {
 	// Destroy runs DestroyDistributedObject on every member and drops the
 	// cached proxies.
 	Destroy(ctx context.Context, service, name string) error
-	// Names lists the objects of service known to this member.
+	// Names lists the objects of service known to this member; it returns
+	// at once.
 	Names(service string) []string
 }

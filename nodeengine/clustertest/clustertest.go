@@ -12,6 +12,15 @@
 // The services come from the config (by default config.Default()'s, that
 // is the counter); import the package that registers your service type and
 // pass WithConfig to enable it.
+//
+// Who calls what: the test's goroutine calls New, AddMember(s), Member,
+// Shutdown, Kill, WaitStable and WaitClusterSafe, which fail the test with
+// t.Fatal; Members, AddFault and Fault.Hits, and the members themselves
+// (*nodeengine.Node), may be used from any goroutine. Every member sends
+// and receives through the cluster's fault rules (AddFault): each message
+// is matched against them on the goroutine that sends or receives it,
+// under a short lock. The members' logs go to t.Log until the cluster is
+// shut down.
 package clustertest
 
 import (
@@ -379,8 +388,10 @@ func (c *Cluster) KeyOwnedBy(i int, prefix string) string {
 	return ""
 }
 
-// Fault is a rule for requests between members; the first rule that
-// matches a request decides its fate.
+// Fault is a rule for messages between members: requests, backups and
+// forwarded answers as they leave (operation.Message), or, with
+// Responses, answers as they arrive. The first rule that matches a
+// message decides its fate.
 type Fault struct {
 	// From and To are member IDs; "" matches any member.
 	From, To string

@@ -7,6 +7,11 @@
 // JavaScript, and with JavaScript refreshing itself every 2 seconds from
 // the JSON form of the same View, served at /debug/cluster?format=json.
 // The View types are also that JSON schema.
+//
+// The package only renders: it starts no goroutines and keeps no state.
+// The node engine builds the View on the goroutine of the HTTP request
+// (asking every member for its stats) and calls Render there; Render may
+// run on many goroutines at once.
 package debugui
 
 import "time"

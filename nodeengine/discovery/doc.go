@@ -15,6 +15,14 @@
 // joins the peers it found or, when the context ends first, forms a cluster
 // on its own.
 //
+// Goroutines: Start sends the first beacon on the caller's goroutine,
+// then a Discoverer runs one goroutine that sends a beacon every interval
+// and one that receives; its methods are safe for concurrent use. The
+// node engine starts one for the member's lifetime when multicast join is
+// enabled, waits briefly for a first peer during Node.Start, then joins
+// later peers from a goroutine of its own, and closes it when the member
+// stops. Close waits for the Discoverer's goroutines.
+//
 // Beacons are sent with a multicast TTL of 1 (they never leave the local
 // network) and with multicast loopback enabled, so that members on the same
 // host hear each other. Only IPv4 groups are supported.

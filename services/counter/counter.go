@@ -3,8 +3,20 @@
 // Services" guide.
 //
 // Each counter lives in the partition of its name. The service keeps one
-// container per partition, touched only by that partition's executor
-// goroutine, so no lock guards the values.
+// container per partition, touched only as that partition's executor, so
+// no lock guards the values. IncOperation, GetOperation and
+// IncBackupOperation run as the executor of their partition (they are
+// spi.NonBlockingOperations, so possibly in its place, on the invoking
+// caller's goroutine or a connection's reader); CounterMigrationOperation
+// and the spi.MigrationAwareService methods (migration.go) run on the
+// partition's executor goroutine; DestroyDistributedObject, LocalValues
+// and the metrics collector reach a container with RunOnPartition. The
+// proxy's methods (Counter.Inc, Get, Destroy) may be called from any
+// goroutine and wait for the owner, and for an increment its synchronous
+// backups: call them from your own goroutines, never from an operation.
+//
+// The steps of Hazelcast's guide map to this package as spi's overview
+// lists them; docs/guide.md walks through the code.
 //
 // Enable it in the config file:
 //

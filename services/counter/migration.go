@@ -9,12 +9,15 @@ import (
 
 // The counter service moves its counters with their partition, as the
 // CounterService of Hazelcast's guide does with its CounterMigrationOperation.
-// The counter keeps no backups, so a member holds a partition's counters
-// only while it is the partition's primary (replica index 0).
+// A member holds a partition's counters while it holds a replica of it,
+// primary or backup, in the same container; a backup replica that takes a
+// full copy from its primary gets it through the same
+// PrepareReplicationOperation and CounterMigrationOperation.
 var _ spi.MigrationAwareService = (*Service)(nil)
 
 // CounterMigrationOperation carries the counters of one partition from the
-// source of a migration to its destination, where Run installs them in the
+// source of a migration to its destination (or from the primary to a
+// backup replica that takes a full copy), where Run installs them in the
 // container of the partition it runs on.
 //
 // Encoding: the number of counters as an unsigned varint, then for each
@@ -27,9 +30,9 @@ type CounterMigrationOperation struct {
 
 // Run implements spi.Operation. It runs on the destination, on the
 // partition's executor goroutine, and sets each counter of Values in the
-// partition's container, replacing the value held for that name. It does
-// not keep Values: when the destination is local, the value it runs is the
-// one the source built, and the two must not share a map.
+// partition's container, replacing the value held for that name. It copies
+// Values into the container rather than keep the map: the container stays
+// the partition's own.
 func (op *CounterMigrationOperation) Run(ctx *spi.OpContext) error {
 	s := ctx.Service.(*Service)
 	c := &s.containers[ctx.PartitionID]
@@ -87,12 +90,11 @@ func (op *CounterMigrationOperation) ReadData(r *spi.Reader) error {
 }
 
 // PrepareReplicationOperation implements spi.MigrationAwareService. It runs
-// on the source, on the partition's executor goroutine, and returns nil
-// when the partition holds no counter, else a CounterMigrationOperation
-// with a copy of its counters: the operation is encoded later on another
-// goroutine when the destination is remote, and runs as is on the
-// destination when it is local, while the container stays live here until
-// the commit.
+// on the source (or the primary, for a backup replica's full copy), on the
+// partition's executor goroutine, and returns nil when the partition holds
+// no counter, else a CounterMigrationOperation with a copy of its
+// counters, so that the operation never shares the container, which stays
+// live here until the commit.
 func (s *Service) PrepareReplicationOperation(e spi.PartitionReplicationEvent) spi.Operation {
 	values := s.containers[e.PartitionID].values
 	if len(values) == 0 {
