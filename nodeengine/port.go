@@ -19,9 +19,12 @@ import (
 	"github.com/partita-go/partita/internal/transport"
 )
 
-// One port per member: memberlist's UDP packets and a TCP listener shared by
-// memberlist streams and operation connections. The dialler's first byte
-// says which protocol follows.
+// The member's port (this file): memberlist's UDP packets and a TCP
+// listener shared by memberlist streams and operation connections, with
+// its accept loop, its caps on connections that have not said what they
+// are, and the counting of rejected input. The dialler's first byte says
+// which protocol follows; the operation protocol itself is
+// internal/transport's.
 const (
 	selectMemberlist byte = 'M'
 	selectOperations byte = 'P'
