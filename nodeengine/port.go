@@ -329,7 +329,17 @@ func (t *muxTransport) rejectConn(reason, remote string, err error) {
 	if ap, perr := netip.ParseAddrPort(remote); perr == nil {
 		ip = ap.Addr()
 	}
-	t.reject(reason, ip, "closing connection", "error", err)
+	t.reject(reason, ip, rejectMessages[reason], "error", err)
+}
+
+// rejectMessages are the log messages of the operation transport's
+// rejections, by reason.
+var rejectMessages = map[string]string{
+	transport.RejectHello:       "refusing connection: it did not start with a Partita hello",
+	transport.RejectCluster:     "refusing connection from another cluster or protocol version",
+	transport.RejectFrame:       "closing connection after a malformed frame",
+	transport.RejectSlowFrame:   "closing connection: a frame did not arrive whole in time",
+	transport.RejectUnknownPeer: "closing connection from a process that is not a member of the cluster",
 }
 
 // rejectInput counts and logs (rate-limited) input from remote that
