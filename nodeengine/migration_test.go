@@ -333,9 +333,7 @@ func TestSimultaneousGracefulShutdown(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	if err := nodeengine.WaitStable(ctx, nodes); err != nil {
-		t.Fatal(err)
-	}
+	clustertest.WaitStable(t, 60*time.Second, nodes...)
 	var wg sync.WaitGroup
 	for _, n := range nodes {
 		wg.Go(func() { n.Shutdown(ctx) })
