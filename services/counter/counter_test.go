@@ -12,10 +12,7 @@ import (
 	"github.com/partita-go/partita/nodeengine/clustertest"
 	"github.com/partita-go/partita/operation"
 	"github.com/partita-go/partita/services/counter"
-	"go.uber.org/goleak"
 )
-
-func TestMain(m *testing.M) { goleak.VerifyTestMain(m) }
 
 func getCounter(t *testing.T, c *clustertest.Cluster, member int, name string) *counter.Counter {
 	t.Helper()
