@@ -48,12 +48,7 @@ func TestCallerHoldingTheBackupAnsweredAfterLostBackups(t *testing.T) {
 		v, err := ctr.Inc(ctx, 3)
 		done <- incResult{v, err}
 	}()
-	clustertest.Eventually(t, 10*time.Second, func() error {
-		if drop.Hits() < 3 {
-			return fmt.Errorf("%d backups dropped", drop.Hits())
-		}
-		return nil
-	})
+	waitHits(t, drop, 3)
 	remove()
 	if r := <-done; r.err != nil || r.v != 3 {
 		t.Fatalf("Inc = %d, %v; want 3", r.v, r.err)
@@ -83,12 +78,7 @@ func incWhileBackupHeld(t *testing.T, c *clustertest.Cluster, ctr register) {
 		v, err := ctr.Inc(ctx, 2)
 		done <- incResult{v, err}
 	}()
-	clustertest.Eventually(t, 10*time.Second, func() error {
-		if hold.Hits() == 0 {
-			return fmt.Errorf("backup not sent yet")
-		}
-		return nil
-	})
+	waitHits(t, hold, 1)
 	select {
 	case r := <-done:
 		t.Fatalf("Inc answered (%d, %v) while its backup was held", r.v, r.err)

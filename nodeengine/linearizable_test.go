@@ -47,12 +47,7 @@ func TestGetDoesNotSeeAnIncrementThatIsLost(t *testing.T) {
 		v, err := onPrimary.Inc(ctx, 2)
 		lost <- incResult{v, err}
 	}()
-	clustertest.Eventually(t, 10*time.Second, func() error {
-		if hold.Hits() == 0 {
-			return fmt.Errorf("backup not sent yet")
-		}
-		return nil
-	})
+	waitHits(t, hold, 1)
 	read := make(chan incResult, 1)
 	go func() {
 		v, err := reader.Get(ctx)
@@ -136,12 +131,7 @@ func TestMigrationWaitsForTheBackupsOfTheWritesItCarries(t *testing.T) {
 		v, err := caller.Inc(ctx, 2)
 		inc <- incResult{v, err}
 	}()
-	clustertest.Eventually(t, 10*time.Second, func() error {
-		if hold.Hits() == 0 {
-			return fmt.Errorf("backup not sent yet")
-		}
-		return nil
-	})
+	waitHits(t, hold, 1)
 	left := make(chan struct{})
 	go func() {
 		defer close(left)

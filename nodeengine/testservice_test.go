@@ -5,6 +5,7 @@ import (
 	"fmt"
 	"math/rand/v2"
 	"testing"
+	"time"
 
 	"github.com/partita-go/partita/config"
 	"github.com/partita-go/partita/internal/clusterload"
@@ -79,4 +80,15 @@ func keyPlacedOn(t *testing.T, c *clustertest.Cluster, primary, backup int, pref
 	}
 	t.Fatalf("no key with its primary on member %d and its backup on member %d", primary, backup)
 	return ""
+}
+
+// waitHits waits up to 10 s until fault f has matched n requests.
+func waitHits(t *testing.T, f *clustertest.Fault, n int64) {
+	t.Helper()
+	clustertest.Eventually(t, 10*time.Second, func() error {
+		if k := f.Hits(); k < n {
+			return fmt.Errorf("fault %q matched %d requests, waiting for %d", f.Kind, k, n)
+		}
+		return nil
+	})
 }

@@ -85,7 +85,7 @@ type Engine interface {
 
 // Add adds delta to register key through member e and returns its new value.
 func Add(ctx context.Context, e Engine, key string, delta int64) (int64, error) {
-	v, err := e.Operations().Invoke(ctx, Name, &AddOperation{Key: key, Delta: delta}, e.Partitions().PartitionID(key))
+	v, err := e.Operations().Invoke(ctx, Name, &AddOperation{add: add{key, delta}}, e.Partitions().PartitionID(key))
 	if err != nil {
 		return 0, err
 	}
@@ -130,8 +130,7 @@ func Local(ctx context.Context, n interface {
 // Like a product's write it is non-blocking, so it takes the engine's
 // fast path too.
 type AddOperation struct {
-	Key     string
-	Delta   int64
+	add
 	value   int64
 	backups int
 }
@@ -145,35 +144,31 @@ func (op *AddOperation) Run(ctx *spi.OpContext) error {
 	return nil
 }
 
-func (op *AddOperation) Response() any         { return op.value }
-func (op *AddOperation) NonBlocking()          {}
-func (op *AddOperation) SyncBackupCount() int  { return op.backups }
-func (op *AddOperation) AsyncBackupCount() int { return 0 }
-func (op *AddOperation) ShouldBackup() bool    { return op.Delta != 0 }
-func (op *AddOperation) BackupOperation() spi.Operation {
-	return &addBackup{Key: op.Key, Delta: op.Delta}
-}
-func (op *AddOperation) WriteData(w *spi.Writer) { w.WriteString(op.Key); w.WriteVarint(op.Delta) }
-func (op *AddOperation) ReadData(r *spi.Reader) error {
-	op.Key, op.Delta = r.ReadString(), r.ReadVarint()
-	return r.Err()
-}
+func (op *AddOperation) Response() any                  { return op.value }
+func (op *AddOperation) SyncBackupCount() int           { return op.backups }
+func (op *AddOperation) AsyncBackupCount() int          { return 0 }
+func (op *AddOperation) ShouldBackup() bool             { return op.Delta != 0 }
+func (op *AddOperation) BackupOperation() spi.Operation { return &addBackup{op.add} }
 
 // addBackup repeats an add on a backup replica.
-type addBackup struct {
-	Key   string
-	Delta int64
-}
+type addBackup struct{ add }
 
 func (op *addBackup) Run(ctx *spi.OpContext) error {
 	ctx.Service.(*Service).parts[ctx.PartitionID][op.Key] += op.Delta
 	return nil
 }
-func (op *addBackup) Backup()                 {}
-func (op *addBackup) NonBlocking()            {}
-func (op *addBackup) WriteData(w *spi.Writer) { w.WriteString(op.Key); w.WriteVarint(op.Delta) }
-func (op *addBackup) ReadData(r *spi.Reader) error {
-	op.Key, op.Delta = r.ReadString(), r.ReadVarint()
+func (op *addBackup) Backup() {}
+
+// add is the payload of an add and its backups.
+type add struct {
+	Key   string
+	Delta int64
+}
+
+func (a *add) NonBlocking()            {}
+func (a *add) WriteData(w *spi.Writer) { w.WriteString(a.Key); w.WriteVarint(a.Delta) }
+func (a *add) ReadData(r *spi.Reader) error {
+	a.Key, a.Delta = r.ReadString(), r.ReadVarint()
 	return r.Err()
 }
 
