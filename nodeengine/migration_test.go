@@ -213,25 +213,15 @@ func TestMigrationHookLedger(t *testing.T) {
 }
 
 // The destination dies while the master holds its replication data: the
-// migrations roll back, are planned again without it, and the counters
+// migrations roll back, are planned again without it, and the registers
 // stay exact.
 func TestKillDestinationMidMigration(t *testing.T) {
-	c := clustertest.New(t, 2, clustertest.WithConfig(withLedger))
+	c := newCluster(t, 2, 1, withLedger)
 	fillLedger(t, c.Member(0), 1000)
 	ctx := ctxT(t)
-	counters := make([]interface {
-		Inc(context.Context, int64) (int64, error)
-		Get(context.Context) (int64, error)
-	}, 50)
+	counters := make([]register, 50)
 	for i := range counters {
-		obj, err := c.Member(i%2).Proxies().Get(ctx, "CounterService", fmt.Sprintf("c%d", i))
-		if err != nil {
-			t.Fatal(err)
-		}
-		counters[i] = obj.(interface {
-			Inc(context.Context, int64) (int64, error)
-			Get(context.Context) (int64, error)
-		})
+		counters[i] = reg(c, i%2, fmt.Sprintf("c%d", i))
 	}
 	var acked [50]int64
 	inc := func(rounds int) {
@@ -333,9 +323,7 @@ func TestSimultaneousGracefulShutdown(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	if err := nodeengine.WaitStable(ctx, nodes); err != nil {
-		t.Fatal(err)
-	}
+	clustertest.WaitStable(t, 60*time.Second, nodes...)
 	var wg sync.WaitGroup
 	for _, n := range nodes {
 		wg.Go(func() { n.Shutdown(ctx) })

@@ -58,30 +58,14 @@ func TestMulticastJoin(t *testing.T) {
 			t.Log(dumpLogs(devs...))
 		}
 	})
-	converged := func() error {
-		v := devs[0].n.Inspect().Table()
-		for _, m := range devs {
-			if k := len(m.n.Members()); k != 3 {
-				return fmt.Errorf("member %s sees %d members, want 3", m.n.Address(), k)
-			}
-			tab := m.n.Inspect().Table()
-			if tab == nil || v == nil {
-				return fmt.Errorf("member %s has no partition table yet", m.n.Address())
-			}
-			if tab.Version != v.Version {
-				return fmt.Errorf("member %s has table version %d, member %s has %d",
-					m.n.Address(), tab.Version, devs[0].n.Address(), v.Version)
-			}
-			// Between two rounds of the join's rebalance all may hold
-			// the same version: converged means the rebalance is over.
-			if m.n.Inspect().MigrationInFlight() {
-				return fmt.Errorf("member %s has migrations in flight", m.n.Address())
-			}
+	nodes := func(ms []member) (out []*nodeengine.Node) {
+		for _, m := range ms {
+			out = append(out, m.n)
 		}
-		return nil
+		return out
 	}
 	began := time.Now()
-	clustertest.Eventually(t, 15*time.Second, converged)
+	clustertest.WaitStable(t, 15*time.Second, nodes(devs)...)
 	t.Logf("three members converged %v after the third started", time.Since(began).Round(time.Millisecond))
 
 	// A counter incremented once through each member reads 3.
@@ -138,7 +122,7 @@ func TestMulticastJoin(t *testing.T) {
 		if k := len(other.n.Members()); k != 1 {
 			t.Fatalf("member of cluster other sees %d members, want 1: %v", k, other.n.Members())
 		}
-		if err := converged(); err != nil {
+		if err := clustertest.Stable(nodes(devs)...); err != nil {
 			t.Fatalf("after the member of other started: %v", err)
 		}
 		time.Sleep(50 * time.Millisecond)

@@ -258,12 +258,7 @@ func TestMalformedFrameClosesOnlyThatConnection(t *testing.T) {
 	})
 	// The member keeps serving others.
 	b := start(t, testConfig("127.0.0.1:0", a.Address()), nil)
-	clustertest.Eventually(t, 10*time.Second, func() error {
-		if len(a.Members()) != 2 || b.Inspect().Table() == nil || b.Inspect().Table().Version != a.Inspect().Table().Version {
-			return errors.New("second member not joined")
-		}
-		return nil
-	})
+	clustertest.WaitStable(t, 10*time.Second, a, b)
 	obj, err := b.Proxies().Get(ctxT(t), "CounterService", "x")
 	if err != nil {
 		t.Fatal(err)

@@ -7,13 +7,12 @@ import (
 	"testing"
 	"time"
 
+	"github.com/partita-go/partita/internal/clusterload"
+	"github.com/partita-go/partita/nodeengine"
 	"github.com/partita-go/partita/nodeengine/clustertest"
 	"github.com/partita-go/partita/operation"
 	"github.com/partita-go/partita/services/counter"
-	"go.uber.org/goleak"
 )
-
-func TestMain(m *testing.M) { goleak.VerifyTestMain(m) }
 
 func getCounter(t *testing.T, c *clustertest.Cluster, member int, name string) *counter.Counter {
 	t.Helper()
@@ -74,14 +73,42 @@ func TestConcurrentIncrementsExact(t *testing.T) {
 
 func localValues(t *testing.T, c *clustertest.Cluster, member int) map[string]int64 {
 	t.Helper()
-	svc, _ := c.Member(member).Service(counter.ServiceName)
-	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
-	defer cancel()
-	vals, err := svc.(*counter.Service).LocalValues(ctx)
+	return clusterload.Local(t, c, counters, member)
+}
+
+// counters is the counter service as a clusterload.Store: through proxies,
+// as a user calls it.
+var counters clusterload.Store = counterStore{}
+
+type counterStore struct{}
+
+func (counterStore) counter(ctx context.Context, n *nodeengine.Node, name string) (*counter.Counter, error) {
+	obj, err := n.Proxies().Get(ctx, counter.ServiceName, name)
 	if err != nil {
-		t.Fatal(err)
+		return nil, err
 	}
-	return vals
+	return obj.(*counter.Counter), nil
+}
+
+func (s counterStore) Inc(ctx context.Context, n *nodeengine.Node, name string) error {
+	ctr, err := s.counter(ctx, n, name)
+	if err == nil {
+		_, err = ctr.Inc(ctx, 1)
+	}
+	return err
+}
+
+func (s counterStore) Get(ctx context.Context, n *nodeengine.Node, name string) (int64, error) {
+	ctr, err := s.counter(ctx, n, name)
+	if err != nil {
+		return 0, err
+	}
+	return ctr.Get(ctx)
+}
+
+func (counterStore) Local(ctx context.Context, n *nodeengine.Node) (map[string]int64, error) {
+	svc, _ := n.Service(counter.ServiceName)
+	return svc.(*counter.Service).LocalValues(ctx)
 }
 
 func TestProxiesClusterWide(t *testing.T) {

@@ -126,9 +126,7 @@ func TestInfoLogsShowClusterNotOperations(t *testing.T) {
 			n.Shutdown(context.Background())
 		}
 	}()
-	if err := nodeengine.WaitStable(ctx, nodes); err != nil {
-		t.Fatal(err)
-	}
+	clustertest.WaitStable(t, 60*time.Second, nodes...)
 	obj, err := nodes[1].Proxies().Get(ctx, counter.ServiceName, "logged")
 	if err != nil {
 		t.Fatal(err)

@@ -1,4 +1,4 @@
-package counter_test
+package nodeengine_test
 
 import (
 	"context"
@@ -9,9 +9,9 @@ import (
 	"testing"
 	"time"
 
+	"github.com/partita-go/partita/internal/clusterload"
 	"github.com/partita-go/partita/nodeengine"
 	"github.com/partita-go/partita/nodeengine/clustertest"
-	"github.com/partita-go/partita/services/counter"
 )
 
 // A join moves backup replicas to the new member; the old backup keeps
@@ -21,7 +21,7 @@ import (
 // in-sync backups are promoted, and every acknowledged increment is there.
 // One member killed, one synchronous backup.
 func TestPrimaryDiesWhileItsBackupMoves(t *testing.T) {
-	c := clustertest.New(t, 3)
+	c := newCluster(t, 3, 1, nil)
 	ctx, cancel := context.WithTimeout(context.Background(), 60*time.Second)
 	defer cancel()
 	// Keys on every partition, each incremented once and acknowledged.
@@ -33,13 +33,9 @@ func TestPrimaryDiesWhileItsBackupMoves(t *testing.T) {
 			names[p] = name
 		}
 	}
-	ctrs := map[int]*counter.Counter{}
+	ctrs := map[int]register{}
 	for p, name := range names {
-		obj, err := a.Proxies().Get(ctx, counter.ServiceName, name)
-		if err != nil {
-			t.Fatal(err)
-		}
-		ctrs[p] = obj.(*counter.Counter)
+		ctrs[p] = register{a, name}
 		if _, err := ctrs[p].Inc(ctx, 7); err != nil {
 			t.Fatal(err)
 		}
@@ -105,7 +101,7 @@ func TestPrimaryDiesWhileItsBackupMoves(t *testing.T) {
 	}
 	release()
 	c.WaitClusterSafe()
-	if n := lostPartitions(t, c); n != 0 {
+	if n := clusterload.LostPartitions(t, c); n != 0 {
 		t.Errorf("%v partitions reported lost; every one had an in-sync backup", n)
 	}
 }
@@ -118,10 +114,10 @@ func TestPrimaryDiesWhileItsBackupMoves(t *testing.T) {
 func TestRebalanceUnderLoadKillPrimaryOfAMovingBackup(t *testing.T) {
 	for round := range 3 {
 		t.Run(fmt.Sprintf("round%d", round), func(t *testing.T) {
-			c := clustertest.New(t, 3)
+			c := newCluster(t, 3, 1, nil)
 			c.WaitClusterSafe() // every backup in sync before the load
 			l := startLoad(t, 32, 1000, func(r *rand.Rand) *nodeengine.Node { return c.Member(0) })
-			l.waitOps(t, 2000)
+			l.WaitOps(t, 2000)
 			d := c.AddMember()
 			victim := -1
 			clustertest.Eventually(t, 30*time.Second, func() error {
@@ -142,9 +138,9 @@ func TestRebalanceUnderLoadKillPrimaryOfAMovingBackup(t *testing.T) {
 				return nil
 			})
 			c.Kill(victim)
-			l.waitOps(t, 2000)
-			l.verifyAfterFailure(t, c)
-			if n := lostPartitions(t, c); n != 0 {
+			l.WaitOps(t, 2000)
+			l.VerifyAfterFailure(t, c)
+			if n := clusterload.LostPartitions(t, c); n != 0 {
 				t.Errorf("%v partitions reported lost; every one had an in-sync backup", n)
 			}
 		})

@@ -1,4 +1,4 @@
-package counter_test
+package nodeengine_test
 
 import (
 	"context"
@@ -22,13 +22,13 @@ func TestGetDoesNotSeeAnIncrementThatIsLost(t *testing.T) {
 	// No anti-entropy: its copy would bring the held increment to the
 	// backup (500 ms in the test preset; a loaded machine holds it that
 	// long), and it would survive rather than be lost.
-	c := clustertest.New(t, 3, clustertest.WithConfig(func(_ int, cfg *config.Config) {
+	c := newCluster(t, 3, 1, func(_ int, cfg *config.Config) {
 		cfg.Partitions.AntiEntropyInterval = time.Hour
-	}))
+	})
 	c.WaitClusterSafe()
 	key := keyPlacedOn(t, c, 0, 1, "lost-")
-	onPrimary := getCounter(t, c, 0, key)
-	reader := getCounter(t, c, 2, key)
+	onPrimary := reg(c, 0, key)
+	reader := reg(c, 2, key)
 	ctx, cancel := context.WithTimeout(context.Background(), 60*time.Second)
 	defer cancel()
 	if v, err := reader.Inc(ctx, 5); err != nil || v != 5 {
@@ -45,12 +45,7 @@ func TestGetDoesNotSeeAnIncrementThatIsLost(t *testing.T) {
 		v, err := onPrimary.Inc(ctx, 2)
 		lost <- incResult{v, err}
 	}()
-	clustertest.Eventually(t, 10*time.Second, func() error {
-		if hold.Hits() == 0 {
-			return fmt.Errorf("backup not sent yet")
-		}
-		return nil
-	})
+	waitHits(t, hold, 1)
 	read := make(chan incResult, 1)
 	go func() {
 		v, err := reader.Get(ctx)
@@ -102,10 +97,10 @@ func TestGetDoesNotSeeAnIncrementThatIsLost(t *testing.T) {
 // (The held-answers metric shows the prepare waiting; without the wait
 // the partition moves and the destination would serve 7.)
 func TestMigrationWaitsForTheBackupsOfTheWritesItCarries(t *testing.T) {
-	c := clustertest.New(t, 3)
+	c := newCluster(t, 3, 1, nil)
 	c.WaitClusterSafe()
 	key := c.KeyOwnedBy(2, "moving-")
-	caller := getCounter(t, c, 0, key)
+	caller := reg(c, 0, key)
 	ctx, cancel := context.WithTimeout(context.Background(), 60*time.Second)
 	defer cancel()
 	if v, err := caller.Inc(ctx, 5); err != nil || v != 5 {
@@ -122,12 +117,7 @@ func TestMigrationWaitsForTheBackupsOfTheWritesItCarries(t *testing.T) {
 		v, err := caller.Inc(ctx, 2)
 		inc <- incResult{v, err}
 	}()
-	clustertest.Eventually(t, 10*time.Second, func() error {
-		if hold.Hits() == 0 {
-			return fmt.Errorf("backup not sent yet")
-		}
-		return nil
-	})
+	waitHits(t, hold, 1)
 	left := make(chan struct{})
 	go func() {
 		defer close(left)

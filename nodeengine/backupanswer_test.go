@@ -1,4 +1,4 @@
-package counter_test
+package nodeengine_test
 
 import (
 	"context"
@@ -7,25 +7,22 @@ import (
 	"time"
 
 	"github.com/partita-go/partita/nodeengine/clustertest"
-	"github.com/partita-go/partita/services/counter"
 )
 
-// incResult is the outcome of one Inc.
-type incResult struct {
-	v   int64
-	err error
-}
+// Backup answers: a caller that holds the partition's synchronous backup,
+// or whose partition's backup can forward it, is answered by the backup
+// once applied, never before.
 
 // When the caller holds the partition's only synchronous backup, it takes
 // its answer from the backup: no answer before the backup is applied on
 // the caller's member, and the right one after.
 func TestCallerHoldingTheBackupIsAnsweredByIt(t *testing.T) {
-	c := clustertest.New(t, 2) // with 2 members, the other one holds every backup
+	c := newCluster(t, 2, 1, nil) // with 2 members, the other one holds every backup
 	c.WaitClusterSafe()
 	key := c.KeyOwnedBy(0, "answered-")
-	ctr := getCounter(t, c, 1, key)
+	ctr := reg(c, 1, key)
 	incWhileBackupHeld(t, c, ctr)
-	if v := localValues(t, c, 1)[key]; v != 7 {
+	if v := local(t, c, 1)[key]; v != 7 {
 		t.Fatalf("backup on the caller's member holds %d, want 7", v)
 	}
 	// Both increments were answered by the backup, none by a message.
@@ -37,10 +34,10 @@ func TestCallerHoldingTheBackupIsAnsweredByIt(t *testing.T) {
 // Backups that are lost are sent again by the primary; the caller's
 // answer comes with the one that is applied, and the increment counts once.
 func TestCallerHoldingTheBackupAnsweredAfterLostBackups(t *testing.T) {
-	c := clustertest.New(t, 2)
+	c := newCluster(t, 2, 1, nil)
 	c.WaitClusterSafe()
 	key := c.KeyOwnedBy(0, "resent-")
-	ctr := getCounter(t, c, 1, key)
+	ctr := reg(c, 1, key)
 	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
 	defer cancel()
 
@@ -51,18 +48,13 @@ func TestCallerHoldingTheBackupAnsweredAfterLostBackups(t *testing.T) {
 		v, err := ctr.Inc(ctx, 3)
 		done <- incResult{v, err}
 	}()
-	clustertest.Eventually(t, 10*time.Second, func() error {
-		if drop.Hits() < 3 {
-			return fmt.Errorf("%d backups dropped", drop.Hits())
-		}
-		return nil
-	})
+	waitHits(t, drop, 3)
 	remove()
 	if r := <-done; r.err != nil || r.v != 3 {
 		t.Fatalf("Inc = %d, %v; want 3", r.v, r.err)
 	}
 	for m := 0; m < 2; m++ {
-		if v := localValues(t, c, m)[key]; v != 3 {
+		if v := local(t, c, m)[key]; v != 3 {
 			t.Fatalf("member %d holds %d, want 3", m, v)
 		}
 	}
@@ -71,7 +63,7 @@ func TestCallerHoldingTheBackupAnsweredAfterLostBackups(t *testing.T) {
 // incWhileBackupHeld adds 5 to ctr, then 2 while the backups from member
 // 0 to member 1 are held: the primary has run the increment, yet no
 // answer may come before the backup is applied; then it must be 7.
-func incWhileBackupHeld(t *testing.T, c *clustertest.Cluster, ctr *counter.Counter) {
+func incWhileBackupHeld(t *testing.T, c *clustertest.Cluster, ctr register) {
 	t.Helper()
 	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
 	defer cancel()
@@ -86,12 +78,7 @@ func incWhileBackupHeld(t *testing.T, c *clustertest.Cluster, ctr *counter.Count
 		v, err := ctr.Inc(ctx, 2)
 		done <- incResult{v, err}
 	}()
-	clustertest.Eventually(t, 10*time.Second, func() error {
-		if hold.Hits() == 0 {
-			return fmt.Errorf("backup not sent yet")
-		}
-		return nil
-	})
+	waitHits(t, hold, 1)
 	select {
 	case r := <-done:
 		t.Fatalf("Inc answered (%d, %v) while its backup was held", r.v, r.err)
@@ -103,34 +90,18 @@ func incWhileBackupHeld(t *testing.T, c *clustertest.Cluster, ctr *counter.Count
 	}
 }
 
-// keyPlacedOn returns a key whose partition has its primary on member
-// primary and its first backup on member backup.
-func keyPlacedOn(t *testing.T, c *clustertest.Cluster, primary, backup int, prefix string) string {
-	t.Helper()
-	n := c.Member(primary)
-	for k := 0; k < 100000; k++ {
-		key := fmt.Sprintf("%s%d", prefix, k)
-		p := n.Partitions().PartitionID(key)
-		if tab := n.Inspect().Table(); tab.Owner(p) == n.ID() && tab.Replica(p, 1) == c.Member(backup).ID() {
-			return key
-		}
-	}
-	t.Fatalf("no key with its primary on member %d and its backup on member %d", primary, backup)
-	return ""
-}
-
 // A caller whose member holds neither replica gets its answer from the
 // backup, forwarded once the backup is applied (three hops, not four).
 // The primary answers too, after the backup's ack: the forwarded answer
 // is normally first and completes the call.
 func TestCallerWithoutAReplicaIsAnsweredByTheBackup(t *testing.T) {
-	c := clustertest.New(t, 3)
+	c := newCluster(t, 3, 1, nil)
 	c.WaitClusterSafe()
 	key := keyPlacedOn(t, c, 0, 1, "forwarded-")
-	ctr := getCounter(t, c, 2, key)
+	ctr := reg(c, 2, key)
 	incWhileBackupHeld(t, c, ctr)
 	for m := 0; m < 2; m++ {
-		if v := localValues(t, c, m)[key]; v != 7 {
+		if v := local(t, c, m)[key]; v != 7 {
 			t.Fatalf("member %d holds %d, want 7", m, v)
 		}
 	}
@@ -142,7 +113,7 @@ func TestCallerWithoutAReplicaIsAnsweredByTheBackup(t *testing.T) {
 // calls, and returns the value. The backup's member may have no
 // connection to the caller's yet (it dials one then), and which answer
 // arrives first is a race (one hop against two).
-func incUntilForwarded(t *testing.T, c *clustertest.Cluster, caller int, ctr *counter.Counter, v int64) int64 {
+func incUntilForwarded(t *testing.T, c *clustertest.Cluster, caller int, ctr register, v int64) int64 {
 	t.Helper()
 	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
 	defer cancel()
@@ -162,10 +133,10 @@ func incUntilForwarded(t *testing.T, c *clustertest.Cluster, caller int, ctr *co
 // A forwarded answer that is lost leaves the caller with the primary's
 // answer: the increment is answered, and counts once.
 func TestLostForwardedAnswerLeavesThePrimarysAnswer(t *testing.T) {
-	c := clustertest.New(t, 3)
+	c := newCluster(t, 3, 1, nil)
 	c.WaitClusterSafe()
 	key := keyPlacedOn(t, c, 0, 1, "lost-answer-")
-	ctr := getCounter(t, c, 2, key)
+	ctr := reg(c, 2, key)
 	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
 	defer cancel()
 	v := incUntilForwarded(t, c, 2, ctr, 0)
@@ -180,7 +151,7 @@ func TestLostForwardedAnswerLeavesThePrimarysAnswer(t *testing.T) {
 		t.Fatalf("%d forwarded answers dropped, want 1", drop.Hits())
 	}
 	for m := 0; m < 2; m++ {
-		if got := localValues(t, c, m)[key]; got != v+2 {
+		if got := local(t, c, m)[key]; got != v+2 {
 			t.Fatalf("member %d holds %d, want %d", m, got, v+2)
 		}
 	}
