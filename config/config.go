@@ -39,6 +39,8 @@ type Config struct {
 	Membership MembershipConfig
 	// Migration is the `migration:` section.
 	Migration MigrationConfig
+	// SplitBrain is the `split-brain:` section.
+	SplitBrain SplitBrainConfig
 	// Metrics is the `metrics:` section.
 	Metrics MetricsConfig
 	// Services is the `services:` list, disabled entries included.
@@ -161,6 +163,21 @@ type MembershipConfig struct {
 	PushPullInterval time.Duration
 }
 
+// SplitBrainConfig is the `split-brain:` section: how a cluster looks for
+// other clusters of its name, to merge the smaller into the larger.
+type SplitBrainConfig struct {
+	// FirstProbeDelay is how long after start the master first looks
+	// (`first-probe-delay`, default 300s).
+	FirstProbeDelay time.Duration
+	// ProbeInterval is how often it looks again (`probe-interval`,
+	// default 120s).
+	ProbeInterval time.Duration
+	// RememberDead is how long the address of a member declared dead
+	// stays among the places looked at (`remember-dead`, default 1h):
+	// after a network split, the other side is there.
+	RememberDead time.Duration
+}
+
 // MigrationConfig is the `migration:` section.
 type MigrationConfig struct {
 	// Parallel is how many partitions the master migrates at once
@@ -244,6 +261,8 @@ func (c *Config) UseFastFailureDetection() {
 	c.Membership.GossipInterval = 50 * time.Millisecond
 	c.Membership.PushPullInterval = time.Second
 	c.Partitions.AntiEntropyInterval = 500 * time.Millisecond
+	c.SplitBrain.FirstProbeDelay = time.Second
+	c.SplitBrain.ProbeInterval = time.Second
 }
 
 // Load reads the file at path and parses it with Parse.

@@ -72,8 +72,9 @@ func TestDefault(t *testing.T) {
 			GossipInterval:   200 * time.Millisecond,
 			PushPullInterval: 15 * time.Second,
 		},
-		Migration: MigrationConfig{Parallel: 4, StepTimeout: 30 * time.Second, ShutdownTimeout: time.Minute},
-		Metrics:   MetricsConfig{Address: "127.0.0.1:9701"},
+		Migration:  MigrationConfig{Parallel: 4, StepTimeout: 30 * time.Second, ShutdownTimeout: time.Minute},
+		SplitBrain: SplitBrainConfig{FirstProbeDelay: 300 * time.Second, ProbeInterval: 120 * time.Second, RememberDead: time.Hour},
+		Metrics:    MetricsConfig{Address: "127.0.0.1:9701"},
 	}
 	got := *c
 	got.Services, got.lines = nil, nil

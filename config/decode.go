@@ -107,6 +107,11 @@ func (d *decoder) config(n *yaml.Node, c *Config) {
 			"gossip-interval":    scalar(d, &c.Membership.GossipInterval),
 			"push-pull-interval": scalar(d, &c.Membership.PushPullInterval),
 		}),
+		"split-brain": d.section(map[string]field{
+			"first-probe-delay": scalar(d, &c.SplitBrain.FirstProbeDelay),
+			"probe-interval":    scalar(d, &c.SplitBrain.ProbeInterval),
+			"remember-dead":     scalar(d, &c.SplitBrain.RememberDead),
+		}),
 		"migration": d.section(map[string]field{
 			"parallel":         scalar(d, &c.Migration.Parallel),
 			"step-timeout":     scalar(d, &c.Migration.StepTimeout),

@@ -46,6 +46,10 @@
 //	  suspicion-mult: 4
 //	  gossip-interval: 200ms
 //	  push-pull-interval: 15s
+//	split-brain:                     # looking for other clusters of this name, to merge
+//	  first-probe-delay: 300s
+//	  probe-interval: 120s
+//	  remember-dead: 1h              # how long a departed member's address is looked at
 //	metrics:
 //	  address: ""                    # host:port of the Prometheus endpoint; empty: off
 //	services:

@@ -142,6 +142,10 @@ func (c *Config) validate() []error {
 	}
 	v.positive("membership.gossip-interval", ms.GossipInterval)
 	v.positive("membership.push-pull-interval", ms.PushPullInterval)
+	sb := c.SplitBrain
+	v.positive("split-brain.first-probe-delay", sb.FirstProbeDelay)
+	v.positive("split-brain.probe-interval", sb.ProbeInterval)
+	v.positive("split-brain.remember-dead", sb.RememberDead)
 	v.positive("migration.step-timeout", c.Migration.StepTimeout)
 	v.positive("partitions.anti-entropy-interval", c.Partitions.AntiEntropyInterval)
 	v.positive("migration.shutdown-timeout", c.Migration.ShutdownTimeout)

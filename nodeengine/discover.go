@@ -48,8 +48,11 @@ func (n *Node) discover(ctx context.Context) []string {
 	return seeds
 }
 
-// joinDiscovered joins members heard by multicast that are not yet in the
-// member list, until the node stops.
+// joinDiscovered hands the members heard by multicast that are not in
+// the member list to split-brain healing, until the node stops: they may
+// belong to another cluster of this name, which must merge with this one
+// (the smaller into the larger, with its data), not be joined as if
+// neither held any.
 func (n *Node) joinDiscovered(d *discovery.Discoverer) {
 	defer d.Close()
 	for {
@@ -63,9 +66,7 @@ func (n *Node) joinDiscovered(d *discovery.Discoverer) {
 			if n.view.hasMember(b.ID) {
 				continue
 			}
-			if _, err := n.ml.Join([]string{b.Address}); err != nil {
-				n.log.Warn("cannot join member found by multicast", "peer", b.Address, "error", err)
-			}
+			n.sb.heard(b.Address)
 		}
 	}
 }

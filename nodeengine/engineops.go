@@ -26,6 +26,7 @@ const (
 	opMemberStats   uint16 = 11
 	opResolve       uint16 = 12
 	opCaughtUp      uint16 = 13
+	opMerge         uint16 = 14
 )
 
 func engineOperationTypes() []spi.OperationType {
@@ -43,6 +44,7 @@ func engineOperationTypes() []spi.OperationType {
 		{ID: opMemberStats, New: func() spi.Operation { return new(memberStatsOp) }},
 		{ID: opResolve, New: func() spi.Operation { return new(resolveOp) }},
 		{ID: opCaughtUp, New: func() spi.Operation { return new(caughtUpOp) }},
+		{ID: opMerge, New: func() spi.Operation { return new(mergeOp) }},
 	}
 }
 

@@ -65,6 +65,7 @@ func (n *Node) refreshMembers() {
 	n.view.members.Store(&next)
 	for _, m := range prev {
 		if !containsMember(next, m.ID) && m.ID != self {
+			n.sb.left(m.Address) // after a split, the other side is there
 			n.log.Info("member left", "left", m.Address, "left_id", m.ID, "members", len(next))
 			n.ops.MemberLeft(m.ID)
 			n.pub.forget(m.ID)
@@ -142,10 +143,26 @@ func newDelegates(n *Node, meta []byte) *delegates {
 }
 
 func (d *delegates) NodeMeta(limit int) []byte {
+	d.mu.Lock()
+	defer d.mu.Unlock()
 	if len(d.meta) > limit {
 		panic(fmt.Sprintf("partita: member meta of %d bytes exceeds memberlist's %d", len(d.meta), limit))
 	}
 	return d.meta
+}
+
+// setStarted changes the start time this member gossips (a merging member
+// becomes younger than every member of the cluster it joins); the caller
+// then has memberlist gossip it (UpdateNode).
+func (d *delegates) setStarted(t time.Time) {
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	m, err := decodeMeta(d.meta)
+	if err != nil {
+		return
+	}
+	m.started = t.UnixNano()
+	d.meta = m.encode()
 }
 func (d *delegates) NotifyMsg([]byte)                           {}
 func (d *delegates) GetBroadcasts(overhead, limit int) [][]byte { return nil }

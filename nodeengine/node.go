@@ -36,6 +36,13 @@ func WithOperationHook(h func(m operation.Message) operation.Verdict) Option {
 	return func(n *Node) { n.hook = h }
 }
 
+// WithLifecycleListener sets a function told of the member's lifecycle
+// events (split-brain merges: spi.Merging, spi.Merged, spi.MergeFailed),
+// on the goroutine that makes them; it must not block.
+func WithLifecycleListener(f func(spi.LifecycleEvent)) Option {
+	return func(n *Node) { n.listener = f }
+}
+
 // WithRegistry sets the registry the member's metrics go to (default: a new
 // registry of its own, never the global one).
 func WithRegistry(r *prometheus.Registry) Option { return func(n *Node) { n.registry = r } }
@@ -56,6 +63,7 @@ func WithRegistry(r *prometheus.Registry) Option { return func(n *Node) { n.regi
 type Node struct {
 	cfg      *config.Config
 	hook     func(m operation.Message) operation.Verdict
+	listener func(spi.LifecycleEvent)
 	log      *slog.Logger
 	registry *prometheus.Registry
 
@@ -84,6 +92,7 @@ type Node struct {
 	safety   *safety
 	mgr      *migration.Manager
 	leavers  leavers
+	sb       *splitBrain
 
 	metrics  engineMetrics
 	safe     safeCache
@@ -114,7 +123,7 @@ func New(cfg *config.Config, opts ...Option) (*Node, error) {
 	count := cfg.Partitions.Count
 	n := &Node{cfg: cfg, log: slog.Default(), view: newClusterView(count), run: newRunner(context.Background()),
 		services: make(map[string]spi.Service), wake: make(chan struct{}, 1),
-		migs: newMigrations(count), leavers: leavers{ids: make(map[string]bool)}}
+		migs: newMigrations(count), leavers: leavers{ids: make(map[string]bool)}, sb: newSplitBrain()}
 	for _, o := range opts {
 		o(n)
 	}
@@ -192,6 +201,7 @@ func (n *Node) Start(ctx context.Context) (err error) {
 	if err := n.serveHTTP(); err != nil {
 		return err
 	}
+	n.tr.probes = n.serveProbe
 	n.tr.serve(n.ops.HandleConn, inboundLimits{pending: nw.MaxPendingConnections, perAddress: nw.MaxPendingPerAddress},
 		n.metrics.rejected)
 	if err := n.join(ctx); err != nil {
@@ -200,6 +210,7 @@ func (n *Node) Start(ctx context.Context) (err error) {
 	n.refreshMembers()
 	n.run.spawn(func() { n.replicas.antiEntropy(n.cfg.Partitions.AntiEntropyInterval) })
 	n.run.spawn(n.membershipLoop)
+	n.run.spawn(n.splitBrainLoop)
 	n.run.spawn(func() { n.mgr.Run(n.run.ctx) })
 	n.state.Store(stateRunning)
 	n.log.Info("member started", "id", n.view.id, "cluster", n.cfg.Cluster.Name,
@@ -229,6 +240,16 @@ func (n *Node) wire() {
 	n.safety = &safety{view: n.view, ops: n.ops, busy: func() bool {
 		return n.migs.active.Load() > 0 || n.ops.SyncsPending() > 0 || (n.view.isMaster() && !n.mgr.Idle())
 	}}
+}
+
+// lifecycle tells the listener (if any) of a lifecycle event of this
+// member.
+func (n *Node) lifecycle(ev spi.LifecycleEvent) {
+	ev.Member = n.view.id
+	n.log.Info("lifecycle", "state", ev.State.String(), "reason", ev.Reason)
+	if n.listener != nil {
+		n.listener(ev)
+	}
 }
 
 // createServices makes, configures and initialises the enabled services in

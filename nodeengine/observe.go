@@ -24,6 +24,7 @@ type engineMetrics struct {
 	migBytesRecv  prometheus.Counter
 	tableInstalls prometheus.Counter
 	rejected      *prometheus.CounterVec // partita_rejected_input_total, fed by the transport
+	merges        *prometheus.CounterVec // partita_split_brain_merges_total{result}
 }
 
 func newEngineMetrics() (engineMetrics, *prometheus.CounterVec) {
@@ -43,13 +44,17 @@ func newEngineMetrics() (engineMetrics, *prometheus.CounterVec) {
 			Help: "Partition table versions this member installed.",
 		}),
 		rejected: newRejectedMetric(),
+		merges: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "partita_split_brain_merges_total",
+			Help: "Merges of this member's cluster into a larger cluster of its name, by result (merged, failed).",
+		}, []string{"result"}),
 	}, migBytes
 }
 
 func (n *Node) registerMetrics() error {
 	var migBytes *prometheus.CounterVec
 	n.metrics, migBytes = newEngineMetrics()
-	for _, c := range []prometheus.Collector{n.metrics.lost, migBytes, n.metrics.tableInstalls, n.metrics.rejected, engineCollector{n}} {
+	for _, c := range []prometheus.Collector{n.metrics.lost, migBytes, n.metrics.tableInstalls, n.metrics.rejected, n.metrics.merges, engineCollector{n}} {
 		if err := n.registry.Register(c); err != nil {
 			return fmt.Errorf("partita: register metrics: %w", err)
 		}
@@ -160,6 +165,9 @@ func (n *Node) Ready() (ready bool, reason string) {
 	}
 	if r := n.tr.acceptProblem(); r != "" {
 		return false, r
+	}
+	if n.sb.merging() {
+		return false, "merging into a larger cluster of this name"
 	}
 	if n.view.table.Load() == nil {
 		return false, "no partition table received yet"

@@ -47,6 +47,7 @@ type muxTransport struct {
 	udp      *net.UDPConn
 	addr     *net.TCPAddr
 	ops      func(net.Conn)
+	probes   func(net.Conn) // split-brain probes ('S'), served on route's goroutine
 	packetCh chan *memberlist.Packet
 	streamCh chan net.Conn
 	done     chan struct{}
@@ -432,6 +433,12 @@ func (t *muxTransport) route(c net.Conn, ip netip.Addr) {
 		}
 	case selectOperations:
 		t.ops(c)
+	case selectSplitBrain:
+		if t.probes == nil {
+			c.Close()
+			return
+		}
+		t.probes(c)
 	default:
 		c.Close()
 		t.reject(rejectBadSelector, ip, "closing connection: not a Partita member (bad protocol selector)",

@@ -138,7 +138,8 @@ func (n *Node) teardownForTest() {
 // service's replica gap callbacks.
 func bareNode(count int, services []migrationAware, gap func(p int)) *Node {
 	n := &Node{cfg: config.Default(), log: slog.New(slog.DiscardHandler), view: newClusterView(count),
-		run: newRunner(context.Background()), migs: newMigrations(count), metrics: testMetrics(), migrationAware: services}
+		run: newRunner(context.Background()), migs: newMigrations(count), metrics: testMetrics(), migrationAware: services,
+		sb: newSplitBrain()}
 	n.view.id = "b"
 	n.ops = operation.New(operation.Config{LocalID: "b", LocalAddress: "b:1", PartitionCount: count,
 		PartitionThreads: 1, Routing: routing{n.view}, OnReplicaGap: gap})

@@ -57,6 +57,14 @@ func (ts *tables) install(t *partition.Table) bool {
 	return true
 }
 
+// drop forgets the table: the member is merging into another cluster,
+// whose table it takes whatever its version.
+func (ts *tables) drop() {
+	ts.mu.Lock()
+	defer ts.mu.Unlock()
+	ts.view.table.Store(nil)
+}
+
 // logTable reports an installed table at info, at most once a second (a
 // rebalance installs one per migration: the migration manager logs the
 // progress), and every version at debug. Called under mu.

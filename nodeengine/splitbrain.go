@@ -1,0 +1,605 @@
+package nodeengine
+
+import (
+	"context"
+	"encoding/binary"
+	"errors"
+	"fmt"
+	"io"
+	"net"
+	"sync"
+	"time"
+
+	"github.com/partita-go/partita/operation"
+	"github.com/partita-go/partita/spi"
+)
+
+// Split-brain healing. When two clusters of one name meet (a network split
+// healed, or two clusters started apart, or multicast brought them
+// together), the smaller merges into the larger, whose members keep
+// serving throughout:
+//
+//  1. Detection. Every split-brain.probe-interval (first after
+//     first-probe-delay), the master probes the join members, the members
+//     heard by multicast and the members it saw leave lately
+//     (remember-dead) that are not in its member list: a connection with
+//     the 'S' selector asks who is there (clusterInfo). A member of this
+//     cluster name, protocol and partition count whose master differs is
+//     another cluster of this name.
+//  2. Who merges. The cluster with fewer members merges into the one with
+//     more; on a tie, the one whose master's address sorts after the
+//     other's: both sides decide alike. A master that finds a smaller
+//     cluster asks that cluster's master to merge (probeMerge), which
+//     checks for itself before it does.
+//  3. The merge, driven by the merging side's master in two phases on
+//     each of its members (mergePrepareOp, then mergeJoinOp), so that no
+//     member joins the larger cluster while another still holds data or
+//     still looks older than the larger cluster's master:
+//     prepare: lifecycle MERGING (warn with both sides' sizes); every
+//     partition refuses operations (callers retry, and later reach the
+//     larger cluster); each SplitBrainHandlerService's PrepareMerge runs
+//     for every partition this member owns; every ManagedService is
+//     Reset; the partition table and replicas are dropped; the member
+//     gossips a new start time, so that it is younger than every member
+//     of the larger cluster (whose oldest stays master).
+//     join: memberlist joins the larger cluster; once its master's table
+//     has arrived, the collected merge operations are invoked on their
+//     partitions through the normal path (owner, backups, exactly once);
+//     lifecycle MERGED, or MERGE_FAILED with the reason.
+//     A member prepared for a merge whose join does not come within
+//     mergeJoinWait (its master died) joins by itself.
+
+// selectSplitBrain is the member port's selector of a split-brain probe.
+const selectSplitBrain byte = 'S'
+
+const (
+	probeInfo  byte = 1 // who is there?
+	probeMerge byte = 2 // merge into the cluster at the given address (the receiver checks first)
+
+	probeTimeout  = 2 * time.Second
+	mergeJoinWait = 30 * time.Second
+	// mergeTableWait bounds the wait for the larger cluster's table after
+	// the join.
+	mergeTableWait = 2 * time.Minute
+	maxProbeReply  = 4096
+)
+
+// clusterInfo is what a member says of its cluster to a probe.
+type clusterInfo struct {
+	Cluster    string
+	Protocol   uint8
+	Partitions int
+	Member     string // the answering member's ID
+	Master     string // its master's address
+	MasterID   string
+	Size       int  // members in its list
+	Merging    bool // it is merging into another cluster
+}
+
+func (ci clusterInfo) encode() []byte {
+	w := spi.NewWriter(nil)
+	w.WriteString(ci.Cluster)
+	w.WriteUint8(ci.Protocol)
+	w.WriteUvarint(uint64(ci.Partitions))
+	w.WriteString(ci.Member)
+	w.WriteString(ci.Master)
+	w.WriteString(ci.MasterID)
+	w.WriteUvarint(uint64(ci.Size))
+	w.WriteBool(ci.Merging)
+	return w.Bytes()
+}
+
+func decodeClusterInfo(b []byte) (clusterInfo, error) {
+	r := spi.NewReader(b)
+	ci := clusterInfo{Cluster: r.ReadString(), Protocol: r.ReadUint8(), Partitions: int(r.ReadUvarint()),
+		Member: r.ReadString(), Master: r.ReadString(), MasterID: r.ReadString(), Size: int(r.ReadUvarint()), Merging: r.ReadBool()}
+	if err := r.Err(); err != nil {
+		return ci, fmt.Errorf("bad split-brain probe answer: %w", err)
+	}
+	return ci, nil
+}
+
+// localClusterInfo is this member's answer to a probe.
+func (n *Node) localClusterInfo() clusterInfo {
+	ms := n.view.memberList()
+	ci := clusterInfo{Cluster: n.cfg.Cluster.Name, Protocol: operation.ProtocolVersion, Partitions: n.view.count,
+		Member: n.view.id, Size: len(ms), Merging: n.sb.merging()}
+	if len(ms) > 0 {
+		ci.Master, ci.MasterID = ms[0].Address, ms[0].ID
+	}
+	return ci
+}
+
+// serveProbe answers one split-brain probe on a connection that sent the
+// 'S' selector, then closes it. A merge request is acted on (checked
+// first) on a goroutine of its own.
+func (n *Node) serveProbe(c net.Conn) {
+	defer c.Close()
+	c.SetDeadline(time.Now().Add(probeTimeout))
+	var hdr [3]byte // kind, then the target's length (uint16)
+	if _, err := io.ReadFull(c, hdr[:]); err != nil {
+		return
+	}
+	target := make([]byte, binary.LittleEndian.Uint16(hdr[1:]))
+	if len(target) > 256 {
+		return
+	}
+	if _, err := io.ReadFull(c, target); err != nil {
+		return
+	}
+	reply := n.localClusterInfo().encode()
+	c.Write(binary.LittleEndian.AppendUint32(nil, uint32(len(reply))))
+	c.Write(reply)
+	if hdr[0] == probeMerge && len(target) > 0 {
+		n.run.spawn(func() { n.mergeRequested(string(target)) })
+	}
+}
+
+// probeCluster asks the member at addr who is there (and, for probeMerge,
+// to merge into the cluster at target).
+func probeCluster(ctx context.Context, addr string, kind byte, target string) (clusterInfo, error) {
+	c, err := dialSelect(ctx, addr, probeTimeout, selectSplitBrain)
+	if err != nil {
+		return clusterInfo{}, err
+	}
+	defer c.Close()
+	dl := time.Now().Add(probeTimeout)
+	if d, ok := ctx.Deadline(); ok && d.Before(dl) {
+		dl = d
+	}
+	c.SetDeadline(dl)
+	req := binary.LittleEndian.AppendUint16([]byte{kind}, uint16(len(target)))
+	if _, err := c.Write(append(req, target...)); err != nil {
+		return clusterInfo{}, err
+	}
+	var lb [4]byte
+	if _, err := io.ReadFull(c, lb[:]); err != nil {
+		return clusterInfo{}, fmt.Errorf("split-brain probe of %s: %w", addr, err)
+	}
+	k := binary.LittleEndian.Uint32(lb[:])
+	if k > maxProbeReply {
+		return clusterInfo{}, fmt.Errorf("%w: split-brain probe answer of %d bytes from %s", spi.ErrProtocol, k, addr)
+	}
+	body := make([]byte, k)
+	if _, err := io.ReadFull(c, body); err != nil {
+		return clusterInfo{}, fmt.Errorf("split-brain probe of %s: %w", addr, err)
+	}
+	return decodeClusterInfo(body)
+}
+
+// splitBrain holds this member's split-brain state: the places to look
+// for other clusters and whether it is merging.
+type splitBrain struct {
+	mu         sync.Mutex
+	discovered map[string]bool      // addresses heard by multicast
+	departed   map[string]time.Time // addresses of members that left, when
+	refused    map[string]bool      // addresses already warned about (cannot merge)
+	state      int                  // mergeIdle, mergePrepared, mergeJoining
+	target     string               // the larger cluster's address while merging
+	data       []mergeBatch         // collected by prepare, run by join
+	cancel     context.CancelFunc   // the prepared member's own join timer
+	wake       chan struct{}        // a new address was heard: look now
+}
+
+const (
+	mergeIdle = iota
+	mergePrepared
+	mergeJoining
+)
+
+// mergeBatch is the merge operations of one service for one partition.
+type mergeBatch struct {
+	service   string
+	partition int
+	ops       []spi.Operation
+}
+
+func newSplitBrain() *splitBrain {
+	return &splitBrain{discovered: map[string]bool{}, departed: map[string]time.Time{}, refused: map[string]bool{},
+		wake: make(chan struct{}, 1)}
+}
+
+func (sb *splitBrain) merging() bool {
+	sb.mu.Lock()
+	defer sb.mu.Unlock()
+	return sb.state != mergeIdle
+}
+
+// heard records an address heard by multicast; a new one is looked at
+// at once.
+func (sb *splitBrain) heard(addr string) {
+	sb.mu.Lock()
+	known := sb.discovered[addr]
+	sb.discovered[addr] = true
+	sb.mu.Unlock()
+	if !known {
+		select {
+		case sb.wake <- struct{}{}:
+		default:
+		}
+	}
+}
+
+// left records the address of a member that left the member list.
+func (sb *splitBrain) left(addr string) {
+	sb.mu.Lock()
+	sb.departed[addr] = time.Now()
+	sb.mu.Unlock()
+}
+
+// candidates returns the addresses to probe: the join members, those heard
+// by multicast and those that left within remember, except members'.
+func (n *Node) mergeCandidates() []string {
+	seen := map[string]bool{n.address: true}
+	for _, m := range n.view.memberList() {
+		seen[m.Address] = true
+	}
+	var out []string
+	add := func(a string) {
+		if !seen[a] {
+			seen[a] = true
+			out = append(out, a)
+		}
+	}
+	for _, a := range n.cfg.Network.Join.Members {
+		add(a)
+	}
+	sb := n.sb
+	sb.mu.Lock()
+	defer sb.mu.Unlock()
+	for a := range sb.discovered {
+		add(a)
+	}
+	for a, at := range sb.departed {
+		if time.Since(at) > n.cfg.SplitBrain.RememberDead {
+			delete(sb.departed, a)
+			continue
+		}
+		add(a)
+	}
+	return out
+}
+
+// splitBrainLoop looks for other clusters of this name while this member
+// is the master, until the node stops.
+func (n *Node) splitBrainLoop() {
+	t := time.NewTimer(n.cfg.SplitBrain.FirstProbeDelay)
+	defer t.Stop()
+	for {
+		select {
+		case <-n.run.stop():
+			return
+		case <-t.C:
+			t.Reset(n.cfg.SplitBrain.ProbeInterval)
+		case <-n.sb.wake:
+		}
+		if n.view.isMaster() && !n.sb.merging() {
+			n.lookForOtherClusters()
+		}
+	}
+}
+
+// lookForOtherClusters probes the candidates once; on finding a larger
+// cluster of this name it merges this one into it, on finding a smaller
+// one it asks that one to merge.
+func (n *Node) lookForOtherClusters() {
+	mine := n.localClusterInfo()
+	for _, addr := range n.mergeCandidates() {
+		ctx, cancel := context.WithTimeout(n.run.ctx, probeTimeout)
+		other, err := probeCluster(ctx, addr, probeInfo, "")
+		cancel()
+		if err != nil {
+			n.log.Debug("split-brain probe: no answer", "address", addr, "error", err)
+			continue
+		}
+		if !n.mergeable(mine, other, addr) {
+			continue
+		}
+		if shouldMerge(mine, other) {
+			n.mergeCluster(other, mine)
+			return
+		}
+		n.log.Warn("found a smaller cluster of this name; asking it to merge into this one",
+			"other_master", other.Master, "other_members", other.Size, "members", mine.Size)
+		ctx, cancel = context.WithTimeout(n.run.ctx, probeTimeout)
+		if _, err := probeCluster(ctx, other.Master, probeMerge, mine.Master); err != nil {
+			n.log.Warn("cannot ask the smaller cluster to merge", "other_master", other.Master, "error", err)
+		}
+		cancel()
+	}
+}
+
+// mergeable reports whether other, found at addr, is another cluster of
+// this name that the two could merge.
+func (n *Node) mergeable(mine, other clusterInfo, addr string) bool {
+	switch {
+	case other.Cluster != mine.Cluster:
+		n.log.Debug("split-brain probe: a member of another cluster", "address", addr, "cluster", other.Cluster)
+		return false
+	case other.Protocol != mine.Protocol || other.Partitions != mine.Partitions:
+		n.sb.mu.Lock()
+		warned := n.sb.refused[addr]
+		n.sb.refused[addr] = true
+		n.sb.mu.Unlock()
+		if !warned {
+			n.log.Warn("found another cluster of this name that cannot merge with this one",
+				"address", addr, "protocol", other.Protocol, "partitions", other.Partitions,
+				"our_protocol", mine.Protocol, "our_partitions", mine.Partitions)
+		}
+		return false
+	case other.MasterID == "" || mine.MasterID == "" || other.MasterID == mine.MasterID || other.Merging:
+		return false // not settled, ours (a member list that lags), or busy
+	}
+	return true
+}
+
+// shouldMerge reports whether this cluster (mine) merges into other:
+// fewer members, or as many and a master address that sorts after.
+func shouldMerge(mine, other clusterInfo) bool {
+	if mine.Size != other.Size {
+		return mine.Size < other.Size
+	}
+	return mine.Master > other.Master
+}
+
+// mergeRequested acts on another cluster's request that this one merge
+// into the cluster at target: the master checks for itself first.
+func (n *Node) mergeRequested(target string) {
+	if !n.view.isMaster() || n.sb.merging() {
+		return
+	}
+	ctx, cancel := context.WithTimeout(n.run.ctx, probeTimeout)
+	other, err := probeCluster(ctx, target, probeInfo, "")
+	cancel()
+	mine := n.localClusterInfo()
+	if err != nil || !n.mergeable(mine, other, target) || !shouldMerge(mine, other) {
+		return
+	}
+	n.mergeCluster(other, mine)
+}
+
+// mergeCluster merges this cluster into other: the master prepares every
+// member (itself last), waits until all gossip their new start time, then
+// has every member join.
+func (n *Node) mergeCluster(other, mine clusterInfo) {
+	n.log.Warn("found a larger cluster of this name: this cluster merges into it",
+		"members", mine.Size, "other_members", other.Size, "other_master", other.Master, "master", mine.Master)
+	ms := n.view.memberList()
+	begun := time.Now()
+	for _, m := range ms {
+		if m.ID == n.view.id {
+			continue
+		}
+		ctx, cancel := context.WithTimeout(n.run.ctx, n.cfg.Operations.InvocationTimeout)
+		_, err := n.ops.InvokeOnMember(ctx, engineService, &mergeOp{Target: other.Master, Mine: mine.Size, Theirs: other.Size}, m.ID)
+		cancel()
+		if err != nil {
+			n.log.Warn("a member did not prepare for the merge; it joins by itself later", "member", m.Address, "error", err)
+		}
+	}
+	n.prepareMerge(other.Master, mine.Size, other.Size)
+	// Every member's new start time must be known before any joins: one
+	// member's join hands its whole member list to the larger cluster.
+	ctx, cancel := context.WithTimeout(n.run.ctx, 5*time.Second)
+	for ctx.Err() == nil && !n.allStartedSince(begun) {
+		select {
+		case <-ctx.Done():
+		case <-time.After(20 * time.Millisecond):
+		}
+	}
+	cancel()
+	for _, m := range ms {
+		if m.ID == n.view.id {
+			continue
+		}
+		ctx, cancel := context.WithTimeout(n.run.ctx, n.cfg.Operations.InvocationTimeout)
+		_, err := n.ops.InvokeOnMember(ctx, engineService, &mergeOp{Target: other.Master, Join: true}, m.ID)
+		cancel()
+		if err != nil {
+			n.log.Warn("a member was not told to join; it joins by itself later", "member", m.Address, "error", err)
+		}
+	}
+	n.run.spawn(n.joinMerge)
+}
+
+// allStartedSince reports whether every member this one sees gossips a
+// start time of t or later (with members' clocks apart, it may never: the
+// wait for it is bounded).
+func (n *Node) allStartedSince(t time.Time) bool {
+	for _, m := range n.del.members(n.cfg.Cluster.Name) {
+		if m.Started.Before(t) {
+			return false
+		}
+	}
+	return true
+}
+
+// prepareMerge is the first phase of a merge on this member (see the top
+// of this file).
+func (n *Node) prepareMerge(target string, mine, theirs int) {
+	sb := n.sb
+	sb.mu.Lock()
+	if sb.state != mergeIdle {
+		sb.mu.Unlock()
+		return
+	}
+	sb.state, sb.target = mergePrepared, target
+	sb.mu.Unlock()
+	n.log.Warn("merging into a larger cluster of this name: this member gives up its data and joins it",
+		"members", mine, "other_members", theirs, "target", target)
+	n.lifecycle(spi.LifecycleEvent{State: spi.Merging})
+	for p := range n.view.count {
+		n.ops.SetMigrating(p, true) // callers retry, and later reach the larger cluster
+	}
+	data := n.collectMergeData()
+	for _, sc := range n.order {
+		if ms, ok := n.services[sc.Name].(spi.ManagedService); ok {
+			ms.Reset()
+		}
+	}
+	n.tables.drop()
+	for p := range n.view.count {
+		n.ops.ResetReplica(p)
+		n.ops.SetMigrating(p, false) // no table: operations are refused as not ready
+	}
+	now := time.Now()
+	n.del.setStarted(now)
+	if err := n.ml.UpdateNode(time.Second); err != nil {
+		n.log.Warn("cannot gossip the new start time", "error", err)
+	}
+	ctx, cancel := context.WithCancel(n.run.ctx)
+	sb.mu.Lock()
+	sb.data, sb.cancel = data, cancel
+	sb.mu.Unlock()
+	// Join by itself if the master's word does not come.
+	n.run.spawn(func() {
+		select {
+		case <-ctx.Done():
+		case <-time.After(mergeJoinWait):
+			n.joinMerge()
+		}
+	})
+}
+
+// collectMergeData runs every SplitBrainHandlerService's PrepareMerge for
+// each partition this member owns, as the partition's executor.
+func (n *Node) collectMergeData() []mergeBatch {
+	t := n.view.table.Load()
+	if t == nil {
+		return nil
+	}
+	var mu sync.Mutex
+	var out []mergeBatch
+	var wg sync.WaitGroup
+	for p := range n.view.count {
+		if t.Owner(p) != n.view.id {
+			continue
+		}
+		wg.Add(1)
+		err := n.ops.RunOnPartition(p, func() {
+			defer wg.Done()
+			for _, sc := range n.order {
+				h, ok := n.services[sc.Name].(spi.SplitBrainHandlerService)
+				if !ok {
+					continue
+				}
+				if ops := h.PrepareMerge(p); len(ops) > 0 {
+					mu.Lock()
+					out = append(out, mergeBatch{service: sc.Name, partition: p, ops: ops})
+					mu.Unlock()
+				}
+			}
+		})
+		if err != nil {
+			wg.Done()
+			n.log.Warn("cannot collect a partition's merge data", "partition", p, "error", err)
+		}
+	}
+	wg.Wait()
+	return out
+}
+
+// joinMerge is the second phase of a merge on this member: join the
+// larger cluster, wait for its table, run the collected merge operations.
+func (n *Node) joinMerge() {
+	sb := n.sb
+	sb.mu.Lock()
+	if sb.state != mergePrepared {
+		sb.mu.Unlock()
+		return
+	}
+	sb.state = mergeJoining
+	target, data := sb.target, sb.data
+	sb.data = nil
+	if sb.cancel != nil {
+		sb.cancel()
+	}
+	sb.mu.Unlock()
+	err := n.joinAndReplay(target, data)
+	sb.mu.Lock()
+	sb.state, sb.target = mergeIdle, ""
+	sb.mu.Unlock()
+	if err != nil {
+		n.log.Error("merge failed", "target", target, "error", err)
+		n.lifecycle(spi.LifecycleEvent{State: spi.MergeFailed, Reason: err.Error()})
+		n.metrics.merges.WithLabelValues("failed").Inc()
+		return
+	}
+	n.log.Warn("merged into the larger cluster", "target", target, "members", len(n.view.memberList()))
+	n.lifecycle(spi.LifecycleEvent{State: spi.Merged})
+	n.metrics.merges.WithLabelValues("merged").Inc()
+}
+
+func (n *Node) joinAndReplay(target string, data []mergeBatch) error {
+	if _, err := n.ml.Join([]string{target}); err != nil {
+		return fmt.Errorf("join %s: %w", target, err)
+	}
+	ctx, cancel := context.WithTimeout(n.run.ctx, mergeTableWait)
+	defer cancel()
+	for {
+		if t := n.view.table.Load(); t != nil && !n.view.isMaster() {
+			break
+		}
+		select {
+		case <-ctx.Done():
+			return fmt.Errorf("no partition table from the larger cluster within %v", mergeTableWait)
+		case <-time.After(20 * time.Millisecond):
+		}
+	}
+	var failed []error
+	var mu sync.Mutex
+	sem := make(chan struct{}, 8)
+	var wg sync.WaitGroup
+	for _, b := range data {
+		wg.Add(1)
+		sem <- struct{}{}
+		go func() {
+			defer func() { <-sem; wg.Done() }()
+			for _, op := range b.ops {
+				ictx, icancel := context.WithTimeout(n.run.ctx, n.cfg.Operations.InvocationTimeout)
+				_, err := n.ops.Invoke(ictx, b.service, op, b.partition)
+				icancel()
+				if err != nil {
+					mu.Lock()
+					failed = append(failed, fmt.Errorf("service %s partition %d: %w", b.service, b.partition, err))
+					mu.Unlock()
+					return
+				}
+			}
+		}()
+	}
+	wg.Wait()
+	if len(failed) > 0 {
+		return fmt.Errorf("%d of %d merge batches failed, first: %w", len(failed), len(data), errors.Join(failed[0]))
+	}
+	return nil
+}
+
+// mergeOp is the merging side's master telling a member to prepare for a
+// merge into the cluster at Target, or (Join) to join it.
+type mergeOp struct {
+	Target       string
+	Mine, Theirs int
+	Join         bool
+}
+
+func (op *mergeOp) MessageKind() string { return "splitbrain.merge" }
+func (op *mergeOp) Run(ctx *spi.OpContext) error {
+	n := ctx.Service.(*Node)
+	if op.Join {
+		n.run.spawn(n.joinMerge)
+		return nil
+	}
+	n.prepareMerge(op.Target, op.Mine, op.Theirs)
+	return nil
+}
+func (op *mergeOp) WriteData(w *spi.Writer) {
+	w.WriteString(op.Target)
+	w.WriteUvarint(uint64(op.Mine))
+	w.WriteUvarint(uint64(op.Theirs))
+	w.WriteBool(op.Join)
+}
+func (op *mergeOp) ReadData(r *spi.Reader) error {
+	op.Target, op.Mine, op.Theirs, op.Join = r.ReadString(), int(r.ReadUvarint()), int(r.ReadUvarint()), r.ReadBool()
+	return r.Err()
+}
