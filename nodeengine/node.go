@@ -361,7 +361,12 @@ func (n *Node) Terminate() {
 // teardown stops everything Start started, in reverse.
 func (n *Node) teardown(terminate bool) {
 	n.run.halt()
+	var probeWait time.Duration
 	if n.ml != nil {
+		// A probe's deadline is the probe interval scaled by memberlist's
+		// health score (it grows while this member's probes fail, as when
+		// the others died), read before the score can change.
+		probeWait = n.cfg.Membership.ProbeInterval * time.Duration(1+n.ml.GetHealthScore())
 		n.ml.Shutdown()
 		n.mlStopped.Store(true)
 	}
@@ -369,9 +374,9 @@ func (n *Node) teardown(terminate bool) {
 	n.run.wait()
 	if n.ml != nil {
 		// memberlist's Shutdown does not wait for a probe in flight, which
-		// waits for its ack for up to a probe interval: let it end, so that
+		// waits for its ack until that deadline: let it end, so that
 		// nothing of the member runs once Shutdown returns.
-		t := time.NewTimer(n.cfg.Membership.ProbeInterval)
+		t := time.NewTimer(probeWait)
 		<-t.C
 	}
 	if n.ops != nil {
