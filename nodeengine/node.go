@@ -170,6 +170,7 @@ func (n *Node) Start(ctx context.Context) (err error) {
 		Engine: n, Routing: routing{n.view}, Logger: n.log, Hook: n.hook,
 		Member:       func(id string) bool { _, ok := (routing{n.view}).MemberAddress(id); return ok },
 		Reject:       n.tr.rejectConn,
+		Members:      func() int { return len(n.view.memberList()) },
 		OnReplicaGap: func(p int) { n.replicas.requestSync(p) },
 		Dial: func(ctx context.Context, addr string) (net.Conn, error) {
 			return dialSelect(ctx, addr, 0, selectOperations)
@@ -251,6 +252,11 @@ func (n *Node) createServices() error {
 		}
 		if err := n.ops.Register(sc.Name, svc, types); err != nil {
 			return err
+		}
+		if r, w := sc.SplitBrainProtection.MinSizes(); r > 0 || w > 0 {
+			if err := n.ops.ProtectService(sc.Name, r, w); err != nil {
+				return err
+			}
 		}
 		n.services[sc.Name] = svc
 		n.order = append(n.order, sc)
