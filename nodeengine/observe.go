@@ -148,9 +148,9 @@ func (n *Node) cachedSafe() bool {
 }
 
 // Ready reports whether this member serves its share of the cluster: it
-// has joined, can accept connections on its port, sees enough members for
-// every service's split-brain protection, holds a partition table, takes
-// part in no migration and is not shutting down. When not, reason says
+// has joined, can accept connections on its port, holds a partition
+// table, sees enough members for every service's split-brain protection,
+// takes part in no migration and is not shutting down. When not, reason says
 // why.
 func (n *Node) Ready() (ready bool, reason string) {
 	switch n.state.Load() {
@@ -164,11 +164,11 @@ func (n *Node) Ready() (ready bool, reason string) {
 	if r := n.tr.acceptProblem(); r != "" {
 		return false, r
 	}
-	if r := n.protectionProblem(); r != "" {
-		return false, r
-	}
 	if n.view.table.Load() == nil {
 		return false, "no partition table received yet"
+	}
+	if r := n.protectionProblem(); r != "" {
+		return false, r
 	}
 	if k := n.migs.active.Load(); k > 0 {
 		return false, fmt.Sprintf("%d partition migrations in flight on this member", k)

@@ -130,7 +130,7 @@ type serviceEntry struct {
 	// metrics of each operation type
 	statsByType map[reflect.Type]*opStats
 	statsByID   map[uint16]*opStats
-	protect     protection // split-brain protection (splitbrain.go)
+	protect     protection // split-brain protection (quorum.go)
 }
 
 // Service is the operation service of one member. It implements
