@@ -213,6 +213,9 @@ type ServiceConfig struct {
 	Enabled bool
 	// Properties are the entry's `properties:`, a flat map of scalars.
 	Properties spi.Properties
+	// SplitBrainProtection is the entry's `split-brain-protection:`: the
+	// smallest member list on which the service's operations run.
+	SplitBrainProtection SplitBrainProtectionConfig
 	// Configuration is the raw `configuration:` node (any YAML), or nil
 	// when absent. The engine hands it to a service that implements
 	// spi.ConfigParser.
@@ -220,6 +223,42 @@ type ServiceConfig struct {
 	// Where is "file:line" of the entry, for error messages; empty for an
 	// entry built in code.
 	Where string
+}
+
+// SplitBrainProtectionConfig is a service entry's
+// `split-brain-protection:` section. An operation of the service that it
+// protects is refused with spi.ErrSplitBrainProtection, before it runs,
+// on a member whose member list (itself included) is shorter than
+// MinSize; see docs/operations.md.
+type SplitBrainProtectionConfig struct {
+	// MinSize is the fewest members the service needs (`min-size`,
+	// default 0: no protection). 1 is always met.
+	MinSize int
+	// ProtectOn says which operations are protected (`protect-on`,
+	// default read-write): ProtectRead, ProtectWrite or ProtectReadWrite;
+	// "" means ProtectReadWrite. An operation is a write when it is a
+	// spi.BackupAwareOperation, unless it is a spi.MutatingOperation that
+	// says otherwise.
+	ProtectOn string
+}
+
+// The values of protect-on.
+const (
+	ProtectRead      = "read"
+	ProtectWrite     = "write"
+	ProtectReadWrite = "read-write"
+)
+
+// MinSizes returns the fewest members that reads and that writes need
+// (0: not protected).
+func (p SplitBrainProtectionConfig) MinSizes() (reads, writes int) {
+	switch p.ProtectOn {
+	case ProtectRead:
+		return p.MinSize, 0
+	case ProtectWrite:
+		return 0, p.MinSize
+	}
+	return p.MinSize, p.MinSize
 }
 
 // Default returns the built-in configuration, decoded from the embedded

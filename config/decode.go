@@ -253,7 +253,8 @@ func scalar[T string | int | bool | time.Duration](d *decoder, dst *T) field {
 func (d *decoder) services(n *yaml.Node, path string) []ServiceConfig {
 	out := []ServiceConfig{}
 	d.sequence(n, path, func(item *yaml.Node, p string) {
-		s := ServiceConfig{Enabled: true, Where: d.source + ":" + strconv.Itoa(item.Line)}
+		s := ServiceConfig{Enabled: true, Where: d.source + ":" + strconv.Itoa(item.Line),
+			SplitBrainProtection: SplitBrainProtectionConfig{ProtectOn: ProtectReadWrite}}
 		if item.Kind != yaml.MappingNode && !isNull(item) {
 			d.errorf(item.Line, p, "want a mapping with name and type, got %s", describe(item))
 			return
@@ -262,6 +263,10 @@ func (d *decoder) services(n *yaml.Node, path string) []ServiceConfig {
 			"name":    scalar(d, &s.Name),
 			"type":    scalar(d, &s.Type),
 			"enabled": scalar(d, &s.Enabled),
+			"split-brain-protection": d.section(map[string]field{
+				"min-size":   scalar(d, &s.SplitBrainProtection.MinSize),
+				"protect-on": scalar(d, &s.SplitBrainProtection.ProtectOn),
+			}),
 			"properties": func(v *yaml.Node, pp string) {
 				// serviceName, not s.Name: `name:` may come later.
 				s.Properties = spi.NewProperties(serviceName(item), d.properties(v, pp))

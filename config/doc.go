@@ -60,6 +60,9 @@
 //	      log-level: info
 //	    configuration:               # any YAML -> *yaml.Node for spi.ConfigParser
 //	      some: [structured, value]
+//	    split-brain-protection:
+//	      min-size: 0                # fewest members this one must see; 0: off
+//	      protect-on: read-write     # read | write | read-write
 //
 // Durations are Go durations ("500ms", "2m", "1h30m"); a bare number is an
 // error, not seconds. Integers must be written as integers. A key with an
@@ -74,6 +77,17 @@
 //	cluster.yaml:3: unknown key "clustr" in (top level)
 //	cluster.yaml:7: network.bind: bad address "127.0.0.1:99999": port must be 1..65535
 //	cluster.yaml:15: services[1].type: unknown service type "countr" (registered: counter); ...
+//
+// # Split-brain protection
+//
+// A service entry's split-brain-protection section (SplitBrainProtectionConfig)
+// makes the service's operations need a member list of at least min-size
+// members, this member included: on a smaller side of the cluster they are
+// refused with spi.ErrSplitBrainProtection before they run. protect-on
+// chooses the reads, the writes or both (the default); a write is an
+// operation that is a spi.BackupAwareOperation unless it is a
+// spi.MutatingOperation saying otherwise. docs/operations.md describes the
+// window in which a minority still accepts writes.
 //
 // # Service registry
 //

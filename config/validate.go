@@ -170,6 +170,15 @@ func (c *Config) validate() []error {
 		} else if _, ok := ServiceFactory(s.Type); !ok {
 			v.add(p+".type", "unknown service type %q (registered: %s); is the package that registers it (config.RegisterService) imported by the member binary?", s.Type, typeList())
 		}
+		sbp := s.SplitBrainProtection
+		if sbp.MinSize < 0 {
+			v.add(p+".split-brain-protection.min-size", "must not be negative (0: off), got %d", sbp.MinSize)
+		}
+		switch sbp.ProtectOn {
+		case "", ProtectRead, ProtectWrite, ProtectReadWrite:
+		default:
+			v.add(p+".split-brain-protection.protect-on", "must be %s, %s or %s, got %q", ProtectRead, ProtectWrite, ProtectReadWrite, sbp.ProtectOn)
+		}
 	}
 	return v.errs
 }

@@ -179,6 +179,7 @@ func (n *Node) Start(ctx context.Context) (err error) {
 		Engine: n, Routing: routing{n.view}, Logger: n.log, Hook: n.hook,
 		Member:       func(id string) bool { _, ok := (routing{n.view}).MemberAddress(id); return ok },
 		Reject:       n.tr.rejectConn,
+		Members:      func() int { return len(n.view.memberList()) },
 		OnReplicaGap: func(p int) { n.replicas.requestSync(p) },
 		Dial: func(ctx context.Context, addr string) (net.Conn, error) {
 			return dialSelect(ctx, addr, 0, selectOperations)
@@ -272,6 +273,11 @@ func (n *Node) createServices() error {
 		}
 		if err := n.ops.Register(sc.Name, svc, types); err != nil {
 			return err
+		}
+		if r, w := sc.SplitBrainProtection.MinSizes(); r > 0 || w > 0 {
+			if err := n.ops.ProtectService(sc.Name, r, w); err != nil {
+				return err
+			}
 		}
 		n.services[sc.Name] = svc
 		n.order = append(n.order, sc)
@@ -382,7 +388,12 @@ func (n *Node) Terminate() {
 // teardown stops everything Start started, in reverse.
 func (n *Node) teardown(terminate bool) {
 	n.run.halt()
+	var probeWait time.Duration
 	if n.ml != nil {
+		// A probe's deadline is the probe interval scaled by memberlist's
+		// health score (it grows while this member's probes fail, as when
+		// the others died), read before the score can change.
+		probeWait = n.cfg.Membership.ProbeInterval * time.Duration(1+n.ml.GetHealthScore())
 		n.ml.Shutdown()
 		n.mlStopped.Store(true)
 	}
@@ -390,9 +401,9 @@ func (n *Node) teardown(terminate bool) {
 	n.run.wait()
 	if n.ml != nil {
 		// memberlist's Shutdown does not wait for a probe in flight, which
-		// waits for its ack for up to a probe interval: let it end, so that
+		// waits for its ack until that deadline: let it end, so that
 		// nothing of the member runs once Shutdown returns.
-		t := time.NewTimer(n.cfg.Membership.ProbeInterval)
+		t := time.NewTimer(probeWait)
 		<-t.C
 	}
 	if n.ops != nil {

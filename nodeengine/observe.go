@@ -7,6 +7,7 @@ import (
 	"sync"
 	"time"
 
+	"github.com/partita-go/partita/config"
 	"github.com/partita-go/partita/migration"
 	"github.com/partita-go/partita/nodeengine/debugui"
 	"github.com/partita-go/partita/spi"
@@ -153,7 +154,9 @@ func (n *Node) cachedSafe() bool {
 
 // Ready reports whether this member serves its share of the cluster: it
 // has joined, can accept connections on its port, holds a partition
-// table, takes part in no migration and is not shutting down. When not, reason says why.
+// table, sees enough members for every service's split-brain protection,
+// takes part in no migration and is not shutting down. When not, reason says
+// why.
 func (n *Node) Ready() (ready bool, reason string) {
 	switch n.state.Load() {
 	case stateNew:
@@ -172,10 +175,33 @@ func (n *Node) Ready() (ready bool, reason string) {
 	if n.view.table.Load() == nil {
 		return false, "no partition table received yet"
 	}
+	if r := n.protectionProblem(); r != "" {
+		return false, r
+	}
 	if k := n.migs.active.Load(); k > 0 {
 		return false, fmt.Sprintf("%d partition migrations in flight on this member", k)
 	}
 	return true, ""
+}
+
+// protectionProblem names the first enabled service, in config order,
+// whose split-brain protection this member's member list does not meet
+// ("" when every one is met). Its operations (the protected ones) are
+// refused with spi.ErrSplitBrainProtection meanwhile.
+func (n *Node) protectionProblem() string {
+	present := len(n.view.memberList())
+	for _, sc := range n.order {
+		p := sc.SplitBrainProtection
+		if r, w := p.MinSizes(); present < max(r, w) {
+			on := p.ProtectOn
+			if on == "" {
+				on = config.ProtectReadWrite
+			}
+			return fmt.Sprintf("split-brain protection of service %q not met: it needs %d members (protect-on %s), this member sees %d",
+				sc.Name, p.MinSize, on, present)
+		}
+	}
+	return ""
 }
 
 // migView is the migrations in flight on this member, readable from any

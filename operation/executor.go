@@ -161,6 +161,12 @@ func (e *executor) run(t task) {
 			return
 		}
 	}
+	if !exempt {
+		if err := e.s.checkProtection(t.svc, t.op); err != nil {
+			e.s.finish(t, nil, err)
+			return
+		}
+	}
 	c := &e.opctx
 	*c = spi.OpContext{Engine: e.s.cfg.Engine, Service: t.svc.instance, PartitionID: t.pid, Caller: t.caller, Executor: e.index}
 	err := e.runOp(&t, c, start)

@@ -100,6 +100,15 @@ func (s *Service) attempts(ctx context.Context, limit time.Time, svc *serviceEnt
 		if n > 0 && st != nil {
 			st.retries.Inc()
 		}
+		if !mayHaveRun {
+			// This member's own side is too small: fail fast, send
+			// nothing (the target would refuse it too). Not once an
+			// attempt may have run: the refusal says nothing was applied,
+			// which only the target's exactly-once record can tell.
+			if err := s.checkProtection(svc, op); errors.Is(err, spi.ErrSplitBrainProtection) {
+				return nil, err
+			}
+		}
 		var sent bool
 		// Marked a retry (looked up in the exactly-once record) only once
 		// an earlier attempt may have run: one that was refused did not.

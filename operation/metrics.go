@@ -38,6 +38,7 @@ type metrics struct {
 	backupGaps             prometheus.Counter
 	backupAnswers          prometheus.Counter
 	answersHeld            prometheus.Counter
+	splitBrainRejected     *prometheus.CounterVec
 }
 
 // opStats are the metrics of one operation type.
@@ -117,6 +118,10 @@ func newMetrics() *metrics {
 			Name: "partita_operation_answers_held_total",
 			Help: "Answers of operations without synchronous backups of their own (reads) held until the synchronous backups of the writes before them on their partition were done.",
 		}),
+		splitBrainRejected: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "partita_split_brain_protection_rejected_total",
+			Help: "Operations this member refused with spi.ErrSplitBrainProtection (as the member that would run them, or as the caller failing fast), by service: its member list was shorter than the service's split-brain-protection.min-size.",
+		}, []string{"service"}),
 	}
 	m.waitPartition = m.queueWait.WithLabelValues("partition")
 	m.waitGeneric = m.queueWait.WithLabelValues("generic")
@@ -130,7 +135,7 @@ func (s *Service) RegisterMetrics(r prometheus.Registerer) error {
 	m := s.m
 	for _, c := range []prometheus.Collector{m.runs, m.runErrors, m.runSeconds, m.invSeconds, m.invErrors,
 		m.invRetries, m.invTimeouts, m.queueWait, m.backupSent, m.backupAcked, m.backupLate, m.backupFailed,
-		m.backupAckSeconds, m.backupGaps, m.backupAnswers, m.answersHeld, stateCollector{s}} {
+		m.backupAckSeconds, m.backupGaps, m.backupAnswers, m.answersHeld, m.splitBrainRejected, stateCollector{s}} {
 		if err := r.Register(c); err != nil {
 			return err
 		}

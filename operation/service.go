@@ -71,6 +71,12 @@ type Config struct {
 	// Reject, when set, is told of the connections refused or cut for
 	// their input (see transport.Config.Reject); else they are logged.
 	Reject func(reason, remote string, err error)
+	// Members, when set, returns how many members this member's list
+	// holds, itself included (0: no list yet), for split-brain
+	// protection (ProtectService). It is called before every operation
+	// of a protected service, on any goroutine: it must be cheap and
+	// must not block (an atomic load).
+	Members func() int
 	// OnReplicaGap is called as partition p's executor (on its goroutine,
 	// or a reader's running a backup in its place) when a backup
 	// arrives ahead of a missing one: this replica needs a full sync from
@@ -124,6 +130,7 @@ type serviceEntry struct {
 	// metrics of each operation type
 	statsByType map[reflect.Type]*opStats
 	statsByID   map[uint16]*opStats
+	protect     protection // split-brain protection (quorum.go)
 }
 
 // Service is the operation service of one member. It implements

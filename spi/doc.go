@@ -54,7 +54,13 @@
 //     OpContext.ReplicaIndex is above 0. Counter: IncOperation's four
 //     methods and IncBackupOperation in counter.go.
 //
-// PartitionLostListener is optional and belongs to no step.
+// PartitionLostListener is optional and belongs to no step. So is
+// MutatingOperation: with split-brain protection in a service's config
+// entry (split-brain-protection: min-size, protect-on), the engine refuses
+// its reads, its writes or both with ErrSplitBrainProtection on a member
+// that sees fewer members than required, and MutatingOperation lets an
+// operation say which of the two it is (a BackupAwareOperation is a write
+// by default, anything else a read).
 //
 // # Who calls what, on which goroutine
 //

@@ -75,6 +75,18 @@ var (
 	// ErrNoSuchMember means the member named as a target is not in the
 	// member list.
 	ErrNoSuchMember = errors.New("partita: no such member")
+
+	// ErrSplitBrainProtection means the operation was refused before it
+	// ran because this member's side of the cluster has fewer members
+	// than the service requires (the service's
+	// split-brain-protection.min-size, for the reads or the writes its
+	// protect-on names). Nothing was applied. The engine does not retry
+	// it: the side stays too small until members join or come back, which
+	// takes failure detection and a join, so the caller decides. It is
+	// raised by the member that would run the operation, or at once by
+	// the caller whose own member list is too small, and matches with
+	// errors.Is across members.
+	ErrSplitBrainProtection = errors.New("partita: split-brain protection: too few members for this service")
 )
 
 // IsRetryable reports whether err is one Invoke retries on its own: the

@@ -60,6 +60,22 @@ type NonBlockingOperation interface {
 	NonBlocking()
 }
 
+// MutatingOperation lets an operation say whether it is a write, for
+// split-brain protection (a service's split-brain-protection.protect-on:
+// read, write or read-write). Without it an operation is a write when it
+// is a BackupAwareOperation and a read otherwise; implement it to say
+// otherwise: a write without backups (Mutates true), or a backup-aware
+// operation that only reads (Mutates false).
+//
+// Mutates is called on the member that runs the operation before Run,
+// and on the caller before sending it, on any goroutine; it must only
+// read the operation's own fields, and return the same answer each time.
+// Engine operations and backup operations are never refused.
+type MutatingOperation interface {
+	Operation
+	Mutates() bool
+}
+
 // ResponseOperation is an Operation that returns a value to the caller.
 // Response is called right after a successful Run, still as the
 // partition's executor; the answer may leave later (see

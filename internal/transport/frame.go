@@ -171,6 +171,7 @@ var errorCodes = []error{
 	spi.ErrBackupTimeout, // before ErrIndeterminate, which it wraps
 	spi.ErrIndeterminate,
 	spi.ErrInProgress,
+	spi.ErrSplitBrainProtection,
 }
 
 func errorCode(err error) uint8 {
