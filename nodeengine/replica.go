@@ -348,33 +348,50 @@ func (r *replicas) checked(partitions []int, versions []int64) error {
 			}
 			// The primary read its version v while backups stamped up to v
 			// may still have been on their way: look again a little later,
-			// and sync only if this replica is still behind (or of another
-			// epoch, another history).
-			r.run.spawn(func() {
-				t := time.NewTimer(antiEntropyGrace)
-				defer t.Stop()
-				select {
-				case <-r.run.stop():
-					return
-				case <-t.C:
-				}
-				r.ops.RunOnPartition(p, func() {
-					if r.behind(p, v) {
-						r.log.Info("anti-entropy: backup replica differs from its primary; syncing", "partition", p,
-							"have", r.ops.ReplicaVersion(p), "primary", v)
-						r.ops.MarkSyncing(p)
-						r.requestSync(p)
-					}
-				})
-			})
+			// and again later still (a loaded machine delays them), and
+			// sync only if this replica is still behind both times (or of
+			// another epoch, another history). A needless sync costs a
+			// full copy and, should the primary die meanwhile, a
+			// partition reported lost.
+			r.run.spawn(func() { r.recheck(p, v, antiEntropyGrace) })
 		})
 	}
 	return nil
 }
 
 // antiEntropyGrace is how long a backup that looks behind its primary's
-// reported version waits for the backups in flight before it syncs.
-const antiEntropyGrace = 100 * time.Millisecond
+// reported version waits for the backups in flight before it looks
+// again; it looks a second time after antiEntropyGrace2.
+const (
+	antiEntropyGrace  = 100 * time.Millisecond
+	antiEntropyGrace2 = time.Second
+)
+
+// recheck looks again, after wait, whether this backup replica of p is
+// still behind its primary's version v; if so, after antiEntropyGrace2
+// once more, then it syncs.
+func (r *replicas) recheck(p int, v int64, wait time.Duration) {
+	t := time.NewTimer(wait)
+	defer t.Stop()
+	select {
+	case <-r.run.stop():
+		return
+	case <-t.C:
+	}
+	r.ops.RunOnPartition(p, func() {
+		if !r.behind(p, v) {
+			return
+		}
+		if wait == antiEntropyGrace {
+			r.run.spawn(func() { r.recheck(p, v, antiEntropyGrace2) })
+			return
+		}
+		r.log.Info("anti-entropy: backup replica differs from its primary; syncing", "partition", p,
+			"have", r.ops.ReplicaVersion(p), "primary", v)
+		r.ops.MarkSyncing(p)
+		r.requestSync(p)
+	})
+}
 
 // behind reports whether this backup replica of p lacks what its primary
 // had at version v (executor p).
