@@ -224,7 +224,8 @@ func (n *Node) Start(ctx context.Context) (err error) {
 func (n *Node) wire() {
 	snaps := &snapshots{engine: n, ops: n.ops, services: n.migrationAware}
 	n.replicas = &replicas{view: n.view, address: n.address, ops: n.ops, run: n.run, log: n.log, migs: n.migs,
-		snaps: snaps, services: n.migrationAware, stepTimeout: n.cfg.Migration.StepTimeout}
+		snaps: snaps, services: n.migrationAware, stepTimeout: n.cfg.Migration.StepTimeout,
+		antiEntropySyncs: n.metrics.antiEntropy}
 	m := n.migs
 	m.view, m.ops, m.log, m.services, m.replicas, m.snaps = n.view, n.ops, n.log, n.migrationAware, n.replicas, snaps
 	m.bytesSent, m.bytesRecv = n.metrics.migBytesSent, n.metrics.migBytesRecv

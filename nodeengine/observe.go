@@ -26,6 +26,7 @@ type engineMetrics struct {
 	tableInstalls prometheus.Counter
 	rejected      *prometheus.CounterVec // partita_rejected_input_total, fed by the transport
 	merges        *prometheus.CounterVec // partita_split_brain_merges_total{result}
+	antiEntropy   prometheus.Counter
 }
 
 func newEngineMetrics() (engineMetrics, *prometheus.CounterVec) {
@@ -45,6 +46,10 @@ func newEngineMetrics() (engineMetrics, *prometheus.CounterVec) {
 			Help: "Partition table versions this member installed.",
 		}),
 		rejected: newRejectedMetric(),
+		antiEntropy: prometheus.NewCounter(prometheus.CounterOpts{
+			Name: "partita_anti_entropy_syncs_total",
+			Help: "Full copies this member's backup replicas pulled because anti-entropy found them behind their primary.",
+		}),
 		merges: prometheus.NewCounterVec(prometheus.CounterOpts{
 			Name: "partita_split_brain_merges_total",
 			Help: "Merges of this member's cluster into a larger cluster of its name, by result (merged, failed).",
@@ -55,7 +60,7 @@ func newEngineMetrics() (engineMetrics, *prometheus.CounterVec) {
 func (n *Node) registerMetrics() error {
 	var migBytes *prometheus.CounterVec
 	n.metrics, migBytes = newEngineMetrics()
-	for _, c := range []prometheus.Collector{n.metrics.lost, migBytes, n.metrics.tableInstalls, n.metrics.rejected, n.metrics.merges, engineCollector{n}} {
+	for _, c := range []prometheus.Collector{n.metrics.lost, migBytes, n.metrics.tableInstalls, n.metrics.rejected, n.metrics.merges, n.metrics.antiEntropy, engineCollector{n}} {
 		if err := n.registry.Register(c); err != nil {
 			return fmt.Errorf("partita: register metrics: %w", err)
 		}

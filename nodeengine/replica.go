@@ -10,6 +10,7 @@ import (
 	"github.com/partita-go/partita/operation"
 	"github.com/partita-go/partita/partition"
 	"github.com/partita-go/partita/spi"
+	"github.com/prometheus/client_golang/prometheus"
 )
 
 // replicas keeps this member's partition replicas in line with the table:
@@ -31,6 +32,9 @@ type replicas struct {
 	snaps       *snapshots
 	services    []migrationAware
 	stepTimeout time.Duration // bounds a sync request (migration.step-timeout)
+	// antiEntropySyncs counts the copies anti-entropy started
+	// (partita_anti_entropy_syncs_total).
+	antiEntropySyncs prometheus.Counter
 }
 
 // changes runs, after a new table is installed, what this member's
@@ -388,6 +392,7 @@ func (r *replicas) recheck(p int, v int64, wait time.Duration) {
 		}
 		r.log.Info("anti-entropy: backup replica differs from its primary; syncing", "partition", p,
 			"have", r.ops.ReplicaVersion(p), "primary", v)
+		r.antiEntropySyncs.Inc()
 		r.ops.MarkSyncing(p)
 		r.requestSync(p)
 	})
