@@ -166,6 +166,9 @@ func (c *Config) validate() []error {
 		} else if _, ok := ServiceFactory(s.Type); !ok {
 			v.add(p+".type", "unknown service type %q (registered: %s); is the package that registers it (config.RegisterService) imported by the member binary?", s.Type, typeList())
 		}
+		if _, ok := MergePolicyFactory(s.MergePolicy); s.MergePolicy != "" && !ok {
+			v.add(p+".merge-policy", "unknown merge policy %q (registered: %s)", s.MergePolicy, strings.Join(MergePolicies(), ", "))
+		}
 	}
 	return v.errs
 }
