@@ -15,6 +15,11 @@
 // goroutine and wait for the owner, and for an increment its synchronous
 // backups: call them from your own goroutines, never from an operation.
 //
+// A counter is a PN-counter (state.go), so that after a split brain the
+// smaller side's counters merge into the larger side's without losing an
+// acknowledged increment of either (splitbrain.go: PrepareMerge,
+// CounterMergeOperation and the counter-sum merge policy).
+//
 // The steps of Hazelcast's guide map to this package as spi's overview
 // lists them; docs/guide.md walks through the code.
 //
