@@ -440,22 +440,14 @@ services:
 	}
 
 	// A bad property fails Start with the file, line and key.
-	cfg, err = config.Parse("bad.yaml", []byte(`
+	err = startErr(t, `
 network: {bind: "127.0.0.1:0", join: {multicast: {enabled: false}}}
 services:
   - name: Parsed
     type: parsed
     properties:
       batch: many
-`))
-	if err != nil {
-		t.Fatal(err)
-	}
-	bad, err := nodeengine.New(cfg)
-	if err != nil {
-		t.Fatal(err)
-	}
-	err = bad.Start(ctxT(t))
+`)
 	if err == nil || !strings.Contains(err.Error(), `bad.yaml:7: service "Parsed": property "batch": want an integer, got "many"`) {
 		t.Fatalf("start with a bad property: %v", err)
 	}
@@ -505,22 +497,29 @@ services:
 	}
 	n.Shutdown(ctxT(t))
 
-	cfg, err = config.Parse("bad.yaml", []byte(`
+	err = startErr(t, `
 network: {bind: "127.0.0.1:0", join: {multicast: {enabled: false}}}
 metrics: {address: ""}
 services:
   - name: Bad
     type: bad-default
-`))
-	if err != nil {
-		t.Fatal(err)
-	}
-	bad, err := nodeengine.New(cfg)
-	if err != nil {
-		t.Fatal(err)
-	}
-	err = bad.Start(ctxT(t))
+`)
 	if err == nil || !strings.Contains(err.Error(), `bad.yaml:5: service "Bad": unknown merge policy "no-such-policy" from the service's DefaultMergePolicy`) {
 		t.Fatalf("start with an unregistered default policy: %v", err)
 	}
+}
+
+// startErr starts a member from the config bad.yaml holding yml, which
+// must parse, and returns the error of its Start.
+func startErr(t *testing.T, yml string) error {
+	t.Helper()
+	cfg, err := config.Parse("bad.yaml", []byte(yml))
+	if err != nil {
+		t.Fatal(err)
+	}
+	n, err := nodeengine.New(cfg)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return n.Start(ctxT(t))
 }

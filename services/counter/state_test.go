@@ -126,6 +126,17 @@ func (sd side) promote() {
 		CurrentReplicaIndex: 1, NewReplicaIndex: 0})
 }
 
+// split returns the two sides of a split: counter c at 10 on a, copied to
+// b, which is promoted; a stays the primary of the smaller side, b is the
+// larger side's.
+func split(t *testing.T) (a, b side) {
+	a, b = newSide(t), newSide(t)
+	a.inc("c", 10)
+	a.copyTo(b)
+	b.promote()
+	return a, b
+}
+
 // mergeInto runs sd's PrepareMerge on dst as the engine would (encoded),
 // and the backup of each operation on dst's backup replica, if given;
 // then sd resets, as the merging member does.
@@ -168,12 +179,8 @@ func (sd side) want(name string, v int64) {
 // on the smaller, 17 after the merge; and the backup of the larger side's
 // primary holds what it holds.
 func TestMergeLossless(t *testing.T) {
-	a, b, backup := newSide(t), newSide(t), newSide(t)
-	a.inc("c", 10)
-	a.copyTo(b) // b is a's backup when the split comes
-	// Split: a stays primary on the smaller side, b is promoted on the
-	// larger one, where backup becomes its backup.
-	b.promote()
+	a, b := split(t) // b was a's backup when the split came
+	backup := newSide(t)
 	if a.inc("c", 2) != 12 || b.inc("c", 5) != 15 {
 		t.Fatal("the sides do not count apart")
 	}
@@ -199,10 +206,7 @@ func TestMergeLossless(t *testing.T) {
 // The same partition split twice: every increment of both sides of both
 // splits counts once.
 func TestMergeTwoSuccessiveSplits(t *testing.T) {
-	a, b := newSide(t), newSide(t)
-	a.inc("c", 10)
-	a.copyTo(b)
-	b.promote()
+	a, b := split(t)
 	a.inc("c", 2)
 	b.inc("c", 5)
 	a.mergeInto(b, nil) // 17 on b; a rejoins empty
@@ -246,10 +250,7 @@ func TestMergeCounterOnlyOnSmallerSide(t *testing.T) {
 // sides' increments since count.
 func TestMergeDestroyedOnOneSide(t *testing.T) {
 	t.Run("on the larger side", func(t *testing.T) {
-		a, b := newSide(t), newSide(t)
-		a.inc("c", 10)
-		a.copyTo(b)
-		b.promote()
+		a, b := split(t)
 		b.inc("c", 5)
 		b.s.containers[p].destroy("c")
 		a.inc("c", 2)
@@ -257,20 +258,14 @@ func TestMergeDestroyedOnOneSide(t *testing.T) {
 		b.want("c", 12) // the smaller side's counter, as it is
 	})
 	t.Run("on the smaller side", func(t *testing.T) {
-		a, b := newSide(t), newSide(t)
-		a.inc("c", 10)
-		a.copyTo(b)
-		b.promote()
+		a, b := split(t)
 		b.inc("c", 5)
 		a.s.containers[p].destroy("c")
 		a.mergeInto(b, nil)
 		b.want("c", 15) // nothing to merge
 	})
 	t.Run("on the smaller side, then made again", func(t *testing.T) {
-		a, b := newSide(t), newSide(t)
-		a.inc("c", 10)
-		a.copyTo(b)
-		b.promote()
+		a, b := split(t)
 		b.inc("c", 5)
 		a.s.containers[p].destroy("c")
 		a.inc("c", 2) // a fresh origin: not hidden by the 10 under the old one
@@ -324,11 +319,9 @@ func TestMergeStandardPolicies(t *testing.T) {
 		{mergepolicy.HigherValue{}, 15, 3, 7, true},
 	} {
 		t.Run(tc.policy.Name(), func(t *testing.T) {
-			a, b, backup := newSide(t), newSide(t), newSide(t)
+			a, b := split(t)
+			backup := newSide(t)
 			b.s.policy = tc.policy
-			a.inc("c", 10)
-			a.copyTo(b)
-			b.promote()
 			a.inc("c", 2)
 			a.inc("small-only", 3)
 			b.inc("c", 5)
