@@ -220,6 +220,11 @@ type ServiceConfig struct {
 	// when absent. The engine hands it to a service that implements
 	// spi.ConfigParser.
 	Configuration *yaml.Node
+	// MergePolicy names the policy that merges the service's data after
+	// a split brain (`merge-policy`, see spi.MergePolicy and
+	// RegisterMergePolicy); empty: the service's own default
+	// (spi.MergePolicyDefault), else put-if-absent.
+	MergePolicy string
 	// Where is "file:line" of the entry, for error messages; empty for an
 	// entry built in code.
 	Where string

@@ -359,6 +359,8 @@ func TestInvalid(t *testing.T) {
 		{"property not scalar", "services:\n  - name: a\n    type: counter\n    properties:\n      levels: [info, debug]\n", 5, "services[0].properties.levels", "properties must be scalars, got a list"},
 		{"properties not a mapping", "services:\n  - name: a\n    type: counter\n    properties: [a]\n", 4, "services[0].properties", "want a mapping, got a list"},
 		{"service enabled not bool", "services:\n  - name: a\n    type: counter\n    enabled: 3\n", 4, "services[0].enabled", `want true or false, got "3"`},
+		{"unknown merge policy", "services:\n  - name: a\n    type: counter\n    merge-policy: latest\n", 4, "services[0].merge-policy", `unknown merge policy "latest" (registered: discard, higher-value, pass-through, put-if-absent)`},
+		{"merge policy not scalar", "services:\n  - name: a\n    type: counter\n    merge-policy: [discard]\n", 4, "services[0].merge-policy", "want a string, got a list"},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			_, err := Parse("bad.yaml", []byte(tc.yaml))
@@ -625,5 +627,66 @@ func TestLoad(t *testing.T) {
 	}
 	if _, err := Load(filepath.Join(t.TempDir(), "missing.yaml")); !errors.Is(err, os.ErrNotExist) {
 		t.Errorf("Load(missing) = %v, want ErrNotExist", err)
+	}
+}
+
+func TestMergePolicyKey(t *testing.T) {
+	c, err := Parse("mp.yaml", []byte("services:\n  - name: a\n    type: counter\n    merge-policy: higher-value\n  - name: b\n    type: counter\n"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if got := c.Services[0].MergePolicy; got != "higher-value" {
+		t.Fatalf("services[0].MergePolicy = %q, want higher-value", got)
+	}
+	if got := c.Services[1].MergePolicy; got != "" {
+		t.Fatalf("services[1].MergePolicy = %q, want empty (the service's default)", got)
+	}
+	if got := Default().Services[0].MergePolicy; got != "" {
+		t.Fatalf("default CounterService has merge policy %q, want empty", got)
+	}
+}
+
+type namedPolicy string
+
+func (p namedPolicy) Name() string                       { return string(p) }
+func (p namedPolicy) Merge(m, _ any, _ bool) (any, bool) { return m, true }
+
+func TestRegisterMergePolicy(t *testing.T) {
+	want := []string{"discard", "higher-value", "pass-through", "put-if-absent"}
+	if got := MergePolicies(); !reflect.DeepEqual(got, want) {
+		t.Fatalf("MergePolicies() = %v, want %v", got, want)
+	}
+	for _, name := range want {
+		f, ok := MergePolicyFactory(name)
+		if !ok || f().Name() != name {
+			t.Fatalf("MergePolicyFactory(%q): found %v", name, ok)
+		}
+	}
+	RegisterMergePolicy("test-policy", func() spi.MergePolicy { return namedPolicy("test-policy") })
+	t.Cleanup(func() {
+		policies.Lock()
+		delete(policies.factories, "test-policy")
+		policies.Unlock()
+	})
+	if _, err := Parse("mp.yaml", []byte("services:\n  - name: a\n    type: counter\n    merge-policy: test-policy\n")); err != nil {
+		t.Fatalf("a registered service-defined policy is refused: %v", err)
+	}
+	for _, tc := range []struct {
+		name string
+		f    func() spi.MergePolicy
+	}{
+		{"", func() spi.MergePolicy { return namedPolicy("") }},
+		{"nil", nil},
+		{"test-policy", func() spi.MergePolicy { return namedPolicy("test-policy") }},
+		{"other", func() spi.MergePolicy { return namedPolicy("another") }},
+	} {
+		func() {
+			defer func() {
+				if recover() == nil {
+					t.Errorf("RegisterMergePolicy(%q) did not panic", tc.name)
+				}
+			}()
+			RegisterMergePolicy(tc.name, tc.f)
+		}()
 	}
 }

@@ -276,6 +276,7 @@ func (d *decoder) services(n *yaml.Node, path string) []ServiceConfig {
 					s.Configuration = v
 				}
 			},
+			"merge-policy": scalar(d, &s.MergePolicy),
 		})
 		out = append(out, s)
 	})

@@ -1,5 +1,6 @@
 // Package config reads, defaults and validates the YAML configuration of a
-// Partita member, and holds the registry of service types.
+// Partita member, and holds the registries of service types and merge
+// policies.
 //
 // Who calls what: a service package calls RegisterService from its init
 // function; a program (cmd/member, a test, an embedder) calls Load, Parse
@@ -63,6 +64,7 @@
 //	    split-brain-protection:
 //	      min-size: 0                # fewest members this one must see; 0: off
 //	      protect-on: read-write     # read | write | read-write
+//	    merge-policy: counter-sum    # after a split brain; registered with RegisterMergePolicy
 //
 // Durations are Go durations ("500ms", "2m", "1h30m"); a bare number is an
 // error, not seconds. Integers must be written as integers. A key with an
@@ -103,6 +105,23 @@
 //
 // Validate rejects a `type:` that is not registered (disabled entries
 // included), so register before loading.
+//
+// # Merge policies
+//
+// A service's `merge-policy:` names the spi.MergePolicy that decides, entry
+// by entry, what its data keeps when a smaller cluster merges into a larger
+// one after a split brain. The standard policies of spi/mergepolicy are
+// registered here under their names: put-if-absent (the default: the larger
+// side's entry when it has one, else the merging one), pass-through (the
+// merging one), discard (the larger side's; entries only the smaller side
+// has are dropped) and higher-value (the greater of the two). A service
+// registers its own the same way as its type, from an init function,
+// with RegisterMergePolicy(name, factory); the counter registers
+// counter-sum and makes it its default (spi.MergePolicyDefault), so an
+// entry without the key gets it. Validate rejects a name that is not
+// registered, with the key's line:
+//
+//	cluster.yaml:16: services[0].merge-policy: unknown merge policy "latest" (registered: counter-sum, discard, higher-value, pass-through, put-if-absent)
 //
 // # Usage
 //

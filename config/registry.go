@@ -6,6 +6,7 @@ import (
 	"sync"
 
 	"github.com/partita-go/partita/spi"
+	"github.com/partita-go/partita/spi/mergepolicy"
 )
 
 // registry maps service type names to factories, like database/sql drivers.
@@ -48,4 +49,58 @@ func ServiceTypes() []string {
 	registry.RLock()
 	defer registry.RUnlock()
 	return slices.Sorted(maps.Keys(registry.factories))
+}
+
+// policies maps merge policy names to factories.
+var policies = struct {
+	sync.RWMutex
+	factories map[string]func() spi.MergePolicy
+}{factories: map[string]func() spi.MergePolicy{}}
+
+func init() {
+	for _, p := range mergepolicy.Standard() {
+		RegisterMergePolicy(p.Name(), func() spi.MergePolicy { return p })
+	}
+}
+
+// RegisterMergePolicy makes a merge policy available to the
+// `merge-policy:` of a services entry (see spi.MergePolicy). The standard
+// policies of spi/mergepolicy are registered under their names
+// (put-if-absent, pass-through, discard, higher-value); a service
+// registers its own from the init function of its package, as it
+// registers its type. It panics if name is empty, factory is nil, name is
+// already registered, or the policy factory makes is named otherwise. It
+// is safe for concurrent use.
+func RegisterMergePolicy(name string, factory func() spi.MergePolicy) {
+	if name == "" {
+		panic("config: RegisterMergePolicy: empty name")
+	}
+	if factory == nil {
+		panic("config: RegisterMergePolicy: nil factory for policy " + name)
+	}
+	if got := factory().Name(); got != name {
+		panic("config: RegisterMergePolicy: policy " + name + " calls itself " + got)
+	}
+	policies.Lock()
+	defer policies.Unlock()
+	if _, dup := policies.factories[name]; dup {
+		panic("config: RegisterMergePolicy: policy " + name + " registered twice")
+	}
+	policies.factories[name] = factory
+}
+
+// MergePolicyFactory returns the factory registered for the merge policy
+// name.
+func MergePolicyFactory(name string) (func() spi.MergePolicy, bool) {
+	policies.RLock()
+	defer policies.RUnlock()
+	f, ok := policies.factories[name]
+	return f, ok
+}
+
+// MergePolicies returns the registered merge policy names, sorted.
+func MergePolicies() []string {
+	policies.RLock()
+	defer policies.RUnlock()
+	return slices.Sorted(maps.Keys(policies.factories))
 }

@@ -179,6 +179,9 @@ func (c *Config) validate() []error {
 		default:
 			v.add(p+".split-brain-protection.protect-on", "must be %s, %s or %s, got %q", ProtectRead, ProtectWrite, ProtectReadWrite, sbp.ProtectOn)
 		}
+		if _, ok := MergePolicyFactory(s.MergePolicy); s.MergePolicy != "" && !ok {
+			v.add(p+".merge-policy", "unknown merge policy %q (registered: %s)", s.MergePolicy, strings.Join(MergePolicies(), ", "))
+		}
 	}
 	return v.errs
 }

@@ -11,6 +11,7 @@ import (
 	"net"
 	"net/http"
 	"slices"
+	"strings"
 	"sync/atomic"
 	"time"
 
@@ -19,6 +20,7 @@ import (
 	"github.com/partita-go/partita/migration"
 	"github.com/partita-go/partita/operation"
 	"github.com/partita-go/partita/spi"
+	"github.com/partita-go/partita/spi/mergepolicy"
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/prometheus/client_golang/prometheus/collectors"
 )
@@ -80,8 +82,9 @@ type Node struct {
 	parts    *partitionView
 	proxies  *proxyRegistry
 	services map[string]spi.Service
-	order    []config.ServiceConfig // enabled services, config order
-	inited   []string               // services whose Init succeeded
+	policies map[string]spi.MergePolicy // by service name, set before Init
+	order    []config.ServiceConfig     // enabled services, config order
+	inited   []string                   // services whose Init succeeded
 	// migrationAware are the enabled MigrationAwareServices, config order.
 	migrationAware []migrationAware
 
@@ -122,7 +125,7 @@ func New(cfg *config.Config, opts ...Option) (*Node, error) {
 	}
 	count := cfg.Partitions.Count
 	n := &Node{cfg: cfg, log: slog.Default(), view: newClusterView(count), run: newRunner(context.Background()),
-		services: make(map[string]spi.Service), wake: make(chan struct{}, 1),
+		services: make(map[string]spi.Service), policies: make(map[string]spi.MergePolicy), wake: make(chan struct{}, 1),
 		migs: newMigrations(count), leavers: leavers{ids: make(map[string]bool)}, sb: newSplitBrain()}
 	for _, o := range opts {
 		o(n)
@@ -280,7 +283,12 @@ func (n *Node) createServices() error {
 				return err
 			}
 		}
+		policy, err := mergePolicy(sc, svc)
+		if err != nil {
+			return err
+		}
 		n.services[sc.Name] = svc
+		n.policies[sc.Name] = policy
 		n.order = append(n.order, sc)
 		if ma, ok := svc.(spi.MigrationAwareService); ok {
 			n.migrationAware = append(n.migrationAware, migrationAware{name: sc.Name, svc: ma})
@@ -296,6 +304,24 @@ func (n *Node) createServices() error {
 		n.inited = append(n.inited, sc.Name)
 	}
 	return nil
+}
+
+// mergePolicy resolves the merge policy of a service: its config's, else
+// the one it names as its default, else put-if-absent.
+func mergePolicy(sc config.ServiceConfig, svc spi.Service) (spi.MergePolicy, error) {
+	name, from := sc.MergePolicy, "merge-policy"
+	if name == "" {
+		name, from = mergepolicy.PutIfAbsentName, "default"
+		if d, ok := svc.(spi.MergePolicyDefault); ok {
+			name, from = d.DefaultMergePolicy(), "the service's DefaultMergePolicy"
+		}
+	}
+	f, ok := config.MergePolicyFactory(name)
+	if !ok {
+		return nil, fmt.Errorf("%s: service %q: unknown merge policy %q from %s (registered: %s)",
+			sc.Where, sc.Name, name, from, strings.Join(config.MergePolicies(), ", "))
+	}
+	return f(), nil
 }
 
 // join starts memberlist and joins the configured members (or those found
@@ -459,6 +485,9 @@ func (n *Node) Logger() *slog.Logger { return n.log }
 
 // Metrics implements spi.NodeEngine.
 func (n *Node) Metrics() prometheus.Registerer { return n.registry }
+
+// MergePolicy implements spi.NodeEngine.
+func (n *Node) MergePolicy(service string) spi.MergePolicy { return n.policies[service] }
 
 // Registry returns the member's metrics registry (for scraping).
 func (n *Node) Registry() *prometheus.Registry { return n.registry }

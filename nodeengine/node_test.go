@@ -440,23 +440,86 @@ services:
 	}
 
 	// A bad property fails Start with the file, line and key.
-	cfg, err = config.Parse("bad.yaml", []byte(`
+	err = startErr(t, `
 network: {bind: "127.0.0.1:0", join: {multicast: {enabled: false}}}
 services:
   - name: Parsed
     type: parsed
     properties:
       batch: many
+`)
+	if err == nil || !strings.Contains(err.Error(), `bad.yaml:7: service "Parsed": property "batch": want an integer, got "many"`) {
+		t.Fatalf("start with a bad property: %v", err)
+	}
+}
+
+// defaultingService names its own default merge policy.
+type defaultingService struct{ policy string }
+
+func (s *defaultingService) DefaultMergePolicy() string { return s.policy }
+
+func init() {
+	config.RegisterService("defaulting", func() spi.Service { return &defaultingService{policy: "discard"} })
+	config.RegisterService("bad-default", func() spi.Service { return &defaultingService{policy: "no-such-policy"} })
+}
+
+// Each service gets the merge policy of its config entry, else the one it
+// names as its default, else put-if-absent; a default that is not
+// registered stops Start.
+func TestMergePolicyPerService(t *testing.T) {
+	cfg, err := config.Parse("mp.yaml", []byte(`
+network: {bind: "127.0.0.1:0", join: {multicast: {enabled: false}}}
+metrics: {address: ""}
+services:
+  - name: Plain
+    type: parsed
+  - name: Chosen
+    type: parsed
+    merge-policy: higher-value
+  - name: OwnDefault
+    type: defaulting
+  - name: Overridden
+    type: defaulting
+    merge-policy: pass-through
 `))
 	if err != nil {
 		t.Fatal(err)
 	}
-	bad, err := nodeengine.New(cfg)
+	n := start(t, cfg, nil)
+	for svc, want := range map[string]string{"Plain": "put-if-absent", "Chosen": "higher-value",
+		"OwnDefault": "discard", "Overridden": "pass-through"} {
+		if p := n.MergePolicy(svc); p == nil || p.Name() != want {
+			t.Errorf("MergePolicy(%q) = %v, want %s", svc, p, want)
+		}
+	}
+	if p := n.MergePolicy("NoSuchService"); p != nil {
+		t.Errorf("MergePolicy of an unknown service = %v, want nil", p)
+	}
+	n.Shutdown(ctxT(t))
+
+	err = startErr(t, `
+network: {bind: "127.0.0.1:0", join: {multicast: {enabled: false}}}
+metrics: {address: ""}
+services:
+  - name: Bad
+    type: bad-default
+`)
+	if err == nil || !strings.Contains(err.Error(), `bad.yaml:5: service "Bad": unknown merge policy "no-such-policy" from the service's DefaultMergePolicy`) {
+		t.Fatalf("start with an unregistered default policy: %v", err)
+	}
+}
+
+// startErr starts a member from the config bad.yaml holding yml, which
+// must parse, and returns the error of its Start.
+func startErr(t *testing.T, yml string) error {
+	t.Helper()
+	cfg, err := config.Parse("bad.yaml", []byte(yml))
 	if err != nil {
 		t.Fatal(err)
 	}
-	err = bad.Start(ctxT(t))
-	if err == nil || !strings.Contains(err.Error(), `bad.yaml:7: service "Parsed": property "batch": want an integer, got "many"`) {
-		t.Fatalf("start with a bad property: %v", err)
+	n, err := nodeengine.New(cfg)
+	if err != nil {
+		t.Fatal(err)
 	}
+	return n.Start(ctxT(t))
 }

@@ -53,6 +53,15 @@
 //     and its BackupOperation repeats it on the backup replicas, where
 //     OpContext.ReplicaIndex is above 0. Counter: IncOperation's four
 //     methods and IncBackupOperation in counter.go.
+//  7. Split brain [12] (beyond Hazelcast's guide): a
+//     SplitBrainHandlerService's PrepareMerge hands a partition's data
+//     to the larger cluster as operations, which apply the service's
+//     MergePolicy (NodeEngine.MergePolicy: the config's `merge-policy:`,
+//     else the service's MergePolicyDefault, else put-if-absent; the
+//     standard policies are in spi/mergepolicy) entry by entry. Counter:
+//     splitbrain.go (PrepareMerge, CounterMergeOperation and its backup,
+//     the counter-sum policy) and state.go (the PN-counter that makes the
+//     merge lossless).
 //
 // PartitionLostListener is optional and belongs to no step. So is
 // MutatingOperation: with split-brain protection in a service's config
@@ -110,6 +119,12 @@
 //     partition data through RunOnPartition.
 //   - PartitionLostListener.PartitionLost: on the master, on a goroutine
 //     of the migration manager; it must not block.
+//   - SplitBrainHandlerService.PrepareMerge: as the partition's executor
+//     on each member of the merging side, once per partition it owns,
+//     before Reset (once the engine's side of issue 20 lands).
+//     MergePolicy.Merge: wherever the service's merge operations call it, as the partition's
+//     executor; it must not block. MergePolicyDefault.DefaultMergePolicy:
+//     once, on the goroutine of Node.Start, before Init.
 //   - ManagedService.Shutdown: once, on the goroutine of Node.Shutdown or
 //     Node.Terminate (or of a Node.Start that failed after Init), in
 //     reverse config order, once the executors have stopped.

@@ -113,6 +113,12 @@ type NodeEngine interface {
 	// Metrics returns the member's metrics registerer (never the global
 	// one, so that several members may share a process).
 	Metrics() prometheus.Registerer
+	// MergePolicy returns the merge policy of the named service: the one
+	// its config entry names (`merge-policy:`), else the one the service
+	// names as a MergePolicyDefault, else put-if-absent. It is resolved
+	// when the services are created, before Init; nil for a name that is
+	// no enabled service. See SplitBrainHandlerService.
+	MergePolicy(service string) MergePolicy
 }
 
 // PartitionService maps keys to partitions and partitions to members, by

@@ -38,3 +38,13 @@ type MergePolicy interface {
 	// it has none). keep false drops the entry.
 	Merge(merging, existing any, exists bool) (value any, keep bool)
 }
+
+// MergePolicyDefault is implemented by a service whose merge policy,
+// when its config entry names none, is not put-if-absent: the counter,
+// whose increments merge without loss, names its own ("counter-sum").
+// DefaultMergePolicy is called once, on the goroutine of Node.Start,
+// after the service is made and before its Init; the name must be
+// registered (config.RegisterMergePolicy), else Start fails.
+type MergePolicyDefault interface {
+	DefaultMergePolicy() string
+}

@@ -15,6 +15,11 @@
 // goroutine and wait for the owner, and for an increment its synchronous
 // backups: call them from your own goroutines, never from an operation.
 //
+// A counter is a PN-counter (state.go), so that after a split brain the
+// smaller side's counters merge into the larger side's without losing an
+// acknowledged increment of either (splitbrain.go: PrepareMerge,
+// CounterMergeOperation and the counter-sum merge policy).
+//
 // The steps of Hazelcast's guide map to this package as spi's overview
 // lists them; docs/guide.md walks through the code.
 //
@@ -56,10 +61,12 @@ func init() {
 
 // Operation type ids of the counter service.
 const (
-	typeInc       uint16 = 1
-	typeGet       uint16 = 2
-	typeMigration uint16 = 3 // CounterMigrationOperation, see migration.go
-	typeIncBackup uint16 = 4
+	typeInc         uint16 = 1
+	typeGet         uint16 = 2
+	typeMigration   uint16 = 3 // CounterMigrationOperation, see migration.go
+	typeIncBackup   uint16 = 4
+	typeMerge       uint16 = 5 // CounterMergeOperation, see splitbrain.go
+	typeMergeBackup uint16 = 6
 )
 
 // Service is the counter service of one member.
@@ -70,12 +77,18 @@ type Service struct {
 	// Backups of each increment: synchronous (waited for) and not.
 	syncBackups, asyncBackups int
 	containers                []container // by partition id
+	policy                    spi.MergePolicy
 }
 
 // container holds the counters of one partition. Only that partition's
 // operations touch it, one at a time.
 type container struct {
-	values map[string]int64
+	counters map[string]*pnCounter
+	// origin is what this member's increments as the partition's primary
+	// are counted under (state.go), drawn at the first of them; 0 until
+	// then, and again whenever the replica's data may have been replaced
+	// (migration, replica sync, merge, destroy, Reset).
+	origin uint64
 }
 
 var (
@@ -113,8 +126,9 @@ func (s *Service) Init(engine spi.NodeEngine, props spi.Properties) error {
 	}
 	s.containers = make([]container, engine.Partitions().PartitionCount())
 	for i := range s.containers {
-		s.containers[i].values = make(map[string]int64)
+		s.containers[i].counters = make(map[string]*pnCounter)
 	}
+	s.policy = engine.MergePolicy(ServiceName)
 	return s.registerMetrics(engine)
 }
 
@@ -146,9 +160,9 @@ func (c collector) Collect(ch chan<- prometheus.Metric) {
 			var n count
 			switch i := s.engine.Partitions().ReplicaIndex(p); {
 			case i == 0:
-				n.primary = len(s.containers[p].values)
+				n.primary = len(s.containers[p].counters)
 			case i > 0:
-				n.backup = len(s.containers[p].values)
+				n.backup = len(s.containers[p].counters)
 			}
 			counts <- n
 		})
@@ -177,10 +191,11 @@ func (c collector) Collect(ch chan<- prometheus.Metric) {
 func (s *Service) Shutdown(terminate bool) {}
 
 // Reset implements spi.ManagedService: it drops every counter on this
-// member.
+// member, and the origins its increments were counted under (the engine
+// calls it with no operation running, before the member rejoins).
 func (s *Service) Reset() {
 	for i := range s.containers {
-		clear(s.containers[i].values)
+		s.containers[i].clear()
 	}
 }
 
@@ -193,7 +208,7 @@ func (s *Service) CreateDistributedObject(name string) (spi.DistributedObject, e
 // dropped on the partition's executor, after the operations queued before.
 func (s *Service) DestroyDistributedObject(name string) {
 	p := s.engine.Partitions().PartitionID(name)
-	if err := s.engine.Operations().RunOnPartition(p, func() { delete(s.containers[p].values, name) }); err != nil {
+	if err := s.engine.Operations().RunOnPartition(p, func() { s.containers[p].destroy(name) }); err != nil {
 		s.log.Warn("cannot drop destroyed counter", "name", name, "error", err)
 	}
 }
@@ -205,6 +220,8 @@ func (s *Service) OperationTypes() []spi.OperationType {
 		{ID: typeGet, New: func() spi.Operation { return new(GetOperation) }},
 		{ID: typeMigration, New: func() spi.Operation { return new(CounterMigrationOperation) }},
 		{ID: typeIncBackup, New: func() spi.Operation { return new(IncBackupOperation) }},
+		{ID: typeMerge, New: func() spi.Operation { return new(CounterMergeOperation) }},
+		{ID: typeMergeBackup, New: func() spi.Operation { return new(CounterMergeBackupOperation) }},
 	}
 }
 
@@ -214,7 +231,7 @@ func (s *Service) LocalValues(ctx context.Context) (map[string]int64, error) {
 	out := make(map[string]int64)
 	done := make(chan map[string]int64, len(s.containers))
 	for p := range s.containers {
-		if err := s.engine.Operations().RunOnPartition(p, func() { done <- maps(s.containers[p].values) }); err != nil {
+		if err := s.engine.Operations().RunOnPartition(p, func() { done <- s.containers[p].values() }); err != nil {
 			return nil, err
 		}
 	}
@@ -229,14 +246,6 @@ func (s *Service) LocalValues(ctx context.Context) (map[string]int64, error) {
 		}
 	}
 	return out, nil
-}
-
-func maps(m map[string]int64) map[string]int64 {
-	out := make(map[string]int64, len(m))
-	for k, v := range m {
-		out[k] = v
-	}
-	return out
 }
 
 // Counter is the proxy of one distributed counter.
@@ -287,6 +296,7 @@ type IncOperation struct {
 	Name   string
 	Amount int64
 	value  int64
+	origin uint64 // what Run counted the increment under
 	svc    *Service
 }
 
@@ -304,7 +314,7 @@ func (op *IncOperation) ShouldBackup() bool { return op.Amount != 0 }
 
 // BackupOperation implements spi.BackupAwareOperation.
 func (op *IncOperation) BackupOperation() spi.Operation {
-	return &IncBackupOperation{Name: op.Name, Amount: op.Amount}
+	return &IncBackupOperation{Name: op.Name, Origin: op.origin, Amount: op.Amount}
 }
 
 // NonBlocking implements spi.NonBlockingOperation: Run only updates the
@@ -312,9 +322,12 @@ func (op *IncOperation) BackupOperation() spi.Operation {
 // goroutine that has it when the partition's executor is idle.
 func (op *IncOperation) NonBlocking() {}
 
-// IncBackupOperation repeats an increment on a backup replica.
+// IncBackupOperation repeats an increment on a backup replica, under the
+// origin the primary counted it under, so that the backup's state stays
+// the primary's.
 type IncBackupOperation struct {
 	Name   string
+	Origin uint64
 	Amount int64
 }
 
@@ -334,19 +347,20 @@ func (op *IncBackupOperation) Run(ctx *spi.OpContext) error {
 		s.log.Log(context.Background(), s.opLevel, "Executing backup "+op.Name+".inc() on: "+ctx.Engine.LocalMember().Address,
 			"partition", ctx.PartitionID, "replica", ctx.ReplicaIndex)
 	}
-	s.containers[ctx.PartitionID].values[op.Name] += op.Amount
+	s.containers[ctx.PartitionID].counter(op.Name).add(op.Origin, op.Amount)
 	return nil
 }
 
 // WriteData implements spi.Operation.
 func (op *IncBackupOperation) WriteData(w *spi.Writer) {
 	w.WriteString(op.Name)
+	w.WriteUint64(op.Origin)
 	w.WriteVarint(op.Amount)
 }
 
 // ReadData implements spi.Operation.
 func (op *IncBackupOperation) ReadData(r *spi.Reader) error {
-	op.Name, op.Amount = r.ReadString(), r.ReadVarint()
+	op.Name, op.Origin, op.Amount = r.ReadString(), r.ReadUint64(), r.ReadVarint()
 	return r.Err()
 }
 
@@ -358,9 +372,20 @@ func (op *IncOperation) Run(ctx *spi.OpContext) error {
 		s.log.Log(context.Background(), s.opLevel, "Executing "+op.Name+".inc() on: "+ctx.Engine.LocalMember().Address,
 			"partition", ctx.PartitionID)
 	}
-	values := s.containers[ctx.PartitionID].values
-	op.value = values[op.Name] + op.Amount
-	values[op.Name] = op.value
+	c := &s.containers[ctx.PartitionID]
+	if op.Amount == 0 { // a read: it makes no counter, as it has no backup
+		if ctr := c.counters[op.Name]; ctr != nil {
+			op.value = ctr.value
+		}
+		return nil
+	}
+	if c.origin == 0 {
+		c.origin = newOrigin()
+	}
+	op.origin = c.origin
+	ctr := c.counter(op.Name)
+	ctr.add(op.origin, op.Amount)
+	op.value = ctr.value
 	return nil
 }
 
@@ -387,7 +412,9 @@ type GetOperation struct {
 
 // Run implements spi.Operation.
 func (op *GetOperation) Run(ctx *spi.OpContext) error {
-	op.value = ctx.Service.(*Service).containers[ctx.PartitionID].values[op.Name]
+	if ctr := ctx.Service.(*Service).containers[ctx.PartitionID].counters[op.Name]; ctr != nil {
+		op.value = ctr.value
+	}
 	return nil
 }
 

@@ -1,9 +1,6 @@
 package counter
 
 import (
-	"fmt"
-	"slices"
-
 	"github.com/partita-go/partita/spi"
 )
 
@@ -20,73 +17,44 @@ var _ spi.MigrationAwareService = (*Service)(nil)
 // backup replica that takes a full copy), where Run installs them in the
 // container of the partition it runs on.
 //
-// Encoding: the number of counters as an unsigned varint, then for each
-// counter, in ascending name order, its name (string) and value (varint).
-// The order makes the encoding deterministic.
+// Encoding: the format byte (2), then the counters' states as state.go
+// describes. Format 1 (before issue 20: values alone, no format byte) is
+// not read: members of builds on either side of that change cannot share
+// a cluster's counters.
 type CounterMigrationOperation struct {
-	// Values are the counters of the partition by name.
-	Values map[string]int64
+	// Counters are the states of the partition's counters by name.
+	Counters map[string]State
 }
 
 // Run implements spi.Operation. It runs on the destination, on the
-// partition's executor goroutine, and sets each counter of Values in the
-// partition's container, replacing the value held for that name. It copies
-// Values into the container rather than keep the map: the container stays
-// the partition's own.
+// partition's executor goroutine, and sets each counter of Counters in
+// the partition's container, replacing the one held for that name. It
+// copies the states into the container rather than keep them: the
+// container stays the partition's own. The replica's data is replaced, so
+// its origin goes (state.go).
 func (op *CounterMigrationOperation) Run(ctx *spi.OpContext) error {
-	s := ctx.Service.(*Service)
-	c := &s.containers[ctx.PartitionID]
-	if c.values == nil {
-		c.values = make(map[string]int64, len(op.Values))
-	}
-	for name, v := range op.Values {
-		c.values[name] = v
-	}
+	c := &ctx.Service.(*Service).containers[ctx.PartitionID]
+	c.set(op.Counters)
+	c.origin = 0
 	return nil
 }
 
 // WriteData implements spi.Operation.
 func (op *CounterMigrationOperation) WriteData(w *spi.Writer) {
-	names := make([]string, 0, len(op.Values))
-	for name := range op.Values {
-		names = append(names, name)
-	}
-	slices.Sort(names)
-	w.WriteUvarint(uint64(len(names)))
-	for _, name := range names {
-		w.WriteString(name)
-		w.WriteVarint(op.Values[name])
-	}
+	w.WriteUint8(stateFormat)
+	writeStates(w, op.Counters)
 }
 
-// minPairSize is the smallest encoding of one counter: an empty name (one
-// length byte) and a one-byte varint.
-const minPairSize = 2
-
-// ReadData implements spi.Operation. It rejects a count that the bytes
-// left cannot hold (so an untrusted count never sizes an allocation) and a
-// name that appears twice.
-func (op *CounterMigrationOperation) ReadData(r *spi.Reader) error {
-	n := r.ReadUvarint()
-	if err := r.Err(); err != nil {
+// ReadData implements spi.Operation. It rejects another format, a count
+// that the bytes left cannot hold (so an untrusted count never sizes an
+// allocation), a name that appears twice and entries out of order.
+func (op *CounterMigrationOperation) ReadData(r *spi.Reader) (err error) {
+	const what = "counter migration"
+	if err := readFormat(r, what); err != nil {
 		return err
 	}
-	if left := r.Remaining(); n > uint64(left/minPairSize) {
-		return fmt.Errorf("%w: counter migration lists %d counters in %d bytes",
-			spi.ErrProtocol, n, left)
-	}
-	op.Values = make(map[string]int64, n)
-	for range n {
-		name, v := r.ReadString(), r.ReadVarint()
-		if r.Err() != nil {
-			break
-		}
-		if _, dup := op.Values[name]; dup {
-			return fmt.Errorf("%w: counter migration lists counter %q twice", spi.ErrProtocol, name)
-		}
-		op.Values[name] = v
-	}
-	return r.Err()
+	op.Counters, err = readStates(r, what)
+	return err
 }
 
 // PrepareReplicationOperation implements spi.MigrationAwareService. It runs
@@ -96,11 +64,11 @@ func (op *CounterMigrationOperation) ReadData(r *spi.Reader) error {
 // counters, so that the operation never shares the container, which stays
 // live here until the commit.
 func (s *Service) PrepareReplicationOperation(e spi.PartitionReplicationEvent) spi.Operation {
-	values := s.containers[e.PartitionID].values
-	if len(values) == 0 {
+	c := &s.containers[e.PartitionID]
+	if len(c.counters) == 0 {
 		return nil
 	}
-	return &CounterMigrationOperation{Values: maps(values)}
+	return &CounterMigrationOperation{Counters: c.states()}
 }
 
 // BeforeMigration implements spi.MigrationAwareService. It runs on both
@@ -116,14 +84,16 @@ func (s *Service) BeforeMigration(e spi.PartitionMigrationEvent) {}
 // replica of the partition any more (e.NewReplicaIndex == -1), it drops the
 // partition's counters, which now live on the destination. On the
 // destination the counters received are already in place, so there is
-// nothing to do.
+// nothing to do. On both, this member's replica changed hands or index, so
+// the origin it counted increments under as primary goes (state.go).
 func (s *Service) CommitMigration(e spi.PartitionMigrationEvent) {
 	c := &s.containers[e.PartitionID]
-	n := len(c.values)
+	n := len(c.counters)
 	drop := e.Endpoint == spi.MigrationSource && e.NewReplicaIndex == -1
 	if drop {
-		clear(c.values)
+		clear(c.counters)
 	}
+	c.origin = 0
 	s.log.Debug("migration committed", "partition", e.PartitionID, "endpoint", e.Endpoint.String(),
 		"counters", n, "dropped", drop)
 }
@@ -132,20 +102,23 @@ func (s *Service) CommitMigration(e spi.PartitionMigrationEvent) {
 // partition's executor goroutine. On the destination, when this member held
 // no replica of the partition before (e.CurrentReplicaIndex == -1), it drops
 // the partition's counters, which it received from the failed migration. On
-// the source nothing changes: its counters stay live.
+// the source nothing changes: its counters stay live. The origin goes on
+// both, as on a commit.
 func (s *Service) RollbackMigration(e spi.PartitionMigrationEvent) {
 	c := &s.containers[e.PartitionID]
-	n := len(c.values)
+	n := len(c.counters)
 	drop := e.Endpoint == spi.MigrationDestination && e.CurrentReplicaIndex == -1
 	if drop {
-		clear(c.values)
+		clear(c.counters)
 	}
+	c.origin = 0
 	s.log.Debug("migration rolled back", "partition", e.PartitionID, "endpoint", e.Endpoint.String(),
 		"counters", n, "dropped", drop)
 }
 
 // ClearPartitionReplica implements spi.MigrationAwareService. It runs on
-// the partition's executor goroutine and drops the partition's counters.
+// the partition's executor goroutine and drops the partition's counters
+// and origin.
 func (s *Service) ClearPartitionReplica(partitionID int) {
-	clear(s.containers[partitionID].values)
+	s.containers[partitionID].clear()
 }
