@@ -128,8 +128,12 @@
 //   - ManagedService.Shutdown: once, on the goroutine of Node.Shutdown or
 //     Node.Terminate (or of a Node.Start that failed after Init), in
 //     reverse config order, once the executors have stopped.
-//     ManagedService.Reset is not called yet: split-brain healing is not
-//     built.
+//   - ManagedService.Reset: on a member whose cluster merges into a larger
+//     one (split-brain healing), after its services' PrepareMerge, with
+//     every partition refusing operations, on the goroutine of the merge
+//     (a generic executor's or the master's), in config order.
+//   - SplitBrainHandlerService.PrepareMerge: there, before Reset, once for
+//     each partition the member owns, as that partition's executor.
 //
 // A service calls the engine through its NodeEngine, whose methods may be
 // called from any goroutine and return at once. Three kinds of calls

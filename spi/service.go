@@ -36,8 +36,10 @@ type ManagedService interface {
 	Shutdown(terminate bool)
 
 	// Reset drops all of this member's data for the service, for a member
-	// that rejoins after a split brain, with no operation running. The
-	// engine does not call it yet: split-brain healing is not built.
+	// whose cluster merges into a larger one after a split brain (after
+	// PrepareMerge, if the service is a SplitBrainHandlerService), with
+	// every partition refusing operations. It is called on the merge's
+	// goroutine, in config order, and must not block.
 	Reset()
 }
 

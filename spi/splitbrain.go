@@ -1,12 +1,12 @@
 package spi
 
 // SplitBrainHandlerService is a service whose data survives the healing
-// of a split brain (the engine's side is being built: issue 20; until it
-// lands nothing calls PrepareMerge). When two clusters of the same name meet (after a
+// of a split brain. When two clusters of the same name meet (after a
 // network split healed, or two clusters started apart), the smaller one
 // merges into the larger: each of its members gives up its partitions,
-// joins the larger cluster as a fresh member, and carries over what the
-// services it runs want kept, as merge operations.
+// joins the larger cluster (keeping its member ID), and carries over what
+// the services it runs want kept, as merge operations (see
+// docs/architecture.md, "Split brain").
 //
 // PrepareMerge is called on every member of the merging side, once for
 // each partition it owns (backups are not asked: their primary carries
