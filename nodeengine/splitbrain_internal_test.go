@@ -2,6 +2,7 @@ package nodeengine
 
 import (
 	"context"
+	"fmt"
 	"errors"
 	"slices"
 	"sync"
@@ -10,6 +11,7 @@ import (
 
 	"github.com/partita-go/partita/config"
 	"github.com/partita-go/partita/internal/testkit"
+	"github.com/partita-go/partita/services/counter"
 	"github.com/partita-go/partita/spi"
 )
 
@@ -161,5 +163,50 @@ func TestProbeOfNothingFails(t *testing.T) {
 	defer cancel()
 	if _, err := probeCluster(ctx, "127.0.0.1:1", probeInfo, ""); err == nil || errors.Is(err, context.DeadlineExceeded) {
 		t.Fatalf("probe of a closed port: %v", err)
+	}
+}
+
+// counterOn returns the counter name through member n.
+func counterOn(t *testing.T, n *Node, name string) *counter.Counter {
+	t.Helper()
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	obj, err := n.Proxies().Get(ctx, counter.ServiceName, name)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return obj.(*counter.Counter)
+}
+
+// The counters of both clusters survive their merge: increments made on
+// either side are all counted, once, and a counter only the smaller one
+// had comes over whole (the counter's default policy, counter-sum).
+func TestMergeKeepsBothSidesCounters(t *testing.T) {
+	a, b, events := twoClusters(t, 2, 1)
+	ctx, cancel := context.WithTimeout(context.Background(), 60*time.Second)
+	defer cancel()
+	inc := func(n *Node, name string, by int64) {
+		t.Helper()
+		if _, err := counterOn(t, n, name).Inc(ctx, by); err != nil {
+			t.Fatal(err)
+		}
+	}
+	for i := range 20 {
+		inc(a[i%2], fmt.Sprintf("c%d", i), 5)
+		inc(b[0], fmt.Sprintf("c%d", i), 2)
+		inc(b[0], fmt.Sprintf("only-b%d", i), 3)
+	}
+	b[0].sb.heard(a[0].Address())
+	waitMerged(t, append(slices.Clone(a), b...))
+	testkit.Eventually(t, func() bool { return slices.Equal(events.get(), []spi.LifecycleState{spi.Merging, spi.Merged}) })
+	for i := range 20 {
+		for _, n := range []*Node{a[0], b[0]} {
+			if v, err := counterOn(t, n, fmt.Sprintf("c%d", i)).Get(ctx); err != nil || v != 7 {
+				t.Fatalf("c%d through %s = %d, %v; want 7 (5 + 2)", i, n.Address(), v, err)
+			}
+			if v, err := counterOn(t, n, fmt.Sprintf("only-b%d", i)).Get(ctx); err != nil || v != 3 {
+				t.Fatalf("only-b%d through %s = %d, %v; want 3", i, n.Address(), v, err)
+			}
+		}
 	}
 }
