@@ -277,7 +277,7 @@ func (op *memberStatsOp) Run(ctx *spi.OpContext) error {
 
 func (n *Node) memberStats() []byte {
 	w := spi.NewWriter(nil)
-	ready, _ := n.Ready()
+	ready, reason := n.Ready()
 	w.WriteBool(ready)
 	w.WriteUvarint(n.ops.OperationsRun())
 	migs := n.migs.inFlight.list(n.view.id)
@@ -288,6 +288,7 @@ func (n *Node) memberStats() []byte {
 		w.WriteString(m.Destination)
 		w.WriteString(m.Endpoint)
 	}
+	w.WriteString(reason) // last: a member of an earlier build sends none
 	return w.Bytes()
 }
 
@@ -312,6 +313,9 @@ func (n *Node) statsOf(ctx context.Context, m *debugui.Member) []debugui.Migrati
 		mg := debugui.Migration{Partition: int(r.ReadVarint()), Source: r.ReadString(), Destination: r.ReadString(),
 			Endpoint: r.ReadString(), ReportedBy: m.ID}
 		out = append(out, mg)
+	}
+	if r.Err() == nil && r.Remaining() > 0 {
+		m.Reason = r.ReadString()
 	}
 	if err := r.Err(); err != nil {
 		m.Error = "bad stats: " + err.Error()
