@@ -42,10 +42,10 @@ type Member struct {
 	Self       bool      `json:"self"`
 	Ready      bool      `json:"ready"`
 	Reason     string    `json:"reason,omitempty"` // why it is not ready (for example "merging into a larger cluster of this name")
-	Operations uint64    `json:"operations"`      // operations run on that member since it started (a counter; rates are computed from two samples)
-	Owned      int       `json:"owned"`           // primaries it owns in the table
-	Backups    int       `json:"backups"`         // backup replicas it holds in the table
-	Error      string    `json:"error,omitempty"` // set when its stats could not be read
+	Operations uint64    `json:"operations"`       // operations run on that member since it started (a counter; rates are computed from two samples)
+	Owned      int       `json:"owned"`            // primaries it owns in the table
+	Backups    int       `json:"backups"`          // backup replicas it holds in the table
+	Error      string    `json:"error,omitempty"`  // set when its stats could not be read
 }
 
 // Partition is one row of the partition table.
