@@ -55,6 +55,16 @@ func TestNetworkFilterCutsPort(t *testing.T) {
 			t.Fatalf("%s to %s: %v", msg, to.Address(), err)
 		}
 	}
+	// lost checks that a's packet to b is lost: c's, sent after it,
+	// arrives first.
+	lost := func(why string) {
+		t.Helper()
+		send(a, b, why)
+		send(c, b, "witness")
+		if got := b.nextPacket(t); got != "witness" {
+			t.Fatalf("b got %q (%s)", got, why)
+		}
+	}
 	send(a, b, "before")
 	if got := b.nextPacket(t); got != "before" {
 		t.Fatalf("b got %q, want before", got)
@@ -63,21 +73,13 @@ func TestNetworkFilterCutsPort(t *testing.T) {
 	// Inbound: b drops what a sends.
 	b.cutFrom[a.Address()] = true
 	b.cut.Store(true)
-	send(a, b, "in")
-	send(c, b, "witness")
-	if got := b.nextPacket(t); got != "witness" {
-		t.Fatalf("b got %q from a port it cuts off", got)
-	}
+	lost("b cuts a off")
 	b.cut.Store(false)
 
 	// Outbound: a drops what it would send to b, and cannot dial it.
 	a.cutFrom[b.Address()] = true
 	a.cut.Store(true)
-	send(a, b, "out")
-	send(c, b, "witness")
-	if got := b.nextPacket(t); got != "witness" {
-		t.Fatalf("b got %q from a port that cuts it off", got)
-	}
+	lost("a cuts b off")
 	for _, dial := range []func() (net.Conn, error){
 		func() (net.Conn, error) { return a.DialTimeout(b.Address(), 10*time.Second) },
 		func() (net.Conn, error) {
