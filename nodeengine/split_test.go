@@ -246,3 +246,24 @@ func TestSplitWindow(t *testing.T) {
 	t.Logf("split window: the minority dropped the others after %v, the majority dropped the minority after %v; both sides stable after %v",
 		minority, majority, settled)
 }
+
+// TestSplitAddMember adds a member while the cluster is split: it joins
+// the group of the oldest member, through which it joins, and never
+// reaches the other side.
+func TestSplitAddMember(t *testing.T) {
+	c := newSplitCluster(t, 3)
+	ctx := splitCtx(t)
+	a, b, z := c.Member(0), c.Member(1), c.Member(2)
+	c.Isolate(2)
+	d := c.AddMember()
+	clustertest.Eventually(t, splitTimeout, func() error {
+		return errors.Join(sees(a, a, b, d), sees(b, a, b, d), sees(d, a, b, d), sees(z, z))
+	})
+	clustertest.WaitStable(t, splitTimeout, a, b, d)
+	if err := pingAt(ctx, d, z); !errors.Is(err, spi.ErrMemberLeft) {
+		t.Fatalf("a call from the new member across the split: %v; want ErrMemberLeft", err)
+	}
+	if err := pingAt(ctx, z, d); !errors.Is(err, spi.ErrMemberLeft) {
+		t.Fatalf("a call to the new member across the split: %v; want ErrMemberLeft", err)
+	}
+}
