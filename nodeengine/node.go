@@ -49,6 +49,22 @@ func WithLifecycleListener(f func(spi.LifecycleEvent)) Option {
 // registry of its own, never the global one).
 func WithRegistry(r *prometheus.Registry) Option { return func(n *Node) { n.registry = r } }
 
+// WithNetworkFilter makes the member consult reachable about every other
+// member it would exchange anything with, by the address of that member's
+// port ("host:port", Node.Address): a test facility for network splits
+// (clustertest's Split and Heal), not for production. A member it refuses
+// is cut off: memberlist packets to it are silently dropped, and so are
+// those from it (a packet's source is its sender's port); dials to it,
+// memberlist streams and operation connections alike, fail at once with
+// an "unreachable" error; operation connections from it are closed after
+// their hello. Connections already open when its answers change are cut
+// by NetworkChanged. It is called often and from many goroutines: it must
+// be fast and safe for concurrent use. Without it (the default) nothing is
+// checked.
+func WithNetworkFilter(reachable func(remoteAddr string) bool) Option {
+	return func(n *Node) { n.reach = reachable }
+}
+
 // Node is one Partita member: membership, partition table, operation
 // service, proxies and the user services of its config. It implements
 // spi.NodeEngine. A Node runs once: Start, then Shutdown; make a new Node
@@ -66,6 +82,7 @@ type Node struct {
 	cfg      *config.Config
 	hook     func(m operation.Message) operation.Verdict
 	listener func(spi.LifecycleEvent)
+	reach    func(remoteAddr string) bool // WithNetworkFilter; nil: all
 	log      *slog.Logger
 	registry *prometheus.Registry
 
@@ -172,6 +189,7 @@ func (n *Node) Start(ctx context.Context) (err error) {
 	n.address = n.tr.Address()
 	n.log = n.log.With("member", n.address)
 	n.tr.log = n.log
+	n.tr.reach = n.reach
 
 	oc := n.cfg.Operations
 	n.ops = operation.New(operation.Config{
@@ -185,8 +203,9 @@ func (n *Node) Start(ctx context.Context) (err error) {
 		Members:      func() int { return len(n.view.memberList()) },
 		OnReplicaGap: func(p int) { n.replicas.requestSync(p) },
 		Dial: func(ctx context.Context, addr string) (net.Conn, error) {
-			return dialSelect(ctx, addr, 0, selectOperations)
+			return n.tr.dial(ctx, addr, 0, selectOperations)
 		},
+		Reachable: n.reach,
 	})
 	if err := n.ops.RegisterMetrics(n.registry); err != nil {
 		return fmt.Errorf("partita: register metrics: %w", err)
@@ -446,6 +465,23 @@ func (n *Node) teardown(terminate bool) {
 			ms.Shutdown(terminate)
 		}
 	}
+}
+
+// NetworkChanged closes this member's operation connections to the
+// members its network filter (WithNetworkFilter) no longer reaches: the
+// invocations waiting on them fail with spi.ErrMemberLeft and are retried,
+// as when a member leaves (the peer's end breaks too). Call it, on every
+// member, after the filter's answers change; memberlist needs nothing, its
+// streams being short-lived. Without a filter, or before Start, it does
+// nothing.
+func (n *Node) NetworkChanged() {
+	if n.reach == nil {
+		return
+	}
+	if s := n.state.Load(); s == stateNew || s == stateStarting || n.ops == nil {
+		return
+	}
+	n.ops.CloseUnreachable()
 }
 
 // ID returns this member's unique id.

@@ -67,7 +67,16 @@ type muxTransport struct {
 
 	rejected *prometheus.CounterVec // partita_rejected_input_total{reason}
 	rejLog   rejectLog
+
+	// reach, when not nil, tells which members' ports may be reached
+	// (WithNetworkFilter, a test facility): packets to and from the others
+	// are dropped, dials to them fail. Set before serve.
+	reach func(remoteAddr string) bool
 }
+
+// errUnreachable is why a dial to a member that the network filter
+// (WithNetworkFilter) cuts off fails.
+var errUnreachable = errors.New("unreachable: the network filter cuts this member off (a test's network split)")
 
 // inboundLimits caps the inbound connections that have not yet sent their
 // selector (network.max-pending-connections and
@@ -467,6 +476,9 @@ func (t *muxTransport) packetLoop() {
 		if n < 1 {
 			continue
 		}
+		if t.reach != nil && !t.reach(addr.String()) {
+			continue // cut off: each member sends from its port
+		}
 		select {
 		case t.packetCh <- &memberlist.Packet{Buf: buf[:n], From: addr, Timestamp: ts}:
 		case <-t.done:
@@ -486,6 +498,9 @@ func (t *muxTransport) FinalAdvertiseAddr(string, int) (net.IP, int, error) {
 
 // WriteTo implements memberlist.Transport.
 func (t *muxTransport) WriteTo(b []byte, addr string) (time.Time, error) {
+	if t.reach != nil && !t.reach(addr) {
+		return time.Now(), nil // lost on the way, as UDP may be
+	}
 	ua, err := net.ResolveUDPAddr("udp", addr)
 	if err != nil {
 		return time.Time{}, err
@@ -499,7 +514,7 @@ func (t *muxTransport) PacketCh() <-chan *memberlist.Packet { return t.packetCh 
 
 // DialTimeout implements memberlist.Transport.
 func (t *muxTransport) DialTimeout(addr string, timeout time.Duration) (net.Conn, error) {
-	return dialSelect(context.Background(), addr, timeout, selectMemberlist)
+	return t.dial(context.Background(), addr, timeout, selectMemberlist)
 }
 
 // WriteToAddress implements memberlist.NodeAwareTransport.
@@ -524,6 +539,32 @@ func (t *muxTransport) Shutdown() error {
 		t.udp.Close()
 	})
 	t.wg.Wait()
+	return nil
+}
+
+// dial dials the member port at addr and writes the protocol selector,
+// unless the network filter cuts addr off (then it fails at once, and
+// also when it cut addr off while dialling).
+func (t *muxTransport) dial(ctx context.Context, addr string, timeout time.Duration, sel byte) (net.Conn, error) {
+	if t.reach == nil {
+		return dialSelect(ctx, addr, timeout, sel)
+	}
+	if !t.reach(addr) {
+		return nil, &net.OpError{Op: "dial", Net: "tcp", Addr: tcpAddr(addr), Err: errUnreachable}
+	}
+	c, err := dialSelect(ctx, addr, timeout, sel)
+	if err == nil && !t.reach(addr) {
+		c.Close()
+		return nil, &net.OpError{Op: "dial", Net: "tcp", Addr: tcpAddr(addr), Err: errUnreachable}
+	}
+	return c, err
+}
+
+// tcpAddr is addr as a net.Addr for errors (nil if it does not parse).
+func tcpAddr(addr string) net.Addr {
+	if ap, err := netip.ParseAddrPort(addr); err == nil {
+		return net.TCPAddrFromAddrPort(ap)
+	}
 	return nil
 }
 

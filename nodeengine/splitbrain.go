@@ -135,10 +135,17 @@ func (n *Node) serveProbe(c net.Conn) {
 	}
 }
 
-// probeCluster asks the member at addr who is there (and, for probeMerge,
-// to merge into the cluster at target).
-func probeCluster(ctx context.Context, addr string, kind byte, target string) (clusterInfo, error) {
-	c, err := dialSelect(ctx, addr, probeTimeout, selectSplitBrain)
+// probe asks the member at addr who is there (and, for probeMerge, to
+// merge into the cluster at target), dialling as the member's port does
+// (a test's network filter applies).
+func (n *Node) probe(ctx context.Context, addr string, kind byte, target string) (clusterInfo, error) {
+	return probeCluster(ctx, n.tr.dial, addr, kind, target)
+}
+
+// probeCluster is probe with the dialler given.
+func probeCluster(ctx context.Context, dial func(context.Context, string, time.Duration, byte) (net.Conn, error),
+	addr string, kind byte, target string) (clusterInfo, error) {
+	c, err := dial(ctx, addr, probeTimeout, selectSplitBrain)
 	if err != nil {
 		return clusterInfo{}, err
 	}
@@ -286,7 +293,7 @@ func (n *Node) lookForOtherClusters() {
 	mine := n.localClusterInfo()
 	for _, addr := range n.mergeCandidates() {
 		ctx, cancel := context.WithTimeout(n.run.ctx, probeTimeout)
-		other, err := probeCluster(ctx, addr, probeInfo, "")
+		other, err := n.probe(ctx, addr, probeInfo, "")
 		cancel()
 		if err != nil {
 			n.log.Debug("split-brain probe: no answer", "address", addr, "error", err)
@@ -302,7 +309,7 @@ func (n *Node) lookForOtherClusters() {
 		n.log.Warn("found a smaller cluster of this name; asking it to merge into this one",
 			"other_master", other.Master, "other_members", other.Size, "members", mine.Size)
 		ctx, cancel = context.WithTimeout(n.run.ctx, probeTimeout)
-		if _, err := probeCluster(ctx, other.Master, probeMerge, mine.Master); err != nil {
+		if _, err := n.probe(ctx, other.Master, probeMerge, mine.Master); err != nil {
 			n.log.Warn("cannot ask the smaller cluster to merge", "other_master", other.Master, "error", err)
 		}
 		cancel()
@@ -349,7 +356,7 @@ func (n *Node) mergeRequested(target string) {
 		return
 	}
 	ctx, cancel := context.WithTimeout(n.run.ctx, probeTimeout)
-	other, err := probeCluster(ctx, target, probeInfo, "")
+	other, err := n.probe(ctx, target, probeInfo, "")
 	cancel()
 	mine := n.localClusterInfo()
 	if err != nil || !n.mergeable(mine, other, target) || !shouldMerge(mine, other) {

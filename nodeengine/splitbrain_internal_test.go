@@ -140,7 +140,7 @@ func TestNoMergeAcrossNamesOrPartitionCounts(t *testing.T) {
 			}
 			defer ShutdownLocal(b)
 			mine, theirs := b[0].localClusterInfo(), a[0].localClusterInfo()
-			info, err := probeCluster(ctx, a[0].Address(), probeInfo, "")
+			info, err := b[0].probe(ctx, a[0].Address(), probeInfo, "")
 			if err != nil || info.MasterID != theirs.MasterID || info.Size != 2 {
 				t.Fatalf("probe = %+v, %v", info, err)
 			}
@@ -161,7 +161,7 @@ func TestNoMergeAcrossNamesOrPartitionCounts(t *testing.T) {
 func TestProbeOfNothingFails(t *testing.T) {
 	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
 	defer cancel()
-	if _, err := probeCluster(ctx, "127.0.0.1:1", probeInfo, ""); err == nil || errors.Is(err, context.DeadlineExceeded) {
+	if _, err := probeCluster(ctx, dialSelect, "127.0.0.1:1", probeInfo, ""); err == nil || errors.Is(err, context.DeadlineExceeded) {
 		t.Fatalf("probe of a closed port: %v", err)
 	}
 }

@@ -187,6 +187,23 @@ func (s *Service) MemberLeft(id string) {
 	s.tr.CloseMember(id, fmt.Errorf("%w: member %s left", spi.ErrMemberLeft, id))
 }
 
+// CloseUnreachable closes the connections to the members Config.Reachable
+// now refuses: invocations waiting on them fail with ErrMemberLeft and are
+// retried, as when a member leaves. Without Reachable it does nothing.
+func (s *Service) CloseUnreachable() { s.stream.CloseUnreachable() }
+
+// PeerAddresses returns the operation addresses of the members this
+// member has open connections with, one per connection (tests).
+func (s *Service) PeerAddresses() []string {
+	var out []string
+	s.tr.Each(func(c *transport.Conn) {
+		if !c.IsClosed() {
+			out = append(out, c.Remote().Address)
+		}
+	})
+	return out
+}
+
 // send queues a frame on c: through the fault-injecting wrapper when one
 // is installed (tests), else straight to the stream. Both are concrete
 // types so that body, built on the hot path, stays on the stack.

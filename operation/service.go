@@ -82,6 +82,12 @@ type Config struct {
 	// arrives ahead of a missing one: this replica needs a full sync from
 	// the primary (see ReplicaSynced). It must not block.
 	OnReplicaGap func(p int)
+	// Reachable, when set, tells whether the member whose operation
+	// address is address may be reached: connections to and from the
+	// members it refuses are closed as they open, and CloseUnreachable
+	// closes the open ones after its answers change (see
+	// transport.Config.Reachable). A test facility for network splits.
+	Reachable func(address string) bool
 }
 
 // Replica is one backup replica of a partition.
@@ -229,6 +235,7 @@ func New(cfg Config) *Service {
 		TickPeriod:       period,
 		Member:           cfg.Member,
 		Reject:           cfg.Reject,
+		Reachable:        cfg.Reachable,
 	})
 	s.tr = s.stream
 	if s.faults != nil {

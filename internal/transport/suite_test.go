@@ -8,6 +8,7 @@ import (
 	"io"
 	"net"
 	"sync"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -272,6 +273,72 @@ func TestSuiteCloseMember(t *testing.T) {
 			t.Fatal("a closed connection is still the way to b")
 		}
 	})
+}
+
+// A Stream whose Reachable cuts a peer off closes the open connections to
+// it on CloseUnreachable (both ends see them close), refuses its
+// connections after their hello, and fails its own dials to it; once
+// Reachable lets it through, they connect again.
+func TestSuiteReachable(t *testing.T) {
+	forEach(t, func(t *testing.T, nw network) {
+		var cut atomic.Bool
+		a := startMember(t, nw, "a", "dev", nil)
+		b := startMember(t, nw, "b", "dev", nil, func(c *Config) {
+			c.Reachable = func(address string) bool { return !cut.Load() || address != a.addr }
+		})
+		c := a.connect(t, b)
+		a.send(c, KindRequest, 1, "x")
+		next(t, b.rec.frames) // b holds its end
+		next(t, a.rec.frames)
+		bs := b.tr.(*Stream)
+		bs.CloseUnreachable() // nothing cut yet
+		if a.tr.Connected("b") == nil {
+			t.Fatal("CloseUnreachable closed a connection Reachable allows")
+		}
+
+		cut.Store(true)
+		bs.CloseUnreachable()
+		if err := testkit.Recv(t, b.rec.closed, "b's close"); !errors.Is(err, spi.ErrMemberLeft) {
+			t.Fatalf("b closed with %v; want ErrMemberLeft", err)
+		}
+		if err := testkit.Recv(t, a.rec.closed, "a's close"); !errors.Is(err, spi.ErrMemberLeft) {
+			t.Fatalf("a closed with %v; want ErrMemberLeft", err)
+		}
+		forgotten(t, a, "b") // Closed is told before the connection is forgotten
+		ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+		defer cancel()
+		if _, err := a.tr.Conn(ctx, "b", b.addr); !errors.Is(err, spi.ErrMemberLeft) {
+			t.Fatalf("a's dial to b, which cuts a off: %v; want ErrMemberLeft", err)
+		}
+		if _, err := b.tr.Conn(ctx, "a", a.addr); !errors.Is(err, spi.ErrMemberLeft) {
+			t.Fatalf("b's dial to a, which it cuts off: %v; want ErrMemberLeft", err)
+		}
+		// a, which cuts nobody off, took that connection and saw it close.
+		testkit.Recv(t, a.rec.closed, "a's close of b's refused connection")
+		forgotten(t, a, "b")
+
+		cut.Store(false)
+		ca := a.connect(t, b)
+		a.send(ca, KindRequest, 2, "y")
+		next(t, b.rec.frames)
+		next(t, a.rec.frames)
+		cb := b.connect(t, a)
+		b.send(cb, KindRequest, 3, "z")
+		next(t, a.rec.frames)
+		next(t, b.rec.frames)
+	})
+}
+
+// forgotten waits until m has no connection to member id, nor dials one.
+func forgotten(t *testing.T, m *member, id string) {
+	t.Helper()
+	deadline := time.Now().Add(10 * time.Second)
+	for m.tr.Known(id) {
+		if time.Now().After(deadline) {
+			t.Fatalf("%s still knows a connection to %s", m.id, id)
+		}
+		time.Sleep(time.Millisecond) // polling, not synchronisation
+	}
 }
 
 // A peer that sends half a frame and stalls is cut after the body

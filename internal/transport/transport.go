@@ -109,6 +109,13 @@ type Config struct {
 	// instead of the transport logging each one (the node engine counts
 	// them and rate-limits its lines per address).
 	Reject func(reason, remote string, err error)
+	// Reachable, when set, tells whether the member whose operation
+	// address (its hello's Address) is address may be reached: a
+	// connection to or from one it refuses is closed as it opens, after
+	// the hellos, and CloseUnreachable closes the open ones after its
+	// answers change. A test facility: it cuts the network between
+	// groups of members (nodeengine.WithNetworkFilter).
+	Reachable func(address string) bool
 }
 
 // Reasons given to Config.Reject.
@@ -231,12 +238,16 @@ func (t *Stream) Accept(nc net.Conn) {
 			nc.Close()
 			return
 		}
+		if t.cfg.Reachable != nil && !t.cfg.Reachable(h.Address) {
+			nc.Close() // the dialler sees its handshake fail
+			return
+		}
 		if _, err := nc.Write(AppendHello(nil, t.cfg.Local)); err != nil {
 			nc.Close()
 			return
 		}
 		nc.SetDeadline(time.Time{})
-		c := t.open(nc, h)
+		c, _ := t.open(nc, h)
 		if c == nil {
 			return
 		}
@@ -279,9 +290,9 @@ func (t *Stream) dial(ctx context.Context, id, address string) (*Conn, error) {
 		return nil, fmt.Errorf("%w: handshake with %s: %w", spi.ErrMemberLeft, address, err)
 	}
 	nc.SetDeadline(time.Time{})
-	c := t.open(nc, h)
+	c, err := t.open(nc, h)
 	if c == nil {
-		return nil, spi.ErrShutdown
+		return nil, err
 	}
 	t.wg.Add(1)
 	go func() {
@@ -292,21 +303,55 @@ func (t *Stream) dial(ctx context.Context, id, address string) (*Conn, error) {
 }
 
 // open registers a connection whose hellos were exchanged and starts its
-// writer; nil when the transport is closed.
-func (t *Stream) open(nc net.Conn, h Hello) *Conn {
+// writer; nil and why (spi.ErrShutdown, or a Reachable that refuses the
+// peer) when it closed nc instead.
+func (t *Stream) open(nc net.Conn, h Hello) (*Conn, error) {
 	c := &Conn{t: t, nc: nc, remote: h, wake: make(chan struct{}, 1), done: make(chan struct{})}
 	t.cfg.Handler.Opened(c)
 	t.mu.Lock()
-	if t.closed.Load() {
+	var err error
+	switch {
+	case t.closed.Load():
+		err = spi.ErrShutdown
+	case t.cfg.Reachable != nil && !t.cfg.Reachable(h.Address):
+		// Under t.mu: CloseUnreachable, which runs after Reachable's
+		// answers change, either finds c registered or c sees the change.
+		err = unreachable(h.Address)
+	}
+	if err != nil {
 		t.mu.Unlock()
 		nc.Close()
-		return nil
+		return nil, err
 	}
 	t.all[c] = struct{}{}
 	t.mu.Unlock()
 	c.wg.Add(1)
 	go c.writeLoop()
-	return c
+	return c, nil
+}
+
+// unreachable is the error of a connection to or from address that
+// Config.Reachable refuses.
+func unreachable(address string) error {
+	return fmt.Errorf("%w: network to %s cut (Reachable)", spi.ErrMemberLeft, address)
+}
+
+// CloseUnreachable closes the connections to the members Config.Reachable
+// now refuses, with spi.ErrMemberLeft on both ends (the calls waiting on
+// them fail and are retried); without Reachable it does nothing.
+func (t *Stream) CloseUnreachable() {
+	if t.cfg.Reachable == nil {
+		return
+	}
+	var victims []*Conn
+	t.Each(func(c *Conn) {
+		if !t.cfg.Reachable(c.remote.Address) {
+			victims = append(victims, c)
+		}
+	})
+	for _, c := range victims {
+		c.Close(unreachable(c.remote.Address))
+	}
 }
 
 // Open registers a connection whose hellos were exchanged elsewhere, as
@@ -314,9 +359,9 @@ func (t *Stream) open(nc net.Conn, h Hello) *Conn {
 // no reader: frames reach it through Handle. Tests and fuzzers use it to
 // feed frames to a Handler.
 func (t *Stream) Open(nc net.Conn, h Hello) (*Conn, error) {
-	c := t.open(nc, h)
+	c, err := t.open(nc, h)
 	if c == nil {
-		return nil, spi.ErrShutdown
+		return nil, err
 	}
 	t.route(c)
 	return c, nil

@@ -563,7 +563,7 @@ func TestTickPokesFrameReaders(t *testing.T) {
 	x, y := net.Pipe()
 	defer y.Close()
 	nc := &countingReader{Conn: x}
-	c := s.open(nc, Hello{ID: "q"})
+	c, _ := s.open(nc, Hello{ID: "q"})
 	if c == nil {
 		t.Fatal("open refused the connection")
 	}

@@ -12,6 +12,10 @@
 // The services come from the config (by default config.Default()'s, that
 // is the counter); import the package that registers your service type and
 // pass WithConfig to enable it.
+//
+// Faults (AddFault) drop, delay or hold chosen requests between members;
+// Split and Heal cut the network between groups of members and restore
+// it, for split-brain tests.
 package clustertest
 
 import (
@@ -57,6 +61,11 @@ type Cluster struct {
 
 	faultMu sync.Mutex
 	faults  []*Fault
+
+	// net is the grouping of Split; filters are the members' network
+	// filters (under net.mu).
+	net     network
+	filters map[*nodeengine.Node]*memberFilter
 
 	logMu   sync.Mutex
 	logDone bool // set when the cluster is shut down: no more t.Log
@@ -152,7 +161,9 @@ func (c *Cluster) startMember() (*nodeengine.Node, error) {
 	c.mu.Unlock()
 	cfg := c.Config(i)
 	log := slog.New(slog.NewTextHandler(tWriter{c, i}, &slog.HandlerOptions{Level: c.level}))
-	n, err := nodeengine.New(cfg, nodeengine.WithLogger(log), nodeengine.WithOperationHook(c.hook))
+	filter := c.newFilter()
+	n, err := nodeengine.New(cfg, nodeengine.WithLogger(log), nodeengine.WithOperationHook(c.hook),
+		nodeengine.WithNetworkFilter(filter.reachable))
 	if err != nil {
 		return nil, fmt.Errorf("clustertest: member %d: %w", i, err)
 	}
@@ -161,6 +172,7 @@ func (c *Cluster) startMember() (*nodeengine.Node, error) {
 	if err := n.Start(ctx); err != nil {
 		return nil, fmt.Errorf("clustertest: start member %d: %w", i, err)
 	}
+	c.startedOn(n, filter)
 	c.mu.Lock()
 	c.members = append(c.members, n)
 	c.mu.Unlock()
