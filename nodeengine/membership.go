@@ -136,10 +136,15 @@ type delegates struct {
 	// Members() points to whenever an alive message with a newer
 	// incarnation arrives, which a member that refutes a suspicion sends.
 	alive map[string][]byte
+	// dead holds the start time of every member memberlist declared
+	// dead, by name: one that comes back with the same start time formed
+	// or joined another cluster meanwhile (a split) and is refused; it
+	// comes back through split-brain healing, with a new start time.
+	dead map[string]int64
 }
 
 func newDelegates(n *Node, meta []byte) *delegates {
-	return &delegates{n: n, meta: meta, refused: make(map[string]bool), alive: make(map[string][]byte)}
+	return &delegates{n: n, meta: meta, refused: make(map[string]bool), alive: make(map[string][]byte), dead: make(map[string]int64)}
 }
 
 func (d *delegates) NodeMeta(limit int) []byte {
@@ -181,7 +186,24 @@ func (d *delegates) check(peer *memberlist.Node) error {
 	case m.cluster != d.n.cfg.Cluster.Name:
 		err = fmt.Errorf("%w: member %s at %s belongs to cluster %q, we are %q", spi.ErrClusterMismatch, peer.Name, peer.Address(), m.cluster, d.n.cfg.Cluster.Name)
 	default:
-		return nil
+		d.mu.Lock()
+		started, wasDead := d.dead[peer.Name]
+		if wasDead && started != m.started {
+			delete(d.dead, peer.Name) // merged since: welcome back
+		}
+		d.mu.Unlock()
+		if !wasDead || started != m.started {
+			return nil
+		}
+		err = fmt.Errorf("member %s at %s was declared dead and comes back unmerged (it may hold another cluster's table): it rejoins through split-brain healing", peer.Name, peer.Address())
+		d.mu.Lock()
+		first := !d.refused["dead:"+peer.Name]
+		d.refused["dead:"+peer.Name] = true
+		d.mu.Unlock()
+		if first {
+			d.n.log.Warn("refusing member", "member", peer.Name, "address", peer.Address(), "reason", err)
+		}
+		return err
 	}
 	d.mu.Lock()
 	first := !d.refused[peer.Name]
@@ -191,6 +213,19 @@ func (d *delegates) check(peer *memberlist.Node) error {
 		d.n.log.Warn("refusing member", "member", peer.Name, "address", peer.Address(), "reason", err)
 	}
 	return err
+}
+
+// forgetDead forgets the members declared dead: this member is merging
+// into another cluster, whose members it may have declared dead.
+func (d *delegates) forgetDead() {
+	d.mu.Lock()
+	clear(d.dead)
+	for k := range d.refused {
+		if strings.HasPrefix(k, "dead:") {
+			delete(d.refused, k)
+		}
+	}
+	d.mu.Unlock()
 }
 
 func (d *delegates) NotifyAlive(peer *memberlist.Node) error { return d.check(peer) }
@@ -217,6 +252,9 @@ func (d *delegates) set(node *memberlist.Node, alive bool) {
 		d.alive[node.Name] = bytes.Clone(node.Meta)
 	} else {
 		delete(d.alive, node.Name)
+		if m, err := decodeMeta(node.Meta); err == nil && node.State == memberlist.StateDead && node.Name != d.n.view.id {
+			d.dead[node.Name] = m.started
+		}
 	}
 	d.mu.Unlock()
 	d.n.memberEvent()

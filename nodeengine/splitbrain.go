@@ -8,6 +8,7 @@ import (
 	"io"
 	"net"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/partita-go/partita/operation"
@@ -53,8 +54,9 @@ import (
 const selectSplitBrain byte = 'S'
 
 const (
-	probeInfo  byte = 1 // who is there?
-	probeMerge byte = 2 // merge into the cluster at the given address (the receiver checks first)
+	probeInfo   byte = 1 // who is there? (the argument: the asker's member ID)
+	probeMerge  byte = 2 // merge into the cluster at the given address (the receiver checks first)
+	probeRejoin byte = 3 // your cluster declared you dead: rejoin it at the given address (the receiver checks first)
 
 	probeTimeout  = 2 * time.Second
 	mergeJoinWait = 30 * time.Second
@@ -74,6 +76,7 @@ type clusterInfo struct {
 	MasterID   string
 	Size       int  // members in its list
 	Merging    bool // it is merging into another cluster
+	Knows      bool // the asker is in its member list
 }
 
 func (ci clusterInfo) encode() []byte {
@@ -86,13 +89,14 @@ func (ci clusterInfo) encode() []byte {
 	w.WriteString(ci.MasterID)
 	w.WriteUvarint(uint64(ci.Size))
 	w.WriteBool(ci.Merging)
+	w.WriteBool(ci.Knows)
 	return w.Bytes()
 }
 
 func decodeClusterInfo(b []byte) (clusterInfo, error) {
 	r := spi.NewReader(b)
 	ci := clusterInfo{Cluster: r.ReadString(), Protocol: r.ReadUint8(), Partitions: int(r.ReadUvarint()),
-		Member: r.ReadString(), Master: r.ReadString(), MasterID: r.ReadString(), Size: int(r.ReadUvarint()), Merging: r.ReadBool()}
+		Member: r.ReadString(), Master: r.ReadString(), MasterID: r.ReadString(), Size: int(r.ReadUvarint()), Merging: r.ReadBool(), Knows: r.ReadBool()}
 	if err := r.Err(); err != nil {
 		return ci, fmt.Errorf("bad split-brain probe answer: %w", err)
 	}
@@ -127,11 +131,19 @@ func (n *Node) serveProbe(c net.Conn) {
 	if _, err := io.ReadFull(c, target); err != nil {
 		return
 	}
-	reply := n.localClusterInfo().encode()
+	info := n.localClusterInfo()
+	if hdr[0] == probeInfo && len(target) > 0 {
+		info.Knows = n.view.hasMember(string(target))
+	}
+	reply := info.encode()
 	c.Write(binary.LittleEndian.AppendUint32(nil, uint32(len(reply))))
 	c.Write(reply)
-	if hdr[0] == probeMerge && len(target) > 0 {
+	switch {
+	case len(target) == 0:
+	case hdr[0] == probeMerge:
 		n.run.spawn(func() { n.mergeRequested(string(target)) })
+	case hdr[0] == probeRejoin:
+		n.run.spawn(func() { n.rejoinRequested(string(target)) })
 	}
 }
 
@@ -185,6 +197,7 @@ type splitBrain struct {
 	target     string               // the larger cluster's address while merging
 	data       []mergeBatch         // collected by prepare, run by join
 	cancel     context.CancelFunc   // the prepared member's own join timer
+	leading    atomic.Bool          // this master drives a merge of its cluster
 	wake       chan struct{}        // a new address was heard: look now
 }
 
@@ -209,7 +222,7 @@ func newSplitBrain() *splitBrain {
 func (sb *splitBrain) merging() bool {
 	sb.mu.Lock()
 	defer sb.mu.Unlock()
-	return sb.state != mergeIdle
+	return sb.state != mergeIdle || sb.leading.Load()
 }
 
 // heard records an address heard by multicast; a new one is looked at
@@ -293,10 +306,20 @@ func (n *Node) lookForOtherClusters() {
 	mine := n.localClusterInfo()
 	for _, addr := range n.mergeCandidates() {
 		ctx, cancel := context.WithTimeout(n.run.ctx, probeTimeout)
-		other, err := n.probe(ctx, addr, probeInfo, "")
+		other, err := n.probe(ctx, addr, probeInfo, n.view.id)
 		cancel()
 		if err != nil {
 			n.log.Debug("split-brain probe: no answer", "address", addr, "error", err)
+			continue
+		}
+		if other.Cluster == mine.Cluster && other.Knows && other.Member != "" && !n.view.hasMember(other.Member) {
+			// It takes itself for one of ours; we declared it dead (and
+			// refuse it): it rejoins, as a merge of one.
+			n.log.Warn("a member this cluster declared dead still takes itself for one of its members; asking it to rejoin",
+				"member", other.Member, "address", addr)
+			ctx, cancel = context.WithTimeout(n.run.ctx, probeTimeout)
+			n.probe(ctx, addr, probeRejoin, mine.Master)
+			cancel()
 			continue
 		}
 		if !n.mergeable(mine, other, addr) {
@@ -334,8 +357,9 @@ func (n *Node) mergeable(mine, other clusterInfo, addr string) bool {
 				"our_protocol", mine.Protocol, "our_partitions", mine.Partitions)
 		}
 		return false
-	case other.MasterID == "" || mine.MasterID == "" || other.MasterID == mine.MasterID || other.Merging:
-		return false // not settled, ours (a member list that lags), or busy
+	case other.MasterID == "" || mine.MasterID == "" || other.MasterID == mine.MasterID || other.Merging || other.Knows,
+		n.view.hasMember(other.Member), n.view.hasMember(other.MasterID):
+		return false // not settled, ours (member lists that differ for a moment), or busy
 	}
 	return true
 }
@@ -356,7 +380,7 @@ func (n *Node) mergeRequested(target string) {
 		return
 	}
 	ctx, cancel := context.WithTimeout(n.run.ctx, probeTimeout)
-	other, err := n.probe(ctx, target, probeInfo, "")
+	other, err := n.probe(ctx, target, probeInfo, n.view.id)
 	cancel()
 	mine := n.localClusterInfo()
 	if err != nil || !n.mergeable(mine, other, target) || !shouldMerge(mine, other) {
@@ -365,10 +389,35 @@ func (n *Node) mergeRequested(target string) {
 	n.mergeCluster(other, mine)
 }
 
+// rejoinRequested acts on a cluster's word that it declared this member
+// dead: once the member at target confirms it (it is in this member's
+// list, and does not list this member), this member merges into its
+// cluster alone, as a cluster of one.
+func (n *Node) rejoinRequested(target string) {
+	if n.sb.merging() {
+		return
+	}
+	ctx, cancel := context.WithTimeout(n.run.ctx, probeTimeout)
+	other, err := n.probe(ctx, target, probeInfo, n.view.id)
+	cancel()
+	mine := n.localClusterInfo()
+	if err != nil || other.Knows || other.Cluster != mine.Cluster || other.Protocol != mine.Protocol ||
+		other.Partitions != mine.Partitions || other.Merging || !n.view.hasMember(other.Member) {
+		return
+	}
+	n.log.Warn("this member's cluster declared it dead: it rejoins as a merge of one", "master", other.Master, "members", other.Size)
+	n.prepareMerge(other.Master, 1, other.Size)
+	n.joinMerge()
+}
+
 // mergeCluster merges this cluster into other: the master prepares every
 // member (itself last), waits until all gossip their new start time, then
 // has every member join.
 func (n *Node) mergeCluster(other, mine clusterInfo) {
+	if !n.sb.leading.CompareAndSwap(false, true) {
+		return // a merge of this cluster is under way
+	}
+	defer n.sb.leading.Store(false)
 	n.log.Warn("found a larger cluster of this name: this cluster merges into it",
 		"members", mine.Size, "other_members", other.Size, "other_master", other.Master, "master", mine.Master)
 	ms := n.view.memberList()
@@ -435,6 +484,7 @@ func (n *Node) prepareMerge(target string, mine, theirs int) {
 	n.log.Warn("merging into a larger cluster of this name: this member gives up its data and joins it",
 		"members", mine, "other_members", theirs, "target", target)
 	n.lifecycle(spi.LifecycleEvent{State: spi.Merging})
+	n.del.forgetDead() // the cluster it joins may be the one it saw die
 	for p := range n.view.count {
 		n.ops.SetMigrating(p, true) // callers retry, and later reach the larger cluster
 	}

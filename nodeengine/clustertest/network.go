@@ -1,8 +1,10 @@
 package clustertest
 
 import (
+	"context"
 	"fmt"
 	"sync"
+	"time"
 
 	"github.com/partita-go/partita/nodeengine"
 )
@@ -127,9 +129,11 @@ func (c *Cluster) Isolate(i int) {
 	c.Split([]int{i})
 }
 
-// Heal ends a Split: traffic flows between all members again. It does not
-// merge the clusters the sides became; memberlist does not rejoin the
-// members it declared dead by itself.
+// Heal ends a Split: traffic flows between all members again. The sides,
+// which became clusters of their own once they declared each other dead,
+// find each other by split-brain healing (within the config's
+// split-brain.probe-interval: 1 s in clustertest's fast preset), and the
+// smaller merges into the larger: WaitMerged waits for it.
 func (c *Cluster) Heal() {
 	c.t.Helper()
 	w := &c.net
@@ -137,6 +141,23 @@ func (c *Cluster) Heal() {
 	w.split, w.group, w.own = false, nil, nil
 	w.mu.Unlock()
 	c.t.Logf("clustertest: network healed")
+}
+
+// WaitMerged waits until the running members form one stable cluster
+// again (after a Heal: the split-brain merge done, one table, no
+// migration in flight), or ctx ends.
+func (c *Cluster) WaitMerged(ctx context.Context) error {
+	for {
+		err := Stable(c.Members()...)
+		if err == nil {
+			return nil
+		}
+		select {
+		case <-ctx.Done():
+			return fmt.Errorf("clustertest: not merged: %w (%w)", err, ctx.Err())
+		case <-time.After(20 * time.Millisecond):
+		}
+	}
 }
 
 // describeGroups is a split's groups for the test log: "{0 1} | {2}".

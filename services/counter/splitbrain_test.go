@@ -2,6 +2,7 @@ package counter_test
 
 import (
 	"context"
+	"fmt"
 	"maps"
 	"testing"
 	"time"
@@ -156,4 +157,50 @@ func TestMergeBetweenClusters(t *testing.T) {
 			}
 		})
 	}
+}
+
+// A real split of a running cluster, {0,1} | {2}, with increments on both
+// sides, then a heal: the sides find each other by themselves, the single
+// member merges into the pair (its services Reset), and no increment of
+// either side is lost or doubled: 10 before the split, +5 on the pair and
+// +2 on the single member make 17; a counter made only on the single
+// member comes over; backups equal primaries.
+func TestSplitHealIsLossless(t *testing.T) {
+	c := clustertest.New(t, 3)
+	c.WaitClusterSafe()
+	incOn(t, c, 0, "shared", 10)
+	c.Split([]int{0, 1}, []int{2})
+	clustertest.Eventually(t, 30*time.Second, func() error {
+		if n := len(c.Member(2).Members()); n != 1 {
+			return fmt.Errorf("the single member still sees %d members", n)
+		}
+		if n := len(c.Member(0).Members()); n != 2 {
+			return fmt.Errorf("the pair still sees %d members", n)
+		}
+		return nil
+	})
+	// Each side serves the counter on its own (the single member has
+	// promoted its backups or started partitions afresh).
+	clustertest.Eventually(t, 30*time.Second, func() error {
+		ctx, cancel := context.WithTimeout(context.Background(), 2*time.Second)
+		defer cancel()
+		_, err := getCounter(t, c, 2, "probe").Inc(ctx, 0)
+		return err
+	})
+	if v := incOn(t, c, 0, "shared", 5); v != 15 {
+		t.Fatalf("pair side: %d, want 15", v)
+	}
+	if v := incOn(t, c, 2, "shared", 2); v != 12 {
+		t.Fatalf("single side: %d, want 12", v)
+	}
+	incOn(t, c, 2, "only-single", 3)
+	c.Heal()
+	ctx, cancel := context.WithTimeout(context.Background(), 60*time.Second)
+	defer cancel()
+	if err := c.WaitMerged(ctx); err != nil {
+		t.Fatal(err)
+	}
+	want(t, c, "shared", 17)
+	want(t, c, "only-single", 3)
+	checkReplicas(t, c, "shared", "only-single")
 }
