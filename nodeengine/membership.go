@@ -215,6 +215,15 @@ func (d *delegates) check(peer *memberlist.Node) error {
 	return err
 }
 
+// declaredDead reports whether memberlist declared member id dead (and it
+// has not come back merged since).
+func (d *delegates) declaredDead(id string) bool {
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	_, ok := d.dead[id]
+	return ok
+}
+
 // forgetDead forgets the members declared dead: this member is merging
 // into another cluster, whose members it may have declared dead.
 func (d *delegates) forgetDead() {
@@ -252,7 +261,10 @@ func (d *delegates) set(node *memberlist.Node, alive bool) {
 		d.alive[node.Name] = bytes.Clone(node.Meta)
 	} else {
 		delete(d.alive, node.Name)
-		if m, err := decodeMeta(node.Meta); err == nil && node.State == memberlist.StateDead && node.Name != d.n.view.id {
+		// Dead or left alike (memberlist's Node.State does not say which
+		// here): a member that left never comes back under its name with
+		// the same start time, so only one declared dead can.
+		if m, err := decodeMeta(node.Meta); err == nil && node.Name != d.n.view.id {
 			d.dead[node.Name] = m.started
 		}
 	}

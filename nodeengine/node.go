@@ -359,6 +359,12 @@ func (n *Node) join(ctx context.Context) error {
 	mc.ProbeInterval, mc.ProbeTimeout = ms.ProbeInterval, ms.ProbeTimeout
 	mc.SuspicionMult, mc.GossipInterval = ms.SuspicionMult, ms.GossipInterval
 	mc.PushPullInterval = ms.PushPullInterval
+	// No gossip to members declared dead: after a split, each side stops
+	// talking to the other at once, so that the two clusters meet again
+	// only through split-brain healing (a controlled merge), never by
+	// gossip that reaches across half-way (a side's "X is dead" taken up
+	// by X's own side).
+	mc.GossipToTheDeadTime = 0
 	mc.Logger = log.New(logWriter{n.log, &n.mlStopped, n.tr.rejectInput}, "", 0)
 	var err error
 	if n.ml, err = memberlist.Create(mc); err != nil {

@@ -240,12 +240,24 @@ func (sb *splitBrain) heard(addr string) {
 	}
 }
 
-// left records the address of a member that left the member list.
+// left records the address of a member that left the member list, and
+// looks at it soon (a member declared dead that still runs is asked to
+// rejoin within a few seconds, not a probe interval).
 func (sb *splitBrain) left(addr string) {
 	sb.mu.Lock()
 	sb.departed[addr] = time.Now()
 	sb.mu.Unlock()
+	time.AfterFunc(departedLookDelay, func() {
+		select {
+		case sb.wake <- struct{}{}:
+		default:
+		}
+	})
 }
+
+// departedLookDelay is how long after a member left the master looks at
+// its address.
+const departedLookDelay = 2 * time.Second
 
 // candidates returns the addresses to probe: the join members, those heard
 // by multicast and those that left within remember, except members'.
@@ -312,7 +324,7 @@ func (n *Node) lookForOtherClusters() {
 			n.log.Debug("split-brain probe: no answer", "address", addr, "error", err)
 			continue
 		}
-		if other.Cluster == mine.Cluster && other.Knows && other.Member != "" && !n.view.hasMember(other.Member) {
+		if other.Cluster == mine.Cluster && other.Knows && other.Member != "" && !n.view.hasMember(other.Member) && n.del.declaredDead(other.Member) {
 			// It takes itself for one of ours; we declared it dead (and
 			// refuse it): it rejoins, as a merge of one.
 			n.log.Warn("a member this cluster declared dead still takes itself for one of its members; asking it to rejoin",
@@ -489,11 +501,13 @@ func (n *Node) prepareMerge(target string, mine, theirs int) {
 		n.ops.SetMigrating(p, true) // callers retry, and later reach the larger cluster
 	}
 	data := n.collectMergeData()
-	for _, sc := range n.order {
-		if ms, ok := n.services[sc.Name].(spi.ManagedService); ok {
-			ms.Reset()
+	n.whileExecutorsWait(func() {
+		for _, sc := range n.order {
+			if ms, ok := n.services[sc.Name].(spi.ManagedService); ok {
+				ms.Reset()
+			}
 		}
-	}
+	})
 	n.tables.drop()
 	for p := range n.view.count {
 		n.ops.ResetReplica(p)
@@ -516,6 +530,24 @@ func (n *Node) prepareMerge(target string, mine, theirs int) {
 			n.joinMerge()
 		}
 	})
+}
+
+// whileExecutorsWait runs f while every partition executor waits in a
+// task of its own: no operation and no engine task runs meanwhile, so f
+// may touch what the executors own (a service's Reset).
+func (n *Node) whileExecutorsWait(f func()) {
+	threads := min(n.ops.PartitionThreads(), n.view.count)
+	release := make(chan struct{})
+	var entered sync.WaitGroup
+	for i := range threads {
+		entered.Add(1)
+		if err := n.ops.RunOnPartition(i, func() { entered.Done(); <-release }); err != nil {
+			entered.Done()
+		}
+	}
+	entered.Wait()
+	f()
+	close(release)
 }
 
 // collectMergeData runs every SplitBrainHandlerService's PrepareMerge for
