@@ -12,6 +12,7 @@ import (
 	"net/http"
 	"slices"
 	"strings"
+	"sync"
 	"sync/atomic"
 	"time"
 
@@ -119,6 +120,11 @@ type Node struct {
 	http     *http.Server
 	httpAddr string
 	httpDone chan struct{}
+	// mlMu orders a merge's memberlist calls (its own, not memberlist's
+	// loops) against the member's stop: none starts once the member is
+	// stopping (memberlist forgets a member that left at once, and its
+	// UpdateNode then fails on its own missing entry).
+	mlMu sync.Mutex
 	// mlStopped silences memberlist's late log lines after Shutdown.
 	mlStopped atomic.Bool
 }
@@ -266,6 +272,24 @@ func (n *Node) wire() {
 	}}
 }
 
+// stop marks the member stopped and returns its state before.
+func (n *Node) stop() int32 {
+	n.mlMu.Lock()
+	defer n.mlMu.Unlock()
+	return n.state.Swap(stateStopped)
+}
+
+// withMemberlist runs f, a merge's call of memberlist, unless the member
+// is stopping.
+func (n *Node) withMemberlist(f func() error) error {
+	n.mlMu.Lock()
+	defer n.mlMu.Unlock()
+	if n.state.Load() != stateRunning {
+		return spi.ErrShutdown
+	}
+	return f()
+}
+
 // lifecycle tells the listener (if any) of a lifecycle event of this
 // member.
 func (n *Node) lifecycle(ev spi.LifecycleEvent) {
@@ -401,7 +425,7 @@ func (n *Node) seeds(ctx context.Context) []string {
 // Shutdown leaves the cluster, stops every goroutine of the member, closes
 // its port and shuts the services down in reverse config order.
 func (n *Node) Shutdown(ctx context.Context) error {
-	switch n.state.Swap(stateStopped) {
+	switch n.stop() {
 	case stateStopped:
 		return nil
 	case stateNew:
@@ -429,7 +453,7 @@ func (n *Node) Shutdown(ctx context.Context) error {
 // message (the others detect the failure), connections are dropped and
 // services get Shutdown(true).
 func (n *Node) Terminate() {
-	switch n.state.Swap(stateStopped) {
+	switch n.stop() {
 	case stateStopped, stateNew:
 		return
 	}

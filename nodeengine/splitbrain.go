@@ -515,7 +515,7 @@ func (n *Node) prepareMerge(target string, mine, theirs int) {
 	}
 	now := time.Now()
 	n.del.setStarted(now)
-	if err := n.ml.UpdateNode(time.Second); err != nil {
+	if err := n.withMemberlist(func() error { return n.ml.UpdateNode(time.Second) }); err != nil {
 		n.log.Warn("cannot gossip the new start time", "error", err)
 	}
 	ctx, cancel := context.WithCancel(n.run.ctx)
@@ -620,7 +620,7 @@ func (n *Node) joinMerge() {
 }
 
 func (n *Node) joinAndReplay(target string, data []mergeBatch) error {
-	if _, err := n.ml.Join([]string{target}); err != nil {
+	if err := n.withMemberlist(func() error { _, err := n.ml.Join([]string{target}); return err }); err != nil {
 		return fmt.Errorf("join %s: %w", target, err)
 	}
 	ctx, cancel := context.WithTimeout(n.run.ctx, mergeTableWait)
