@@ -507,6 +507,12 @@ func (n *Node) prepareMerge(target string, mine, theirs int) {
 				ms.Reset()
 			}
 		}
+		// Migrations in flight here belong to the cluster left behind.
+		for p := range n.view.count {
+			if n.migs.at(p) != nil {
+				n.migs.set(p, nil)
+			}
+		}
 	})
 	n.tables.drop()
 	for p := range n.view.count {

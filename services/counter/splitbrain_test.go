@@ -195,11 +195,13 @@ func TestSplitHealIsLossless(t *testing.T) {
 	}
 	incOn(t, c, 2, "only-single", 3)
 	c.Heal()
+	healed := time.Now()
 	ctx, cancel := context.WithTimeout(context.Background(), 60*time.Second)
 	defer cancel()
 	if err := c.WaitMerged(ctx); err != nil {
 		t.Fatal(err)
 	}
+	t.Logf("merged %v after the heal (split-brain.probe-interval %v)", time.Since(healed).Round(time.Millisecond), c.Config(0).SplitBrain.ProbeInterval)
 	want(t, c, "shared", 17)
 	want(t, c, "only-single", 3)
 	checkReplicas(t, c, "shared", "only-single")
