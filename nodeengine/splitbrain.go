@@ -119,6 +119,9 @@ func (n *Node) localClusterInfo() clusterInfo {
 // first) on a goroutine of its own.
 func (n *Node) serveProbe(c net.Conn) {
 	defer c.Close()
+	if n.state.Load() != stateRunning {
+		return // starting, or leaving: no cluster to speak for
+	}
 	c.SetDeadline(time.Now().Add(probeTimeout))
 	var hdr [3]byte // kind, then the target's length (uint16)
 	if _, err := io.ReadFull(c, hdr[:]); err != nil {
@@ -487,7 +490,7 @@ func (n *Node) allStartedSince(t time.Time) bool {
 func (n *Node) prepareMerge(target string, mine, theirs int) {
 	sb := n.sb
 	sb.mu.Lock()
-	if sb.state != mergeIdle {
+	if sb.state != mergeIdle || n.state.Load() != stateRunning {
 		sb.mu.Unlock()
 		return
 	}
