@@ -187,6 +187,12 @@ func (d *delegates) check(peer *memberlist.Node) error {
 		err = fmt.Errorf("%w: member %s at %s belongs to cluster %q, we are %q", spi.ErrClusterMismatch, peer.Name, peer.Address(), m.cluster, d.n.cfg.Cluster.Name)
 	default:
 		d.mu.Lock()
+		_, known := d.alive[peer.Name]
+		d.mu.Unlock()
+		if !known && peer.Name != d.n.view.id && d.n.sb.closedToNewMembers() {
+			return fmt.Errorf("member %s at %s may not join now: this cluster is merging into another", peer.Name, peer.Address())
+		}
+		d.mu.Lock()
 		started, wasDead := d.dead[peer.Name]
 		if wasDead && started != m.started {
 			delete(d.dead, peer.Name) // merged since: welcome back

@@ -228,6 +228,17 @@ func (sb *splitBrain) merging() bool {
 	return sb.state != mergeIdle || sb.leading.Load()
 }
 
+// closedToNewMembers reports whether a member that memberlist does not
+// know yet must be refused: this member's cluster is preparing a merge
+// into another (one that joined now would be neither prepared nor
+// younger than the larger cluster's master). While it joins the larger
+// cluster, that cluster's members are welcome.
+func (sb *splitBrain) closedToNewMembers() bool {
+	sb.mu.Lock()
+	defer sb.mu.Unlock()
+	return sb.state == mergePrepared || sb.leading.Load() && sb.state == mergeIdle
+}
+
 // heard records an address heard by multicast; a new one is looked at
 // at once.
 func (sb *splitBrain) heard(addr string) {

@@ -55,6 +55,11 @@ func twoClusters(t *testing.T, big, small int) (a, b []*Node, events *lifecycleL
 		t.Fatal(err)
 	}
 	t.Cleanup(func() { ShutdownLocal(b) })
+	for _, side := range [][]*Node{a, b} { // each side settled: its size is what the test says
+		if err := WaitStable(ctx, side); err != nil {
+			t.Fatal(err)
+		}
+	}
 	return a, b, events
 }
 
