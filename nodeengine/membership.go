@@ -254,12 +254,34 @@ func (d *delegates) NotifyMerge(peers []*memberlist.Node) error {
 	return nil
 }
 
-// NotifyJoin, NotifyUpdate and NotifyLeave are called by memberlist with
-// its node lock held (memberlist v0.7.0, state.go: aliveNode, deadNode),
-// in the order of its changes: they copy what the member list needs.
-func (d *delegates) NotifyJoin(node *memberlist.Node)   { d.set(node, true) }
-func (d *delegates) NotifyLeave(node *memberlist.Node)  { d.set(node, false) }
-func (d *delegates) NotifyUpdate(node *memberlist.Node) { d.set(node, true) }
+// forgetMembers forgets every member and every death: the memberlist
+// instance is replaced by one that knows nothing yet (a merge).
+func (d *delegates) forgetMembers() {
+	d.mu.Lock()
+	clear(d.alive)
+	d.mu.Unlock()
+	d.forgetDead()
+}
+
+// instanceEvents are one memberlist instance's event callbacks: once a
+// merge replaced the instance (retired), its late events are ignored.
+// memberlist calls them with its node lock held (memberlist v0.7.0,
+// state.go: aliveNode, deadNode), in the order of its changes: they copy
+// what the member list needs.
+type instanceEvents struct {
+	*delegates
+	retired atomic.Bool
+}
+
+func (e *instanceEvents) NotifyJoin(node *memberlist.Node)   { e.set(node, true) }
+func (e *instanceEvents) NotifyLeave(node *memberlist.Node)  { e.set(node, false) }
+func (e *instanceEvents) NotifyUpdate(node *memberlist.Node) { e.set(node, true) }
+
+func (e *instanceEvents) set(node *memberlist.Node, alive bool) {
+	if !e.retired.Load() {
+		e.delegates.set(node, alive)
+	}
+}
 
 func (d *delegates) set(node *memberlist.Node, alive bool) {
 	d.mu.Lock()

@@ -432,7 +432,9 @@ func (l *leavers) targets(members []spi.Member) []spi.Member {
 // masterEngine adapts the Node to migration.Engine.
 type masterEngine struct{ n *Node }
 
-func (e masterEngine) IsMaster() bool          { return e.n.view.isMaster() && e.n.pub.tookOver() }
+func (e masterEngine) IsMaster() bool {
+	return e.n.view.isMaster() && e.n.pub.tookOver() && !e.n.sb.underWay()
+}
 func (e masterEngine) Table() *partition.Table { return e.n.view.table.Load() }
 
 // Alive reports whether a member is in the member list; this member is

@@ -93,9 +93,10 @@ type Node struct {
 	started  time.Time
 	address  string
 	tr       *muxTransport
-	ml       *memberlist.Memberlist
-	del      *delegates    // memberlist's callbacks; the member list comes from their copies
-	wake     chan struct{} // membership changed
+	ml       *memberlist.Memberlist // replaced by a merge, under mlMu
+	del      *delegates             // memberlist's callbacks; the member list comes from their copies
+	events   *instanceEvents        // the current memberlist instance's event callbacks
+	wake     chan struct{}          // membership changed
 	ops      *operation.Service
 	parts    *partitionView
 	proxies  *proxyRegistry
@@ -370,28 +371,10 @@ func mergePolicy(sc config.ServiceConfig, svc spi.Service) (spi.MergePolicy, err
 // join starts memberlist and joins the configured members (or those found
 // by multicast).
 func (n *Node) join(ctx context.Context) error {
-	mc := memberlist.DefaultLANConfig()
-	mc.Name = n.view.id
-	mc.Transport = n.tr
-	mc.BindAddr, mc.BindPort = n.tr.addr.IP.String(), n.tr.addr.Port
-	mc.AdvertiseAddr, mc.AdvertisePort = mc.BindAddr, mc.BindPort
-	d := newDelegates(n, memberMeta{protocol: operation.ProtocolVersion, cluster: n.cfg.Cluster.Name,
+	n.del = newDelegates(n, memberMeta{protocol: operation.ProtocolVersion, cluster: n.cfg.Cluster.Name,
 		address: n.address, started: n.started.UnixNano()}.encode())
-	n.del = d
-	mc.Delegate, mc.Events, mc.Alive, mc.Merge = d, d, d, d
-	ms := n.cfg.Membership
-	mc.ProbeInterval, mc.ProbeTimeout = ms.ProbeInterval, ms.ProbeTimeout
-	mc.SuspicionMult, mc.GossipInterval = ms.SuspicionMult, ms.GossipInterval
-	mc.PushPullInterval = ms.PushPullInterval
-	// No gossip to members declared dead: after a split, each side stops
-	// talking to the other at once, so that the two clusters meet again
-	// only through split-brain healing (a controlled merge), never by
-	// gossip that reaches across half-way (a side's "X is dead" taken up
-	// by X's own side).
-	mc.GossipToTheDeadTime = 0
-	mc.Logger = log.New(logWriter{n.log, &n.mlStopped, n.tr.rejectInput}, "", 0)
 	var err error
-	if n.ml, err = memberlist.Create(mc); err != nil {
+	if n.ml, err = n.newMemberlist(); err != nil {
 		return fmt.Errorf("partita: start membership: %w", err)
 	}
 	seeds := n.seeds(ctx)
@@ -405,6 +388,51 @@ func (n *Node) join(ctx context.Context) error {
 	} else {
 		n.log.Info("joined cluster", "contacted", joined, "members", n.ml.NumMembers())
 	}
+	return nil
+}
+
+// newMemberlist creates a memberlist instance on the member port. A merge
+// replaces the instance (see renewMemberlist): the port outlives it, and
+// the events of an instance replaced are ignored.
+func (n *Node) newMemberlist() (*memberlist.Memberlist, error) {
+	mc := memberlist.DefaultLANConfig()
+	mc.Name = n.view.id
+	mc.Transport = memberlistPort{n.tr}
+	mc.BindAddr, mc.BindPort = n.tr.addr.IP.String(), n.tr.addr.Port
+	mc.AdvertiseAddr, mc.AdvertisePort = mc.BindAddr, mc.BindPort
+	ev := &instanceEvents{delegates: n.del}
+	n.events = ev
+	mc.Delegate, mc.Events, mc.Alive, mc.Merge = n.del, ev, n.del, n.del
+	ms := n.cfg.Membership
+	mc.ProbeInterval, mc.ProbeTimeout = ms.ProbeInterval, ms.ProbeTimeout
+	mc.SuspicionMult, mc.GossipInterval = ms.SuspicionMult, ms.GossipInterval
+	mc.PushPullInterval = ms.PushPullInterval
+	// No gossip to members declared dead: after a split, each side stops
+	// talking to the other at once, so that the two clusters meet again
+	// only through split-brain healing (a controlled merge), never by
+	// gossip that reaches across half-way (a side's "X is dead" taken up
+	// by X's own side).
+	mc.GossipToTheDeadTime = 0
+	mc.Logger = log.New(logWriter{n.log, &n.mlStopped, n.tr.rejectInput}, "", 0)
+	return memberlist.Create(mc)
+}
+
+// renewMemberlist replaces this member's memberlist instance by a new one
+// that knows nothing but this member, as a merge needs: the old instance
+// holds the view of the cluster left behind, with members it declared dead
+// and news of their deaths still queued for gossip (its peers were
+// unreachable); once joined to the larger cluster, that news would reach
+// members alive there, which the larger cluster then takes for dead. The
+// caller holds mlMu (withMemberlist).
+func (n *Node) renewMemberlist() error {
+	n.ml.Shutdown() // the port stays open (memberlistPort)
+	n.events.retired.Store(true)
+	n.del.forgetMembers()
+	ml, err := n.newMemberlist()
+	if err != nil {
+		return err
+	}
+	n.ml = ml
 	return nil
 }
 
@@ -472,6 +500,7 @@ func (n *Node) teardown(terminate bool) {
 		probeWait = n.cfg.Membership.ProbeInterval * time.Duration(1+n.ml.GetHealthScore())
 		n.ml.Shutdown()
 		n.mlStopped.Store(true)
+		n.tr.Shutdown()
 	}
 	n.stopHTTP()
 	n.run.wait()

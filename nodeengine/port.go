@@ -530,8 +530,7 @@ func (t *muxTransport) DialAddressTimeout(addr memberlist.Address, timeout time.
 // StreamCh implements memberlist.Transport.
 func (t *muxTransport) StreamCh() <-chan net.Conn { return t.streamCh }
 
-// Shutdown implements memberlist.Transport: it closes the sockets and
-// waits for the loops.
+// Shutdown closes the sockets and waits for the loops.
 func (t *muxTransport) Shutdown() error {
 	t.once.Do(func() {
 		close(t.done)
@@ -541,6 +540,14 @@ func (t *muxTransport) Shutdown() error {
 	t.wg.Wait()
 	return nil
 }
+
+// memberlistPort is the member port as one memberlist instance sees it:
+// a merge replaces the instance, and the port stays open (its Shutdown is
+// the node's, in teardown).
+type memberlistPort struct{ *muxTransport }
+
+// Shutdown implements memberlist.Transport: the port outlives memberlist.
+func (memberlistPort) Shutdown() error { return nil }
 
 // dial dials the member port at addr and writes the protocol selector,
 // unless the network filter cuts addr off (then it fails at once, and

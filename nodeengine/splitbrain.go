@@ -43,9 +43,12 @@ import (
 //     Reset; the partition table and replicas are dropped; the member
 //     gossips a new start time, so that it is younger than every member
 //     of the larger cluster (whose oldest stays master).
-//     join: memberlist joins the larger cluster; once its master's table
-//     has arrived, the collected merge operations are invoked on their
-//     partitions through the normal path (owner, backups, exactly once);
+//     join: a new memberlist instance, which knows only this member,
+//     joins the larger cluster (the old one's view of the cluster left
+//     behind, its deaths above all, must not reach it); once its
+//     master's table has arrived, the collected merge operations are
+//     invoked on their partitions through the normal path (owner,
+//     backups, exactly once);
 //     lifecycle MERGED, or MERGE_FAILED with the reason.
 //     A member prepared for a merge whose join does not come within
 //     mergeJoinWait (its master died) joins by itself.
@@ -226,6 +229,15 @@ func (sb *splitBrain) merging() bool {
 	sb.mu.Lock()
 	defer sb.mu.Unlock()
 	return sb.state != mergeIdle || sb.leading.Load()
+}
+
+// underWay reports whether this member is preparing a merge or joining
+// the larger cluster: it makes no partition table meanwhile, even while
+// it is the oldest member it sees.
+func (sb *splitBrain) underWay() bool {
+	sb.mu.Lock()
+	defer sb.mu.Unlock()
+	return sb.state != mergeIdle
 }
 
 // closedToNewMembers reports whether a member that memberlist does not
@@ -640,7 +652,16 @@ func (n *Node) joinMerge() {
 }
 
 func (n *Node) joinAndReplay(target string, data []mergeBatch) error {
-	if err := n.withMemberlist(func() error { _, err := n.ml.Join([]string{target}); return err }); err != nil {
+	// A new memberlist instance joins: the old one's view of the cluster
+	// left behind must not reach the larger cluster (renewMemberlist).
+	err := n.withMemberlist(func() error {
+		if err := n.renewMemberlist(); err != nil {
+			return err
+		}
+		_, err := n.ml.Join([]string{target})
+		return err
+	})
+	if err != nil {
 		return fmt.Errorf("join %s: %w", target, err)
 	}
 	ctx, cancel := context.WithTimeout(n.run.ctx, mergeTableWait)

@@ -205,4 +205,13 @@ func TestSplitHealIsLossless(t *testing.T) {
 	want(t, c, "shared", 17)
 	want(t, c, "only-single", 3)
 	checkReplicas(t, c, "shared", "only-single")
+	// Only the single member merged. The pair's members never took each
+	// other for dead: the single member's memberlist, which declared
+	// them dead during the split, must not spread that news once joined
+	// (a member of the pair declared dead rejoins as a merge of one).
+	for i, wantMerges := range []float64{0, 0, 1} {
+		if got := clustertest.Scrape(t, c.Member(i)).Value("partita_split_brain_merges_total", "result", "merged"); got != wantMerges {
+			t.Errorf("member %d merged %v times, want %v", i, got, wantMerges)
+		}
+	}
 }
