@@ -208,6 +208,8 @@ func (d *delegates) check(peer *memberlist.Node) error {
 		d.mu.Unlock()
 		if first {
 			d.n.log.Warn("refusing member", "member", peer.Name, "address", peer.Address(), "reason", err)
+			name, addr := peer.Name, peer.Address()
+			d.n.run.spawn(func() { d.n.reconsiderDead(name, addr) })
 		}
 		return err
 	}
@@ -252,6 +254,19 @@ func (d *delegates) NotifyMerge(peers []*memberlist.Node) error {
 		}
 	}
 	return nil
+}
+
+// takeBack forgets that member id was declared dead, unless it came back
+// meanwhile; it reports whether it was still refused.
+func (d *delegates) takeBack(id string) bool {
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	if !d.refused["dead:"+id] {
+		return false
+	}
+	delete(d.dead, id)
+	delete(d.refused, "dead:"+id)
+	return true
 }
 
 // forgetMembers forgets every member and every death: the memberlist

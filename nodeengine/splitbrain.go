@@ -448,6 +448,55 @@ func (n *Node) rejoinRequested(target string) {
 	n.joinMerge()
 }
 
+// reconsiderDead looks again at a member this one declared dead and
+// refused when it came back (id at addr). The refusal keeps a member that
+// formed or followed another cluster out; but a suspicion can also reach
+// some members before the suspect's refutation and others after it, and
+// then only some declare it dead. When this member's master still lists
+// it and it still follows that master, it never left the cluster: this
+// member takes it back (and pushes state with it, so that memberlist has
+// its refutation at once) rather than refuse it for good while the rest
+// of the cluster routes to it. A master never takes a member back this
+// way: a member the master declared dead rejoins as a merge of one
+// (rejoinRequested).
+func (n *Node) reconsiderDead(id, addr string) {
+	for _, wait := range []time.Duration{time.Second, 2 * time.Second, 4 * time.Second} {
+		select {
+		case <-n.run.stop():
+			return
+		case <-time.After(wait):
+		}
+		if n.view.hasMember(id) || !n.del.declaredDead(id) {
+			return
+		}
+		ms := n.view.memberList()
+		if len(ms) == 0 || ms[0].ID == n.view.id || n.sb.merging() {
+			continue
+		}
+		master := ms[0]
+		ctx, cancel := context.WithTimeout(n.run.ctx, probeTimeout)
+		byMaster, err := n.probe(ctx, master.Address, probeInfo, id) // Knows: the master lists id
+		var theirs clusterInfo
+		if err == nil {
+			theirs, err = n.probe(ctx, addr, probeInfo, n.view.id)
+		}
+		cancel()
+		if err != nil || !byMaster.Knows || byMaster.MasterID != master.ID || theirs.MasterID != master.ID ||
+			theirs.Member != id || theirs.Merging {
+			continue
+		}
+		if !n.del.takeBack(id) {
+			return
+		}
+		n.log.Warn("taking back a member declared dead here: the master still lists it and it follows the master",
+			"member", id, "address", addr, "master", master.Address)
+		if err := n.withMemberlist(func() error { _, err := n.ml.Join([]string{addr}); return err }); err != nil {
+			n.log.Warn("cannot reach the member taken back", "member", id, "address", addr, "error", err)
+		}
+		return
+	}
+}
+
 // mergeCluster merges this cluster into other: the master prepares every
 // member (itself last), waits until all gossip their new start time, then
 // has every member join.
@@ -539,12 +588,14 @@ func (n *Node) prepareMerge(target string, mine, theirs int) {
 				n.migs.set(p, nil)
 			}
 		}
+		n.tables.drop()
+		// The replicas' state is the executors' (ResetReplica runs as
+		// partition p's executor would).
+		for p := range n.view.count {
+			n.ops.ResetReplica(p)
+			n.ops.SetMigrating(p, false) // no table: operations are refused as not ready
+		}
 	})
-	n.tables.drop()
-	for p := range n.view.count {
-		n.ops.ResetReplica(p)
-		n.ops.SetMigrating(p, false) // no table: operations are refused as not ready
-	}
 	now := time.Now()
 	n.del.setStarted(now)
 	if err := n.withMemberlist(func() error { return n.ml.UpdateNode(time.Second) }); err != nil {
