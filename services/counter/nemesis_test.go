@@ -2,8 +2,10 @@ package counter_test
 
 import (
 	"context"
+	"flag"
 	"fmt"
 	"math/rand/v2"
+	"slices"
 	"sync"
 	"testing"
 	"time"
@@ -38,7 +40,7 @@ func TestCounterNemesisLinearizable(t *testing.T) {
 		t.Run(fmt.Sprintf("backups%d", tc.backups), func(t *testing.T) {
 			for _, seed := range clustertest.NemesisSeeds(tc.seeds...) {
 				t.Run(fmt.Sprintf("seed%d", seed), func(t *testing.T) {
-					runCounterNemesis(t, tc.backups, tc.members, seed, clustertest.NemesisDuration(6*time.Second))
+					runCounterNemesis(t, tc.backups, tc.members, seed, clustertest.NemesisDuration(4*time.Second), nil)
 				})
 			}
 		})
@@ -50,9 +52,40 @@ func TestCounterNemesisLinearizable(t *testing.T) {
 // decides quickly.
 const nemesisClients, nemesisCounters = 6, 4
 
-func runCounterNemesis(t *testing.T, backups, members int, seed uint64, d time.Duration) {
+var splitNemesis = flag.Bool("nemesis.split", false, "run TestCounterNemesisSplitKeepsTotals")
+
+// A split lets both sides take increments, and each side's reads miss
+// the other's (docs/guarantees.md): the counter is not linearizable
+// across a split, by design. After the heal the merge keeps every
+// acknowledged increment of either side (counter-sum): under a nemesis
+// that also splits, the final values and the placement are checked, and
+// whether the history was linearizable is only logged.
+//
+// It runs only with -nemesis.split: under this load the merge after a
+// heal does not settle within 30 s (seed 4, member 0, the master,
+// isolated alone for 2.6 s: after the heal "member 0 is migrating
+// partitions", or "member 0 sees 2 members" while it ignores member 2's
+// alive messages as "declared dead and comes back unmerged").
+func TestCounterNemesisSplitKeepsTotals(t *testing.T) {
+	if !*splitNemesis {
+		t.Skip("the merge after a split does not settle under load (see the test's comment): run with -nemesis.split")
+	}
+	for _, seed := range clustertest.NemesisSeeds(4) {
+		t.Run(fmt.Sprintf("seed%d", seed), func(t *testing.T) {
+			// Splits first, among faults that keep the members.
+			kinds := []clustertest.NemesisKind{clustertest.NemesisSplit, clustertest.NemesisSplit,
+				clustertest.NemesisPause, clustertest.NemesisDelay, clustertest.NemesisLoseAnswers}
+			runCounterNemesis(t, 1, 3, seed, clustertest.NemesisDuration(5*time.Second), kinds)
+		})
+	}
+}
+
+// runCounterNemesis runs the counter under the nemesis of seed, drawn
+// from kinds (nil: the default kinds, whose histories must be
+// linearizable).
+func runCounterNemesis(t *testing.T, backups, members int, seed uint64, d time.Duration, kinds []clustertest.NemesisKind) {
 	c := clustertest.New(t, members, withBackups(backups))
-	schedule := clustertest.NewNemesisSchedule(seed, d, clustertest.Nemesis{
+	schedule := clustertest.NewNemesisSchedule(seed, d, clustertest.Nemesis{Kinds: kinds,
 		Members: members, MinMembers: backups + 1, MaxMembers: members + 2, Service: counter.ServiceName})
 	names := make([]string, nemesisCounters)
 	for k := range names {
@@ -135,8 +168,12 @@ func runCounterNemesis(t *testing.T, backups, members int, seed uint64, d time.D
 		}
 	}
 	t.Logf("seed %d: %d calls, %d failed; %d members at the end", seed, len(h), rec.Failed(), len(c.Members()))
-	if err := clustertest.CheckLinearizable(t, clustertest.CounterModel, h); err != nil {
-		t.Errorf("seed %d: replay with -run 'TestCounterNemesisLinearizable/backups%d' -nemesis.seed=%d", seed, backups, seed)
+	if slices.Contains(kinds, clustertest.NemesisSplit) {
+		ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+		defer cancel()
+		t.Logf("seed %d: across splits (not linearizable by design): %v", seed, clustertest.Check(ctx, clustertest.CounterModel, h))
+	} else if err := clustertest.CheckLinearizable(t, clustertest.CounterModel, h); err != nil {
+		t.Errorf("seed %d: replay with -run '%s' -nemesis.seed=%d", seed, t.Name(), seed)
 	}
 	clusterload.CheckPlacement(t, c, counters)
 }
