@@ -16,6 +16,15 @@
 // Faults (AddFault) drop, delay or hold chosen requests between members;
 // Split and Heal cut the network between groups of members and restore
 // it, for split-brain tests.
+//
+// Linearizability, as Jepsen checks it: a Recorder records the calls a
+// test makes from many goroutines, and CheckLinearizable checks the
+// history against a Model (CounterModel ships; ExampleModel writes one in
+// a few lines) with porcupine, writing its HTML visualisation when the
+// check fails. A nemesis (NewNemesisSchedule, RunNemesis) injects a
+// seeded, reproducible schedule of kills, leaves, joins, pauses, message
+// faults and splits meanwhile; -nemesis.seed=N replays a schedule. See
+// services/counter's TestCounterNemesisLinearizable.
 package clustertest
 
 import (
