@@ -3,6 +3,7 @@ package main
 import (
 	"context"
 	"fmt"
+	"io"
 	"net/http"
 	"os"
 	"os/exec"
@@ -436,6 +437,188 @@ func testSplitOfMemberProcesses(t *testing.T, name string, minSize int) {
 	if minSize > 0 {
 		if _, o, e := fronts[2].inc("c0", 1); o != acked {
 			t.Errorf("the lone member refuses writes after the merge: %s", e)
+		}
+	}
+	t.Logf("test took %v", time.Since(began).Round(time.Millisecond))
+}
+
+// Two groups of member processes (the member binary, configured by YAML
+// files) start apart with one cluster name, three members on one side of
+// a cut link and two on the other, each group a cluster of its own; then
+// the link heals: the two clusters find each other by themselves, the
+// smaller merges into the larger (every member of it logs the merge at
+// WARN, with both sides' sizes), and all five are one cluster.
+func TestMemberGroupsMerge(t *testing.T) {
+	if testing.Short() {
+		t.Skip("runs member processes in network namespaces")
+	}
+	if os.Getenv(memberBinEnv) == "" && os.Geteuid() == 0 {
+		// Built here, once per test process, for the child in the
+		// namespace (netnstest skips where it cannot make one).
+		t.Setenv(memberBinEnv, buildMember(t))
+	}
+	if !netnstest.Run(t, "TestMemberGroupsMerge", 50*time.Second) {
+		return
+	}
+	began := time.Now()
+	bin := buildMember(t)
+	self, err := os.Executable()
+	if err != nil {
+		t.Fatal(err)
+	}
+	peer := netnstest.NewPeer(t, 3, 2)
+	peer.Cut(t)
+	ctx, cancel := context.WithTimeout(context.Background(), 45*time.Second)
+	defer cancel()
+	dir := t.TempDir()
+
+	type member struct {
+		group   string // "large" here, "small" in the peer namespace
+		ip      string
+		p       *proc
+		metrics string // base URL
+	}
+	var ms []*member
+	for _, ip := range peer.LocalAddrs() {
+		ms = append(ms, &member{group: "large", ip: ip})
+	}
+	for _, ip := range peer.PeerAddrs() {
+		ms = append(ms, &member{group: "small", ip: ip})
+	}
+	var join []string
+	for _, m := range ms {
+		join = append(join, m.ip+":5701")
+	}
+	// Each group's members start one after another, the first alone, the
+	// others joining it; the other group is out of reach.
+	started := map[string]int{}
+	for i, m := range ms {
+		cfg := filepath.Join(dir, fmt.Sprintf("m%d.yaml", i))
+		if err := os.WriteFile(cfg, []byte(memberYAML("groups", m.ip+":5701", join, m.ip+":9701", 0)), 0o644); err != nil {
+			t.Fatal(err)
+		}
+		var cmd *exec.Cmd
+		if m.group == "small" {
+			cmd = peer.Command(ctx, bin, "-config", cfg)
+		} else {
+			cmd = exec.CommandContext(ctx, bin, "-config", cfg)
+		}
+		m.p = startProc(t, fmt.Sprintf("member %d (%s, group %s)", i, m.ip, m.group), cmd)
+		l := m.p.waitLine(t, listeningLine, 30*time.Second)
+		started[m.group]++
+		if l[2] != m.ip+":5701" || l[3] != "groups" || l[4] != strconv.Itoa(started[m.group]) {
+			t.Fatalf("member %d: listening line %q, want %s:5701, cluster groups, %d members", i, l[0], m.ip, started[m.group])
+		}
+		mm := m.p.waitLine(t, metricsLine, 10*time.Second)
+		m.metrics = mm[1]
+	}
+	// scrape reads a member's /metrics: directly here, through a process
+	// in the peer namespace there.
+	scrape := func(m *member) (string, error) {
+		if m.group == "large" {
+			c := http.Client{Timeout: 5 * time.Second}
+			resp, err := c.Get(m.metrics + "/metrics")
+			if err != nil {
+				return "", err
+			}
+			defer resp.Body.Close()
+			var sb strings.Builder
+			_, err = io.Copy(&sb, resp.Body)
+			return sb.String(), err
+		}
+		fctx, fcancel := context.WithTimeout(ctx, 10*time.Second)
+		defer fcancel()
+		cmd := peer.Command(fctx, self)
+		cmd.Env = append(os.Environ(), fetchEnv+"="+m.metrics+"/metrics")
+		out, err := cmd.Output()
+		if err != nil {
+			return "", fmt.Errorf("fetch in the peer namespace: %v", err)
+		}
+		status, body, _ := strings.Cut(string(out), "\n")
+		if status != "200" {
+			return "", fmt.Errorf("/metrics: %s", status)
+		}
+		return body, nil
+	}
+	// settled waits until every member sees want members (by group), is
+	// ready, and the cluster is safe.
+	settled := func(timeout time.Duration, want map[string]float64, also func(i int, m *member, body string) error) {
+		t.Helper()
+		clustertest.Eventually(t, timeout, func() error {
+			for i, m := range ms {
+				body, err := scrape(m)
+				if err != nil {
+					return fmt.Errorf("member %d: %v", i, err)
+				}
+				k, ready, safe := metric(body, "partita_cluster_members"), metric(body, "partita_member_ready"), metric(body, "partita_cluster_safe")
+				if k != want[m.group] || ready != 1 || safe != 1 {
+					return fmt.Errorf("member %d (group %s): %v members, ready %v, safe %v; want %v members, ready and safe", i, m.group, k, ready, safe, want[m.group])
+				}
+				if also != nil {
+					if err := also(i, m, body); err != nil {
+						return err
+					}
+				}
+			}
+			return nil
+		})
+	}
+	settled(20*time.Second, map[string]float64{"large": 3, "small": 2}, nil)
+	t.Logf("two clusters of 3 and 2 member processes settled apart, %v after the start", time.Since(began).Round(time.Millisecond))
+
+	healed := time.Now()
+	peer.Heal(t)
+	settled(30*time.Second, map[string]float64{"large": 5, "small": 5}, func(i int, m *member, body string) error {
+		if m.group == "small" && metric(body, `partita_split_brain_merges_total{result="merged"}`) != 1 {
+			return fmt.Errorf("member %d of the smaller cluster has not merged yet", i)
+		}
+		return nil
+	})
+	done := time.Now()
+	var firstStart, lastEnd time.Time
+	for i, m := range ms {
+		body, err := scrape(m)
+		if err != nil {
+			t.Fatal(err)
+		}
+		want := map[string]float64{"large": 0, "small": 1}[m.group]
+		if got, failed := metric(body, `partita_split_brain_merges_total{result="merged"}`), metric(body, `partita_split_brain_merges_total{result="failed"}`); got != want || failed != 0 {
+			t.Errorf("member %d (group %s): %v merges, %v failed; want %v, 0", i, m.group, got, failed, want)
+		}
+		// The merge, logged at WARN on every member of the smaller
+		// cluster, with both sides' sizes; nothing of it on the larger.
+		starts := m.p.stderr.find("level=WARN", "merging into a larger cluster of this name", "members=2", "other_members=3")
+		ends := m.p.stderr.find("level=WARN", "merged into the larger cluster")
+		if m.group == "large" {
+			if len(starts)+len(ends) > 0 {
+				t.Errorf("member %d of the larger cluster logged a merge of its own:\n%s", i, m.p.stderr.String())
+			}
+			continue
+		}
+		if len(starts) != 1 || len(ends) != 1 {
+			t.Errorf("member %d of the smaller cluster logged %d merge starts and %d merge ends at WARN, want 1 and 1", i, len(starts), len(ends))
+			continue
+		}
+		if firstStart.IsZero() || starts[0].at.Before(firstStart) {
+			firstStart = starts[0].at
+		}
+		if ends[0].at.After(lastEnd) {
+			lastEnd = ends[0].at
+		}
+	}
+	var decided int
+	for _, m := range ms[3:] {
+		decided += len(m.p.stderr.find("level=WARN", "found a larger cluster of this name: this cluster merges into it", "members=2", "other_members=3"))
+	}
+	if decided != 1 {
+		t.Errorf("the smaller cluster's master logged its decision to merge %d times, want 1", decided)
+	}
+	if !firstStart.IsZero() {
+		t.Logf("heal -> merge started %v, heal -> both members merged %v, heal -> 5 members ready and safe %v (split-brain.probe-interval %v)",
+			firstStart.Sub(healed).Round(time.Millisecond), lastEnd.Sub(healed).Round(time.Millisecond),
+			done.Sub(healed).Round(time.Millisecond), splitProbeInterval)
+		if d := firstStart.Sub(healed); d > splitProbeInterval+time.Second {
+			t.Errorf("the merge started %v after the heal, want within the probe interval (%v) and 1s", d, splitProbeInterval)
 		}
 	}
 	t.Logf("test took %v", time.Since(began).Round(time.Millisecond))
