@@ -73,8 +73,11 @@ func fetch(url string) int {
 // testMemberLine is what a test member prints on stdout once started.
 var testMemberLine = regexp.MustCompile(`^test member (\S+) listening on (\S+) \((\d+) members\)$`)
 
-// callTimeout bounds one counter call of a test member's front.
-const callTimeout = 5 * time.Second
+// callTimeout bounds one counter call of a test member's front: well
+// above the lone member's failure detection in the split tests (about 5 s),
+// during which the calls sent to it wait, so that they all end in an
+// answer (acknowledged or refused) rather than a timeout.
+const callTimeout = 10 * time.Second
 
 // serveTestMember runs a member with the config file cfgPath and an HTTP
 // front on the Unix socket sock (no network: the front stays reachable
