@@ -18,6 +18,7 @@ import (
 	"slices"
 	"strconv"
 	"strings"
+	"sync"
 	"syscall"
 	"testing"
 	"time"
@@ -26,7 +27,24 @@ import (
 	"go.uber.org/goleak"
 )
 
-func TestMain(m *testing.M) { goleak.VerifyTestMain(m) }
+// TestMain runs the tests, or, in a process that a test started with
+// the environment of one of the helper modes (procs_test.go), that mode.
+func TestMain(m *testing.M) {
+	if code, ok := helperMode(); ok {
+		os.Exit(code)
+	}
+	code := m.Run()
+	if buildDir != "" {
+		os.RemoveAll(buildDir)
+	}
+	if code == 0 {
+		if err := goleak.Find(); err != nil {
+			fmt.Fprintf(os.Stderr, "goleak: Errors on successful test run: %v\n", err)
+			code = 1
+		}
+	}
+	os.Exit(code)
+}
 
 func writeFile(t *testing.T, name, content string) string {
 	t.Helper()
@@ -337,10 +355,25 @@ func runMember(t *testing.T, bin string, sig os.Signal, args ...string) string {
 	return stderr.String()
 }
 
-// buildMember builds this command into a temporary directory, with the
-// race detector when the test runs with it.
+// memberBinEnv names, in a test process started by another (netnstest's
+// child), the member binary that the parent built.
+const memberBinEnv = "PARTITA_TEST_MEMBER_BIN"
+
+var (
+	buildOnce sync.Once
+	buildDir  string // removed by TestMain
+	buildBin  string
+	buildErr  string
+)
+
+// buildMember returns the member binary, built into a temporary directory
+// once per test process (with the race detector when the test runs with
+// it), or the parent process's (memberBinEnv).
 func buildMember(t *testing.T) string {
 	t.Helper()
+	if bin := os.Getenv(memberBinEnv); bin != "" {
+		return bin
+	}
 	goTool := filepath.Join(runtime.GOROOT(), "bin", "go")
 	if runtime.GOOS == "windows" {
 		goTool += ".exe"
@@ -350,18 +383,31 @@ func buildMember(t *testing.T) string {
 			t.Skip("no go command to build the member binary")
 		}
 	}
-	bin := filepath.Join(t.TempDir(), "member")
-	args := []string{"build", "-o", bin}
-	if raceEnabled {
-		args = append(args, "-race")
+	buildOnce.Do(func() {
+		dir, err := os.MkdirTemp("", "partita-member-test-")
+		if err != nil {
+			buildErr = err.Error()
+			return
+		}
+		buildDir = dir
+		bin := filepath.Join(dir, "member")
+		args := []string{"build", "-o", bin}
+		if raceEnabled {
+			args = append(args, "-race")
+		}
+		ctx, cancel := context.WithTimeout(context.Background(), 5*time.Minute)
+		defer cancel()
+		cmd := exec.CommandContext(ctx, goTool, append(args, ".")...)
+		if out, err := cmd.CombinedOutput(); err != nil {
+			buildErr = fmt.Sprintf("go build: %v\n%s", err, out)
+			return
+		}
+		buildBin = bin
+	})
+	if buildBin == "" {
+		t.Fatal(buildErr)
 	}
-	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Minute)
-	defer cancel()
-	cmd := exec.CommandContext(ctx, goTool, append(args, ".")...)
-	if out, err := cmd.CombinedOutput(); err != nil {
-		t.Fatalf("go build: %v\n%s", err, out)
-	}
-	return bin
+	return buildBin
 }
 
 func httpGet(t *testing.T, url string) (int, string) {

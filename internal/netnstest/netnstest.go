@@ -1,5 +1,7 @@
 // Package netnstest runs a test inside a private network namespace, where
-// it may send multicast without any of it reaching the host's network.
+// it may send multicast without any of it reaching the host's network, and
+// links a second namespace to it (Peer), where the test's processes may be
+// cut off from each other by a real network split.
 package netnstest
 
 import (
