@@ -1,9 +1,11 @@
 // Package testservice is the smallest partitioned service the engine's
 // tests need: named int64 registers, each in the partition of its name,
-// with a backed-up add, a read and migration support. It exercises what a
-// product service relies on the engine for (routing, backups and their
-// answers, exactly-once retries, migrations, replica syncs, failover)
-// without testing any product's own semantics.
+// with a backed-up add, a read, migration support and split-brain merge
+// support (each register merged by the service's merge policy). It
+// exercises what a product service relies on the engine for (routing,
+// backups and their answers, exactly-once retries, migrations, replica
+// syncs, failover, split-brain healing) without testing any product's own
+// semantics.
 //
 // Enable it with Use; call it with Add and Get; read a member's copy with
 // Local.
@@ -11,6 +13,7 @@ package testservice
 
 import (
 	"context"
+	"fmt"
 	"maps"
 	"strconv"
 
@@ -74,6 +77,8 @@ func (s *Service) OperationTypes() []spi.OperationType {
 		{ID: 2, New: func() spi.Operation { return new(addBackup) }},
 		{ID: 3, New: func() spi.Operation { return new(getOperation) }},
 		{ID: 4, New: func() spi.Operation { return new(snapshot) }},
+		{ID: 5, New: func() spi.Operation { return new(mergeOperation) }},
+		{ID: 6, New: func() spi.Operation { return new(mergeBackup) }},
 	}
 }
 
@@ -241,3 +246,120 @@ func (s *Service) RollbackMigration(e spi.PartitionMigrationEvent) {
 
 // ClearPartitionReplica implements spi.MigrationAwareService.
 func (s *Service) ClearPartitionReplica(p int) { clear(s.parts[p]) }
+
+var _ spi.SplitBrainHandlerService = (*Service)(nil)
+
+// PrepareMerge implements spi.SplitBrainHandlerService: a copy of the
+// partition's registers, merged on the larger cluster by the service's
+// merge policy (put-if-absent unless the config names another).
+func (s *Service) PrepareMerge(p int) []spi.Operation {
+	if len(s.parts[p]) == 0 {
+		return nil
+	}
+	return []spi.Operation{&mergeOperation{Values: maps.Clone(s.parts[p])}}
+}
+
+// mergeOperation merges the merging side's registers of one partition
+// into the partition's owner, register by register, with the service's
+// merge policy; its backup sets what it changed.
+type mergeOperation struct {
+	Values map[string]int64
+
+	backups int
+	set     map[string]int64
+	removed []string
+}
+
+func (op *mergeOperation) Run(ctx *spi.OpContext) error {
+	s := ctx.Service.(*Service)
+	op.backups = s.backups
+	policy := s.engine.MergePolicy(Name)
+	regs := s.parts[ctx.PartitionID]
+	op.set, op.removed = map[string]int64{}, nil
+	for k, v := range op.Values {
+		existing, exists := regs[k]
+		var cur any
+		if exists {
+			cur = existing
+		}
+		got, keep := policy.Merge(v, cur, exists)
+		if !keep {
+			if exists {
+				delete(regs, k)
+				op.removed = append(op.removed, k)
+			}
+			continue
+		}
+		nv, ok := got.(int64)
+		if !ok {
+			return fmt.Errorf("register %q: merge policy %s returned %T, want int64", k, policy.Name(), got)
+		}
+		if !exists || nv != existing {
+			regs[k] = nv
+			op.set[k] = nv
+		}
+	}
+	return nil
+}
+
+func (op *mergeOperation) SyncBackupCount() int  { return op.backups }
+func (op *mergeOperation) AsyncBackupCount() int { return 0 }
+func (op *mergeOperation) ShouldBackup() bool    { return len(op.set)+len(op.removed) > 0 }
+func (op *mergeOperation) BackupOperation() spi.Operation {
+	return &mergeBackup{Set: op.set, Removed: op.removed}
+}
+func (op *mergeOperation) WriteData(w *spi.Writer) { writeValues(w, op.Values) }
+func (op *mergeOperation) ReadData(r *spi.Reader) error {
+	op.Values = readValues(r)
+	return r.Err()
+}
+
+// mergeBackup sets on a backup replica what a mergeOperation changed on
+// the primary.
+type mergeBackup struct {
+	Set     map[string]int64
+	Removed []string
+}
+
+func (op *mergeBackup) Run(ctx *spi.OpContext) error {
+	regs := ctx.Service.(*Service).parts[ctx.PartitionID]
+	maps.Copy(regs, op.Set)
+	for _, k := range op.Removed {
+		delete(regs, k)
+	}
+	return nil
+}
+func (op *mergeBackup) Backup() {}
+func (op *mergeBackup) WriteData(w *spi.Writer) {
+	writeValues(w, op.Set)
+	w.WriteUvarint(uint64(len(op.Removed)))
+	for _, k := range op.Removed {
+		w.WriteString(k)
+	}
+}
+func (op *mergeBackup) ReadData(r *spi.Reader) error {
+	op.Set = readValues(r)
+	n := r.ReadUvarint()
+	op.Removed = nil
+	for i := uint64(0); i < n && r.Err() == nil; i++ {
+		op.Removed = append(op.Removed, r.ReadString())
+	}
+	return r.Err()
+}
+
+func writeValues(w *spi.Writer, vals map[string]int64) {
+	w.WriteUvarint(uint64(len(vals)))
+	for k, v := range vals {
+		w.WriteString(k)
+		w.WriteVarint(v)
+	}
+}
+
+func readValues(r *spi.Reader) map[string]int64 {
+	n := r.ReadUvarint()
+	vals := map[string]int64{}
+	for i := uint64(0); i < n && r.Err() == nil; i++ {
+		vals[r.ReadString()] = r.ReadVarint()
+	}
+	return vals
+}

@@ -1,0 +1,314 @@
+package counter_test
+
+import (
+	"context"
+	"fmt"
+	"math/rand/v2"
+	"net/http"
+	"os"
+	"strconv"
+	"sync/atomic"
+	"testing"
+	"time"
+
+	"github.com/partita-go/partita/config"
+	"github.com/partita-go/partita/internal/clusterload"
+	"github.com/partita-go/partita/nodeengine"
+	"github.com/partita-go/partita/nodeengine/clustertest"
+	"github.com/partita-go/partita/services/counter"
+	"github.com/partita-go/partita/spi"
+)
+
+// Real splits of running clusters with the counter (issue 20): the sides
+// count on their own, heal, and the smaller merges into the larger with
+// every acknowledged increment of both sides counted once.
+
+// resetCounter is a service that only counts its Reset calls: the engine
+// calls Reset on every ManagedService of a member that merges into a
+// larger cluster, once per merge.
+type resetCounter struct{ resets atomic.Int64 }
+
+func (s *resetCounter) Init(spi.NodeEngine, spi.Properties) error { return nil }
+func (s *resetCounter) Shutdown(bool)                             {}
+func (s *resetCounter) Reset()                                    { s.resets.Add(1) }
+
+func init() { config.RegisterService("resetcount", func() spi.Service { return new(resetCounter) }) }
+
+// resetServices are the resetCounter services withResetCounters adds.
+var resetServices = []string{"ResetA", "ResetB"}
+
+// withResetCounters adds two resetCounter services next to the counter.
+func withResetCounters(_ int, cfg *config.Config) {
+	for _, name := range resetServices {
+		cfg.Services = append(cfg.Services, config.ServiceConfig{Name: name, Type: "resetcount", Enabled: true})
+	}
+}
+
+// resets returns how many times member n's service name was Reset.
+func resets(n *nodeengine.Node, name string) int64 {
+	svc, _ := n.Service(name)
+	return svc.(*resetCounter).resets.Load()
+}
+
+// sideStore is the counter store counting the increments acknowledged
+// through each member while counting is on.
+type sideStore struct {
+	clusterload.Store
+	on    atomic.Bool
+	acked map[*nodeengine.Node]*atomic.Int64
+}
+
+func (s *sideStore) Inc(ctx context.Context, n *nodeengine.Node, name string) error {
+	err := s.Store.Inc(ctx, n, name)
+	if err == nil && s.on.Load() {
+		s.acked[n].Add(1)
+	}
+	return err
+}
+
+// waitSides waits until each side lists exactly its own members and is
+// stable.
+func waitSides(t *testing.T, sides ...[]*nodeengine.Node) {
+	t.Helper()
+	clustertest.Eventually(t, 60*time.Second, func() error {
+		for _, side := range sides {
+			for _, n := range side {
+				if k := len(n.Members()); k != len(side) {
+					return fmt.Errorf("member %s sees %d members, its side has %d", n.Address(), k, len(side))
+				}
+			}
+		}
+		return nil
+	})
+	for _, side := range sides {
+		clustertest.WaitStable(t, 60*time.Second, side...)
+	}
+}
+
+// healAndWait heals c and waits until it is one cluster again.
+func healAndWait(t *testing.T, c *clustertest.Cluster) {
+	t.Helper()
+	c.Heal()
+	healed := time.Now()
+	ctx, cancel := context.WithTimeout(context.Background(), 60*time.Second)
+	defer cancel()
+	if err := c.WaitMerged(ctx); err != nil {
+		t.Fatal(err)
+	}
+	t.Logf("merged %v after the heal", time.Since(healed).Round(time.Millisecond))
+}
+
+// A {0,1} | {2} split under load: callers keep incrementing counters
+// through all three members before, during and after the split, so both
+// sides acknowledge increments on the same counters. After the heal the
+// single member merges into the pair: each of its ManagedServices is
+// Reset exactly once (the pair's never), no acknowledged increment is lost
+// and none counted twice, every backup equals its primary and no member
+// keeps data of a partition it holds no replica of.
+func TestSplitUnderLoadIsLossless(t *testing.T) {
+	skipKnownBug(t, "an increment in flight across the split is counted on both sides (its first attempt ran on one side, its retry on the other, which has no exactly-once record of it); increments acknowledged by the merging member while its own master installs a fresh table are lost (see TestWritesThroughTheMergingMember)")
+	c := clustertest.New(t, 3, clustertest.WithConfig(withResetCounters))
+	c.WaitClusterSafe()
+	ms := c.Members()
+	store := &sideStore{Store: counters, acked: map[*nodeengine.Node]*atomic.Int64{}}
+	for _, n := range ms {
+		store.acked[n] = new(atomic.Int64)
+	}
+	l := clusterload.Start(t, store, 8, 100, func(r *rand.Rand) *nodeengine.Node { return ms[r.IntN(len(ms))] })
+	l.WaitOps(t, 300)
+
+	c.Split([]int{0, 1}, []int{2})
+	waitSides(t, ms[:2], ms[2:])
+	store.on.Store(true)
+	l.WaitOps(t, 600)
+	store.on.Store(false)
+	for _, n := range ms {
+		if k := store.acked[n].Load(); k == 0 {
+			t.Fatalf("no increment acknowledged through member %s during the split", n.Address())
+		}
+	}
+	t.Logf("acknowledged during the split: %d through the pair, %d through the single member",
+		store.acked[ms[0]].Load()+store.acked[ms[1]].Load(), store.acked[ms[2]].Load())
+
+	healAndWait(t, c)
+	l.WaitOps(t, 300)
+	l.VerifyAfterFailure(t, c)
+	clusterload.CheckPlacement(t, c, counters)
+	for i, n := range ms {
+		want := int64(0)
+		if i == 2 {
+			want = 1
+		}
+		for _, name := range resetServices {
+			if got := resets(n, name); got != want {
+				t.Errorf("member %d (%s): service %s was Reset %d times, want %d", i, n.Address(), name, got, want)
+			}
+		}
+	}
+}
+
+// Increments through the merging member while it merges: its calls are
+// refused and retried until the larger cluster's table arrives, then go
+// to the larger cluster's owners; none is acknowledged and lost. (The
+// merging member is its own cluster's master until it joins: once it has
+// dropped its table it must not make itself a fresh one and serve on it.)
+func TestWritesThroughTheMergingMember(t *testing.T) {
+	skipKnownBug(t, "the merging member, master of its own cluster until it joins, installs a fresh table (version 1, owning every partition) right after prepareMerge drops its table, and acknowledges increments on it that no merge carries")
+	c := clustertest.New(t, 3)
+	c.WaitClusterSafe()
+	ms := c.Members()
+	c.Split([]int{0, 1}, []int{2})
+	waitSides(t, ms[:2], ms[2:])
+	l := clusterload.Start(t, counters, 8, 100, func(*rand.Rand) *nodeengine.Node { return ms[2] })
+	l.WaitOps(t, 200)
+	healAndWait(t, c)
+	l.WaitOps(t, 200)
+	l.VerifyAfterFailure(t, c)
+}
+
+// An increment from the single member's side in flight when the network
+// splits: it ran on the pair's primary, whose answer the split cut off;
+// the caller retries it on its own side, which has no record of it, and
+// it runs there too. After the merge it must still count once, as it was
+// acknowledged once.
+func TestAnIncrementInFlightAcrossTheSplitCountsOnce(t *testing.T) {
+	skipKnownBug(t, "an invocation whose attempt ran on the other side of a split is retried on this side, which started the partition afresh (or promoted a backup the attempt's backup never reached) and has no exactly-once record of it: both sides count it, and counter-sum keeps both")
+	c := clustertest.New(t, 3)
+	c.WaitClusterSafe()
+	ms := c.Members()
+	name := ""
+	for k := 0; name == ""; k++ {
+		n := fmt.Sprintf("inflight%d", k)
+		p := ms[0].Partitions().PartitionID(n)
+		if tab := ms[0].Inspect().Table(); tab.Owner(p) == ms[0].ID() && tab.Replica(p, 1) == ms[1].ID() {
+			name = n
+		}
+	}
+	incOn(t, c, 0, name, 10)
+	// The answer to member 2's increment is held as it arrives, so the
+	// split cuts it off.
+	hold := make(chan struct{})
+	f := &clustertest.Fault{From: ms[2].ID(), To: ms[0].ID(), Kind: "CounterService/", Responses: true, Hold: hold}
+	remove := c.AddFault(f)
+	ctr := getCounter(t, c, 2, name)
+	done := make(chan error, 1)
+	go func() {
+		ctx, cancel := context.WithTimeout(context.Background(), 60*time.Second)
+		defer cancel()
+		_, err := ctr.Inc(ctx, 1)
+		done <- err
+	}()
+	clustertest.Eventually(t, 10*time.Second, func() error {
+		if f.Hits() == 0 {
+			return fmt.Errorf("the increment's answer has not arrived yet")
+		}
+		return nil
+	})
+	c.Split([]int{0, 1}, []int{2})
+	remove()
+	close(hold)
+	if err := <-done; err != nil {
+		t.Fatalf("the increment in flight across the split: %v", err)
+	}
+	waitSides(t, ms[:2], ms[2:])
+	healAndWait(t, c)
+	want(t, c, name, 11)
+}
+
+// skipKnownBug skips a test that an engine bug still fails, unless
+// PARTITA_KNOWN_BUGS is set.
+func skipKnownBug(t *testing.T, bug string) {
+	t.Helper()
+	if os.Getenv("PARTITA_KNOWN_BUGS") == "" {
+		t.Skip("known engine bug (set PARTITA_KNOWN_BUGS=1 to run): " + bug)
+	}
+}
+
+// A {0,1,2} | {3,4} split of five members with two synchronous backups:
+// each side promotes backups (or starts partitions it has no copy of
+// afresh) and counts on its own; after the heal the pair merges into the
+// three, and every counter is its value before the split plus the
+// increments of both sides (10, +5 on the three, +2 on the pair: 17);
+// counters only one side made come over; all three replicas of each
+// counter agree.
+func TestSplitOfFiveWithTwoBackups(t *testing.T) {
+	c := clustertest.New(t, 5, clustertest.WithConfig(func(_ int, cfg *config.Config) {
+		cfg.Partitions.BackupCount = 2
+		for j, sc := range cfg.Services {
+			if sc.Type == counter.TypeName {
+				cfg.Services[j].Properties = cfg.Services[j].Properties.With("backup-count", strconv.Itoa(2))
+			}
+		}
+	}))
+	c.WaitClusterSafe()
+	const names = 20
+	for i := range names {
+		incOn(t, c, i%5, fmt.Sprintf("c%d", i), 10)
+	}
+	ms := c.Members()
+	c.Split([]int{0, 1, 2}, []int{3, 4})
+	waitSides(t, ms[:3], ms[3:])
+	for i := range names {
+		incOn(t, c, i%3, fmt.Sprintf("c%d", i), 5)
+		incOn(t, c, 3+i%2, fmt.Sprintf("c%d", i), 2)
+		incOn(t, c, 3+i%2, fmt.Sprintf("pair-only%d", i), 3)
+		incOn(t, c, i%3, fmt.Sprintf("three-only%d", i), 7)
+	}
+	if v := incOn(t, c, 3, "c0", 0); v != 12 && v != 2 {
+		t.Fatalf("c0 on the pair during the split: %d, want 12 (a replica survived) or 2 (started afresh)", v)
+	}
+	healAndWait(t, c)
+	for i := range names {
+		want(t, c, fmt.Sprintf("c%d", i), 17)
+		want(t, c, fmt.Sprintf("pair-only%d", i), 3)
+		want(t, c, fmt.Sprintf("three-only%d", i), 7)
+	}
+	c.WaitClusterSafe()
+	clusterload.CheckBackupsEqualPrimaries(t, c, counters)
+	tab := c.Member(0).Inspect().Table()
+	for p := range tab.Owners {
+		if k := len(tab.BackupsOf(p)); k != 2 {
+			t.Fatalf("partition %d has %d backups after the merge, want 2", p, k)
+		}
+	}
+}
+
+// With split-brain protection min-size 2 on the counter, the single member
+// of a {0,1} | {2} split refuses increments and reads with the typed error
+// once it has noticed the split (applying none), while the pair serves;
+// after the heal and the merge it serves again, with the pair's value.
+func TestSplitBrainProtectionOnASplitUntilTheMerge(t *testing.T) {
+	c := clustertest.New(t, 3, protectCounter(2, config.ProtectReadWrite))
+	ctx, cancel := context.WithTimeout(context.Background(), 120*time.Second)
+	defer cancel()
+	name := "guarded"
+	incOn(t, c, 0, name, 5)
+	ms := c.Members()
+	c.Split([]int{0, 1}, []int{2})
+	waitSides(t, ms[:2], ms[2:])
+	single := getCounter(t, c, 2, name)
+	for range 3 {
+		_, err := single.Inc(ctx, 100)
+		wantRefused(t, "Inc on the single member", err)
+	}
+	_, err := single.Get(ctx)
+	wantRefused(t, "Get on the single member", err)
+	if code, _ := readiness(t, ms[2]); code != http.StatusServiceUnavailable {
+		t.Errorf("the single member's /health/ready = %d, want 503", code)
+	}
+	if v := incOn(t, c, 1, name, 3); v != 8 {
+		t.Fatalf("Inc on the pair during the split = %d, want 8", v)
+	}
+	healAndWait(t, c)
+	clustertest.Eventually(t, 30*time.Second, func() error {
+		if code, reason := readiness(t, ms[2]); code != http.StatusOK {
+			return fmt.Errorf("the merged member is not ready: %s", reason)
+		}
+		return nil
+	})
+	if v, err := single.Inc(ctx, 1); err != nil || v != 9 {
+		t.Fatalf("Inc on the merged member = %d, %v; want 9 (5, +3 on the pair, the refused writes not applied)", v, err)
+	}
+	want(t, c, name, 9)
+	checkReplicas(t, c, name)
+}
