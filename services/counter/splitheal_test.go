@@ -106,7 +106,7 @@ func healAndWait(t *testing.T, c *clustertest.Cluster) {
 // and none counted twice, every backup equals its primary and no member
 // keeps data of a partition it holds no replica of.
 func TestSplitUnderLoadIsLossless(t *testing.T) {
-	skipKnownBug(t, "an increment in flight across the split is counted on both sides (its first attempt ran on one side, its retry on the other, which has no exactly-once record of it); increments acknowledged by the merging member while its own master installs a fresh table are lost (see TestWritesThroughTheMergingMember)")
+	skipKnownBug(t, "an increment in flight across the split is counted on both sides (its first attempt ran on one side, its retry on the other, which has no exactly-once record of it); increments acknowledged by the merging member while its own master installed a fresh table were lost (fixed: TestWritesThroughTheMergingMember)")
 	c := clustertest.New(t, 3, clustertest.WithConfig(withResetCounters))
 	c.WaitClusterSafe()
 	ms := c.Members()
@@ -153,7 +153,6 @@ func TestSplitUnderLoadIsLossless(t *testing.T) {
 // merging member is its own cluster's master until it joins: once it has
 // dropped its table it must not make itself a fresh one and serve on it.)
 func TestWritesThroughTheMergingMember(t *testing.T) {
-	skipKnownBug(t, "the merging member, master of its own cluster until it joins, installs a fresh table (version 1, owning every partition) right after prepareMerge drops its table, and acknowledges increments on it that no merge carries")
 	c := clustertest.New(t, 3)
 	c.WaitClusterSafe()
 	ms := c.Members()
