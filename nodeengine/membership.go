@@ -141,6 +141,10 @@ type delegates struct {
 	// or joined another cluster meanwhile (a split) and is refused; it
 	// comes back through split-brain healing, with a new start time.
 	dead map[string]int64
+	// held, while holding, is the member list members returns instead of
+	// alive's: a merge replaces the memberlist instance (holdView).
+	held    []spi.Member
+	holding bool
 }
 
 func newDelegates(n *Node, meta []byte) *delegates {
@@ -316,11 +320,37 @@ func (d *delegates) set(node *memberlist.Node, alive bool) {
 }
 
 // members returns the member list from the copies the callbacks made,
-// oldest first.
+// oldest first (the list held, while holdView holds it).
 func (d *delegates) members(cluster string) []spi.Member {
 	d.mu.Lock()
 	defer d.mu.Unlock()
+	if d.holding {
+		return slices.Clone(d.held)
+	}
 	return memberList(d.alive, cluster)
+}
+
+// holdView keeps the member list as it is now until releaseView: a merge
+// replaces the memberlist instance, and the new one knows only this
+// member until its join brought the larger cluster's members. The larger
+// cluster may list this member all along (its old instance, which
+// gossiped the new start time, was taken back there), and its master may
+// have begun migrations to it: had the member seen every other member
+// leave and itself master for that moment, it would fail its calls to
+// them and roll back the migrations it received, which the master then
+// commits (a primary without its data, never in sync with its backups).
+func (d *delegates) holdView(cluster string) {
+	d.mu.Lock()
+	d.held, d.holding = memberList(d.alive, cluster), true
+	d.mu.Unlock()
+}
+
+// releaseView ends holdView: the member list is memberlist's again.
+func (d *delegates) releaseView() {
+	d.mu.Lock()
+	d.held, d.holding = nil, false
+	d.mu.Unlock()
+	d.n.memberEvent()
 }
 
 // memberList builds the member list from the members' meta by name,

@@ -268,8 +268,16 @@ func (n *Node) wire() {
 			n.resolveOthers()
 		},
 		acked: make(map[string]int64), inflight: make(map[string]bool)}
-	n.safety = &safety{view: n.view, ops: n.ops, busy: func() bool {
-		return n.migs.active.Load() > 0 || n.ops.SyncsPending() > 0 || (n.view.isMaster() && !n.mgr.Idle())
+	n.safety = &safety{view: n.view, ops: n.ops, busy: func() string {
+		switch {
+		case n.migs.active.Load() > 0:
+			return fmt.Sprintf("takes part in %d partition migrations", n.migs.active.Load())
+		case n.ops.SyncsPending() > 0:
+			return fmt.Sprintf("%d partitions wait for a replica sync", n.ops.SyncsPending())
+		case n.view.isMaster() && !n.mgr.Idle():
+			return "as master, has migrations to plan or run"
+		}
+		return ""
 	}}
 }
 
@@ -589,20 +597,38 @@ func (n *Node) Registry() *prometheus.Registry { return n.registry }
 
 // WaitClusterSafe polls Partitions().IsClusterSafe until it reports true
 // or ctx ends: every member holds the same table, none migrates or syncs
-// and every backup replica holds its primary's writes.
+// and every backup replica holds its primary's writes. Its error says why
+// the cluster was last not safe (see UnsafeReason).
 func (n *Node) WaitClusterSafe(ctx context.Context) error {
 	tick := time.NewTicker(100 * time.Millisecond)
 	defer tick.Stop()
 	for {
-		if safe, err := n.isClusterSafe(ctx); err == nil && safe {
+		reason, err := n.UnsafeReason(ctx)
+		if err == nil && reason == "" {
 			return nil
+		}
+		if err != nil {
+			reason = err.Error()
 		}
 		select {
 		case <-ctx.Done():
-			return fmt.Errorf("cluster not safe: %w", ctx.Err())
+			return fmt.Errorf("cluster not safe (%s): %w", reason, ctx.Err())
 		case <-tick.C:
 		}
 	}
+}
+
+// UnsafeReason asks every member, as Partitions().IsClusterSafe does, and
+// says why the cluster is not safe: the first check that fails, naming
+// its member and partition (a member busy migrating or syncing, one
+// holding another table version, a backup behind its primary). It returns
+// "" when the cluster is safe, and an error when a member could not be
+// asked. Any goroutine calls it; it blocks until every member answered.
+func (n *Node) UnsafeReason(ctx context.Context) (string, error) {
+	if n.view.table.Load() == nil {
+		return "no partition table yet", nil
+	}
+	return n.safety.unsafe(ctx)
 }
 
 // isClusterSafe is the partition service's IsClusterSafe (false before

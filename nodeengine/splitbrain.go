@@ -45,7 +45,8 @@ import (
 //     of the larger cluster (whose oldest stays master).
 //     join: a new memberlist instance, which knows only this member,
 //     joins the larger cluster (the old one's view of the cluster left
-//     behind, its deaths above all, must not reach it); once its
+//     behind, its deaths above all, must not reach it; the member list
+//     is held as it was until the join is done, see holdView); once its
 //     master's table has arrived, the collected merge operations are
 //     invoked on their partitions through the normal path (owner,
 //     backups, exactly once);
@@ -705,7 +706,10 @@ func (n *Node) joinMerge() {
 func (n *Node) joinAndReplay(target string, data []mergeBatch) error {
 	// A new memberlist instance joins: the old one's view of the cluster
 	// left behind must not reach the larger cluster (renewMemberlist).
+	// Meanwhile the member list stays as it was (holdView).
 	err := n.withMemberlist(func() error {
+		n.del.holdView(n.cfg.Cluster.Name)
+		defer n.del.releaseView()
 		if err := n.renewMemberlist(); err != nil {
 			return err
 		}

@@ -4,8 +4,11 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"io"
+	"net"
 	"slices"
 	"sync"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -213,5 +216,155 @@ func TestMergeKeepsBothSidesCounters(t *testing.T) {
 				t.Fatalf("only-b%d through %s = %d, %v; want 3", i, n.Address(), v, err)
 			}
 		}
+	}
+}
+
+// heldProxy forwards TCP connections to an address, once the test
+// releases it: until then a connection is accepted and waits.
+type heldProxy struct {
+	ln       net.Listener
+	accepted chan struct{} // closed on the first connection
+	released chan struct{}
+	release  func()
+	wg       sync.WaitGroup
+}
+
+func newHeldProxy(t *testing.T, to string) *heldProxy {
+	t.Helper()
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	p := &heldProxy{ln: ln, accepted: make(chan struct{}), released: make(chan struct{})}
+	var once, first sync.Once
+	p.release = func() { once.Do(func() { close(p.released) }) }
+	p.wg.Go(func() {
+		for {
+			c, err := ln.Accept()
+			if err != nil {
+				return
+			}
+			first.Do(func() { close(p.accepted) })
+			p.wg.Go(func() {
+				defer c.Close()
+				<-p.released
+				d, err := net.Dial("tcp", to)
+				if err != nil {
+					return
+				}
+				defer d.Close()
+				done := make(chan struct{}, 2)
+				go func() { io.Copy(d, c); done <- struct{}{} }()
+				go func() { io.Copy(c, d); done <- struct{}{} }()
+				<-done // either side ended: close both, the other copy ends too
+				c.Close()
+				d.Close()
+				<-done
+			})
+		}
+	})
+	t.Cleanup(func() {
+		p.release()
+		ln.Close()
+		p.wg.Wait()
+	})
+	return p
+}
+
+// cutOff is a network filter for StartLocal's members (an Option): while
+// a member is cut off, nothing passes between it and the others.
+type cutOff struct{ member atomic.Pointer[Node] }
+
+func (c *cutOff) option() Option {
+	return func(n *Node) {
+		n.reach = func(remote string) bool {
+			cut := c.member.Load()
+			return cut == nil || (n == cut) == (remote == cut.address)
+		}
+	}
+}
+
+// set cuts member n off (nil: heals) and tells every member.
+func (c *cutOff) set(n *Node, nodes []*Node) {
+	c.member.Store(n)
+	for _, m := range nodes {
+		m.NetworkChanged()
+	}
+}
+
+// A member cut off from its cluster for a moment can still list the
+// others (its own suspicion of them has not run out) when they have
+// declared it dead; it rejoins as a merge of one. Its old memberlist
+// instance, gossiping the merge's new start time, is then taken back by
+// the others, and the master begins migrations to it, before the new
+// instance joins (the nemesis of TestCounterNemesisSplitKeepsTotals, seed
+// 4). While the new instance, which knows only this member, joins, the
+// member's list stays as it was: it must not see every other member
+// leave and itself master for that moment, roll back the migrations it
+// received (which the master then commits: a primary without its data,
+// and a cluster never safe again) and fail its calls to them.
+func TestMergeOfOneKeepsItsMemberListWhileItsMemberlistIsReplaced(t *testing.T) {
+	ctx, cancel := context.WithTimeout(context.Background(), 90*time.Second)
+	defer cancel()
+	events := &lifecycleLog{}
+	var cut cutOff
+	nodes, err := StartLocal(ctx, 3, func(i int, c *config.Config) {
+		c.UseFastFailureDetection()
+		c.SplitBrain.FirstProbeDelay = time.Hour
+		if i == 2 {
+			c.Membership.SuspicionMult = 1000 // it suspects the others for good, never declares them dead
+		}
+	}, WithLifecycleListener(events.add), cut.option())
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer ShutdownLocal(nodes)
+	if err := WaitStable(ctx, nodes); err != nil {
+		t.Fatal(err)
+	}
+	a, b := nodes[:2], nodes[2]
+	cut.set(b, nodes)
+	if err := WaitStable(ctx, a); err != nil { // the others declared it dead and took over its partitions
+		t.Fatal(err)
+	}
+	if got := len(b.memberView()); got != 3 {
+		t.Fatalf("the member cut off lists %d members, want the 3 it suspects", got)
+	}
+	cut.set(nil, nodes)
+	// Its join goes through a proxy to the master that holds it until
+	// the member list was looked at.
+	proxy := newHeldProxy(t, a[0].Address())
+	b.prepareMerge(proxy.ln.Addr().String(), 1, 2)
+	testkit.Eventually(t, func() bool { return a[0].view.hasMember(b.ID()) }) // its old instance is back
+	merged := make(chan struct{})
+	go func() { defer close(merged); b.joinMerge() }()
+	select {
+	case <-proxy.accepted: // the old instance is gone, the new one joins
+	case <-ctx.Done():
+		t.Fatal("the new memberlist instance did not join")
+	}
+	var ids []string
+	for _, m := range b.memberView() {
+		ids = append(ids, m.ID)
+	}
+	if want := []string{a[0].ID(), a[1].ID(), b.ID()}; !slices.Equal(ids, want) {
+		t.Errorf("while its new memberlist instance joins, the member lists %v, want %v (as before, oldest first)", ids, want)
+	}
+	proxy.release()
+	select {
+	case <-merged:
+	case <-ctx.Done():
+		t.Fatal("the merge did not end")
+	}
+	if got := events.get(); !slices.Equal(got, []spi.LifecycleState{spi.Merging, spi.Merged}) {
+		t.Fatalf("lifecycle events %v, want MERGING, MERGED", got)
+	}
+	if err := WaitStable(ctx, nodes); err != nil {
+		t.Fatal(err)
+	}
+	sctx, scancel := context.WithTimeout(ctx, 30*time.Second)
+	defer scancel()
+	if err := a[0].WaitClusterSafe(sctx); err != nil {
+		t.Fatal(err)
 	}
 }

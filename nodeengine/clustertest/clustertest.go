@@ -275,12 +275,12 @@ func (c *Cluster) WaitClusterSafe() {
 	Eventually(c.t, c.timeout, func() error {
 		ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
 		defer cancel()
-		safe, err := c.Member(0).Partitions().IsClusterSafe(ctx)
+		reason, err := c.Member(0).UnsafeReason(ctx)
 		switch {
 		case err != nil:
 			return err
-		case !safe:
-			return fmt.Errorf("cluster not safe yet")
+		case reason != "":
+			return fmt.Errorf("cluster not safe yet: %s", reason)
 		}
 		return nil
 	})

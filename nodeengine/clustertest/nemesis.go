@@ -361,9 +361,9 @@ func (c *Cluster) waitSafe(ctx context.Context) error {
 	for {
 		err := Stable(c.Members()...)
 		if err == nil {
-			var safe bool
-			if safe, err = c.Members()[0].Partitions().IsClusterSafe(ctx); err == nil && !safe {
-				err = fmt.Errorf("cluster not safe")
+			var reason string
+			if reason, err = c.Members()[0].UnsafeReason(ctx); err == nil && reason != "" {
+				err = fmt.Errorf("cluster not safe: %s", reason)
 			}
 		}
 		if err == nil {

@@ -61,14 +61,31 @@ var splitNemesis = flag.Bool("nemesis.split", false, "run TestCounterNemesisSpli
 // that also splits, the final values and the placement are checked, and
 // whether the history was linearizable is only logged.
 //
-// It runs only with -nemesis.split: under this load the merge after a
-// heal does not settle within 30 s (seed 4, member 0, the master,
-// isolated alone for 2.6 s: after the heal "member 0 is migrating
-// partitions", or "member 0 sees 2 members" while it ignores member 2's
-// alive messages as "declared dead and comes back unmerged").
+// It runs only with -nemesis.split: about one run in four of seed 4
+// (member 0, the master, isolated alone twice for 2.6 s) ends with a
+// counter one or two above its acknowledged plus failed increments (3 of
+// 12 runs: "counter nemesis-1 = 1259 after 1257 acknowledged and 0
+// failed increments"), increments counted twice (docs/guarantees.md, Known limits: a retry
+// that a split primary had already applied). The mechanism: a client on
+// the pair's side sends Inc to primary 0 as the split begins; 0 applies
+// it, but its synchronous backup never arrives, and the client's call
+// fails with spi.ErrMemberLeft when the split cuts the connection
+// (operation/invoke.go, attempts: mayHaveRun). Its retry, well within
+// the dedup window, reaches the backup promoted on the pair's side,
+// whose exactly-once record lacks the invocation (the record travels
+// with the backups): it runs again there and is acknowledged. After the
+// heal 0 rejoins as a merge of one, and its PrepareMerge hands over its
+// counters with the first application (under its own origin, a greater P
+// than the pair's copy): counter-sum counts it too. A kill does not show
+// it, since the first application dies with the member; a merge brings it
+// back. The assertion stays as it is: it states the guarantee. (The
+// merge itself settles: a member rejoining as a merge of one used to see
+// every member leave while its memberlist instance was replaced, roll
+// back the migrations it received and leave primaries without their data,
+// so that the cluster was never safe again; see holdView in nodeengine.)
 func TestCounterNemesisSplitKeepsTotals(t *testing.T) {
 	if !*splitNemesis {
-		t.Skip("the merge after a split does not settle under load (see the test's comment): run with -nemesis.split")
+		t.Skip("a retry that a split primary had already applied may be counted twice after the merge (see the test's comment): run with -nemesis.split")
 	}
 	for _, seed := range clustertest.NemesisSeeds(4) {
 		t.Run(fmt.Sprintf("seed%d", seed), func(t *testing.T) {
