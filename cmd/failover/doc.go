@@ -20,7 +20,9 @@
 // memberlist stops without a leave message, connections drop, the others
 // find out by failure detection); the second kill, of the next youngest,
 // follows -second-after (8 s) after the first, or -settle (2 s) after
-// writes flowed again if that is later. -kill-master kills the oldest
+// writes flowed again if that is later; with -overlap it follows exactly
+// -second-after after the first, noticed or not (two failures that
+// overlap, as when a rack loses power). -kill-master kills the oldest
 // member (the master) first.
 //
 // Definition. "Writes flowing" after a kill is the moment every partition
@@ -55,7 +57,12 @@
 //	-limit D              give up on a kill after this long (default 60s)
 //	-warmup D             load before the first kill (default 3s)
 //	-sync-backups S       synchronous backups (default 1)
+//	-overlap              second kill exactly -second-after after the first
 //	-kill-master          kill the master first
+//	-suspicion-max-timeout-mult M
+//	                      membership.suspicion-max-timeout-mult for both
+//	                      presets (default 0: each preset's own; 6 gives
+//	                      the settings measured before it was tuned)
 //	-v                    log the members' warnings and errors
 //
 // It exits 1 if a cluster could not start or a kill's writes did not flow

@@ -51,6 +51,8 @@ type options struct {
 	warmup      time.Duration
 	syncBackups int
 	killMaster  bool
+	overlap     bool
+	maxMult     int
 	verbose     bool
 }
 
@@ -67,7 +69,9 @@ func parseFlags(args []string, stderr io.Writer) (options, error) {
 	fs.DurationVar(&o.limit, "limit", 60*time.Second, "give up on a kill whose writes are not flowing again after this long")
 	fs.DurationVar(&o.warmup, "warmup", 3*time.Second, "load before the first kill (at least 1s: the rate before a kill is taken over the second before it)")
 	fs.IntVar(&o.syncBackups, "sync-backups", 1, "synchronous backups (partitions.backup-count and the counter's backup-count)")
+	fs.BoolVar(&o.overlap, "overlap", false, "make the second kill exactly -second-after after the first, even before writes flow again (the two failures overlap when it is short)")
 	fs.BoolVar(&o.killMaster, "kill-master", false, "kill the oldest member (the master) first, instead of the youngest")
+	fs.IntVar(&o.maxMult, "suspicion-max-timeout-mult", 0, "membership.suspicion-max-timeout-mult for both presets (0: the preset's own; 6 measures the settings before it was tuned)")
 	fs.BoolVar(&o.verbose, "v", false, "log the members' warnings and errors to stderr")
 	if err := fs.Parse(args); err != nil {
 		return o, err
@@ -93,6 +97,8 @@ func parseFlags(args []string, stderr io.Writer) (options, error) {
 		return o, errors.New("-warmup must be at least 1s")
 	case o.kills < 1 || o.kills > 2:
 		return o, errors.New("-kills must be 1 or 2")
+	case o.maxMult < 0:
+		return o, errors.New("-suspicion-max-timeout-mult must not be negative")
 	case o.syncBackups < 0 || o.syncBackups > 6:
 		return o, errors.New("-sync-backups must be in 0..6")
 	}
@@ -117,8 +123,8 @@ func run(args []string, stdout, stderr io.Writer) int {
 		level = slog.LevelWarn
 	}
 	log := slog.New(slog.NewTextHandler(stderr, &slog.HandlerOptions{Level: level}))
-	fmt.Fprintf(stdout, "failover: sizes %v, presets %v, %d runs, %d kills, second kill %v after the first, %d sync backup(s), GOMAXPROCS %d\n",
-		o.sizes, o.presets, o.runs, o.kills, o.secondAfter, o.syncBackups, runtimeProcs())
+	fmt.Fprintf(stdout, "failover: sizes %v, presets %v, %d runs, %d kills, second kill %v after the first (settle %v, overlap %v), %d sync backup(s), suspicion-max-timeout-mult %d (0: preset's), GOMAXPROCS %d\n",
+		o.sizes, o.presets, o.runs, o.kills, o.secondAfter, o.settle, o.overlap, o.syncBackups, o.maxMult, runtimeProcs())
 	status := exitOK
 	var rows []row
 	for _, preset := range o.presets {
@@ -166,8 +172,12 @@ func (r result) String() string {
 		if k.ok {
 			w = fmtDur(k.writes)
 		}
-		fmt.Fprintf(&b, "kill %d (member %d, %.0f ops/s before, terminated in %s): declared dead %s, writes flowing %s",
-			i+1, k.member, k.rate, fmtDur(k.terminate), fmtDur(k.declared), w)
+		rate := "rate not taken"
+		if k.rate >= 0 {
+			rate = fmt.Sprintf("%.0f ops/s before", k.rate)
+		}
+		fmt.Fprintf(&b, "kill %d (member %d, %s, terminated in %s): declared dead %s, writes flowing %s",
+			i+1, k.member, rate, fmtDur(k.terminate), fmtDur(k.declared), w)
 	}
 	return b.String()
 }
@@ -178,6 +188,9 @@ func configure(o options, preset string) func(int, *config.Config) {
 		cfg.Source = fmt.Sprintf("cmd/failover member %d", i)
 		if preset == "fast" {
 			cfg.UseFastFailureDetection()
+		}
+		if o.maxMult > 0 {
+			cfg.Membership.SuspicionMaxTimeoutMult = o.maxMult
 		}
 		cfg.Partitions.BackupCount = max(o.syncBackups, cfg.Partitions.BackupCount)
 		for j, sc := range cfg.Services {
@@ -262,17 +275,31 @@ func measure(o options, n int, preset string, log *slog.Logger) (res result, err
 		}
 	}
 	var first time.Time
+	res.kills = make([]kill, len(order))
+	var measuring sync.WaitGroup
 	for k, victim := range order {
 		planned := loadStart.Add(o.warmup)
 		if k > 0 {
 			planned = first.Add(o.secondAfter)
-			if prev := res.kills[k-1]; first.Add(prev.writes + o.settle).After(planned) {
-				planned = first.Add(prev.writes + o.settle)
+			if !o.overlap {
+				prev := res.kills[k-1]
+				if !prev.ok {
+					res.kills = res.kills[:k]
+					break
+				}
+				if first.Add(prev.writes + o.settle).After(planned) {
+					planned = first.Add(prev.writes + o.settle)
+				}
 			}
 		}
-		// The rate is taken over the second before the kill.
-		time.Sleep(time.Until(planned.Add(-time.Second)))
-		rate := ld.rate(time.Second)
+		// The rate is taken over the second before the kill, when there
+		// is one (not with -overlap and -second-after under 1s).
+		rate := -1.0
+		if time.Until(planned) >= time.Second {
+			time.Sleep(time.Until(planned.Add(-time.Second)))
+			rate = ld.rate(time.Second)
+		}
+		time.Sleep(time.Until(planned))
 		killed[victim] = true
 		setAlive()
 		id := nodes[victim].LocalMember().ID
@@ -285,14 +312,17 @@ func measure(o options, n int, preset string, log *slog.Logger) (res result, err
 		// member dying (its executors finish what they hold): only those
 		// invoked once it returned count, timed from its start.
 		ld.killAt(k, time.Now())
-		kr := kill{member: victim, rate: rate, terminate: time.Since(at)}
-		kr.declared = waitDeclared(nodes, killed, id, at, o.limit)
-		kr.writes, kr.ok = ld.waitRecovered(k, at, o.limit)
-		res.kills = append(res.kills, kr)
-		if !kr.ok {
-			break
+		kr := &res.kills[k]
+		*kr = kill{member: victim, rate: rate, terminate: time.Since(at)}
+		measuring.Go(func() {
+			kr.declared = waitDeclared(nodes, &alive, id, at, o.limit)
+			kr.writes, kr.ok = ld.waitRecovered(k, at, o.limit)
+		})
+		if !o.overlap {
+			measuring.Wait()
 		}
 	}
+	measuring.Wait()
 	return res, nil
 }
 
@@ -331,14 +361,11 @@ func counterNames(n *nodeengine.Node, parts int) []string {
 
 // waitDeclared returns how long after at every survivor had dropped the
 // member id from its member list (or limit).
-func waitDeclared(nodes []*nodeengine.Node, killed []bool, id string, at time.Time, limit time.Duration) time.Duration {
+func waitDeclared(nodes []*nodeengine.Node, alive *atomic.Pointer[[]int], id string, at time.Time, limit time.Duration) time.Duration {
 	for time.Since(at) < limit {
 		listed := false
-		for i, nd := range nodes {
-			if killed[i] {
-				continue
-			}
-			if slices.ContainsFunc(nd.Members(), func(m spi.Member) bool { return m.ID == id }) {
+		for _, i := range *alive.Load() {
+			if slices.ContainsFunc(nodes[i].Members(), func(m spi.Member) bool { return m.ID == id }) {
 				listed = true
 				break
 			}
