@@ -66,11 +66,12 @@ func TestDefault(t *testing.T) {
 			FrameBodyTimeout:  10 * time.Second,
 		},
 		Membership: MembershipConfig{
-			ProbeInterval:    time.Second,
-			ProbeTimeout:     500 * time.Millisecond,
-			SuspicionMult:    4,
-			GossipInterval:   200 * time.Millisecond,
-			PushPullInterval: 15 * time.Second,
+			ProbeInterval:           time.Second,
+			ProbeTimeout:            500 * time.Millisecond,
+			SuspicionMult:           4,
+			SuspicionMaxTimeoutMult: 2,
+			GossipInterval:          200 * time.Millisecond,
+			PushPullInterval:        15 * time.Second,
 		},
 		Migration:  MigrationConfig{Parallel: 4, StepTimeout: 30 * time.Second, ShutdownTimeout: time.Minute},
 		SplitBrain: SplitBrainConfig{FirstProbeDelay: 300 * time.Second, ProbeInterval: 120 * time.Second, RememberDead: time.Hour},
@@ -138,6 +139,7 @@ membership:
   probe-interval: 2s
   probe-timeout: 1s
   suspicion-mult: 6
+  suspicion-max-timeout-mult: 3
   gossip-interval: 100ms
   push-pull-interval: 5s
 metrics:
@@ -182,17 +184,17 @@ func TestParseFull(t *testing.T) {
 	if want := (OperationsConfig{8, 1000, 2 * time.Minute, 500 * time.Millisecond, 10 * time.Second, 3 * time.Second, 4 * time.Second}); c.Operations != want {
 		t.Errorf("operations = %+v, want %+v", c.Operations, want)
 	}
-	if want := (MembershipConfig{2 * time.Second, time.Second, 6, 100 * time.Millisecond, 5 * time.Second}); c.Membership != want {
+	if want := (MembershipConfig{2 * time.Second, time.Second, 6, 3, 100 * time.Millisecond, 5 * time.Second}); c.Membership != want {
 		t.Errorf("membership = %+v, want %+v", c.Membership, want)
 	}
 	if c.Metrics.Address != ":9091" {
 		t.Errorf("metrics = %q", c.Metrics.Address)
 	}
-	if len(c.Services) != 2 || c.Services[1].Enabled || c.Services[1].Where != "full.yaml:44" {
+	if len(c.Services) != 2 || c.Services[1].Enabled || c.Services[1].Where != "full.yaml:45" {
 		t.Fatalf("services = %+v", c.Services)
 	}
 	enabled := c.EnabledServices()
-	if len(enabled) != 1 || enabled[0].Name != "CounterService" || enabled[0].Where != "full.yaml:35" {
+	if len(enabled) != 1 || enabled[0].Name != "CounterService" || enabled[0].Where != "full.yaml:36" {
 		t.Errorf("EnabledServices() = %+v", enabled)
 	}
 
@@ -216,16 +218,16 @@ func TestParseFull(t *testing.T) {
 		t.Errorf("Duration(flush) = %v, %v", got, err)
 	}
 	_, err = p.Int("bad-int", 1)
-	for _, want := range []string{"full.yaml:43", `"bad-int"`, "CounterService", `"ten"`} {
+	for _, want := range []string{"full.yaml:44", `"bad-int"`, "CounterService", `"ten"`} {
 		if err == nil || !strings.Contains(err.Error(), want) {
 			t.Errorf("Int(bad-int) error = %v, want it to contain %s", err, want)
 		}
 	}
-	if _, err := p.Bool("log-level", false); err == nil || !strings.Contains(err.Error(), "full.yaml:39") {
-		t.Errorf("Bool(log-level) error = %v, want full.yaml:39", err)
+	if _, err := p.Bool("log-level", false); err == nil || !strings.Contains(err.Error(), "full.yaml:40") {
+		t.Errorf("Bool(log-level) error = %v, want full.yaml:40", err)
 	}
-	if _, err := p.Duration("batch", 0); err == nil || !strings.Contains(err.Error(), "full.yaml:40") {
-		t.Errorf("Duration(batch) error = %v, want full.yaml:40", err)
+	if _, err := p.Duration("batch", 0); err == nil || !strings.Contains(err.Error(), "full.yaml:41") {
+		t.Errorf("Duration(batch) error = %v, want full.yaml:41", err)
 	}
 }
 
@@ -349,6 +351,7 @@ func TestInvalid(t *testing.T) {
 		{"retry-pause too long", "operations:\n  invocation-timeout: 1s\n  retry-pause: 2s\n", 3, "operations.retry-pause", "must be shorter than invocation-timeout"},
 		{"probe-timeout too long", "membership:\n  probe-interval: 1s\n  probe-timeout: 3s\n", 3, "membership.probe-timeout", "must not exceed probe-interval"},
 		{"suspicion-mult zero", "membership:\n  suspicion-mult: 0\n", 2, "membership.suspicion-mult", "must be at least 1"},
+		{"suspicion-max-timeout-mult zero", "membership:\n  suspicion-max-timeout-mult: 0\n", 2, "membership.suspicion-max-timeout-mult", "must be at least 1"},
 
 		{"empty cluster name", "cluster:\n  name: ''\n", 2, "cluster.name", "must not be empty"},
 		{"missing service name", "services:\n  - type: counter\n", 2, "services[0].name", "missing"},

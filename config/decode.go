@@ -101,11 +101,12 @@ func (d *decoder) config(n *yaml.Node, c *Config) {
 			"frame-body-timeout": scalar(d, &c.Operations.FrameBodyTimeout),
 		}),
 		"membership": d.section(map[string]field{
-			"probe-interval":     scalar(d, &c.Membership.ProbeInterval),
-			"probe-timeout":      scalar(d, &c.Membership.ProbeTimeout),
-			"suspicion-mult":     scalar(d, &c.Membership.SuspicionMult),
-			"gossip-interval":    scalar(d, &c.Membership.GossipInterval),
-			"push-pull-interval": scalar(d, &c.Membership.PushPullInterval),
+			"probe-interval":             scalar(d, &c.Membership.ProbeInterval),
+			"probe-timeout":              scalar(d, &c.Membership.ProbeTimeout),
+			"suspicion-mult":             scalar(d, &c.Membership.SuspicionMult),
+			"suspicion-max-timeout-mult": scalar(d, &c.Membership.SuspicionMaxTimeoutMult),
+			"gossip-interval":            scalar(d, &c.Membership.GossipInterval),
+			"push-pull-interval":         scalar(d, &c.Membership.PushPullInterval),
 		}),
 		"split-brain": d.section(map[string]field{
 			"first-probe-delay": scalar(d, &c.SplitBrain.FirstProbeDelay),

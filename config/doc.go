@@ -45,6 +45,7 @@
 //	  probe-interval: 1s
 //	  probe-timeout: 500ms           # at most probe-interval
 //	  suspicion-mult: 4
+//	  suspicion-max-timeout-mult: 2  # unconfirmed suspicion: up to this times the timeout
 //	  gossip-interval: 200ms
 //	  push-pull-interval: 15s
 //	split-brain:                     # looking for other clusters of this name, to merge

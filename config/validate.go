@@ -140,6 +140,9 @@ func (c *Config) validate() []error {
 	if ms.SuspicionMult < 1 {
 		v.add("membership.suspicion-mult", "must be at least 1, got %d", ms.SuspicionMult)
 	}
+	if ms.SuspicionMaxTimeoutMult < 1 {
+		v.add("membership.suspicion-max-timeout-mult", "must be at least 1 (1: a suspicion always lasts the minimum timeout), got %d", ms.SuspicionMaxTimeoutMult)
+	}
 	v.positive("membership.gossip-interval", ms.GossipInterval)
 	v.positive("membership.push-pull-interval", ms.PushPullInterval)
 	sb := c.SplitBrain

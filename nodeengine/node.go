@@ -414,6 +414,7 @@ func (n *Node) newMemberlist() (*memberlist.Memberlist, error) {
 	ms := n.cfg.Membership
 	mc.ProbeInterval, mc.ProbeTimeout = ms.ProbeInterval, ms.ProbeTimeout
 	mc.SuspicionMult, mc.GossipInterval = ms.SuspicionMult, ms.GossipInterval
+	mc.SuspicionMaxTimeoutMult = ms.SuspicionMaxTimeoutMult
 	mc.PushPullInterval = ms.PushPullInterval
 	// No gossip to members declared dead: after a split, each side stops
 	// talking to the other at once, so that the two clusters meet again

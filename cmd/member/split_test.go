@@ -31,6 +31,7 @@ const splitTimings = `membership:
   probe-interval: 200ms
   probe-timeout: 100ms
   suspicion-mult: 3
+  suspicion-max-timeout-mult: 6
   gossip-interval: 50ms
   push-pull-interval: 1s
 partitions:
