@@ -246,10 +246,11 @@ func (m *Manager) round(ctx context.Context) {
 // start empty or from a replica that is still syncing.
 func (m *Manager) repair(ids []string) {
 	var promoted, lost, waiting []int
+	var why []string // per lost partition: what its live replicas answered
 	changed := false
 	status := m.candidateStatus()
 	m.update(func(t *partition.Table, first bool) bool {
-		promoted, lost, waiting, changed = nil, nil, nil, false
+		promoted, lost, waiting, why, changed = nil, nil, nil, nil, false
 		target := partition.Rebalance(nil, ids, m.cfg.Count)
 		if !first {
 			alive := make([]string, m.cfg.Count)
@@ -288,6 +289,9 @@ func (m *Manager) repair(ids []string) {
 			}
 			switch {
 			case k > 0:
+				if !bestSynced {
+					why = append(why, lostDetail(t, p, status))
+				}
 				t.Owners[p] = t.Backups[p][k-1]
 				t.Backups[p][k-1] = ""
 				promoted = append(promoted, p)
@@ -295,10 +299,11 @@ func (m *Manager) repair(ids []string) {
 					lost = append(lost, p)
 				}
 			default:
-				t.Owners[p] = target[p]
 				if !first {
 					lost = append(lost, p)
+					why = append(why, lostDetail(t, p, status))
 				}
+				t.Owners[p] = target[p]
 			}
 			changed = true
 		}
@@ -329,9 +334,34 @@ func (m *Manager) repair(ids []string) {
 	}
 	if len(lost) > 0 {
 		m.log.Error("partitions lost: no live replica was in sync; they start empty or from a backup that may lack acknowledged writes",
-			"count", len(lost), "partitions", lost)
+			"count", len(lost), "partitions", lost, "replicas", why)
 		m.e.Lost(lost)
 	}
+}
+
+// lostDetail says, for a partition about to be reported lost, what its
+// replicas in t answered: each backup's and incoming replica's member,
+// and its replica version and whether it was syncing, or why it was not
+// asked (before the table changes).
+func lostDetail(t *partition.Table, p int, status map[string]replicaStatus) string {
+	s := fmt.Sprintf("p%d owner=%s", p, t.Owners[p])
+	say := func(kind, id string) {
+		st, ok := status[id]
+		switch {
+		case id == "":
+		case !ok || p >= len(st.versions) || p >= len(st.syncing):
+			s += fmt.Sprintf(" %s=%s(no answer)", kind, id)
+		default:
+			s += fmt.Sprintf(" %s=%s(v%d.%d syncing=%v)", kind, id, st.versions[p]>>32, st.versions[p]&(1<<32-1), st.syncing[p])
+		}
+	}
+	for _, b := range t.BackupsOf(p) {
+		say("backup", b)
+	}
+	for _, b := range t.IncomingOf(p) {
+		say("incoming", b)
+	}
+	return s
 }
 
 // moveBackups changes t's backups towards want (partition.RebalanceBackups'
