@@ -33,12 +33,14 @@ type Engine interface {
 	// assigned again, empty), or whose promoted backup was still syncing
 	// (it may lack acknowledged writes).
 	Lost(partitions []int)
-	// ReplicaStatus returns a member's replica version and whether that
-	// replica still waits for a full sync, per partition. The Manager also
-	// asks members that are not alive (memberlist may declare a member
-	// dead that still runs, one starved of CPU): those are asked once, at
-	// the address the table holds; an error means no answer.
-	ReplicaStatus(ctx context.Context, member string) (versions []int64, syncing []bool, err error)
+	// ReplicaStatus returns the version of the table a member holds, and
+	// its replica version and whether that replica still waits for a
+	// full sync, per partition. A replica the member's table names but
+	// whose reset it has not run yet is reported syncing. The Manager
+	// also asks members that are not alive (memberlist may declare a
+	// member dead that still runs, one starved of CPU): those are asked
+	// once, at the address the table holds; an error means no answer.
+	ReplicaStatus(ctx context.Context, member string) (table int64, versions []int64, syncing []bool, err error)
 	// CaughtUp asks partition p's primary, on its executor of p, whether
 	// its table lists member as a replica of p that gets its backups and
 	// its replica version is at most version, in the same epoch: then a
@@ -446,15 +448,20 @@ func (m *Manager) settleIncoming(ctx context.Context) {
 			st, ok := status[id]
 			if !ok {
 				sctx, cancel := context.WithTimeout(ctx, 2*time.Second)
-				v, s, err := m.e.ReplicaStatus(sctx, id)
+				tv, v, s, err := m.e.ReplicaStatus(sctx, id)
 				cancel()
 				if err != nil {
 					m.log.Debug("cannot read an incoming backup's replica state", "member", m.e.Address(id), "error", err)
 				}
-				st = replicaStatus{versions: v, syncing: s}
+				st = replicaStatus{table: tv, versions: v, syncing: s}
 				status[id] = st
 			}
-			if p >= len(st.versions) || p >= len(st.syncing) || st.syncing[p] || mute[t.Owners[p]] {
+			// A member that does not hold t yet may not know it is to take
+			// over this replica: it answers for the replica it had, at
+			// version 0 and not syncing if none, which is what a copy in
+			// sync says of a partition never written. It is asked again
+			// next round.
+			if st.table < t.Version || !st.inSync(p) || mute[t.Owners[p]] {
 				continue
 			}
 			sctx, cancel := context.WithTimeout(ctx, 2*time.Second)
@@ -496,6 +503,7 @@ func (m *Manager) settleIncoming(ctx context.Context) {
 }
 
 type replicaStatus struct {
+	table    int64 // the version of the member's table
 	versions []int64
 	syncing  []bool
 }
@@ -583,7 +591,7 @@ func (m *Manager) askStatus(members map[string]bool, timeout time.Duration, fail
 		go func() {
 			defer wg.Done()
 			ctx, cancel := context.WithTimeout(context.Background(), timeout)
-			v, s, err := m.e.ReplicaStatus(ctx, id)
+			tv, v, s, err := m.e.ReplicaStatus(ctx, id)
 			cancel()
 			if err != nil {
 				if failMsg != "" {
@@ -592,7 +600,7 @@ func (m *Manager) askStatus(members map[string]bool, timeout time.Duration, fail
 				return
 			}
 			mu.Lock()
-			out[id] = replicaStatus{versions: v, syncing: s}
+			out[id] = replicaStatus{table: tv, versions: v, syncing: s}
 			mu.Unlock()
 		}()
 	}
