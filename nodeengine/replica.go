@@ -256,9 +256,11 @@ func (r *replicas) installSync(p int, data []byte) {
 	r.clear(p)
 	if err := r.snaps.install(rd, p, r.address, r.view.replicaIndex(p)); err != nil {
 		r.log.Error("replica sync failed", "partition", p, "error", err)
+		r.resetting[p].Add(1) // the reset stops the syncing a backup resumes
 		r.clear(p)
 		r.ops.ResetReplica(p)
 		r.syncGaveUp(p)
+		r.resetting[p].Add(-1)
 		return
 	}
 	r.ops.ReplicaSynced(p, version)
