@@ -123,3 +123,40 @@ func TestSettleAsksAnUnansweringPrimaryOnceARound(t *testing.T) {
 		t.Errorf("after the round: partition 0 incoming %v (want true), partition 5 backups %q (want c)", got.IsIncoming(0, "c"), got.BackupsOf(5))
 	}
 }
+
+// An incoming replica is swapped in only once its member answers from a
+// table at least as new as the one the master settles: before, it may
+// not know it is to take the replica over, and answers for the replica
+// it had: none, at version 0 and not syncing, which is what a copy in
+// sync says of a partition never written (whose primary, at version 0,
+// says it caught up). Swapped in so, it then resets and syncs from
+// scratch while the old, in-sync backup is gone: a failover of the
+// primary meanwhile reported the partition lost
+// (TestRebalanceUnderLoadKillPrimaryOfAMovingBackup, the partitions the
+// load never wrote).
+func TestSettleWaitsForTheIncomingMemberToHoldTheTable(t *testing.T) {
+	f := newFake("a a", "a", "b", "c")
+	tab := f.current()
+	tab.Backups = [][]string{{"b"}, {"b"}}
+	tab.Incoming = [][]string{{"c"}, {"c"}}
+	tab.Members["c"] = "addr-c"
+	behind := true
+	f.statusTable = func(member string, newest int64) int64 {
+		if member == "c" && behind {
+			return newest - 1
+		}
+		return newest
+	}
+	m := New(f, Config{Count: f.count, Backups: 1})
+	m.settleIncoming(context.Background())
+	if got := f.current(); !got.IsIncoming(0, "c") || !got.IsIncoming(1, "c") || got.BackupsOf(0)[0] != "b" {
+		t.Fatalf("c answered from an older table and was swapped in: backups %q incoming %q", got.BackupsOf(0), got.IncomingOf(0))
+	}
+	f.mu.Lock()
+	behind = false
+	f.mu.Unlock()
+	m.settleIncoming(context.Background())
+	if got := f.current(); got.HasIncoming() || got.BackupsOf(0)[0] != "c" || got.BackupsOf(1)[0] != "c" {
+		t.Fatalf("c holds the table and is in sync, yet not swapped in: backups %q %q incoming %q", got.BackupsOf(0), got.BackupsOf(1), got.Incoming)
+	}
+}

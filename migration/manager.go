@@ -33,12 +33,14 @@ type Engine interface {
 	// assigned again, empty), or whose promoted backup was still syncing
 	// (it may lack acknowledged writes).
 	Lost(partitions []int)
-	// ReplicaStatus returns a member's replica version and whether that
-	// replica still waits for a full sync, per partition. The Manager also
-	// asks members that are not alive (memberlist may declare a member
-	// dead that still runs, one starved of CPU): those are asked once, at
-	// the address the table holds; an error means no answer.
-	ReplicaStatus(ctx context.Context, member string) (versions []int64, syncing []bool, err error)
+	// ReplicaStatus returns the version of the table a member holds, and
+	// its replica version and whether that replica still waits for a
+	// full sync, per partition. A replica the member's table names but
+	// whose reset it has not run yet is reported syncing. The Manager
+	// also asks members that are not alive (memberlist may declare a
+	// member dead that still runs, one starved of CPU): those are asked
+	// once, at the address the table holds; an error means no answer.
+	ReplicaStatus(ctx context.Context, member string) (table int64, versions []int64, syncing []bool, err error)
 	// CaughtUp asks partition p's primary, on its executor of p, whether
 	// its table lists member as a replica of p that gets its backups and
 	// its replica version is at most version, in the same epoch: then a
@@ -246,10 +248,11 @@ func (m *Manager) round(ctx context.Context) {
 // start empty or from a replica that is still syncing.
 func (m *Manager) repair(ids []string) {
 	var promoted, lost, waiting []int
+	var why []string // per lost partition: what its live replicas answered
 	changed := false
 	status := m.candidateStatus()
 	m.update(func(t *partition.Table, first bool) bool {
-		promoted, lost, waiting, changed = nil, nil, nil, false
+		promoted, lost, waiting, why, changed = nil, nil, nil, nil, false
 		target := partition.Rebalance(nil, ids, m.cfg.Count)
 		if !first {
 			alive := make([]string, m.cfg.Count)
@@ -288,6 +291,9 @@ func (m *Manager) repair(ids []string) {
 			}
 			switch {
 			case k > 0:
+				if !bestSynced {
+					why = append(why, lostDetail(t, p, status))
+				}
 				t.Owners[p] = t.Backups[p][k-1]
 				t.Backups[p][k-1] = ""
 				promoted = append(promoted, p)
@@ -295,10 +301,11 @@ func (m *Manager) repair(ids []string) {
 					lost = append(lost, p)
 				}
 			default:
-				t.Owners[p] = target[p]
 				if !first {
 					lost = append(lost, p)
+					why = append(why, lostDetail(t, p, status))
 				}
+				t.Owners[p] = target[p]
 			}
 			changed = true
 		}
@@ -329,9 +336,34 @@ func (m *Manager) repair(ids []string) {
 	}
 	if len(lost) > 0 {
 		m.log.Error("partitions lost: no live replica was in sync; they start empty or from a backup that may lack acknowledged writes",
-			"count", len(lost), "partitions", lost)
+			"count", len(lost), "partitions", lost, "replicas", why)
 		m.e.Lost(lost)
 	}
+}
+
+// lostDetail says, for a partition about to be reported lost, what its
+// replicas in t answered: each backup's and incoming replica's member,
+// and its replica version and whether it was syncing, or why it was not
+// asked (before the table changes).
+func lostDetail(t *partition.Table, p int, status map[string]replicaStatus) string {
+	s := fmt.Sprintf("p%d owner=%s", p, t.Owners[p])
+	say := func(kind, id string) {
+		st, ok := status[id]
+		switch {
+		case id == "":
+		case !ok || p >= len(st.versions) || p >= len(st.syncing):
+			s += fmt.Sprintf(" %s=%s(no answer)", kind, id)
+		default:
+			s += fmt.Sprintf(" %s=%s(v%d.%d syncing=%v)", kind, id, st.versions[p]>>32, st.versions[p]&(1<<32-1), st.syncing[p])
+		}
+	}
+	for _, b := range t.BackupsOf(p) {
+		say("backup", b)
+	}
+	for _, b := range t.IncomingOf(p) {
+		say("incoming", b)
+	}
+	return s
 }
 
 // moveBackups changes t's backups towards want (partition.RebalanceBackups'
@@ -416,15 +448,20 @@ func (m *Manager) settleIncoming(ctx context.Context) {
 			st, ok := status[id]
 			if !ok {
 				sctx, cancel := context.WithTimeout(ctx, 2*time.Second)
-				v, s, err := m.e.ReplicaStatus(sctx, id)
+				tv, v, s, err := m.e.ReplicaStatus(sctx, id)
 				cancel()
 				if err != nil {
 					m.log.Debug("cannot read an incoming backup's replica state", "member", m.e.Address(id), "error", err)
 				}
-				st = replicaStatus{versions: v, syncing: s}
+				st = replicaStatus{table: tv, versions: v, syncing: s}
 				status[id] = st
 			}
-			if p >= len(st.versions) || p >= len(st.syncing) || st.syncing[p] || mute[t.Owners[p]] {
+			// A member that does not hold t yet may not know it is to take
+			// over this replica: it answers for the replica it had, at
+			// version 0 and not syncing if none, which is what a copy in
+			// sync says of a partition never written. It is asked again
+			// next round.
+			if st.table < t.Version || !st.inSync(p) || mute[t.Owners[p]] {
 				continue
 			}
 			sctx, cancel := context.WithTimeout(ctx, 2*time.Second)
@@ -466,6 +503,7 @@ func (m *Manager) settleIncoming(ctx context.Context) {
 }
 
 type replicaStatus struct {
+	table    int64 // the version of the member's table
 	versions []int64
 	syncing  []bool
 }
@@ -553,7 +591,7 @@ func (m *Manager) askStatus(members map[string]bool, timeout time.Duration, fail
 		go func() {
 			defer wg.Done()
 			ctx, cancel := context.WithTimeout(context.Background(), timeout)
-			v, s, err := m.e.ReplicaStatus(ctx, id)
+			tv, v, s, err := m.e.ReplicaStatus(ctx, id)
 			cancel()
 			if err != nil {
 				if failMsg != "" {
@@ -562,7 +600,7 @@ func (m *Manager) askStatus(members map[string]bool, timeout time.Duration, fail
 				return
 			}
 			mu.Lock()
-			out[id] = replicaStatus{versions: v, syncing: s}
+			out[id] = replicaStatus{table: tv, versions: v, syncing: s}
 			mu.Unlock()
 		}()
 	}

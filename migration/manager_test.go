@@ -83,6 +83,9 @@ type fakeEngine struct {
 	// onStatus answers ReplicaStatus for a member that answers (see
 	// ReplicaStatus); set under mu.
 	onStatus func(member string) ([]int64, []bool, error)
+	// statusTable, when set, returns the table version a member answers
+	// with (newest: the fake's current table's); called under mu.
+	statusTable func(member string, newest int64) int64
 	// running holds members declared dead that still run; set under mu.
 	running map[string]bool
 
@@ -198,18 +201,26 @@ func (f *fakeEngine) Lost(partitions []int) {
 // ReplicaStatus reports every replica in sync at version 0 unless
 // onStatus decides. A dead member does not answer, unless it still runs
 // (running: memberlist declared it dead by mistake).
-func (f *fakeEngine) ReplicaStatus(ctx context.Context, member string) ([]int64, []bool, error) {
+func (f *fakeEngine) ReplicaStatus(ctx context.Context, member string) (int64, []int64, []bool, error) {
 	f.mu.Lock()
 	answers := f.isAlive(member) || f.running[member]
 	onStatus := f.onStatus
+	var tv int64
+	if f.table != nil {
+		tv = f.table.Version // members hold the newest table unless statusTable says
+	}
+	if f.statusTable != nil {
+		tv = f.statusTable(member, tv)
+	}
 	f.mu.Unlock()
 	if !answers {
-		return nil, nil, errDead
+		return 0, nil, nil, errDead
 	}
 	if onStatus != nil {
-		return onStatus(member)
+		v, s, err := onStatus(member)
+		return tv, v, s, err
 	}
-	return make([]int64, f.count), make([]bool, f.count), nil
+	return tv, make([]int64, f.count), make([]bool, f.count), nil
 }
 
 func (f *fakeEngine) CaughtUp(ctx context.Context, p int, primary, member string, version int64) (bool, error) {

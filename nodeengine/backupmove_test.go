@@ -146,3 +146,53 @@ func TestRebalanceUnderLoadKillPrimaryOfAMovingBackup(t *testing.T) {
 		})
 	}
 }
+
+// A backup replica moving to a member is swapped in only once that member
+// holds a table naming it incoming (and so has reset its replica and
+// synced): before, its replica of a partition never written answers
+// version 0, not syncing, which is what a copy in sync says, and the
+// primary, at version 0, says it caught up. Swapped in so, the member
+// then resets and syncs from scratch while the old, in-sync backup is
+// gone: a primary that died meanwhile left its partition reported lost
+// (TestRebalanceUnderLoadKillPrimaryOfAMovingBackup: the partitions the
+// load never wrote). Here the tables never reach member b while the
+// backups of a leaving member move, some of them to b.
+func TestIncomingReplicaSwappedInOnlyOnceItsMemberHoldsTheTable(t *testing.T) {
+	c := newCluster(t, 4, 1, nil)
+	c.WaitClusterSafe() // nothing written: every partition at version 0
+	a, b := c.Member(0), c.Member(1)
+	before := a.Inspect().Table()
+	hold := make(chan struct{})
+	var once sync.Once
+	release := func() { once.Do(func() { close(hold) }) }
+	defer release()
+	c.AddFault(&clustertest.Fault{From: a.ID(), To: b.ID(), Kind: "table.publish", Hold: hold})
+	done := make(chan struct{})
+	go func() { defer close(done); c.Shutdown(3) }() // its backup replicas move, some to b
+	clustertest.Eventually(t, 30*time.Second, func() error {
+		tab := a.Inspect().Table()
+		for p := range tab.Owners {
+			if tab.IsIncoming(p, b.ID()) {
+				return nil
+			}
+		}
+		return fmt.Errorf("no backup replica moving to b yet")
+	})
+	// Several settle rounds: b, holding none of these tables, must not be
+	// swapped in anywhere.
+	for end := time.Now().Add(2 * time.Second); time.Now().Before(end); time.Sleep(50 * time.Millisecond) {
+		tab, own := a.Inspect().Table(), b.Inspect().Table()
+		for p := range tab.Owners {
+			if slices.Contains(tab.BackupsOf(p), b.ID()) && !slices.Contains(before.BackupsOf(p), b.ID()) && own.ReplicaIndex(p, b.ID()) <= 0 {
+				t.Fatalf("partition %d: table %d names b its backup, but b holds table %d, which names it no replica of it",
+					p, tab.Version, own.Version)
+			}
+		}
+	}
+	release()
+	<-done
+	c.WaitClusterSafe()
+	if n := clusterload.LostPartitions(t, c); n != 0 {
+		t.Errorf("%v partitions reported lost", n)
+	}
+}

@@ -449,7 +449,7 @@ func (e masterEngine) Address(id string) string {
 	return a
 }
 
-func (e masterEngine) ReplicaStatus(ctx context.Context, member string) ([]int64, []bool, error) {
+func (e masterEngine) ReplicaStatus(ctx context.Context, member string) (int64, []int64, []bool, error) {
 	address := ""
 	if member != e.n.view.id && !e.Alive(member) {
 		// memberlist declared it dead; it may still run (a member starved
@@ -458,11 +458,11 @@ func (e masterEngine) ReplicaStatus(ctx context.Context, member string) ([]int64
 			address = t.Members[member]
 		}
 		if address == "" {
-			return nil, nil, fmt.Errorf("%w: %s (not in the member list or the table)", spi.ErrNoSuchMember, member)
+			return 0, nil, nil, fmt.Errorf("%w: %s (not in the member list or the table)", spi.ErrNoSuchMember, member)
 		}
 	}
-	_, _, v, s, err := e.n.safety.statusAt(ctx, member, address)
-	return v, s, err
+	_, tv, v, s, err := e.n.safety.statusAt(ctx, member, address)
+	return tv, v, s, err
 }
 
 func (e masterEngine) CaughtUp(ctx context.Context, p int, primary, member string, version int64) (bool, error) {

@@ -254,7 +254,7 @@ func (n *Node) wire() {
 	snaps := &snapshots{engine: n, ops: n.ops, services: n.migrationAware}
 	n.replicas = &replicas{view: n.view, address: n.address, ops: n.ops, run: n.run, log: n.log, migs: n.migs,
 		snaps: snaps, services: n.migrationAware, stepTimeout: n.cfg.Migration.StepTimeout,
-		antiEntropySyncs: n.metrics.antiEntropy}
+		antiEntropySyncs: n.metrics.antiEntropy, resetting: make([]atomic.Int32, n.view.count)}
 	m := n.migs
 	m.view, m.ops, m.log, m.services, m.replicas, m.snaps = n.view, n.ops, n.log, n.migrationAware, n.replicas, snaps
 	m.bytesSent, m.bytesRecv = n.metrics.migBytesSent, n.metrics.migBytesRecv
@@ -268,7 +268,7 @@ func (n *Node) wire() {
 			n.resolveOthers()
 		},
 		acked: make(map[string]int64), inflight: make(map[string]bool)}
-	n.safety = &safety{view: n.view, ops: n.ops, busy: func() string {
+	n.safety = &safety{view: n.view, ops: n.ops, replicas: n.replicas, busy: func() string {
 		switch {
 		case n.migs.active.Load() > 0:
 			return fmt.Sprintf("takes part in %d partition migrations", n.migs.active.Load())

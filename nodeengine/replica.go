@@ -5,6 +5,7 @@ import (
 	"fmt"
 	"log/slog"
 	"slices"
+	"sync/atomic"
 	"time"
 
 	"github.com/partita-go/partita/operation"
@@ -35,7 +36,40 @@ type replicas struct {
 	// antiEntropySyncs counts the copies anti-entropy started
 	// (partita_anti_entropy_syncs_total).
 	antiEntropySyncs prometheus.Counter
+	// resetting counts, per partition, the tasks queued or running on
+	// its executor that reset this member's replica and make it wait
+	// for a full copy (a new or demoted backup replica, a resync after a
+	// migration). Until they ran, the replica's version and syncing flag
+	// still say what it was before: empty and not syncing, for a member
+	// that held no replica, which is what a replica in sync at version 0
+	// says. The replica status reports such a replica syncing (see
+	// resetPending), so that the master neither takes it for a copy in
+	// sync nor promotes it as one. tables.install counts a new table's
+	// resets before the table becomes visible.
+	resetting []atomic.Int32
 }
+
+// resetsReplica reports whether a change of this member's replica index
+// of a partition from was to now resets its replica and makes it wait
+// for a full copy (see changes).
+func resetsReplica(was, now int) bool { return now > 0 && was <= 0 }
+
+// expectChanges counts the replica resets that changes(prev, t) will
+// queue; tables.install calls it before t becomes visible.
+func (r *replicas) expectChanges(prev, t *partition.Table) {
+	id := r.view.id
+	for p := range t.Owners {
+		if resetsReplica(prev.ReplicaIndex(p, id), t.ReplicaIndex(p, id)) {
+			r.resetting[p].Add(1)
+		}
+	}
+}
+
+// resetPending reports whether partition p's replica here is about to be
+// reset and wait for a full copy (see resetting). Any goroutine; read it
+// before operation.Service.IsSyncing: a reset marks the replica syncing
+// before it stops counting.
+func (r *replicas) resetPending(p int) bool { return r.resetting[p].Load() > 0 }
 
 // changes runs, after a new table is installed, what this member's
 // change of role requires for each partition: a promoted backup runs the
@@ -69,7 +103,9 @@ func (r *replicas) changes(prev, t *partition.Table) {
 		case now < 0 && was >= 0:
 			r.ops.RunOnPartition(p, func() { r.drop(p) })
 		case now > 0 && was < 0:
+			// Counted by expectChanges.
 			r.ops.RunOnPartition(p, func() {
+				defer r.resetting[p].Add(-1)
 				if r.migs.at(p) == nil && r.view.replicaIndex(p) > 0 {
 					r.ops.ResetReplica(p)
 					r.ops.MarkSyncing(p) // not a candidate for promotion until synced
@@ -81,6 +117,7 @@ func (r *replicas) changes(prev, t *partition.Table) {
 			// data is current; otherwise (a table of another master won)
 			// its history may differ from the primary's: start over.
 			r.ops.RunOnPartition(p, func() {
+				defer r.resetting[p].Add(-1) // counted by expectChanges
 				if r.migs.at(p) == nil && r.view.replicaIndex(p) > 0 {
 					r.clear(p)
 					r.ops.ResetReplica(p)
@@ -136,8 +173,10 @@ func (r *replicas) settle(p int, resync bool) {
 		r.clear(p)
 		r.ops.ResetReplica(p)
 	case idx > 0 && resync:
+		r.resetting[p].Add(1) // no moment where the replica looks empty and in sync
 		r.ops.ResetReplica(p)
 		r.ops.MarkSyncing(p)
+		r.resetting[p].Add(-1)
 		r.requestSync(p)
 	}
 }
@@ -217,9 +256,11 @@ func (r *replicas) installSync(p int, data []byte) {
 	r.clear(p)
 	if err := r.snaps.install(rd, p, r.address, r.view.replicaIndex(p)); err != nil {
 		r.log.Error("replica sync failed", "partition", p, "error", err)
+		r.resetting[p].Add(1) // the reset stops the syncing a backup resumes
 		r.clear(p)
 		r.ops.ResetReplica(p)
 		r.syncGaveUp(p)
+		r.resetting[p].Add(-1)
 		return
 	}
 	r.ops.ReplicaSynced(p, version)

@@ -151,3 +151,43 @@ func testMetrics() engineMetrics {
 	m, _ := newEngineMetrics()
 	return m
 }
+
+// A member that becomes a backup replica resets it and waits for a full
+// copy, on the partition's executor, after the table is visible. Until
+// then its replica status must not say what the replica was: empty and
+// not syncing is what a copy in sync says of a partition never written,
+// and the master swapped such a replica in for the old, in-sync backup
+// (or would promote it as in sync). It is reported syncing from before
+// the table becomes visible.
+func TestNewBackupReportsSyncingBeforeItsReset(t *testing.T) {
+	const count = 5
+	n := bareNode(count, nil, nil)
+	n.ops.Start()
+	defer func() {
+		n.run.cancel() // the syncs asked for give up
+		n.teardownForTest()
+		n.ops.Shutdown()
+	}()
+	n.view.table.Store(reviewTable(1, count, "x", "c")) // b holds no replica
+	block := make(chan struct{})
+	n.ops.RunOnPartition(0, func() { <-block }) // the reset waits behind this
+	n.tables.install(reviewTable(2, count, "x", "b"))
+	check := func(when string) {
+		t.Helper()
+		_, tv, _, syncing, err := n.safety.statusAt(context.Background(), "b", "")
+		if err != nil {
+			t.Fatal(err)
+		}
+		for p, s := range syncing {
+			if !s {
+				t.Errorf("%s: table %d names b backup of partition %d, whose replica status says in sync", when, tv, p)
+			}
+		}
+	}
+	check("before the reset ran")
+	close(block)
+	done := make(chan struct{})
+	n.ops.RunOnPartition(0, func() { close(done) })
+	<-done
+	check("after the reset")
+}

@@ -16,9 +16,10 @@ import (
 // goroutine calls it: the partition service (Node.isClusterSafe), the
 // metrics collector, the debug view and the migration manager (statusAt).
 type safety struct {
-	view *clusterView
-	ops  *operation.Service
-	busy func() string // why this member is busy: it migrates, syncs or, as master, has migrations to run ("" when not)
+	view     *clusterView
+	ops      *operation.Service
+	replicas *replicas
+	busy     func() string // why this member is busy: it migrates, syncs or, as master, has migrations to run ("" when not)
 }
 
 // replicaStatusOp returns a member's replica versions and why it is busy
@@ -45,7 +46,10 @@ func (s *safety) status() []byte {
 	w.WriteVarint(version)
 	for p := 0; p < s.view.count; p++ {
 		w.WriteUvarint(uint64(s.ops.ReplicaVersion(p)))
-		w.WriteBool(s.ops.IsSyncing(p))
+		// A replica about to be reset waits for a copy already; the
+		// pending reset is read first (it ends after the replica is
+		// marked syncing).
+		w.WriteBool(s.replicas.resetPending(p) || s.ops.IsSyncing(p))
 	}
 	return w.Bytes()
 }

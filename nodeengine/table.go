@@ -50,6 +50,10 @@ func (ts *tables) install(t *partition.Table) bool {
 			}
 		}
 	}
+	// A member that becomes a backup replica must not, once the table is
+	// visible, report its replica as it was before the reset that
+	// changes queues (empty and not syncing looks in sync at version 0).
+	ts.replicas.expectChanges(cur, t)
 	ts.view.table.Store(t)
 	ts.replicas.changes(cur, t)
 	ts.installs.Inc()
