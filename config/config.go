@@ -178,9 +178,12 @@ type SplitBrainConfig struct {
 	// ProbeInterval is how often it looks again (`probe-interval`,
 	// default 120s).
 	ProbeInterval time.Duration
-	// RememberDead is how long the address of a member declared dead
-	// stays among the places looked at (`remember-dead`, default 1h):
-	// after a network split, the other side is there.
+	// RememberDead is how long a member declared dead is remembered
+	// (`remember-dead`, default 1h): its address stays among the places
+	// looked at (after a network split, the other side is there), and the
+	// exactly-once records of the invocations it made are kept (pinned),
+	// so that a merge counts an invocation retried across the split once
+	// (spi.NodeEngine.RecordedInvocations).
 	RememberDead time.Duration
 }
 

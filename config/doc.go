@@ -51,7 +51,7 @@
 //	split-brain:                     # looking for other clusters of this name, to merge
 //	  first-probe-delay: 300s
 //	  probe-interval: 120s
-//	  remember-dead: 1h              # how long a departed member's address is looked at
+//	  remember-dead: 1h              # how long a departed member's address and invocations are kept
 //	metrics:
 //	  address: ""                    # host:port of the Prometheus endpoint; empty: off
 //	services:

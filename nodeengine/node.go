@@ -204,7 +204,8 @@ func (n *Node) Start(ctx context.Context) (err error) {
 		PartitionCount: n.view.count, PartitionThreads: oc.PartitionThreads, QueueSize: oc.QueueSize,
 		InvocationTimeout: oc.InvocationTimeout, RetryPause: oc.RetryPause, DedupWindow: oc.DedupWindow,
 		BackupAckTimeout: oc.BackupAckTimeout, FrameBodyTimeout: oc.FrameBodyTimeout,
-		Engine: n, Routing: routing{n.view}, Logger: n.log, Hook: n.hook,
+		PinKeep: n.cfg.SplitBrain.RememberDead,
+		Engine:  n, Routing: routing{n.view}, Logger: n.log, Hook: n.hook,
 		Member:       func(id string) bool { _, ok := (routing{n.view}).MemberAddress(id); return ok },
 		Reject:       n.tr.rejectConn,
 		Members:      func() int { return len(n.view.memberList()) },
@@ -592,6 +593,14 @@ func (n *Node) Metrics() prometheus.Registerer { return n.registry }
 
 // MergePolicy implements spi.NodeEngine.
 func (n *Node) MergePolicy(service string) spi.MergePolicy { return n.policies[service] }
+
+// RecordedInvocations implements spi.NodeEngine.
+func (n *Node) RecordedInvocations(partitionID int) []spi.InvocationID {
+	if n.ops == nil {
+		return nil
+	}
+	return n.ops.RecordedInvocations(partitionID)
+}
 
 // Registry returns the member's metrics registry (for scraping).
 func (n *Node) Registry() *prometheus.Registry { return n.registry }

@@ -64,7 +64,7 @@ func (s *Service) countRecords(p int, delta int) {
 // are still kept.
 func (s *Service) dedupWindow() replica.Window {
 	w := int64(s.cfg.DedupWindow)
-	return replica.Window{Keep: w + w/8, Slack: w / 16}
+	return replica.Window{Keep: w + w/8, Slack: w / 16, PinKeep: s.pinKeep()}
 }
 
 // record stores k's response for partition p (executor p); resp is
@@ -72,6 +72,7 @@ func (s *Service) dedupWindow() replica.Window {
 func (s *Service) record(p int, k invKey, resp []byte, at int64, busy *atomic.Bool) {
 	added, pruned := s.replicas[p].Record().Add(k, resp, at, busy, s.dedupWindow())
 	s.countRecords(p, added-pruned)
+	s.pinIfLost(p, k, at)
 }
 
 // lookup returns the recorded response of k in partition p, if any, and

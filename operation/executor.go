@@ -169,6 +169,11 @@ func (e *executor) run(t task) {
 	}
 	c := &e.opctx
 	*c = spi.OpContext{Engine: e.s.cfg.Engine, Service: t.svc.instance, PartitionID: t.pid, Caller: t.caller, Executor: e.index}
+	if t.pid >= 0 {
+		c.Invocation = t.key
+		// Past the lookup above: a retry the record does not hold.
+		c.Retried = backupAware && t.retry && !t.key.Zero()
+	}
 	err := e.runOp(&t, c, start)
 	var resp any
 	if err == nil {

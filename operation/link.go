@@ -182,9 +182,12 @@ func (s *Service) expireBackups() {
 }
 
 // MemberLeft closes the connections to a member that left the cluster;
-// invocations waiting on it fail with ErrMemberLeft and are retried.
+// invocations waiting on it fail with ErrMemberLeft and are retried. The
+// invocations it made that the partitions' records hold are pinned
+// (pins.go).
 func (s *Service) MemberLeft(id string) {
 	s.tr.CloseMember(id, fmt.Errorf("%w: member %s left", spi.ErrMemberLeft, id))
+	s.lost(id)
 }
 
 // CloseUnreachable closes the connections to the members Config.Reachable

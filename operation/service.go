@@ -46,7 +46,10 @@ type Config struct {
 	InvocationTimeout time.Duration
 	RetryPause        time.Duration
 	DedupWindow       time.Duration // how long invocation records are kept; 0: 10s
-	BackupAckTimeout  time.Duration // a synchronous backup's ack, re-sends included; 0: 10s
+	// PinKeep is how long the records of the invocations of a member
+	// this member lost are kept (pins.go); 0: an hour.
+	PinKeep          time.Duration
+	BackupAckTimeout time.Duration // a synchronous backup's ack, re-sends included; 0: 10s
 	// FrameBodyTimeout bounds how long a frame may take to arrive once its
 	// first bytes have: a connection that sends part of a frame and not
 	// the rest in time is closed (a connection idle between frames is
@@ -151,20 +154,24 @@ type Service struct {
 	replicas  []replica.State[task] // by partition (see backup.go)
 	gates     []readGate            // by partition: answers held behind unacknowledged writes (readgate.go)
 	origin    uint64                // this member's incarnation, for invocation ids
-	seq       atomic.Uint64
-	generic   *executor // generic executors share one queue
-	quit      chan struct{}
-	clock     timeoutClock  // see invoke.go
-	ticks     atomic.Uint64 // the clock's ticks so far
-	ackTicks  uint64        // BackupAckTimeout in ticks
-	wg        sync.WaitGroup
-	started   atomic.Bool
-	running   atomic.Bool // the executors exist
-	closed    atomic.Bool
-	stopped   atomic.Bool // Shutdown is over: no executor runs
-	m         *metrics
-	records   []recordCount // exactly-once records, by partition executor
-	nextCall  atomic.Uint64
+	// departed: the incarnations of the members this member lost
+	// (pins.go); written under departedMu.
+	departed   atomic.Pointer[[]departure]
+	departedMu sync.Mutex
+	seq        atomic.Uint64
+	generic    *executor // generic executors share one queue
+	quit       chan struct{}
+	clock      timeoutClock  // see invoke.go
+	ticks      atomic.Uint64 // the clock's ticks so far
+	ackTicks   uint64        // BackupAckTimeout in ticks
+	wg         sync.WaitGroup
+	started    atomic.Bool
+	running    atomic.Bool // the executors exist
+	closed     atomic.Bool
+	stopped    atomic.Bool // Shutdown is over: no executor runs
+	m          *metrics
+	records    []recordCount // exactly-once records, by partition executor
+	nextCall   atomic.Uint64
 
 	// The member-to-member transport: tr is stream, or faults wrapping
 	// it when Config.Hook is set (send uses the concrete ones).
@@ -193,6 +200,9 @@ func New(cfg Config) *Service {
 	if cfg.DedupWindow <= 0 {
 		cfg.DedupWindow = 10 * time.Second
 	}
+	if cfg.PinKeep <= 0 {
+		cfg.PinKeep = defaultPinKeep
+	}
 	if cfg.RetryPause <= 0 {
 		cfg.RetryPause = 10 * time.Millisecond
 	}
@@ -217,6 +227,9 @@ func New(cfg Config) *Service {
 		byName:    make(map[string]*serviceEntry),
 		byID:      make(map[uint32]*serviceEntry),
 		quit:      make(chan struct{}),
+	}
+	if cfg.LocalID != "" {
+		s.origin = OriginOf(cfg.LocalID) // so that others can tell its invocations
 	}
 	s.clock.init()
 	period := clockPeriod(cfg.InvocationTimeout)

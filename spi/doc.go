@@ -121,7 +121,7 @@
 //     of the migration manager; it must not block.
 //   - SplitBrainHandlerService.PrepareMerge: as the partition's executor
 //     on each member of the merging side, once per partition it owns,
-//     before Reset (once the engine's side of issue 20 lands).
+//     before Reset.
 //     MergePolicy.Merge: wherever the service's merge operations call it, as the partition's
 //     executor; it must not block. MergePolicyDefault.DefaultMergePolicy:
 //     once, on the goroutine of Node.Start, before Init.

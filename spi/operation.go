@@ -156,4 +156,28 @@ type OpContext struct {
 	// ReplicaIndex is 0 for an operation on the primary, i for a backup
 	// operation on backup replica i.
 	ReplicaIndex int
+	// Invocation identifies the invocation the operation runs for, the
+	// same on all its attempts; zero for a backup operation and for an
+	// operation that is not on a partition.
+	Invocation InvocationID
+	// Retried reports that a BackupAwareOperation runs for a retry that
+	// the partition's exactly-once record does not hold: an earlier
+	// attempt's answer was lost and the primary it went to is gone, so
+	// that attempt ran nowhere this cluster remembers. Across a split
+	// brain it may have run on the other side, which then lists it among
+	// its NodeEngine.RecordedInvocations: a service that can cancel what a
+	// retried run did (the counter counts it under an origin of its own)
+	// merges without counting it twice. See SplitBrainHandlerService.
+	Retried bool
 }
+
+// InvocationID identifies one invocation of an operation on a partition
+// across its attempts: the invoking member's incarnation and a sequence
+// number it draws.
+type InvocationID struct {
+	Origin uint64
+	Seq    uint64
+}
+
+// Zero reports whether id is no invocation.
+func (id InvocationID) Zero() bool { return id.Origin == 0 && id.Seq == 0 }

@@ -121,6 +121,18 @@ type NodeEngine interface {
 	// when the services are created, before Init; nil for a name that is
 	// no enabled service. See SplitBrainHandlerService.
 	MergePolicy(service string) MergePolicy
+	// RecordedInvocations returns the invocations whose runs this
+	// member's replica of partition partitionID holds, as far as the
+	// engine still knows them, sorted: those its exactly-once record holds
+	// (about operations.dedup-window after they ran), and those it kept
+	// when it lost their caller (declared it dead: crashed, or cut off by
+	// a split), for split-brain.remember-dead. A caller on the other side
+	// of a split retries an invocation whose answer the split cut off, and
+	// it runs again there with OpContext.Retried set: a service's merge
+	// compares the two sides' recorded invocations to count it once (see
+	// SplitBrainHandlerService). Call it as the partition's executor
+	// (PrepareMerge, an operation's Run).
+	RecordedInvocations(partitionID int) []InvocationID
 }
 
 // PartitionService maps keys to partitions and partitions to members, by

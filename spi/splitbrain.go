@@ -18,6 +18,12 @@ package spi
 // service's merge policy (NodeEngine.MergePolicy) entry by entry against
 // what the larger cluster holds. PrepareMerge must not block; the
 // operations it returns must be of the service's registered types.
+//
+// An operation in flight when the split came may have run on both sides
+// (OpContext.Retried). A service whose merge must count each operation
+// once hands the partition's NodeEngine.RecordedInvocations over with
+// its data, and its merge operation compares them with the larger side's
+// (services/counter/splitbrain.go does).
 type SplitBrainHandlerService interface {
 	PrepareMerge(partitionID int) []Operation
 }

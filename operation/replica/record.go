@@ -15,18 +15,15 @@ import (
 // migrations and replica syncs. Times are the caller's monotonic clock
 // readings (nanoseconds); between members a record carries its age.
 
-// Key identifies one invocation across its attempts.
-type Key struct {
-	Origin uint64 // the invoking member's incarnation
-	Seq    uint64
-}
-
-// Zero reports whether k is no invocation (the record ignores it).
-func (k Key) Zero() bool { return k.Origin == 0 && k.Seq == 0 }
+// Key identifies one invocation across its attempts: the invoking
+// member's incarnation and a sequence number. A zero Key is no invocation
+// (the record ignores it).
+type Key = spi.InvocationID
 
 // Window is how long records are kept: Keep after they were made (a
-// lookup ignores older ones), and pruned in batches Slack later.
-type Window struct{ Keep, Slack int64 }
+// lookup ignores older ones), and pruned in batches Slack later; pins
+// (pins.go) are kept PinKeep after they were made.
+type Window struct{ Keep, Slack, PinKeep int64 }
 
 // MaxCarried bounds the records one migration or replica sync carries
 // for a partition (the newest ones), about 3 MiB.
@@ -98,6 +95,7 @@ type Record struct {
 	// partialUntil: records made before this time may be missing (a copy
 	// carried only the newest MaxCarried); see Complete.
 	partialUntil int64
+	pins         pins // pins.go
 }
 
 // Complete reports whether the record holds every invocation of the
@@ -319,8 +317,8 @@ func (d *Record) Drop() int {
 }
 
 // Append prunes, then writes the newest MaxCarried records to w, each
-// with its age at now (for a migration or a replica sync). It returns how
-// many it pruned.
+// with its age at now (for a migration or a replica sync), then the pins.
+// It returns how many it pruned.
 func (d *Record) Append(w *spi.Writer, now int64, win Window) (pruned int) {
 	pruned = d.Prune(now, win)
 	n, first := d.n, 0
@@ -338,11 +336,12 @@ func (d *Record) Append(w *spi.Writer, now int64, win Window) (pruned int) {
 		w.WriteBytes(d.response(e))
 		return true
 	})
+	d.appendPins(w, now, win)
 	return pruned
 }
 
-// Read replaces the records with the ones Append wrote, made their age
-// before now. It returns how many records there were before and after.
+// Read replaces the records and the pins with the ones Append wrote, made
+// their age before now. It returns how many records there were before and after.
 func (d *Record) Read(r *spi.Reader, now int64, win Window) (before, after int, err error) {
 	partial := r.ReadBool()
 	n := r.ReadUvarint()
@@ -364,6 +363,11 @@ func (d *Record) Read(r *spi.Reader, now int64, win Window) (before, after int, 
 		// The ones left out are older than the oldest carried: they would
 		// have expired by the time it does.
 		d.partialUntil = oldest + win.Keep
+	}
+	if r.Err() == nil {
+		if err := d.readPins(r, now); err != nil {
+			return before, d.n, err
+		}
 	}
 	return before, d.n, r.Err()
 }

@@ -34,7 +34,7 @@ func TestDedupLogMatchesModel(t *testing.T) {
 	now := int64(1 << 40)
 	for i := range 20000 {
 		now += int64(rng.IntN(3)) // many records share a time
-		k := Key{7, uint64(i + 1)}
+		k := Key{Origin: 7, Seq: uint64(i + 1)}
 		resp := make([]byte, rng.IntN(40)) // some beyond the inline size
 		for j := range resp {
 			resp[j] = byte(i + j)
@@ -101,7 +101,7 @@ func TestDedupLogMatchesModel(t *testing.T) {
 func TestDedupLogStartsSmall(t *testing.T) {
 	logs := make([]Record, 4096)
 	for p := range logs {
-		logs[p].Add(Key{1, uint64(p + 1)}, []byte{1}, 1, nil, testWindow)
+		logs[p].Add(Key{Origin: 1, Seq: uint64(p + 1)}, []byte{1}, 1, nil, testWindow)
 	}
 	for p := range logs {
 		if d := &logs[p]; len(d.chunks) != 1 || cap(d.chunks[0]) != firstChunk || d.spare != nil {
@@ -118,11 +118,11 @@ func TestDedupFlagsBehindAStuckOne(t *testing.T) {
 	now := int64(1 << 40)
 	stuck := new(atomic.Bool)
 	stuck.Store(true)
-	d.Add(Key{1, 1}, []byte{1}, now, stuck, testWindow)
+	d.Add(Key{Origin: 1, Seq: 1}, []byte{1}, now, stuck, testWindow)
 	for i := range 10000 {
 		b := new(atomic.Bool)
 		b.Store(true)
-		d.Add(Key{1, uint64(i + 2)}, []byte{1}, now, b, testWindow)
+		d.Add(Key{Origin: 1, Seq: uint64(i + 2)}, []byte{1}, now, b, testWindow)
 		b.Store(false) // acknowledged
 	}
 	held := 0
@@ -134,10 +134,10 @@ func TestDedupFlagsBehindAStuckOne(t *testing.T) {
 	if held > 200 {
 		t.Fatalf("%d flags kept behind the stuck one", held)
 	}
-	if _, _, busy := d.Lookup(Key{1, 1}, now-testWindow.Keep); !busy {
+	if _, _, busy := d.Lookup(Key{Origin: 1, Seq: 1}, now-testWindow.Keep); !busy {
 		t.Fatal("the stuck run's flag was lost")
 	}
-	if _, ok, busy := d.Lookup(Key{1, 500}, now-testWindow.Keep); !ok || busy {
+	if _, ok, busy := d.Lookup(Key{Origin: 1, Seq: 500}, now-testWindow.Keep); !ok || busy {
 		t.Fatalf("an acknowledged run: found %v, busy %v", ok, busy)
 	}
 	stuck.Store(false)
@@ -146,7 +146,7 @@ func TestDedupFlagsBehindAStuckOne(t *testing.T) {
 		seq++
 		b := new(atomic.Bool) // the run's, allocated by the caller
 		b.Store(true)
-		d.Add(Key{1, seq}, []byte{1}, now, b, testWindow)
+		d.Add(Key{Origin: 1, Seq: seq}, []byte{1}, now, b, testWindow)
 		b.Store(false)
 	})
 	if allocs > 1.01 { // the flag itself
@@ -168,7 +168,7 @@ func TestPromotedWithAndWithoutACompleteRecord(t *testing.T) {
 		t.Run(tc.name, func(t *testing.T) {
 			var src Record
 			for i := range tc.records {
-				src.Add(Key{1, uint64(i + 1)}, []byte{1}, now-int64(tc.records-i), nil, testWindow)
+				src.Add(Key{Origin: 1, Seq: uint64(i + 1)}, []byte{1}, now-int64(tc.records-i), nil, testWindow)
 			}
 			w := spi.NewWriter(nil)
 			src.Append(w, now, testWindow)
@@ -180,7 +180,7 @@ func TestPromotedWithAndWithoutACompleteRecord(t *testing.T) {
 			if got := s.Record().Complete(now); got != tc.complete {
 				t.Fatalf("promoted with a %s: Complete = %v", tc.name, got)
 			}
-			if _, found, _ := s.Record().Lookup(Key{1, uint64(tc.records)}, now-testWindow.Keep); !found {
+			if _, found, _ := s.Record().Lookup(Key{Origin: 1, Seq: uint64(tc.records)}, now-testWindow.Keep); !found {
 				t.Fatal("the newest record was not carried")
 			}
 			// Once the left-out records would have expired, it is whole.

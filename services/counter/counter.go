@@ -379,10 +379,18 @@ func (op *IncOperation) Run(ctx *spi.OpContext) error {
 		}
 		return nil
 	}
-	if c.origin == 0 {
-		c.origin = newOrigin()
+	switch {
+	case ctx.Retried:
+		// A retry whose earlier attempt may have run on the other side of
+		// a split: counted apart, so that a merge can cancel it
+		// (splitbrain.go).
+		op.origin = retriedOrigin(ctx.Invocation)
+	default:
+		if c.origin == 0 {
+			c.origin = newOrigin()
+		}
+		op.origin = c.origin
 	}
-	op.origin = c.origin
 	ctr := c.counter(op.Name)
 	ctr.add(op.origin, op.Amount)
 	op.value = ctr.value

@@ -50,7 +50,7 @@ func (op *CounterMigrationOperation) WriteData(w *spi.Writer) {
 // allocation), a name that appears twice and entries out of order.
 func (op *CounterMigrationOperation) ReadData(r *spi.Reader) (err error) {
 	const what = "counter migration"
-	if err := readFormat(r, what); err != nil {
+	if err := readFormat(r, what, stateFormat); err != nil {
 		return err
 	}
 	op.Counters, err = readStates(r, what)

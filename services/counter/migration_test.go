@@ -24,7 +24,7 @@ func newTestService(log *slog.Logger) *Service {
 	if log == nil {
 		log = slog.New(slog.DiscardHandler)
 	}
-	s := &Service{log: log, containers: make([]container, testPartitions)}
+	s := &Service{log: log, containers: make([]container, testPartitions), engine: &pinEngine{}}
 	for i := range s.containers {
 		s.containers[i].counters = make(map[string]*pnCounter)
 	}

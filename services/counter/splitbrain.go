@@ -17,6 +17,17 @@ import (
 // every increment acknowledged on either side is counted once; the
 // standard policies may be chosen instead in the config (`merge-policy:`),
 // and then decide between the two states as a whole.
+//
+// An increment in flight when the split began may run on both sides: its
+// answer is cut off on one side, its caller on the other side retries it
+// there, and that side's primary, which has no exactly-once record of it,
+// runs it again (spi.OpContext.Retried). Such a retried run is counted
+// under an origin of its own (retriedOrigin), and the side that ran the
+// first attempt still knows the invocation (its exactly-once record, or
+// what it kept of it when it lost the caller:
+// spi.NodeEngine.RecordedInvocations). counter-sum cancels a retried
+// run's entry when the other side holds a run of the same invocation, so
+// the increment counts once (CounterMergeOperation.Run).
 var (
 	_ spi.SplitBrainHandlerService = (*Service)(nil)
 	_ spi.MergePolicyDefault       = (*Service)(nil)
@@ -62,13 +73,15 @@ func (s *Service) DefaultMergePolicy() string { return CounterSumName }
 // PrepareMerge implements spi.SplitBrainHandlerService. It runs as the
 // partition's executor on a member of the merging side, before Reset, and
 // returns one CounterMergeOperation with a copy of the state of every
-// counter of the partition, or none when the partition holds no counter.
+// counter of the partition and the invocations whose runs they hold
+// (spi.NodeEngine.RecordedInvocations), or none when the partition holds
+// no counter.
 func (s *Service) PrepareMerge(partitionID int) []spi.Operation {
 	c := &s.containers[partitionID]
 	if len(c.counters) == 0 {
 		return nil
 	}
-	return []spi.Operation{&CounterMergeOperation{Counters: c.states()}}
+	return []spi.Operation{&CounterMergeOperation{Counters: c.states(), Invocations: s.engine.RecordedInvocations(partitionID)}}
 }
 
 // mergePolicy returns the service's merge policy: the engine's for the
@@ -89,10 +102,15 @@ func (s *Service) mergePolicy() spi.MergePolicy {
 // counter-sum, so a retry changes nothing more; the engine runs it once
 // anyway.
 //
-// Encoding: the format byte (2), then the states as state.go describes.
+// Encoding: the format byte (3), the states as state.go describes, then
+// the number of recorded invocations (unsigned varint) and each one's
+// origin (8 bytes, little-endian) and sequence number (unsigned varint).
 type CounterMergeOperation struct {
 	// Counters are the merging side's states by name.
 	Counters map[string]State
+	// Invocations are the ones whose runs the merging side's states hold,
+	// as far as it knows them (spi.NodeEngine.RecordedInvocations).
+	Invocations []spi.InvocationID
 
 	svc     *Service
 	set     map[string]State // what Run changed
@@ -116,6 +134,12 @@ func (op *CounterMergeOperation) Run(ctx *spi.OpContext) error {
 		names = append(names, name)
 	}
 	slices.Sort(names)
+	_, sum := policy.(CounterSum)
+	var doubles *doubleRuns
+	if sum {
+		doubles = newDoubleRuns(ctx.Engine.RecordedInvocations(ctx.PartitionID), op.Invocations)
+	}
+	cancelled := 0
 	for _, name := range names {
 		var existing State
 		ctr, exists := c.counters[name]
@@ -123,6 +147,11 @@ func (op *CounterMergeOperation) Run(ctx *spi.OpContext) error {
 			existing = ctr.state()
 		}
 		v, keep := policy.Merge(op.Counters[name], existing, exists)
+		if sum && keep {
+			var n int
+			v, n = doubles.cancel(v, op.Counters[name], existing)
+			cancelled += n
+		}
 		if !keep {
 			if exists {
 				op.removed = append(op.removed, name)
@@ -145,7 +174,57 @@ func (op *CounterMergeOperation) Run(ctx *spi.OpContext) error {
 		delete(c.counters, name)
 	}
 	c.origin = 0
+	if cancelled > 0 {
+		s.log.Info("merge: increments retried across the split counted once", "partition", ctx.PartitionID, "cancelled", cancelled)
+	}
 	return nil
+}
+
+// doubleRuns finds the retried runs (retriedOrigin) that the other side
+// of a merge ran as well: a retried run on the merging side whose
+// invocation the larger side recorded, or one on the larger side whose
+// invocation the merging side did.
+type doubleRuns struct {
+	here, merging map[uint64]bool // retried origins of each side's recorded invocations
+}
+
+func newDoubleRuns(here, merging []spi.InvocationID) *doubleRuns {
+	origins := func(ids []spi.InvocationID) map[uint64]bool {
+		m := make(map[uint64]bool, len(ids))
+		for _, id := range ids {
+			m[retriedOrigin(id)] = true
+		}
+		return m
+	}
+	return &doubleRuns{here: origins(here), merging: origins(merging)}
+}
+
+// cancel returns merged (the policy's outcome for one counter) with the
+// entries of the retried runs that the other side ran too cancelled, and
+// how many. A retried run that both sides hold counts once already (the
+// same origin, the same amount), and one that only its own side
+// recorded ran there alone: both are left as they are.
+func (d *doubleRuns) cancel(merged any, merging, existing State) (any, int) {
+	st, ok := merged.(State)
+	if !ok || len(d.here)+len(d.merging) == 0 {
+		return merged, 0
+	}
+	n := 0
+	for _, e := range st.Entries {
+		o := e.Origin
+		if o&retriedBit == 0 {
+			continue
+		}
+		inM, inE := merging.has(o), existing.has(o)
+		if (inM && !inE && d.here[o]) || (inE && !inM && d.merging[o]) {
+			if n == 0 {
+				st = State{Entries: slices.Clone(st.Entries)} // merged may be the operation's own
+			}
+			st.cancel(o)
+			n++
+		}
+	}
+	return st, n
 }
 
 // SyncBackupCount implements spi.BackupAwareOperation.
@@ -165,19 +244,37 @@ func (op *CounterMergeOperation) BackupOperation() spi.Operation {
 
 // WriteData implements spi.Operation.
 func (op *CounterMergeOperation) WriteData(w *spi.Writer) {
-	w.WriteUint8(stateFormat)
+	w.WriteUint8(mergeFormat)
 	writeStates(w, op.Counters)
+	w.WriteUvarint(uint64(len(op.Invocations)))
+	for _, id := range op.Invocations {
+		w.WriteUint64(id.Origin)
+		w.WriteUvarint(id.Seq)
+	}
 }
 
 // ReadData implements spi.Operation, with CounterMigrationOperation's
 // checks.
 func (op *CounterMergeOperation) ReadData(r *spi.Reader) (err error) {
 	const what = "counter merge"
-	if err := readFormat(r, what); err != nil {
+	if err := readFormat(r, what, mergeFormat); err != nil {
 		return err
 	}
-	op.Counters, err = readStates(r, what)
-	return err
+	if op.Counters, err = readStates(r, what); err != nil {
+		return err
+	}
+	n := r.ReadUvarint()
+	if err := r.Err(); err != nil {
+		return err
+	}
+	if left := r.Remaining(); n > uint64(left/9) {
+		return fmt.Errorf("%w: %s lists %d recorded invocations in %d bytes", spi.ErrProtocol, what, n, left)
+	}
+	op.Invocations = make([]spi.InvocationID, 0, n)
+	for range n {
+		op.Invocations = append(op.Invocations, spi.InvocationID{Origin: r.ReadUint64(), Seq: r.ReadUvarint()})
+	}
+	return r.Err()
 }
 
 // CounterMergeBackupOperation sets on a backup replica the counters that a
@@ -220,7 +317,7 @@ func (op *CounterMergeBackupOperation) WriteData(w *spi.Writer) {
 // ReadData implements spi.Operation.
 func (op *CounterMergeBackupOperation) ReadData(r *spi.Reader) (err error) {
 	const what = "counter merge backup"
-	if err := readFormat(r, what); err != nil {
+	if err := readFormat(r, what, stateFormat); err != nil {
 		return err
 	}
 	if op.Counters, err = readStates(r, what); err != nil {

@@ -5,7 +5,6 @@ import (
 	"fmt"
 	"math/rand/v2"
 	"net/http"
-	"os"
 	"strconv"
 	"sync/atomic"
 	"testing"
@@ -106,7 +105,6 @@ func healAndWait(t *testing.T, c *clustertest.Cluster) {
 // and none counted twice, every backup equals its primary and no member
 // keeps data of a partition it holds no replica of.
 func TestSplitUnderLoadIsLossless(t *testing.T) {
-	skipKnownBug(t, "an increment in flight across the split is counted on both sides (its first attempt ran on one side, its retry on the other, which has no exactly-once record of it); increments acknowledged by the merging member while its own master installed a fresh table were lost (fixed: TestWritesThroughTheMergingMember)")
 	c := clustertest.New(t, 3, clustertest.WithConfig(withResetCounters))
 	c.WaitClusterSafe()
 	ms := c.Members()
@@ -171,7 +169,6 @@ func TestWritesThroughTheMergingMember(t *testing.T) {
 // it runs there too. After the merge it must still count once, as it was
 // acknowledged once.
 func TestAnIncrementInFlightAcrossTheSplitCountsOnce(t *testing.T) {
-	skipKnownBug(t, "an invocation whose attempt ran on the other side of a split is retried on this side, which started the partition afresh (or promoted a backup the attempt's backup never reached) and has no exactly-once record of it: both sides count it, and counter-sum keeps both")
 	c := clustertest.New(t, 3)
 	c.WaitClusterSafe()
 	ms := c.Members()
@@ -212,15 +209,6 @@ func TestAnIncrementInFlightAcrossTheSplitCountsOnce(t *testing.T) {
 	waitSides(t, ms[:2], ms[2:])
 	healAndWait(t, c)
 	want(t, c, name, 11)
-}
-
-// skipKnownBug skips a test that an engine bug still fails, unless
-// PARTITA_KNOWN_BUGS is set.
-func skipKnownBug(t *testing.T, bug string) {
-	t.Helper()
-	if os.Getenv("PARTITA_KNOWN_BUGS") == "" {
-		t.Skip("known engine bug (set PARTITA_KNOWN_BUGS=1 to run): " + bug)
-	}
 }
 
 // A {0,1,2} | {3,4} split of five members with two synchronous backups:

@@ -2,10 +2,12 @@ package counter
 
 import (
 	"cmp"
+	"encoding/binary"
 	"fmt"
 	"math/rand/v2"
 	"slices"
 
+	"github.com/cespare/xxhash/v2"
 	"github.com/partita-go/partita/spi"
 )
 
@@ -107,13 +109,46 @@ type pnCounter struct {
 	entries []Entry
 }
 
-// newOrigin draws an origin: random, never 0.
+// newOrigin draws a tenure's origin: random, never 0, its high bit clear
+// (retriedOrigin's is set).
 func newOrigin() uint64 {
 	for {
-		if o := rand.Uint64(); o != 0 {
+		if o := rand.Uint64() >> 1; o != 0 {
 			return o
 		}
 	}
+}
+
+// retriedBit marks the origin of a retried increment.
+const retriedBit = 1 << 63
+
+// retriedOrigin returns the origin of the one increment that invocation
+// id ran as a retry the exactly-once record did not hold
+// (spi.OpContext.Retried): derived from id, its high bit set.
+func retriedOrigin(id spi.InvocationID) uint64 {
+	var b [16]byte
+	binary.LittleEndian.PutUint64(b[:8], id.Origin)
+	binary.LittleEndian.PutUint64(b[8:], id.Seq)
+	return xxhash.Sum64(b[:]) | retriedBit
+}
+
+// cancel cancels origin's entry, if s has it: P and N both become the
+// greater of the two, so it counts 0, and any copy of it merges into the
+// cancelled one (State.Merge takes the greater of each). It returns
+// whether s had it.
+func (s State) cancel(origin uint64) bool {
+	i, ok := slices.BinarySearchFunc(s.Entries, origin, func(e Entry, o uint64) int { return cmp.Compare(e.Origin, o) })
+	if ok {
+		m := max(s.Entries[i].P, s.Entries[i].N)
+		s.Entries[i].P, s.Entries[i].N = m, m
+	}
+	return ok
+}
+
+// has reports whether s has an entry for origin.
+func (s State) has(origin uint64) bool {
+	_, ok := slices.BinarySearchFunc(s.Entries, origin, func(e Entry, o uint64) int { return cmp.Compare(e.Origin, o) })
+	return ok
 }
 
 // add adds amount under origin. Adding 0 changes nothing.
@@ -221,8 +256,12 @@ func (c *container) destroy(name string) {
 // P and N (unsigned varints). The orders make the encoding deterministic.
 
 // stateFormat is the version byte that starts every operation carrying
-// states.
-const stateFormat = 2
+// states, but the merge operation, which carries more after them
+// (mergeFormat).
+const (
+	stateFormat = 2
+	mergeFormat = 3
+)
 
 // Smallest encodings: a counter is a name's length byte and an entry
 // count byte; an entry is its origin and two one-byte varints.
@@ -250,14 +289,14 @@ func writeStates(w *spi.Writer, states map[string]State) {
 	}
 }
 
-// readFormat reads the version byte.
-func readFormat(r *spi.Reader, what string) error {
+// readFormat reads the version byte, which must be want.
+func readFormat(r *spi.Reader, what string, want uint8) error {
 	v := r.ReadUint8()
 	if err := r.Err(); err != nil {
 		return err
 	}
-	if v != stateFormat {
-		return fmt.Errorf("%w: %s in format %d, this member reads format %d", spi.ErrProtocol, what, v, stateFormat)
+	if v != want {
+		return fmt.Errorf("%w: %s in format %d, this member reads format %d", spi.ErrProtocol, what, v, want)
 	}
 	return nil
 }

@@ -1,9 +1,11 @@
 package counter
 
 import (
+	"encoding/binary"
 	"errors"
 	"math"
 	"math/rand/v2"
+	"slices"
 	"testing"
 
 	"github.com/partita-go/partita/spi"
@@ -81,6 +83,15 @@ func TestPNCounterValue(t *testing.T) {
 	}
 }
 
+// pinEngine is the engine as far as a counter's merge sees it: the
+// recorded invocations of its replicas (none unless a test records some).
+type pinEngine struct {
+	spi.NodeEngine
+	pins map[int][]spi.InvocationID
+}
+
+func (e *pinEngine) RecordedInvocations(partition int) []spi.InvocationID { return e.pins[partition] }
+
 // side is one member's replica of the partition p, driven through the
 // counter's operations as the engine would.
 type side struct {
@@ -92,13 +103,32 @@ const p = 3
 
 func newSide(t *testing.T) side { return side{t, newTestService(nil)} }
 
+func (sd side) engine() *pinEngine { return sd.s.engine.(*pinEngine) }
+
 func (sd side) inc(name string, amount int64) int64 {
 	sd.t.Helper()
+	return sd.run(&spi.OpContext{}, name, amount)
+}
+
+// run runs an increment with ctx (its partition, service and engine set
+// here).
+func (sd side) run(ctx *spi.OpContext, name string, amount int64) int64 {
+	sd.t.Helper()
 	op := &IncOperation{Name: name, Amount: amount}
-	if err := op.Run(&spi.OpContext{PartitionID: p, Service: sd.s}); err != nil {
+	ctx.PartitionID, ctx.Service, ctx.Engine = p, sd.s, sd.s.engine
+	if err := op.Run(ctx); err != nil {
 		sd.t.Fatal(err)
 	}
 	return op.Response().(int64)
+}
+
+// pin records that id ran here (the side's record, or a pin of it).
+func (sd side) pin(id spi.InvocationID) {
+	e := sd.engine()
+	if e.pins == nil {
+		e.pins = make(map[int][]spi.InvocationID)
+	}
+	e.pins[p] = append(e.pins[p], id)
 }
 
 func (sd side) get(name string) int64 {
@@ -149,7 +179,7 @@ func (sd side) mergeInto(dst side, backup *side) {
 		if err := got.ReadData(spi.NewReader(w.Bytes())); err != nil {
 			sd.t.Fatal(err)
 		}
-		if err := got.Run(&spi.OpContext{PartitionID: p, Service: dst.s}); err != nil {
+		if err := got.Run(&spi.OpContext{PartitionID: p, Service: dst.s, Engine: dst.s.engine}); err != nil {
 			sd.t.Fatal(err)
 		}
 		if backup != nil && got.ShouldBackup() {
@@ -226,6 +256,70 @@ func TestMergeTwoSuccessiveSplits(t *testing.T) {
 	c.inc("c", 1000)
 	c.mergeInto(a, nil)
 	a.want("c", 1123)
+}
+
+// An increment in flight when the split came runs on one side, and its
+// retry, which that side's record does not hold, runs on the other
+// (Retried): after the merge it counts once when the side that ran it
+// first still records it, whichever side merges; a
+// retried run that nothing else ran, or that both sides ran as retries,
+// counts once as it is; the backup holds what the primary holds.
+func TestMergeCountsARetriedIncrementOnce(t *testing.T) {
+	id := spi.InvocationID{Origin: 77, Seq: 5}
+	retried := func() *spi.OpContext { return &spi.OpContext{Invocation: id, Retried: true} }
+	first := func() *spi.OpContext { return &spi.OpContext{Invocation: id} }
+	for _, tc := range []struct {
+		name string
+		// run the invocation on the smaller side (a) and the larger (b)
+		run  func(a, b side)
+		want int64
+	}{
+		{"first on the smaller side, retried on the larger", func(a, b side) {
+			a.run(first(), "c", 1)
+			a.pin(id)
+			b.run(retried(), "c", 1)
+		}, 11},
+		{"first on the larger side, retried on the smaller", func(a, b side) {
+			b.run(first(), "c", 1)
+			b.pin(id)
+			a.run(retried(), "c", 1)
+		}, 11},
+		{"retried on the smaller side, run nowhere else", func(a, b side) {
+			a.run(retried(), "c", 1)
+		}, 11},
+		{"retried on the larger side, recorded there only", func(a, b side) {
+			b.run(retried(), "c", 1)
+			b.pin(id)
+		}, 11},
+		{"retried on both sides", func(a, b side) {
+			a.run(retried(), "c", 1)
+			a.pin(id)
+			b.run(retried(), "c", 1)
+			b.pin(id)
+		}, 11},
+		{"a negative one, first on the larger side", func(a, b side) {
+			b.run(first(), "c", -4)
+			b.pin(id)
+			a.run(retried(), "c", -4)
+		}, 6},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			a, b := split(t)
+			backup := newSide(t)
+			tc.run(a, b)
+			a.inc("c", 100) // and other increments on both sides
+			b.inc("c", 1000)
+			b.copyTo(backup)
+			a.mergeInto(b, &backup)
+			b.want("c", tc.want+1100)
+			backup.want("c", tc.want+1100)
+			// A second merge of the same states (a retry) changes nothing.
+			c := newSide(t)
+			b.copyTo(c)
+			c.mergeInto(b, nil)
+			b.want("c", tc.want+1100)
+		})
+	}
 }
 
 // A counter that only the smaller side has comes over as it is; the
@@ -399,11 +493,22 @@ func TestReset(t *testing.T) {
 
 // The operations that carry states refuse what they cannot read.
 func TestMergeOperationsEncoding(t *testing.T) {
-	op := &CounterMergeOperation{Counters: sampleStates}
+	orphans := []spi.InvocationID{{Origin: 1, Seq: 2}, {Origin: math.MaxUint64, Seq: math.MaxUint64}}
+	op := &CounterMergeOperation{Counters: sampleStates, Invocations: orphans}
 	b := encode(op)
 	got := new(CounterMergeOperation)
-	if err := got.ReadData(spi.NewReader(b)); err != nil || !equalStates(got.Counters, sampleStates) {
-		t.Fatalf("merge round trip: %v, %v", err, got.Counters)
+	if err := got.ReadData(spi.NewReader(b)); err != nil || !equalStates(got.Counters, sampleStates) || !slices.Equal(got.Invocations, orphans) {
+		t.Fatalf("merge round trip: %v, %v, %v", err, got.Counters, got.Invocations)
+	}
+	for i := range len(b) {
+		if err := new(CounterMergeOperation).ReadData(spi.NewReader(b[:i])); !errors.Is(err, spi.ErrProtocol) {
+			t.Fatalf("merge, first %d of %d bytes: %v", i, len(b), err)
+		}
+	}
+	// An invocation count the bytes left cannot hold sizes nothing.
+	huge := binary.AppendUvarint(encode(&CounterMergeOperation{})[:2], 1<<60)
+	if err := new(CounterMergeOperation).ReadData(spi.NewReader(huge)); !errors.Is(err, spi.ErrProtocol) {
+		t.Fatalf("huge invocation count: %v", err)
 	}
 	bop := &CounterMergeBackupOperation{Counters: sampleStates, Removed: []string{"x", ""}}
 	b = encode(bop)

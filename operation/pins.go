@@ -1,0 +1,106 @@
+package operation
+
+import (
+	"slices"
+	"time"
+
+	"github.com/cespare/xxhash/v2"
+	"github.com/partita-go/partita/spi"
+)
+
+// Recorded invocations, for a merge after a split (see replica's pins.go):
+// a partition's exactly-once record holds the invocations that ran on it
+// for the dedup window; those of a member this member lost are kept
+// longer, as pins. When a member leaves the list, every partition's record
+// pins the invocations of its incarnation that it still holds, on the
+// partition's executor; the ones recorded later (a request that was
+// queued, a backup that arrived late) are pinned as they are recorded.
+
+// OriginOf returns the incarnation that member id's invocations carry
+// (InvocationID.Origin): a member's ID is drawn anew at each start, so
+// its hash names the incarnation, and a member that loses another can
+// tell which invocations were that member's.
+func OriginOf(id string) uint64 { return xxhash.Sum64String(id) | 1 } // never zero
+
+// departure is a lost member's incarnation and when it was lost.
+type departure struct {
+	origin uint64
+	at     int64 // monoNow
+}
+
+// pinKeep returns how long pins are kept.
+func (s *Service) pinKeep() int64 { return int64(s.cfg.PinKeep) }
+
+// lost pins, in every partition's record, the invocations of member id,
+// and remembers its incarnation for the records made later. It does not
+// wait for the partitions' executors.
+func (s *Service) lost(id string) {
+	origin, now := OriginOf(id), monoNow()
+	s.departedMu.Lock()
+	prev := s.departed.Load()
+	var next []departure
+	if prev != nil {
+		for _, d := range *prev {
+			if d.origin != origin && now-d.at < s.pinKeep() {
+				next = append(next, d)
+			}
+		}
+	}
+	next = append(next, departure{origin: origin, at: now})
+	s.departed.Store(&next)
+	s.departedMu.Unlock()
+	if s.closed.Load() {
+		return
+	}
+	s.wg.Add(1)
+	go func() {
+		defer s.wg.Done()
+		pinned := 0
+		win := s.dedupWindow()
+		done := make(chan int, 1)
+		for p := range s.cfg.PartitionCount {
+			err := s.RunOnPartition(p, func() { done <- s.replicas[p].Record().Pin(origin, monoNow(), win) })
+			if err != nil {
+				return // shutting down
+			}
+			select {
+			case n := <-done:
+				pinned += n
+			case <-s.quit:
+				return // a task queued at shutdown may never run
+			}
+		}
+		if pinned > 0 {
+			s.log.Info("kept the exactly-once records of a lost member's invocations, for a merge after a split",
+				"lost_id", id, "invocations", pinned, "for", s.cfg.PinKeep)
+		}
+	}()
+}
+
+// pinIfLost pins k in partition p's record (executor p) when its caller
+// is a member this member lost.
+func (s *Service) pinIfLost(p int, k invKey, at int64) {
+	ds := s.departed.Load()
+	if ds == nil {
+		return
+	}
+	for _, d := range *ds {
+		if d.origin == k.Origin && at-d.at < s.pinKeep() {
+			s.replicas[p].Record().PinKey(k, at, s.dedupWindow())
+			return
+		}
+	}
+}
+
+// RecordedInvocations implements the engine's
+// spi.NodeEngine.RecordedInvocations (executor p).
+func (s *Service) RecordedInvocations(p int) []spi.InvocationID {
+	if p < 0 || p >= len(s.replicas) {
+		return nil
+	}
+	return slices.Clip(s.replicas[p].Record().Recorded(monoNow(), s.dedupWindow()))
+}
+
+// defaultPinKeep is how long pins are kept when Config.PinKeep is
+// not set.
+const defaultPinKeep = time.Hour
