@@ -59,6 +59,8 @@ type Engine interface {
 	// Apply runs step 2 on the destination.
 	Apply(ctx context.Context, m Move, data []byte) error
 	// Finish commits or rolls back one endpoint; repeating it is harmless.
+	// A destination that no longer holds the move makes a commit fail
+	// with ErrMoveGone.
 	Finish(ctx context.Context, m Move, endpoint spi.MigrationEndpoint, commit bool) error
 }
 
@@ -675,7 +677,14 @@ func (m *Manager) update(change func(t *partition.Table, first bool) bool) *part
 
 var errGone = errors.New("member left the cluster")
 
-// untilGone repeats f until it succeeds, the member leaves, or ctx ends.
+// ErrMoveGone is what Engine.Finish returns when a destination asked to
+// commit no longer holds the move: it rolled it back on its own (it took
+// the master for gone). Committing would name an owner without the
+// source's data, so the move is rolled back; it is not retried.
+var ErrMoveGone = errors.New("migration: the destination no longer holds the move")
+
+// untilGone repeats f until it succeeds, the member leaves, ctx ends, or
+// f fails with ErrMoveGone.
 func (m *Manager) untilGone(ctx context.Context, member string, f func(ctx context.Context) error) error {
 	pause := 10 * time.Millisecond
 	for {
@@ -684,6 +693,9 @@ func (m *Manager) untilGone(ctx context.Context, member string, f func(ctx conte
 		cancel()
 		if err == nil {
 			return nil
+		}
+		if errors.Is(err, ErrMoveGone) {
+			return err
 		}
 		if !m.e.Alive(member) {
 			return fmt.Errorf("%w: %v", errGone, err)

@@ -724,6 +724,43 @@ func TestManagerDestinationDiesAtCommit(t *testing.T) {
 	}
 }
 
+// The destination rolled the move back on its own (it took the master
+// for gone) before the commit came: it answers ErrMoveGone. The commit is
+// not retried and no table names it: the source is rolled back and keeps
+// the partition, and the move is planned again.
+func TestManagerDestinationLostTheMove(t *testing.T) {
+	f := newFake("a a a a a a a a", "a", "b")
+	_, moves := planFor(f, "a", "b")
+	p0 := moves[0].Partition
+	var lost atomic.Bool
+	f.onFinish = func(ctx context.Context, c call) error {
+		if c.member == "b" && c.commit && c.move.Partition == p0 && lost.CompareAndSwap(false, true) {
+			return fmt.Errorf("fake: %w", ErrMoveGone)
+		}
+		return nil
+	}
+	h := startManager(t, f, Config{Parallel: 1})
+	h.waitBalancedIdle()
+	h.stop()
+
+	h.wantFailedAttempt(p0, []string{"prepare a", "apply b", "finish b commit err", "finish a rollback"}, "a", "b")
+	var firstID uint64
+	for _, c := range f.calls() {
+		if c.op == "finish" && c.move.Partition == p0 && firstID == 0 {
+			firstID = c.move.ID
+		}
+	}
+	commits := 0
+	for _, c := range f.calls() {
+		if c.op == "finish" && c.move.ID == firstID && c.endpoint == spi.MigrationDestination && c.commit {
+			commits++
+		}
+	}
+	if commits != 1 {
+		t.Errorf("the lost move's commit was sent %d times, want once (not retried)", commits)
+	}
+}
+
 // The destination dies after the table naming it was installed: a newer
 // table gives the partition back to the source, then the source is rolled
 // back (never committed).

@@ -311,11 +311,13 @@ func (m *migrations) apply(mv migration.Move, master, caller string, data []byte
 
 // migFinishOp commits or rolls back one endpoint (steps 3 and 5, and
 // rollbacks). Repeating it, or sending it for a migration that already
-// ended, does nothing.
+// ended, does nothing. Its response says whether the endpoint held the
+// move (see migrations.finish).
 type migFinishOp struct {
 	move     migration.Move
 	endpoint spi.MigrationEndpoint
 	commit   bool
+	held     bool
 }
 
 func (op *migFinishOp) OwnerCheckExempt() {}
@@ -339,18 +341,29 @@ func (op *migFinishOp) ReadData(r *spi.Reader) error {
 
 func (op *migFinishOp) Run(ctx *spi.OpContext) error {
 	op.move.Partition = ctx.PartitionID
-	ctx.Service.(*Node).migs.finish(op.move, op.endpoint, op.commit)
+	op.held = ctx.Service.(*Node).migs.finish(op.move, op.endpoint, op.commit)
 	return nil
 }
 
+func (op *migFinishOp) Response() any { return op.held }
+
 // finish commits or rolls back this member's side (endpoint) of move
 // (executor of move.Partition); it does nothing for a migration that
-// already ended.
-func (m *migrations) finish(mv migration.Move, ep spi.MigrationEndpoint, commit bool) {
+// already ended. It reports whether this side held the move: false for a
+// destination asked to commit a move it no longer holds and whose table
+// does not name it owner (a repeated commit finds its state cleared once
+// the table named it). Such a destination rolled the move back on its own
+// (it took its master for gone): its data is not the source's, and
+// committing would name an owner without it.
+func (m *migrations) finish(mv migration.Move, ep spi.MigrationEndpoint, commit bool) (held bool) {
 	p := mv.Partition
 	st := m.byPart[p]
 	if st == nil || st.move != mv || st.endpoint != ep {
-		return
+		if !commit || ep != spi.MigrationDestination {
+			return true
+		}
+		t := m.view.table.Load()
+		return t != nil && t.Owner(p) == m.view.id
 	}
 	if st.committed {
 		if !commit {
@@ -358,9 +371,10 @@ func (m *migrations) finish(mv migration.Move, ep spi.MigrationEndpoint, commit 
 			// won: the table naming this member will not come.
 			m.abandonCommitted(p)
 		}
-		return
+		return true
 	}
 	m.end(p, commit)
+	return true
 }
 
 // leaveOp asks the master to move every partition off a leaving member.
@@ -523,7 +537,10 @@ func (e masterEngine) Finish(ctx context.Context, mv migration.Move, ep spi.Migr
 	if ep == spi.MigrationDestination {
 		member = mv.Destination
 	}
-	_, err := e.n.ops.InvokeOnPartitionOf(ctx, engineService, &migFinishOp{move: mv, endpoint: ep, commit: commit}, mv.Partition, member)
+	resp, err := e.n.ops.InvokeOnPartitionOf(ctx, engineService, &migFinishOp{move: mv, endpoint: ep, commit: commit}, mv.Partition, member)
+	if held, ok := resp.(bool); err == nil && ok && !held {
+		return fmt.Errorf("%w: partition %d on %s (move %d)", migration.ErrMoveGone, mv.Partition, e.Address(member), mv.ID)
+	}
 	return err
 }
 

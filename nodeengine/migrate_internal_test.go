@@ -209,3 +209,47 @@ func TestSourceWaitsForNewMaster(t *testing.T) {
 		n.ops.Shutdown()
 	}
 }
+
+// A destination asked to commit a move it no longer holds (it rolled it
+// back on its own, taking its master for gone) says so, unless its table
+// names it owner (a repeated commit after the table arrived); commits it
+// holds, repeated commits of a committed move and rollbacks of anything
+// are done as before.
+func TestCommitOfAMoveTheDestinationRolledBack(t *testing.T) {
+	n := bareNode(4, []migrationAware{{name: "log", svc: &clearLog{}}}, nil)
+	n.ops.Start()
+	defer n.ops.Shutdown()
+	n.view.table.Store(reviewTable(5, 4, "x", ""))
+	mv := migration.Move{Partition: 2, Source: "x", Destination: "b", SourceNewIndex: -1, DestinationIndex: -1, ID: 7}
+	finish := func(ep spi.MigrationEndpoint, commit bool) bool {
+		op := &migFinishOp{move: mv, endpoint: ep, commit: commit}
+		done := make(chan bool, 1)
+		n.ops.RunOnPartition(2, func() {
+			op.Run(&spi.OpContext{Service: n, PartitionID: 2})
+			done <- op.Response().(bool)
+		})
+		return <-done
+	}
+	n.ops.RunOnPartition(2, func() {
+		n.migs.set(2, &migState{move: mv, endpoint: spi.MigrationDestination, event: eventFor(mv, spi.MigrationDestination), master: "x"})
+		n.migs.end(2, false) // rolled back on its own
+	})
+	if finish(spi.MigrationDestination, true) {
+		t.Fatal("a commit of a move the destination rolled back was taken")
+	}
+	if !finish(spi.MigrationDestination, false) || !finish(spi.MigrationSource, true) {
+		t.Fatal("a rollback, or a source's commit, of a move that ended was refused")
+	}
+	n.ops.RunOnPartition(2, func() {
+		n.migs.set(2, &migState{move: mv, endpoint: spi.MigrationDestination, event: eventFor(mv, spi.MigrationDestination), master: "x"})
+	})
+	if !finish(spi.MigrationDestination, true) || !finish(spi.MigrationDestination, true) {
+		t.Fatal("a commit of a move the destination holds, or its repetition, was refused")
+	}
+	n.view.table.Store(reviewTable(6, 4, "b", ""))
+	waitPartition(n, 2)
+	n.ops.RunOnPartition(2, func() { n.migs.set(2, nil) }) // the table named it: its wait ended
+	if !finish(spi.MigrationDestination, true) {
+		t.Fatal("a commit repeated after the table named the destination was refused")
+	}
+}

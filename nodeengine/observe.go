@@ -75,8 +75,8 @@ var (
 		"Backup replicas this member holds in its table.", nil, nil)
 	tableVersionDesc = prometheus.NewDesc("partita_partition_table_version",
 		"Version of the partition table this member holds (0: none yet).", nil, nil)
-	membersDesc = prometheus.NewDesc("partita_cluster_members",
-		"Members in this member's view of the cluster, itself included.", nil, nil)
+	membersDesc = prometheus.NewDesc("partita_cluster_size",
+		"Members in this member's view of the cluster (its side, during a split), itself included.", nil, nil)
 	masterDesc = prometheus.NewDesc("partita_cluster_master",
 		"1 on the master (the oldest member, owner of the partition table), else 0.", nil, nil)
 	safeDesc = prometheus.NewDesc("partita_cluster_safe",

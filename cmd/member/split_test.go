@@ -551,7 +551,7 @@ func TestMemberGroupsMerge(t *testing.T) {
 				if err != nil {
 					return fmt.Errorf("member %d: %v", i, err)
 				}
-				k, ready, safe := metric(body, "partita_cluster_members"), metric(body, "partita_member_ready"), metric(body, "partita_cluster_safe")
+				k, ready, safe := metric(body, "partita_cluster_size"), metric(body, "partita_member_ready"), metric(body, "partita_cluster_safe")
 				if k != want[m.group] || ready != 1 || safe != 1 {
 					return fmt.Errorf("member %d (group %s): %v members, ready %v, safe %v; want %v members, ready and safe", i, m.group, k, ready, safe, want[m.group])
 				}

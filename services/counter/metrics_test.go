@@ -80,7 +80,7 @@ func TestMetricsAddUpAfterIncrements(t *testing.T) {
 		{"async backups sent", sumOf("partita_backup_sent_total", "mode", "async"), 0, false},
 		{"partitions owned", sumOf("partita_partition_owned"), 271, false},
 		{"backup replicas", sumOf("partita_partition_backups"), 271, false},
-		{"members seen", sumOf("partita_cluster_members"), 9, false},
+		{"members seen", sumOf("partita_cluster_size"), 9, false},
 		{"masters", sumOf("partita_cluster_master"), 1, false},
 		{"ready members", sumOf("partita_member_ready"), 3, false},
 		{"primary counters", sumOf("partita_counter_counters", "replica", "primary"), counters, false},

@@ -30,6 +30,15 @@ import (
 // (State.Merge) counts every increment once. The merge is commutative,
 // associative and idempotent.
 //
+// One kind of increment is counted apart: a retry that the primary's
+// exactly-once record does not hold (spi.OpContext.Retried: its earlier
+// attempt's primary is gone, and across a split it may have run on the
+// other side) gets an origin of its own, derived from its invocation
+// (retriedOrigin, high bit set; tenure origins have it clear), so that a
+// merge can cancel it if the other side ran it too (splitbrain.go). Such
+// retries only follow a failover, one per call in flight there: each
+// costs its counter one more entry.
+//
 // Why not one origin per member, as Hazelcast's PN-counter does: a member
 // that gets a partition whose every replica went to the other side of a
 // split starts it empty, and would count its increments under its own
