@@ -602,6 +602,13 @@ func (n *Node) RecordedInvocations(partitionID int) []spi.InvocationID {
 	return n.ops.RecordedInvocations(partitionID)
 }
 
+// ForgetRecordedInvocations implements spi.NodeEngine.
+func (n *Node) ForgetRecordedInvocations(partitionID int) {
+	if n.ops != nil {
+		n.ops.ForgetRecordedInvocations(partitionID)
+	}
+}
+
 // Registry returns the member's metrics registry (for scraping).
 func (n *Node) Registry() *prometheus.Registry { return n.registry }
 

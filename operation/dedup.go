@@ -95,6 +95,7 @@ func (s *Service) AppendDedup(w *spi.Writer, p int) {
 func (s *Service) ReadDedup(r *spi.Reader, p int) error {
 	before, after, err := s.replicas[p].Record().Read(r, monoNow(), s.dedupWindow())
 	s.countRecords(p, after-before)
+	s.repin(p)
 	return err
 }
 

@@ -49,12 +49,7 @@ func (s *Service) lost(id string) {
 	next = append(next, departure{origin: origin, at: now})
 	s.departed.Store(&next)
 	s.departedMu.Unlock()
-	if s.closed.Load() {
-		return
-	}
-	s.wg.Add(1)
-	go func() {
-		defer s.wg.Done()
+	s.spawn(func() {
 		pinned := 0
 		win := s.dedupWindow()
 		done := make(chan int, 1)
@@ -74,20 +69,55 @@ func (s *Service) lost(id string) {
 			s.log.Info("kept the exactly-once records of a lost member's invocations, for a merge after a split",
 				"lost_id", id, "invocations", pinned, "for", s.cfg.PinKeep)
 		}
+	})
+}
+
+// spawn runs f on a goroutine of its own, counted in wg, unless the
+// service is shut down. Any goroutine may call it.
+func (s *Service) spawn(f func()) {
+	s.spawnMu.Lock()
+	defer s.spawnMu.Unlock()
+	if s.closed.Load() {
+		return
+	}
+	s.wg.Add(1)
+	go func() {
+		defer s.wg.Done()
+		f()
 	}()
 }
 
 // pinIfLost pins k in partition p's record (executor p) when its caller
-// is a member this member lost.
+// is a member this member lost less than the dedup window ago: a request
+// queued before the loss, or a backup that arrived late. (Later, the
+// lost member's connections are gone; one that is taken back, or merges
+// in, keeps its ID, and its new invocations are not pinned.)
 func (s *Service) pinIfLost(p int, k invKey, at int64) {
 	ds := s.departed.Load()
 	if ds == nil {
 		return
 	}
 	for _, d := range *ds {
-		if d.origin == k.Origin && at-d.at < s.pinKeep() {
+		if d.origin == k.Origin && at-d.at < s.dedupWindow().Keep {
 			s.replicas[p].Record().PinKey(k, at, s.dedupWindow())
 			return
+		}
+	}
+}
+
+// repin pins, in partition p's record (executor p), the invocations of
+// the members lost within the pins' time that a copy just installed
+// holds: the copy may come from a replica that had not pinned them yet,
+// and replaced the pins this one had made.
+func (s *Service) repin(p int) {
+	ds := s.departed.Load()
+	if ds == nil {
+		return
+	}
+	now, win := monoNow(), s.dedupWindow()
+	for _, d := range *ds {
+		if now-d.at < win.PinKeep {
+			s.replicas[p].Record().Pin(d.origin, now, win)
 		}
 	}
 }
@@ -99,6 +129,14 @@ func (s *Service) RecordedInvocations(p int) []spi.InvocationID {
 		return nil
 	}
 	return slices.Clip(s.replicas[p].Record().Recorded(monoNow(), s.dedupWindow()))
+}
+
+// ForgetRecordedInvocations implements the engine's
+// spi.NodeEngine.ForgetRecordedInvocations (executor p).
+func (s *Service) ForgetRecordedInvocations(p int) {
+	if p >= 0 && p < len(s.replicas) {
+		s.replicas[p].Record().Forget(monoNow())
+	}
 }
 
 // defaultPinKeep is how long pins are kept when Config.PinKeep is

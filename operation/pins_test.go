@@ -9,6 +9,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/partita-go/partita/operation/replica"
 	"github.com/partita-go/partita/spi"
 )
 
@@ -108,6 +109,28 @@ func TestRetryTheRecordMissesIsMarked(t *testing.T) {
 			owner.MemberLeft("c")
 			var ids []spi.InvocationID
 			eventually(t, func() bool {
+				got := make(chan []spi.InvocationID, 1)
+				owner.RunOnPartition(pid, func() { got <- owner.RecordedInvocations(pid) })
+				ids = <-got
+				return slices.Equal(ids, []spi.InvocationID{want})
+			})
+			// A copy made before the loss (no pins) replaces the record
+			// and its pins: the lost member's invocations it holds are
+			// pinned again.
+			var src replica.Record
+			src.Add(want, []byte{1}, monoNow(), nil, owner.dedupWindow())
+			w := spi.NewWriter(nil)
+			src.Append(w, monoNow(), owner.dedupWindow())
+			installed := make(chan error, 1)
+			owner.RunOnPartition(pid, func() { installed <- owner.ReadDedup(spi.NewReader(w.Bytes()), pid) })
+			if err := <-installed; err != nil {
+				t.Fatal(err)
+			}
+			installedAt := monoNow()
+			eventually(t, func() bool { // listed once its record expired: pinned
+				if monoNow()-installedAt <= owner.dedupWindow().Keep {
+					return false
+				}
 				got := make(chan []spi.InvocationID, 1)
 				owner.RunOnPartition(pid, func() { got <- owner.RecordedInvocations(pid) })
 				ids = <-got

@@ -158,20 +158,23 @@ type Service struct {
 	// (pins.go); written under departedMu.
 	departed   atomic.Pointer[[]departure]
 	departedMu sync.Mutex
-	seq        atomic.Uint64
-	generic    *executor // generic executors share one queue
-	quit       chan struct{}
-	clock      timeoutClock  // see invoke.go
-	ticks      atomic.Uint64 // the clock's ticks so far
-	ackTicks   uint64        // BackupAckTimeout in ticks
-	wg         sync.WaitGroup
-	started    atomic.Bool
-	running    atomic.Bool // the executors exist
-	closed     atomic.Bool
-	stopped    atomic.Bool // Shutdown is over: no executor runs
-	m          *metrics
-	records    []recordCount // exactly-once records, by partition executor
-	nextCall   atomic.Uint64
+	// spawnMu orders a goroutine's wg.Add made off the executors
+	// (spawn) before Shutdown's closing, so never during its wg.Wait.
+	spawnMu  sync.Mutex
+	seq      atomic.Uint64
+	generic  *executor // generic executors share one queue
+	quit     chan struct{}
+	clock    timeoutClock  // see invoke.go
+	ticks    atomic.Uint64 // the clock's ticks so far
+	ackTicks uint64        // BackupAckTimeout in ticks
+	wg       sync.WaitGroup
+	started  atomic.Bool
+	running  atomic.Bool // the executors exist
+	closed   atomic.Bool
+	stopped  atomic.Bool // Shutdown is over: no executor runs
+	m        *metrics
+	records  []recordCount // exactly-once records, by partition executor
+	nextCall atomic.Uint64
 
 	// The member-to-member transport: tr is stream, or faults wrapping
 	// it when Config.Hook is set (send uses the concrete ones).
@@ -385,7 +388,10 @@ func (s *Service) Start() {
 // Shutdown closes every connection, fails every waiting invocation with
 // ErrShutdown and stops the executors once the running operations return.
 func (s *Service) Shutdown() {
-	if s.closed.Swap(true) {
+	s.spawnMu.Lock()
+	closed := s.closed.Swap(true)
+	s.spawnMu.Unlock()
+	if closed {
 		return
 	}
 	s.tr.Close()

@@ -133,6 +133,13 @@ type NodeEngine interface {
 	// SplitBrainHandlerService). Call it as the partition's executor
 	// (PrepareMerge, an operation's Run).
 	RecordedInvocations(partitionID int) []InvocationID
+	// ForgetRecordedInvocations makes RecordedInvocations list only the
+	// invocations that run on partition partitionID's replica from now
+	// on. A service calls it when it drops data that earlier runs changed
+	// (a destroyed object), so that a merge does not take a run whose
+	// effect is gone for one that still counts. The exactly-once record
+	// itself is kept. Call it as the partition's executor.
+	ForgetRecordedInvocations(partitionID int)
 }
 
 // PartitionService maps keys to partitions and partitions to members, by

@@ -61,6 +61,45 @@ func TestCounterModelLinearizable(t *testing.T) {
 	}
 }
 
+// The split model accepts what a split does to a counter (each side's
+// reads miss the other's increments, the merge adds both up) and flags
+// what no split explains: an answer above the increments that may have
+// run before it.
+func TestCounterSplitModel(t *testing.T) {
+	inc := func(d int64) clustertest.CounterInc { return clustertest.CounterInc{Name: "c", Delta: d} }
+	get := clustertest.CounterGet{Name: "c"}
+	unknown := clustertest.Unknown{Err: "lost"}
+	const end = 1000
+	for _, tc := range []struct {
+		name string
+		h    []porcupine.Operation
+		ok   bool
+	}{
+		{"two sides count apart, then merge", []porcupine.Operation{
+			op(0, inc(1), int64(1), 0, 1), // both sides at 1
+			op(0, inc(2), int64(3), 2, 3), // side A
+			op(1, inc(5), int64(6), 4, 5), // side B misses A's +2
+			op(1, get, int64(1), 6, 7),    // a stale read on a third member
+			op(2, get, int64(8), 8, 9)}, true},
+		{"an increment counted twice", []porcupine.Operation{
+			op(0, inc(1), int64(1), 0, 1), op(1, get, int64(2), 2, 3)}, false},
+		{"a failed increment that may have run", []porcupine.Operation{
+			op(0, inc(1), unknown, 0, end), op(1, get, int64(1), 2, 3)}, true},
+		{"a negative increment", []porcupine.Operation{op(0, inc(-1), int64(-1), 0, 1)}, false},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			err := clustertest.Check(context.Background(), clustertest.CounterSplitModel, tc.h)
+			var bad *clustertest.NotLinearizableError
+			switch {
+			case tc.ok && err != nil:
+				t.Fatalf("Check = %v, want accepted", err)
+			case !tc.ok && !errors.As(err, &bad):
+				t.Fatalf("Check = %v, want flagged", err)
+			}
+		})
+	}
+}
+
 // Calls recorded from many goroutines, with failures, check as
 // linearizable when the service is: here counters under a mutex whose
 // failed increments sometimes apply.

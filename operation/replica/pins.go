@@ -4,6 +4,7 @@ import (
 	"cmp"
 	"fmt"
 	"slices"
+	"time"
 
 	"github.com/partita-go/partita/spi"
 )
@@ -26,16 +27,26 @@ import (
 //
 // Pins expire PinKeep after they were made; a replica keeps at most
 // MaxPins of them (the newest groups).
+//
+// A service that drops data earlier runs changed (a destroyed object) has
+// the record forget them as evidence (Forget): its pins go, and only runs
+// made since are pinned or listed (Recorded); the records themselves stay
+// for exactly-once.
 
 // MaxPins bounds the pins one replica keeps (and a migration or a replica
 // sync carries): about 2 MiB on the wire.
 const MaxPins = 100_000
 
-// pinGroup is the pins made at one time, sorted.
+// pinGroup is the pins made at one time (the ones pinned one by one
+// within a second of it join it), in no order.
 type pinGroup struct {
 	at   int64
 	keys []Key
 }
+
+// joinSpan is how long after a group was made a pin made one by one
+// joins it rather than start a group of its own.
+const joinSpan = int64(time.Second)
 
 // pins of a Record: groups oldest first.
 type pins struct {
@@ -50,19 +61,43 @@ func compareKeys(a, b Key) int {
 	return cmp.Compare(a.Seq, b.Seq)
 }
 
-// add adds a group of keys (sorted here), then drops the oldest groups
-// past MaxPins.
+// add adds a group of keys (at most the last MaxPins), then drops the
+// oldest groups past MaxPins.
 func (p *pins) add(at int64, keys []Key) {
 	if len(keys) == 0 {
 		return
 	}
-	slices.SortFunc(keys, compareKeys)
+	keys = keys[max(len(keys)-MaxPins, 0):]
 	p.groups = append(p.groups, pinGroup{at: at, keys: keys})
 	p.n += len(keys)
+	p.bound()
+}
+
+// addKey adds one key: to the newest group if it is younger than
+// joinSpan, else in a group of its own.
+func (p *pins) addKey(at int64, k Key) {
+	if last := len(p.groups) - 1; last >= 0 && at-p.groups[last].at < joinSpan {
+		p.groups[last].keys = append(p.groups[last].keys, k)
+		p.n++
+		p.bound()
+		return
+	}
+	p.add(at, []Key{k})
+}
+
+// bound drops the oldest groups while there are more than MaxPins pins
+// (the newest group stays whole: add and addKey keep it within MaxPins,
+// or it is the only one).
+func (p *pins) bound() {
 	for p.n > MaxPins && len(p.groups) > 1 {
 		p.n -= len(p.groups[0].keys)
 		p.groups[0] = pinGroup{}
 		p.groups = p.groups[1:]
+	}
+	if g := &p.groups[len(p.groups)-1]; p.n > MaxPins {
+		drop := p.n - MaxPins
+		g.keys = g.keys[drop:]
+		p.n -= drop
 	}
 }
 
@@ -83,12 +118,12 @@ func (p *pins) prune(now, keep int64) {
 }
 
 // Pin pins the records of the invocations of origin (a caller this
-// member lost) that the record still finds at now, and returns how many.
-// Pins expire win.PinKeep after now.
+// member lost) that the record still finds at now (the newest MaxPins),
+// and returns how many. Pins expire win.PinKeep after now.
 func (d *Record) Pin(origin uint64, now int64, win Window) int {
 	d.pins.prune(now, win.PinKeep)
 	var keys []Key
-	limit := now - win.Keep
+	limit := max(now-win.Keep, d.from)
 	d.entries(0, func(e *entry) bool {
 		if e.key.Origin == origin && e.at >= limit {
 			keys = append(keys, e.key)
@@ -96,19 +131,19 @@ func (d *Record) Pin(origin uint64, now int64, win Window) int {
 		return true
 	})
 	d.pins.add(now, keys)
-	return len(keys)
+	return min(len(keys), MaxPins)
 }
 
-// PinKey pins k alone at now (recorded after its caller was lost).
+// PinKey pins k at now (recorded after its caller was lost).
 func (d *Record) PinKey(k Key, now int64, win Window) {
 	d.pins.prune(now, win.PinKeep)
-	d.pins.add(now, []Key{k})
+	d.pins.addKey(now, k)
 }
 
-// Pinned reports whether k is pinned.
+// Pinned reports whether k is pinned (a scan: for tests and checks).
 func (d *Record) Pinned(k Key) bool {
 	for _, g := range d.pins.groups {
-		if _, ok := slices.BinarySearchFunc(g.keys, k, compareKeys); ok {
+		if slices.Contains(g.keys, k) {
 			return true
 		}
 	}
@@ -131,7 +166,7 @@ func (d *Record) keys(now int64, win Window, records bool) []Key {
 		out = append(out, g.keys...)
 	}
 	if records {
-		limit := now - win.Keep
+		limit := max(now-win.Keep, d.from)
 		d.entries(max(d.n-MaxCarried, 0), func(e *entry) bool {
 			if e.at >= limit {
 				out = append(out, e.key)
@@ -143,14 +178,26 @@ func (d *Record) keys(now int64, win Window, records bool) []Key {
 	return slices.Compact(out)
 }
 
+// Forget drops the pins and lists, from now on, only the runs recorded
+// at or after now (Pin and Recorded skip older records).
+func (d *Record) Forget(now int64) {
+	d.pins = pins{}
+	d.from = now
+}
+
 // PinCount returns how many pins are kept (expired ones included until
 // the next prune).
 func (d *Record) PinCount() int { return d.pins.n }
 
-// appendPins writes the pins that have not expired, each group with its
-// age at now.
+// appendPins writes the age of the last Forget at now (-1: none), then
+// the pins that have not expired, each group with its age at now.
 func (d *Record) appendPins(w *spi.Writer, now int64, win Window) {
 	d.pins.prune(now, win.PinKeep)
+	from := int64(-1)
+	if d.from != 0 {
+		from = max(now-d.from, 0)
+	}
+	w.WriteVarint(from)
 	w.WriteUvarint(uint64(len(d.pins.groups)))
 	for _, g := range d.pins.groups {
 		w.WriteVarint(max(now-g.at, 0))
@@ -165,15 +212,18 @@ func (d *Record) appendPins(w *spi.Writer, now int64, win Window) {
 // readPins reads what appendPins wrote, made their age before now, in
 // place of the pins held.
 func (d *Record) readPins(r *spi.Reader, now int64) error {
-	d.pins = pins{}
+	d.pins, d.from = pins{}, 0
+	if age := r.ReadVarint(); r.Err() == nil && age >= 0 {
+		d.from = now - age
+	}
 	groups := r.ReadUvarint()
 	if r.Err() == nil && groups > uint64(r.Remaining()/2) {
 		return fmt.Errorf("%w: %d pin groups in %d bytes", spi.ErrProtocol, groups, r.Remaining())
 	}
 	for i := uint64(0); i < groups && r.Err() == nil; i++ {
 		age, n := r.ReadVarint(), r.ReadUvarint()
-		if r.Err() == nil && n > uint64(r.Remaining()/9) {
-			return fmt.Errorf("%w: %d pins in %d bytes", spi.ErrProtocol, n, r.Remaining())
+		if r.Err() == nil && (n > uint64(r.Remaining()/9) || n > MaxPins) {
+			return fmt.Errorf("%w: a group of %d pins in %d bytes (at most %d)", spi.ErrProtocol, n, r.Remaining(), MaxPins)
 		}
 		keys := make([]Key, 0, n)
 		for j := uint64(0); j < n && r.Err() == nil; j++ {

@@ -94,6 +94,20 @@ func TestPinsAreBounded(t *testing.T) {
 	if d.PinCount() > MaxPins || d.Pinned(Key{Origin: 1, Seq: 1}) || !d.Pinned(Key{Origin: 3, Seq: 10}) || !d.Pinned(Key{Origin: 2, Seq: 1}) {
 		t.Fatalf("%d pins; oldest group kept %v", d.PinCount(), d.Pinned(Key{Origin: 1, Seq: 1}))
 	}
+	// One group larger than the bound keeps its newest keys.
+	var e Record
+	e.pins.add(now, keys(4, MaxPins+10))
+	if e.PinCount() != MaxPins || e.Pinned(Key{Origin: 4, Seq: 10}) || !e.Pinned(Key{Origin: 4, Seq: MaxPins + 10}) {
+		t.Fatalf("an oversized group: %d pins", e.PinCount())
+	}
+	// Keys pinned one by one within a second share a group.
+	var f Record
+	for i := range 1000 {
+		f.PinKey(Key{Origin: 5, Seq: uint64(i + 1)}, now+int64(i)*int64(time.Millisecond)/2, pinWindow)
+	}
+	if len(f.pins.groups) != 1 || f.PinCount() != 1000 {
+		t.Fatalf("1000 keys pinned one by one in 0.5 s: %d groups, %d pins", len(f.pins.groups), f.PinCount())
+	}
 }
 
 // A copy whose pin counts its bytes cannot hold is refused as a protocol
@@ -106,10 +120,47 @@ func TestPinsOfABadCopy(t *testing.T) {
 		w := spi.NewWriter(nil)
 		w.WriteBool(false)
 		w.WriteUvarint(0) // no records
+		w.WriteVarint(-1) // never forgot
 		body(w)
 		var d Record
 		if _, _, err := d.Read(spi.NewReader(w.Bytes()), 1<<40, pinWindow); !errors.Is(err, spi.ErrProtocol) {
 			t.Fatalf("%s: %v, want a protocol error", name, err)
 		}
+	}
+}
+
+// After Forget (data that earlier runs changed was dropped), the record
+// lists and pins only the runs recorded since; it still answers retries
+// of the earlier ones. A copy carries the point it forgot at.
+func TestForgetRecordedInvocations(t *testing.T) {
+	now := int64(1 << 40)
+	var d Record
+	before, after := Key{Origin: 7, Seq: 1}, Key{Origin: 7, Seq: 2}
+	d.Add(before, []byte{1}, now, nil, pinWindow)
+	d.Pin(7, now+1, pinWindow)
+	d.Forget(now + 2)
+	d.Add(after, []byte{1}, now+3, nil, pinWindow)
+	if got := d.Recorded(now+4, pinWindow); !slices.Equal(got, []Key{after}) {
+		t.Fatalf("Recorded after Forget = %v, want only %v", got, after)
+	}
+	if _, found, _ := d.Lookup(before, now-pinWindow.Keep); !found {
+		t.Fatal("Forget dropped a record a retry needs")
+	}
+	if n := d.Pin(7, now+5, pinWindow); n != 1 || d.Pinned(before) {
+		t.Fatalf("Pin after Forget pinned %d, the forgotten run %v", n, d.Pinned(before))
+	}
+	w := spi.NewWriter(nil)
+	d.Append(w, now+6, pinWindow)
+	var c Record
+	if _, _, err := c.Read(spi.NewReader(w.Bytes()), now+6, pinWindow); err != nil {
+		t.Fatal(err)
+	}
+	if got := c.Recorded(now+6, pinWindow); !slices.Equal(got, []Key{after}) {
+		t.Fatalf("a copy lists %v, want only %v", got, after)
+	}
+	d.Drop()
+	d.Add(before, []byte{1}, now+7, nil, pinWindow)
+	if got := d.Recorded(now+8, pinWindow); !slices.Equal(got, []Key{before}) {
+		t.Fatalf("after Drop: %v", got)
 	}
 }

@@ -95,7 +95,8 @@ type Record struct {
 	// partialUntil: records made before this time may be missing (a copy
 	// carried only the newest MaxCarried); see Complete.
 	partialUntil int64
-	pins         pins // pins.go
+	pins         pins  // pins.go
+	from         int64 // runs before it are not listed (pins.go: Forget)
 }
 
 // Complete reports whether the record holds every invocation of the

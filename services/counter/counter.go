@@ -205,10 +205,16 @@ func (s *Service) CreateDistributedObject(name string) (spi.DistributedObject, e
 }
 
 // DestroyDistributedObject implements spi.RemoteService: the value is
-// dropped on the partition's executor, after the operations queued before.
+// dropped on the partition's executor, after the operations queued
+// before, and the engine forgets the invocations recorded so far on the
+// partition (some ran on the dropped value: a merge must not take them
+// for runs that still count; splitbrain.go).
 func (s *Service) DestroyDistributedObject(name string) {
 	p := s.engine.Partitions().PartitionID(name)
-	if err := s.engine.Operations().RunOnPartition(p, func() { s.containers[p].destroy(name) }); err != nil {
+	if err := s.engine.Operations().RunOnPartition(p, func() {
+		s.containers[p].destroy(name)
+		s.engine.ForgetRecordedInvocations(p)
+	}); err != nil {
 		s.log.Warn("cannot drop destroyed counter", "name", name, "error", err)
 	}
 }

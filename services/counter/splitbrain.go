@@ -204,6 +204,12 @@ func newDoubleRuns(here, merging []spi.InvocationID) *doubleRuns {
 // how many. A retried run that both sides hold counts once already (the
 // same origin, the same amount), and one that only its own side
 // recorded ran there alone: both are left as they are.
+//
+// The recorded invocations are a partition's, not a counter's: a destroy
+// has the engine forget those recorded so far
+// (NodeEngine.ForgetRecordedInvocations), as the runs they name may be
+// gone with the counter; cancelling against a destroyed first run would
+// lose the acknowledged retry.
 func (d *doubleRuns) cancel(merged any, merging, existing State) (any, int) {
 	st, ok := merged.(State)
 	if !ok || len(d.here)+len(d.merging) == 0 {

@@ -91,6 +91,7 @@ type pinEngine struct {
 }
 
 func (e *pinEngine) RecordedInvocations(partition int) []spi.InvocationID { return e.pins[partition] }
+func (e *pinEngine) ForgetRecordedInvocations(partition int)              { delete(e.pins, partition) }
 
 // side is one member's replica of the partition p, driven through the
 // counter's operations as the engine would.
@@ -120,6 +121,13 @@ func (sd side) run(ctx *spi.OpContext, name string, amount int64) int64 {
 		sd.t.Fatal(err)
 	}
 	return op.Response().(int64)
+}
+
+// destroy destroys counter name on this side, as DestroyDistributedObject
+// does on the partition's executor.
+func (sd side) destroy(name string) {
+	sd.s.containers[p].destroy(name)
+	sd.engine().ForgetRecordedInvocations(p)
 }
 
 // pin records that id ran here (the side's record, or a pin of it).
@@ -263,7 +271,9 @@ func TestMergeTwoSuccessiveSplits(t *testing.T) {
 // (Retried): after the merge it counts once when the side that ran it
 // first still records it, whichever side merges; a
 // retried run that nothing else ran, or that both sides ran as retries,
-// counts once as it is; the backup holds what the primary holds.
+// counts once as it is; a first run whose counter its side destroyed
+// since does not cancel the retry; the backup holds what the primary
+// holds.
 func TestMergeCountsARetriedIncrementOnce(t *testing.T) {
 	id := spi.InvocationID{Origin: 77, Seq: 5}
 	retried := func() *spi.OpContext { return &spi.OpContext{Invocation: id, Retried: true} }
@@ -296,6 +306,18 @@ func TestMergeCountsARetriedIncrementOnce(t *testing.T) {
 			a.pin(id)
 			b.run(retried(), "c", 1)
 			b.pin(id)
+		}, 11},
+		{"first on the larger side, destroyed there, retried on the smaller", func(a, b side) {
+			b.run(first(), "c", 1)
+			b.pin(id)
+			b.destroy("c") // made again by the +1000 below
+			a.run(retried(), "c", 1)
+		}, 11},
+		{"first on the smaller side, destroyed there, retried on the larger", func(a, b side) {
+			a.run(first(), "c", 1)
+			a.pin(id)
+			a.destroy("c") // made again by the +100 below
+			b.run(retried(), "c", 1)
 		}, 11},
 		{"a negative one, first on the larger side", func(a, b side) {
 			b.run(first(), "c", -4)
