@@ -74,7 +74,7 @@ type muxTransport struct {
 	// are dropped, dials to them fail. Set before serve.
 	reach func(remoteAddr string) bool
 
-	// frozen is closed while the member is frozen (Node.Pause, a test
+	// frozen is paused while the member is frozen (Node.Pause, a test
 	// facility): the port neither sends nor receives (see thawed).
 	frozen transport.Gate
 }
