@@ -128,6 +128,7 @@ type Node struct {
 	mlMu sync.Mutex
 	// mlStopped silences memberlist's late log lines after Shutdown.
 	mlStopped atomic.Bool
+	pause     pauses // Pause, a test kit's freeze
 }
 
 const (
@@ -469,6 +470,7 @@ func (n *Node) Shutdown(ctx context.Context) error {
 	case stateNew:
 		return nil
 	}
+	n.endPauses(false) // thawed, it leaves
 	dctx, cancel := context.WithTimeout(ctx, n.cfg.Migration.ShutdownTimeout)
 	n.drain(dctx)
 	cancel()
@@ -495,6 +497,7 @@ func (n *Node) Terminate() {
 	case stateStopped, stateNew:
 		return
 	}
+	n.endPauses(true) // it dies frozen
 	n.teardown(true)
 	n.log.Info("member terminated")
 }

@@ -1,6 +1,7 @@
 package nodeengine
 
 import (
+	"cmp"
 	"context"
 	"errors"
 	"fmt"
@@ -72,6 +73,10 @@ type muxTransport struct {
 	// (WithNetworkFilter, a test facility): packets to and from the others
 	// are dropped, dials to them fail. Set before serve.
 	reach func(remoteAddr string) bool
+
+	// frozen is paused while the member is frozen (Node.Pause, a test
+	// facility): the port neither sends nor receives (see thawed).
+	frozen transport.Gate
 }
 
 // errUnreachable is why a dial to a member that the network filter
@@ -195,6 +200,9 @@ func (t *muxTransport) acceptLoop() {
 		loggedAt time.Time // last "cannot accept" line
 	)
 	for {
+		if !t.thawed(nil) { // frozen: connections wait in the backlog
+			return
+		}
 		c, err := t.tcp.Accept()
 		if err == nil {
 			if failed > 0 {
@@ -433,10 +441,14 @@ func (t *muxTransport) route(c net.Conn, ip netip.Addr) {
 		return
 	}
 	c.SetReadDeadline(time.Time{})
+	if !t.thawed(nil) { // accepted as the member froze
+		c.Close()
+		return
+	}
 	switch b[0] {
 	case selectMemberlist:
 		select {
-		case t.streamCh <- c:
+		case t.streamCh <- frozenConn{c, t}:
 		case <-t.done:
 			c.Close()
 		}
@@ -479,6 +491,14 @@ func (t *muxTransport) packetLoop() {
 		if t.reach != nil && !t.reach(addr.String()) {
 			continue // cut off: each member sends from its port
 		}
+		if t.frozen.Paused() != nil {
+			// Read as the member froze: it reaches memberlist once the
+			// member runs again, as what waits in the socket's buffer.
+			if !t.thawed(nil) {
+				return
+			}
+			ts = time.Now()
+		}
 		select {
 		case t.packetCh <- &memberlist.Packet{Buf: buf[:n], From: addr, Timestamp: ts}:
 		case <-t.done:
@@ -498,6 +518,9 @@ func (t *muxTransport) FinalAdvertiseAddr(string, int) (net.IP, int, error) {
 
 // WriteTo implements memberlist.Transport.
 func (t *muxTransport) WriteTo(b []byte, addr string) (time.Time, error) {
+	if !t.thawed(nil) {
+		return time.Time{}, net.ErrClosed
+	}
 	if t.reach != nil && !t.reach(addr) {
 		return time.Now(), nil // lost on the way, as UDP may be
 	}
@@ -514,7 +537,11 @@ func (t *muxTransport) PacketCh() <-chan *memberlist.Packet { return t.packetCh 
 
 // DialTimeout implements memberlist.Transport.
 func (t *muxTransport) DialTimeout(addr string, timeout time.Duration) (net.Conn, error) {
-	return t.dial(context.Background(), addr, timeout, selectMemberlist)
+	c, err := t.dial(context.Background(), addr, timeout, selectMemberlist)
+	if err != nil {
+		return nil, err
+	}
+	return frozenConn{c, t}, nil
 }
 
 // WriteToAddress implements memberlist.NodeAwareTransport.
@@ -551,8 +578,12 @@ func (memberlistPort) Shutdown() error { return nil }
 
 // dial dials the member port at addr and writes the protocol selector,
 // unless the network filter cuts addr off (then it fails at once, and
-// also when it cut addr off while dialling).
+// also when it cut addr off while dialling). While the member is frozen
+// (Node.Pause) it waits until it runs again, or ctx ends.
 func (t *muxTransport) dial(ctx context.Context, addr string, timeout time.Duration, sel byte) (net.Conn, error) {
+	if !t.thawed(ctx) {
+		return nil, &net.OpError{Op: "dial", Net: "tcp", Addr: tcpAddr(addr), Err: cmp.Or(ctx.Err(), net.ErrClosed)}
+	}
 	if t.reach == nil {
 		return dialSelect(ctx, addr, timeout, sel)
 	}

@@ -331,10 +331,25 @@ func (b *syncBackup) acked(err error) {
 	}
 	if !member || s.closed.Load() || s.ticks.Load() > b.deadline {
 		s.m.backupFailed.Inc()
-		if member && !s.closed.Load() {
+		switch _, _, table := s.cfg.Routing.Owner(t.pid); {
+		case s.closed.Load():
+		case member:
 			err = fmt.Errorf("%w: partition %d replica %d on %s, for %v (%d tries): %w", spi.ErrBackupTimeout,
 				t.pid, b.replica, b.r.Address, s.cfg.BackupAckTimeout, b.tries, err)
 			s.log.Error("synchronous backup never acknowledged; the write is not acknowledged to its caller",
+				"partition", t.pid, "replica", b.replica, "to", b.r.Address, "error", err)
+			b.run.unconfirm(err)
+		case !table:
+			// Not a replica that left but this member's table that went:
+			// its cluster merges into another (a member declared dead
+			// that ran on, a split's smaller side), giving up its data.
+			// The write is safe nowhere; the merge policy decides whether
+			// it survives.
+			// Not wrapped: the replica's refusal (a wrong target, say)
+			// must not make the caller retry.
+			err = fmt.Errorf("%w: partition %d: this member dropped its partition table (a merge) before replica %d on %s acknowledged the write (last: %v)",
+				spi.ErrIndeterminate, t.pid, b.replica, b.r.Address, err)
+			s.log.Warn("synchronous backup given up as this member gives its data up; the write is not acknowledged",
 				"partition", t.pid, "replica", b.replica, "to", b.r.Address, "error", err)
 			b.run.unconfirm(err)
 		}

@@ -144,6 +144,9 @@ func (c *Conn) writeLoop() {
 			return
 		default:
 		}
+		if !c.thawed() { // paused (Stream.Pause): what is queued waits
+			return
+		}
 		c.mu.Lock()
 		buf := c.out
 		c.out = spare[:0]
@@ -182,10 +185,19 @@ type frameReader interface {
 // ErrWouldWait is what a Handler's Frame returns, when told not to wait,
 // for a frame it cannot take without waiting (its executor's queue is
 // full); nothing was done, and the frame is handed again with wait true.
+// A paused Stream (Pause) returns it for every frame, before its Handler.
 var ErrWouldWait = errors.New("executor queue full")
 
 // handle parses one frame and hands it to the Handler.
 func (c *Conn) handle(body []byte, wait bool) error {
+	if c.t.gate.Paused() != nil { // Stream.Pause: not before it ends
+		if !wait {
+			return ErrWouldWait // wait off the socket
+		}
+		if !c.thawed() {
+			return net.ErrClosed
+		}
+	}
 	h, payload, err := ParseHeader(body)
 	if err != nil {
 		return err

@@ -17,7 +17,8 @@
 // nodeengine), or Network, the in-memory twin of tests. Faults wraps a
 // Stream to drop, delay, hold (and so reorder) frames or cut connections
 // by rule; the operation service installs it when given a Hook (the
-// clustertest kit's AddFault). An outside client and TLS will plug in
+// clustertest kit's AddFault). Pause stops a Stream's readers and
+// writers for a test's freeze of a member. An outside client and TLS will plug in
 // here: TLS as a network (a Dial and an accept that wrap net.Conn), the
 // client as another Handler with its own hello.
 //

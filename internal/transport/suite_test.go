@@ -500,3 +500,70 @@ func TestSuiteFaultsOnAnswers(t *testing.T) {
 }
 
 func bufioReader(r io.Reader) *bufio.Reader { return bufio.NewReader(r) }
+
+// A paused Stream hands no frame to its Handler and writes none until it
+// is resumed; then everything held arrives, in order. A connection closed
+// during a pause ends its waits.
+func TestSuitePause(t *testing.T) {
+	forEach(t, func(t *testing.T, nw network) {
+		a, b := startMember(t, nw, "a", "dev", nil), startMember(t, nw, "b", "dev", nil)
+		c := a.connect(t, b)
+		back := b.connect(t, a)
+		resume := b.tr.(*Stream).Pause()
+		for i := range 3 {
+			if err := a.send(c, KindRequest, uint64(i+1), "in"); err != nil {
+				t.Fatal(err)
+			}
+		}
+		if err := b.send(back, KindRequest, 0, "out"); err != nil { // queued
+			t.Fatal(err)
+		}
+		none(t, b.rec.frames, 200*time.Millisecond)
+		none(t, a.rec.frames, 0)
+		resume()
+		resume() // harmless
+		if g := next(t, a.rec.frames); g.from != "b" || g.payload != "out" {
+			t.Fatalf("a got %+v; want b's frame written on resume", g)
+		}
+		for i := range 3 {
+			if g := next(t, b.rec.frames); g.callID != uint64(i+1) {
+				t.Fatalf("b got %+v; want request %d", g, i+1)
+			}
+			if g := next(t, a.rec.frames); g.kind != KindResponse || g.callID != uint64(i+1) {
+				t.Fatalf("a got %+v; want the response to %d", g, i+1)
+			}
+		}
+
+		b.tr.(*Stream).Pause() // never resumed: Close ends it (Cleanup, goleak)
+		a.send(c, KindRequest, 9, "held")
+		b.send(back, KindRequest, 0, "held")
+		none(t, b.rec.frames, 50*time.Millisecond)
+	})
+}
+
+// Pauses nest: the gate opens once every one has been resumed.
+func TestGateNests(t *testing.T) {
+	var g Gate
+	if g.Paused() != nil {
+		t.Fatal("a zero Gate is paused")
+	}
+	r1 := g.Pause()
+	ch := g.Paused()
+	r2 := g.Pause()
+	r1()
+	r1()
+	select {
+	case <-ch:
+		t.Fatal("opened with a pause still in force")
+	default:
+	}
+	r2()
+	select {
+	case <-ch:
+	default:
+		t.Fatal("still closed after every resume")
+	}
+	if g.Paused() != nil {
+		t.Fatal("paused after every resume")
+	}
+}

@@ -149,6 +149,7 @@ type Stream struct {
 	peerTicks uint64 // UnknownPeerGrace in ticks
 	closed    atomic.Bool
 	wg        sync.WaitGroup
+	gate      Gate // Pause
 
 	mu    sync.Mutex
 	peers map[string]*peer // by member ID: the connection used to reach it

@@ -14,8 +14,9 @@
 // pass WithConfig to enable it.
 //
 // Faults (AddFault) drop, delay or hold chosen requests between members;
-// Split and Heal cut the network between groups of members and restore
-// it, for split-brain tests.
+// Pause freezes a member as a GC pause or a stopped VM would; Split and
+// Heal cut the network between groups of members and restore it, for
+// split-brain tests.
 //
 // Linearizability, as Jepsen checks it: a Recorder records the calls a
 // test makes from many goroutines, and CheckLinearizable checks the
@@ -329,6 +330,25 @@ func (c *Cluster) Kill(i int) {
 	n := c.Member(i)
 	c.remove(n)
 	n.Terminate()
+}
+
+// Pause freezes member i (oldest first) for d, as a stop-the-world GC
+// pause or a stopped VM would, and returns once it runs again: its
+// memberlist neither sends nor receives, its operation connections stop
+// and its executors run nothing (nodeengine.Node.Pause says exactly what
+// stops). Paused for longer than failure detection (about a second in
+// this kit's preset), the member is declared dead by the others; once it
+// runs again it finds itself outside their cluster and rejoins as a merge
+// of one, giving up its data (docs/architecture.md, "Split brain"): wait
+// for that with WaitStable. To act while it is frozen, call Pause on a
+// goroutine of its own, or Member(i).Pause().
+func (c *Cluster) Pause(i int, d time.Duration) {
+	c.t.Helper()
+	resume := c.Member(i).Pause()
+	defer resume()
+	c.t.Logf("clustertest: member %d paused for %v", i, d)
+	t := time.NewTimer(d)
+	<-t.C // the pause's length
 }
 
 // KillMany kills the members at the given indexes (oldest first) at the

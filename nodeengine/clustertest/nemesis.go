@@ -74,12 +74,11 @@ const (
 	NemesisLeave NemesisKind = "leave"
 	// NemesisJoin starts a new member (Cluster.AddMember).
 	NemesisJoin NemesisKind = "join"
-	// NemesisPause freezes a member's operation traffic for a while:
-	// every request, backup and answer to or from it is held, then let
-	// through. Its failure detection keeps running, so it is a pause of
-	// the member's operations (a stalled executor or network), not of
-	// the whole process (that needs an engine hook that stops memberlist
-	// too).
+	// NemesisPause freezes a whole member for a while, as a
+	// stop-the-world GC pause or a stopped VM would (Cluster.Pause): its
+	// memberlist, its operation connections and its executors all stop,
+	// then run on. A pause longer than failure detection gets the member
+	// declared dead, and it rejoins as a merge of one once it runs again.
 	NemesisPause NemesisKind = "pause"
 	// NemesisDrop drops the operation or backup messages from one member
 	// to another for a while: their senders see a broken connection.
@@ -331,11 +330,9 @@ func (c *Cluster) runStep(ctx context.Context, service string, st NemesisStep) e
 	case NemesisJoin:
 		c.AddMember()
 	case NemesisPause:
-		id := ms[st.Member].ID()
-		ch := make(chan struct{})
-		hold(&Fault{From: id, Hold: ch}, &Fault{To: id, Hold: ch},
-			&Fault{From: id, Responses: true, Hold: ch}, &Fault{To: id, Responses: true, Hold: ch})
-		close(ch)
+		resume := ms[st.Member].Pause()
+		hold()
+		resume()
 	case NemesisDrop:
 		hold(&Fault{From: ms[st.Member].ID(), To: ms[st.Peer].ID(), Kind: kind, Drop: true})
 	case NemesisDelay:
