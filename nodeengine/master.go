@@ -46,6 +46,17 @@ type publisher struct {
 	// term counts this member's take-overs: a push sent in an earlier
 	// term neither acknowledges nor answers for the current one.
 	term uint64
+	// ownTerm is the table term (partition.Table.Term) this member makes
+	// tables in as master: 0 until it takes over (a cluster's first
+	// master makes tables in term 0), then one above the newest table's
+	// once its take-over gate opened (startTerm); pending meanwhile.
+	ownTerm uint64
+	pending bool
+	// replaced is told when this member, master by its own member list,
+	// adopts a table of a newer term than its own: another member took
+	// over as master (this one was declared dead: frozen, or cut off). from
+	// is the member that answered with it.
+	replaced func(from string)
 }
 
 // takeOver starts a take-over: the planner waits (tookOver) and what was
@@ -57,6 +68,7 @@ func (pb *publisher) takeOver() {
 	defer pb.mu.Unlock()
 	pb.answered, pb.takeOverEnd = map[string]bool{}, time.Now().Add(takeOverTimeout)
 	pb.term++
+	pb.pending = true
 	clear(pb.acked) // acknowledgements and pushes of an earlier term
 	clear(pb.inflight)
 }
@@ -156,8 +168,49 @@ func (pb *publisher) tookOver() bool {
 	if len(missing) > 0 {
 		pb.log.Warn("new master: members did not answer its table push in time; planning from the newest table it holds", "members", missing)
 	}
+	pb.startTerm()
 	pb.resolve()
 	return true
+}
+
+// startTerm starts this member's term as master: the newest table it
+// holds, again, in a term one above that table's (and the next version),
+// so that every table it makes from now on is newer than any a master it
+// replaced may still make.
+func (pb *publisher) startTerm() {
+	cur := pb.view.table.Load()
+	pb.mu.Lock()
+	defer pb.mu.Unlock()
+	if !pb.pending {
+		return // another call started it
+	}
+	pb.pending = false
+	if cur == nil {
+		return
+	}
+	t := cur.Clone()
+	t.Term, t.Version = max(cur.Term, pb.ownTerm)+1, cur.Version+1
+	pb.ownTerm = t.Term
+	if pb.tables.install(t) {
+		pb.log.Info("master term started", "term", t.Term, "version", t.Version)
+		pb.wake()
+	}
+}
+
+// inTerm reports whether this member, as master, may make tables: its
+// term has started and no table of a newer term came.
+func (pb *publisher) inTerm() bool {
+	t := pb.view.table.Load()
+	pb.mu.Lock()
+	defer pb.mu.Unlock()
+	return !pb.pending && (t == nil || t.Term <= pb.ownTerm)
+}
+
+// ownsTerm reports whether t is of this member's term as master.
+func (pb *publisher) ownsTerm(t *partition.Table) bool {
+	pb.mu.Lock()
+	defer pb.mu.Unlock()
+	return !pb.pending && t.Term == pb.ownTerm
 }
 
 // adoptNewer installs a table a member answered with because it is newer
@@ -174,7 +227,16 @@ func (pb *publisher) adoptNewer(resp any, from string) {
 		return
 	}
 	if pb.tables.install(t) {
-		pb.log.Info("adopted a newer partition table from a member", "version", t.Version, "from", from)
+		pb.log.Info("adopted a newer partition table from a member", "term", t.Term, "version", t.Version, "from", from)
+		pb.mu.Lock()
+		own := pb.ownTerm
+		replaced := pb.answered == nil && !pb.pending && t.Term > own && pb.view.isMaster()
+		pb.mu.Unlock()
+		if replaced && pb.replaced != nil {
+			pb.log.Warn("another member took over as master meanwhile (a table of a newer term came back): this member stops acting as master and checks whether it was declared dead",
+				"term", t.Term, "own_term", own, "from", from)
+			pb.replaced(from)
+		}
 		pb.wake()
 		pb.plan()
 	}

@@ -447,7 +447,7 @@ func (l *leavers) targets(members []spi.Member) []spi.Member {
 type masterEngine struct{ n *Node }
 
 func (e masterEngine) IsMaster() bool {
-	return e.n.view.isMaster() && e.n.pub.tookOver() && !e.n.sb.underWay()
+	return e.n.view.isMaster() && e.n.pub.tookOver() && !e.n.sb.underWay() && e.n.pub.inTerm()
 }
 func (e masterEngine) Table() *partition.Table { return e.n.view.table.Load() }
 
@@ -499,7 +499,7 @@ func (e masterEngine) Lost(ps []int) {
 func (e masterEngine) Targets() []spi.Member { return e.n.leavers.targets(e.n.view.memberList()) }
 
 func (e masterEngine) Install(t *partition.Table) bool {
-	if !e.n.tables.install(t) {
+	if !e.n.pub.ownsTerm(t) || !e.n.tables.install(t) {
 		return false
 	}
 	e.n.log.Debug("partition table published", "version", t.Version, "owned", t.Counts()[e.n.view.id])
@@ -509,12 +509,22 @@ func (e masterEngine) Install(t *partition.Table) bool {
 
 func (e masterEngine) Push(ctx context.Context, t *partition.Table, member string) error {
 	if member == e.n.view.id {
-		if cur := e.n.view.table.Load(); cur != nil && cur.Version >= t.Version {
+		if cur := e.n.view.table.Load(); !t.Newer(cur) {
 			return nil
 		}
 		return errors.New("local table is older than the one pushed")
 	}
-	_, err := e.n.ops.InvokeOnMember(ctx, engineService, &publishTableOp{table: t}, member)
+	resp, err := e.n.ops.InvokeOnMember(ctx, engineService, &publishTableOp{table: t}, member)
+	if b, _ := resp.([]byte); err == nil && len(b) > 0 {
+		// It holds a newer table and kept it: a later one of this
+		// master's (the publisher pushed it first), or one of a newer
+		// term, which another master made: then it does not follow this
+		// one, and does not hold t.
+		if nt, derr := partition.Decode(spi.NewReader(b), e.n.view.count); derr == nil && nt.Term > t.Term {
+			e.n.pub.adoptNewer(resp, e.Address(member))
+			return fmt.Errorf("member %s holds a table of a newer master's term (%d) than version %d's (%d)", e.Address(member), nt.Term, t.Version, t.Term)
+		}
+	}
 	if err == nil {
 		e.n.pub.ack(member, t.Version)
 	}

@@ -263,6 +263,7 @@ func (n *Node) wire() {
 	n.tables = &tables{view: n.view, ops: n.ops, replicas: n.replicas, installs: n.metrics.tableInstalls, log: n.log}
 	n.pub = &publisher{view: n.view, ops: n.ops, run: n.run, log: n.log, tables: n.tables,
 		wake: n.memberEvent, plan: func() { n.mgr.Trigger() },
+		replaced: func(from string) { n.run.spawn(func() { n.rejoinRequested(from) }) },
 		resolve: func() {
 			// By the newest table now, committed destinations included,
 			// here and on the other members.

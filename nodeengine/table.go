@@ -38,7 +38,7 @@ func (ts *tables) install(t *partition.Table) bool {
 	ts.mu.Lock()
 	defer ts.mu.Unlock()
 	cur := ts.view.table.Load()
-	if cur != nil && cur.Version >= t.Version {
+	if !t.Newer(cur) {
 		return false
 	}
 	// A promoted backup refuses operations until its promotion hooks ran:
@@ -108,7 +108,7 @@ func (v *clusterView) replicaCounts() (owned, backups int, version int64) {
 func (n *Node) acceptTable(t *partition.Table, from string) []byte {
 	prev := n.view.table.Load()
 	if !n.tables.install(t) {
-		if cur := n.view.table.Load(); cur.Version > t.Version {
+		if cur := n.view.table.Load(); cur.Newer(t) {
 			w := spi.NewWriter(nil)
 			cur.Encode(w)
 			return w.Bytes()

@@ -123,7 +123,7 @@ func TestRebalanceDeterministic(t *testing.T) {
 
 func TestTableEncodeDecode(t *testing.T) {
 	ms := members(3)
-	tab := &Table{Version: 42, Owners: Rebalance(nil, ms, 7), Members: map[string]string{"m0": "a:1", "m1": "b:2", "m2": "c:3"}}
+	tab := &Table{Term: 3, Version: 42, Owners: Rebalance(nil, ms, 7), Members: map[string]string{"m0": "a:1", "m1": "b:2", "m2": "c:3"}}
 	tab.Owners[3] = ""
 	w := spi.NewWriter(nil)
 	tab.Encode(w)
@@ -131,7 +131,7 @@ func TestTableEncodeDecode(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	if got.Version != 42 || moved(got.Owners, tab.Owners) != 0 || len(got.Members) != 3 || got.Members["m1"] != "b:2" {
+	if got.Term != 3 || got.Version != 42 || moved(got.Owners, tab.Owners) != 0 || len(got.Members) != 3 || got.Members["m1"] != "b:2" {
 		t.Fatalf("decoded %+v, want %+v", got, tab)
 	}
 	if _, err := Decode(spi.NewReader(w.Bytes()), 8); err == nil {
@@ -141,6 +141,32 @@ func TestTableEncodeDecode(t *testing.T) {
 		if _, err := Decode(spi.NewReader(w.Bytes()[:i]), 7); err == nil {
 			t.Fatalf("decoding a table truncated to %d bytes succeeded", i)
 		}
+	}
+}
+
+// Tables order by term, then version: a table of a newer term is newer
+// whatever the versions (a master that was replaced may still make
+// tables of higher versions in its old term).
+func TestTableNewer(t *testing.T) {
+	old := &Table{Term: 1, Version: 90}
+	for _, tc := range []struct {
+		t     *Table
+		newer bool
+	}{
+		{&Table{Term: 2, Version: 10}, true},
+		{&Table{Term: 1, Version: 91}, true},
+		{&Table{Term: 1, Version: 90}, false},
+		{&Table{Term: 0, Version: 500}, false},
+	} {
+		if got := tc.t.Newer(old); got != tc.newer {
+			t.Errorf("term %d version %d newer than term 1 version 90: %v, want %v", tc.t.Term, tc.t.Version, got, tc.newer)
+		}
+	}
+	if !old.Newer(nil) {
+		t.Error("a table is not newer than none")
+	}
+	if c := old.Clone(); c.Term != 1 || c.Version != 90 {
+		t.Errorf("Clone: term %d version %d", c.Term, c.Version)
 	}
 }
 

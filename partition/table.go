@@ -12,6 +12,13 @@ import (
 // published: readers share it without locks, and a change makes a new Table
 // with a higher Version.
 type Table struct {
+	// Term is the master's term that made the table: a member that takes
+	// over as master starts a term above that of the newest table it
+	// holds, and makes every table of its own in it. Tables are ordered
+	// by term, then version (Newer), so a table of a master that others
+	// replaced (declared dead while frozen, and running again) is older
+	// than any of its successor's, whatever its version.
+	Term uint64
 	// Version increases with every change; members accept only newer ones.
 	Version int64
 	// Owners[p] is the ID of the member owning partition p, its primary
@@ -137,9 +144,21 @@ func (t *Table) BackupCount() int {
 	return len(t.Backups[0])
 }
 
-// Clone returns a deep copy of t with the same version.
+// Newer reports whether t is newer than o (nil: any table is newer): a
+// higher term, or the same term and a higher version.
+func (t *Table) Newer(o *Table) bool {
+	if o == nil {
+		return true
+	}
+	if t.Term != o.Term {
+		return t.Term > o.Term
+	}
+	return t.Version > o.Version
+}
+
+// Clone returns a deep copy of t with the same term and version.
 func (t *Table) Clone() *Table {
-	c := &Table{Version: t.Version, Owners: append([]string(nil), t.Owners...), Members: make(map[string]string, len(t.Members))}
+	c := &Table{Term: t.Term, Version: t.Version, Owners: append([]string(nil), t.Owners...), Members: make(map[string]string, len(t.Members))}
 	for id, a := range t.Members {
 		c.Members[id] = a
 	}
@@ -171,6 +190,7 @@ func (t *Table) Counts() map[string]int {
 
 // Encode appends the table's wire form to w.
 func (t *Table) Encode(w *spi.Writer) {
+	w.WriteUvarint(t.Term)
 	w.WriteVarint(t.Version)
 	ids := make([]string, 0, len(t.Members))
 	for id := range t.Members {
@@ -225,7 +245,7 @@ func (t *Table) Encode(w *spi.Writer) {
 // Decode reads a table written by Encode. It rejects tables whose member
 // references are out of range or whose size differs from count.
 func Decode(r *spi.Reader, count int) (*Table, error) {
-	t := &Table{Version: r.ReadVarint()}
+	t := &Table{Term: r.ReadUvarint(), Version: r.ReadVarint()}
 	n := r.ReadUvarint()
 	if r.Err() == nil && n > uint64(r.Remaining()) {
 		return nil, fmt.Errorf("%w: table lists %d members in %d bytes", spi.ErrProtocol, n, r.Remaining())

@@ -74,12 +74,19 @@ const (
 	NemesisLeave NemesisKind = "leave"
 	// NemesisJoin starts a new member (Cluster.AddMember).
 	NemesisJoin NemesisKind = "join"
-	// NemesisPause freezes a whole member for a while, as a
-	// stop-the-world GC pause or a stopped VM would (Cluster.Pause): its
-	// memberlist, its operation connections and its executors all stop,
-	// then run on. A pause longer than failure detection gets the member
-	// declared dead, and it rejoins as a merge of one once it runs again.
+	// NemesisPause freezes a whole member for 50 to 300 ms, as a
+	// stop-the-world GC pause would (Cluster.Pause): its memberlist, its
+	// operation connections and its executors all stop, then run on. It
+	// is shorter than failure detection (about a second with clustertest's
+	// preset), so the member is at most suspected, never declared dead.
 	NemesisPause NemesisKind = "pause"
+	// NemesisFreeze freezes a whole member for 1.5 to 3 s, as a stopped
+	// VM would: past failure detection, so the others declare it dead and
+	// go on without it, and it rejoins as a merge of one once it runs
+	// again. Meanwhile it takes itself for a member, and serves what it
+	// is asked by its own stale view: to the cluster it is a split of one
+	// member, so it is not among DefaultNemesisKinds (see NemesisSplit).
+	NemesisFreeze NemesisKind = "freeze"
 	// NemesisDrop drops the operation or backup messages from one member
 	// to another for a while: their senders see a broken connection.
 	NemesisDrop NemesisKind = "drop"
@@ -94,12 +101,12 @@ const (
 	NemesisSplit NemesisKind = "split"
 )
 
-// NemesisKinds are all the faults; DefaultNemesisKinds all but the split,
-// which a service that is not linearizable across a split (one without
-// split-brain protection) runs on its own.
+// NemesisKinds are all the faults; DefaultNemesisKinds all but the split
+// and the freeze, which a service that is not linearizable across a split
+// (one without split-brain protection) runs on its own.
 var (
 	NemesisKinds = []NemesisKind{NemesisKill, NemesisKillJoin, NemesisLeave, NemesisJoin, NemesisPause,
-		NemesisDrop, NemesisDelay, NemesisLoseAnswers, NemesisSplit}
+		NemesisDrop, NemesisDelay, NemesisLoseAnswers, NemesisSplit, NemesisFreeze}
 	DefaultNemesisKinds = []NemesisKind{NemesisKill, NemesisKillJoin, NemesisLeave, NemesisJoin, NemesisPause,
 		NemesisDrop, NemesisDelay, NemesisLoseAnswers}
 )
@@ -152,6 +159,8 @@ func (s NemesisStep) String() string {
 		return fmt.Sprintf("%v join", s.At)
 	case NemesisPause:
 		return fmt.Sprintf("%v pause member %d for %v", s.At, s.Member, s.For)
+	case NemesisFreeze:
+		return fmt.Sprintf("%v freeze member %d for %v", s.At, s.Member, s.For)
 	case NemesisDrop:
 		return fmt.Sprintf("%v drop %s %d->%d for %v", s.At, what, s.Member, s.Peer, s.For)
 	case NemesisDelay:
@@ -223,7 +232,9 @@ func NewNemesisSchedule(seed uint64, d time.Duration, n Nemesis) NemesisSchedule
 			}
 			members++
 		case NemesisPause:
-			st.Member, st.For = r.IntN(members), ms(100, 800)
+			st.Member, st.For = r.IntN(members), ms(50, 300)
+		case NemesisFreeze:
+			st.Member, st.For = r.IntN(members), ms(1500, 3000)
 		case NemesisDrop, NemesisDelay, NemesisLoseAnswers:
 			if members < 2 {
 				continue
@@ -329,10 +340,13 @@ func (c *Cluster) runStep(ctx context.Context, service string, st NemesisStep) e
 		}
 	case NemesisJoin:
 		c.AddMember()
-	case NemesisPause:
+	case NemesisPause, NemesisFreeze:
 		resume := ms[st.Member].Pause()
 		hold()
 		resume()
+		if st.Kind == NemesisFreeze {
+			return c.waitSafe(ctx) // it rejoins as a merge of one
+		}
 	case NemesisDrop:
 		hold(&Fault{From: ms[st.Member].ID(), To: ms[st.Peer].ID(), Kind: kind, Drop: true})
 	case NemesisDelay:
