@@ -167,11 +167,19 @@ func timeLeft(ctx context.Context) time.Duration {
 	return max(time.Until(d), time.Millisecond)
 }
 
-// CheckTimeout bounds CheckLinearizable's search.
+// CheckTimeout bounds CheckLinearizable's search of a history of up to
+// 100,000 calls; a longer one gets a second more per 10,000 calls beyond
+// (checkBudget): a soak's history of millions of calls takes minutes.
 const CheckTimeout = time.Minute
 
+// checkBudget is CheckLinearizable's time for a history of n calls.
+func checkBudget(n int) time.Duration {
+	return CheckTimeout + time.Duration(max(n-100_000, 0)/10_000)*time.Second
+}
+
 // CheckLinearizable checks history h against model m (see Check) within
-// CheckTimeout and fails t when h is not linearizable, naming the file
+// its budget (CheckTimeout, more for a long history) and fails t when h
+// is not linearizable, naming the file
 // where it wrote porcupine's visualisation of the failing objects: the
 // test's artifact directory when go test runs with -artifacts (see
 // testing.T.ArtifactDir), else a new directory under os.TempDir that
@@ -179,7 +187,7 @@ const CheckTimeout = time.Minute
 // returns Check's error.
 func CheckLinearizable(t testing.TB, m Model, h []porcupine.Operation) error {
 	t.Helper()
-	ctx, cancel := context.WithTimeout(context.Background(), CheckTimeout)
+	ctx, cancel := context.WithTimeout(context.Background(), checkBudget(len(h)))
 	defer cancel()
 	start := time.Now()
 	err := Check(ctx, m, h)

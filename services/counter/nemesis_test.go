@@ -25,8 +25,12 @@ import (
 //
 // CI runs a few fixed seeds; soak with
 //
-//	go test ./services/counter -run Nemesis -nemesis.duration=10m -nemesis.seeds=20
+//	go test ./services/counter -run Nemesis -nemesis.duration=3m -nemesis.seeds=20 -timeout=0
 //
+// (-nemesis.seeds=20 runs seeds 1 to 20; -nemesis.seed=N runs seed N.)
+// A longer schedule spreads its calls over more counters (nemesisCounters
+// per 20 s), so that each counter's history stays about as long as in a
+// CI run's: the checker's work grows much faster than a history's length.
 // and replay a failure with the seed it prints: -nemesis.seed=N.
 func TestCounterNemesisLinearizable(t *testing.T) {
 	for _, tc := range []struct {
@@ -48,7 +52,8 @@ func TestCounterNemesisLinearizable(t *testing.T) {
 
 // nemesisClients and nemesisCounters size the load: a few counters, so
 // that each has a long history, and few enough clients that the checker
-// decides quickly.
+// decides quickly (runCounterNemesis uses more counters for a schedule
+// longer than 20 s).
 const nemesisClients, nemesisCounters = 6, 4
 
 // A split lets both sides take increments, and each side's reads miss
@@ -89,7 +94,7 @@ func runCounterNemesis(t *testing.T, backups, members int, seed uint64, d time.D
 	c := clustertest.New(t, members, withBackups(backups))
 	schedule := clustertest.NewNemesisSchedule(seed, d, clustertest.Nemesis{Kinds: kinds,
 		Members: members, MinMembers: backups + 1, MaxMembers: members + 2, Service: counter.ServiceName})
-	names := make([]string, nemesisCounters)
+	names := make([]string, nemesisCounters*max(1, int(d/(20*time.Second))))
 	for k := range names {
 		names[k] = fmt.Sprintf("nemesis-%d", k)
 	}
