@@ -226,6 +226,14 @@ func (pb *publisher) adoptNewer(resp any, from string) {
 		pb.log.Warn("bad table in a publish answer", "from", from, "error", err)
 		return
 	}
+	if cur := pb.view.table.Load(); dropsMember(cur, t, pb.view.id) {
+		pb.log.Warn("a member answered with a table of a newer term that no longer lists this member: it was declared dead; it keeps its data and checks whether to rejoin as a merge",
+			"term", t.Term, "version", t.Version, "from", from)
+		if pb.replaced != nil {
+			pb.replaced(from)
+		}
+		return
+	}
 	if pb.tables.install(t) {
 		pb.log.Info("adopted a newer partition table from a member", "term", t.Term, "version", t.Version, "from", from)
 		pb.mu.Lock()

@@ -38,7 +38,7 @@ func (ts *tables) install(t *partition.Table) bool {
 	ts.mu.Lock()
 	defer ts.mu.Unlock()
 	cur := ts.view.table.Load()
-	if !t.Newer(cur) {
+	if !t.Newer(cur) || dropsMember(cur, t, ts.view.id) {
 		return false
 	}
 	// A promoted backup refuses operations until its promotion hooks ran:
@@ -59,6 +59,16 @@ func (ts *tables) install(t *partition.Table) bool {
 	ts.installs.Inc()
 	ts.logTable(t)
 	return true
+}
+
+// dropsMember reports whether t, a table of a newer term than cur, no
+// longer lists member id, which cur lists: a master that took over after
+// the cluster declared id dead made it (id was frozen, or cut off, and
+// runs again). Installing it would drop what id holds, writes it
+// acknowledged meanwhile included; id must rejoin as a merge instead,
+// which carries them (publisher.adoptNewer asks).
+func dropsMember(cur, t *partition.Table, id string) bool {
+	return cur != nil && t.Term > cur.Term && cur.Members[id] != "" && t.Members[id] == ""
 }
 
 // drop forgets the table: the member is merging into another cluster,
