@@ -214,6 +214,29 @@ type backupRun struct {
 // move it to the heap on every ack.
 func (r *backupRun) unconfirm(err error) { r.unconfirmed.CompareAndSwap(nil, &err) }
 
+// unconfirmRecord marks the run's exactly-once record as not acknowledged
+// (Record.Unconfirm), then clears its busy flag: a retry of the
+// invocation (its first answer lost, or sent to this member again by a
+// caller that took it for the primary still) must not take the recorded
+// response for an acknowledgement of a write that only this member may
+// hold, and waits (spi.ErrInProgress) until the mark is made. The record
+// is the executor's: the mark is made there, from a goroutine of its own
+// (done may run on that executor, whose queue may be full).
+func (r *backupRun) unconfirmRecord() {
+	s, p, k := r.s, r.t.pid, r.t.key
+	if s.closed.Load() {
+		return // the flag stays set: a retry finds the run busy
+	}
+	s.wg.Add(1)
+	go func() {
+		defer s.wg.Done()
+		_ = s.enqueue(context.Background(), task{pid: p, fn: func() {
+			s.replicas[p].Record().Unconfirm(k)
+			r.busy.Store(false)
+		}})
+	}()
+}
+
 // done counts one synchronous backup acknowledged (err nil) or given up.
 func (r *backupRun) done(err error) {
 	s, t := r.s, r.t
@@ -224,7 +247,11 @@ func (r *backupRun) done(err error) {
 	if r.remaining.Add(-1) != 0 {
 		return
 	}
-	r.busy.Store(false)
+	if r.unconfirmed.Load() != nil {
+		r.unconfirmRecord()
+	} else {
+		r.busy.Store(false)
+	}
 	// The reads that ran after this write may be answered now, if no
 	// earlier run holds them; the way this writer is answered below (or
 	// not, at shutdown) is the way they are.

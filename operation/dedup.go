@@ -18,6 +18,9 @@ import (
 // backup is answered from it instead of running again. Records older than
 // the dedup window are dropped; an invocation does not retry an attempt
 // that may have run once the window has passed since its first attempt.
+// A run whose synchronous backups did not acknowledge it is marked
+// unconfirmed (backupRun.unconfirmRecord): its retries are answered
+// spi.ErrIndeterminate, as its first attempt was.
 //
 // Records are stamped with the process's monotonic clock (monoNow), not
 // the wall clock, so that a wall-clock step cannot reorder a partition's

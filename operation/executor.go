@@ -148,6 +148,13 @@ func (e *executor) run(t task) {
 		if b, ok, busy := e.s.lookup(t.pid, t.key); busy {
 			e.s.finish(t, nil, fmt.Errorf("%w: partition %d", spi.ErrInProgress, t.pid))
 			return
+		} else if ok && len(b) == 0 {
+			// It ran, and a synchronous backup refused it or never
+			// acknowledged it (Record.Unconfirm): its first attempt was
+			// answered that its outcome is unknown, and so is this one.
+			e.s.finish(t, nil, fmt.Errorf("%w: partition %d: a retry of an invocation that ran here without being acknowledged (a synchronous backup refused it or never acknowledged it)",
+				spi.ErrIndeterminate, t.pid))
+			return
 		} else if ok {
 			// A retry of an invocation that already ran here, or on the
 			// primary this member took over from.

@@ -2,6 +2,7 @@ package operation
 
 import (
 	"context"
+	"errors"
 	"net"
 	"sync"
 	"sync/atomic"
@@ -241,5 +242,46 @@ func TestRetryWaitsForTheSyncBackup(t *testing.T) {
 	}
 	if v := bSvc.ReplicaVersion(1); v == 0 {
 		t.Errorf("the invocation was acknowledged, and the backup replica's version is %d", v)
+	}
+}
+
+// A retry of an invocation whose run here was not acknowledged (its
+// synchronous backup refused by a replica that follows a newer primary:
+// this member was declared dead and ran on) is answered that its outcome
+// is unknown, as the first attempt was, and not with the response the
+// record holds: that would acknowledge a write only this member holds,
+// which its cluster's merge then drops. (Found by
+// TestPauseLongerThanDetectionRejoinsAsMerge: a caller that still took
+// the frozen master for a partition's primary sent its retry there.)
+func TestRetryOfAnUnacknowledgedRunIsIndeterminate(t *testing.T) {
+	pSvc, bSvc, members, release := heldBackupPair(t)
+	bSvc.SetReplicaVersion(1, 1<<32+9) // b follows a newer primary (epoch 1)
+	var requests atomic.Int32
+	caller := callerMember(t, "c", members, func(m Message) Verdict {
+		if _, ok := m.Op.(*backedOp); ok && !m.Response {
+			requests.Add(1)
+		}
+		return Verdict{}
+	})
+	defer caller.Shutdown()
+
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancel()
+	done := make(chan error, 1)
+	go func() {
+		_, err := caller.Invoke(ctx, "svc", &backedOp{}, 1)
+		done <- err
+	}()
+	eventually(t, func() bool { return pSvc.ReplicaVersion(1) != 0 }) // ran on p; its backup is held
+	caller.MemberLeft("p")                                            // the first answer is lost; the caller retries
+	eventually(t, func() bool { return requests.Load() >= 3 })        // retries answered "in progress"
+	release()                                                         // b refuses the backup
+	err := <-done
+	if !errors.Is(err, spi.ErrIndeterminate) {
+		t.Fatalf("retry of a write its backup refused: %v, want spi.ErrIndeterminate", err)
+	}
+	t.Logf("caller saw: %v", err)
+	if v := bSvc.ReplicaVersion(1); v != 1<<32+9 {
+		t.Errorf("the replica's version moved to %#x", v)
 	}
 }

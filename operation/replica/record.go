@@ -286,7 +286,8 @@ func (d *Record) Prune(now int64, win Window) (dropped int) {
 
 // Lookup returns the recorded response of k, if a record made at or
 // after limit holds it, and whether that run still waits for its
-// synchronous backups. The response stays valid until the next Add.
+// synchronous backups. The response stays valid until the next Add; it is
+// empty for a run that was not acknowledged (Unconfirm).
 func (d *Record) Lookup(k Key, limit int64) (resp []byte, found, busy bool) {
 	if k.Zero() || d.n == 0 {
 		return nil, false, false
@@ -308,6 +309,39 @@ func (d *Record) Lookup(k Key, limit int64) (resp []byte, found, busy bool) {
 		}
 	}
 	return nil, false, false
+}
+
+// Unconfirm marks the newest record of k as a run that was not
+// acknowledged (a synchronous backup refused it, or never acknowledged
+// it): its response is dropped, and a retry that finds it learns that
+// the outcome is unknown instead of taking the response for an
+// acknowledgement. It reports whether k was found.
+//
+// A recorded response is never empty (it holds at least a value's tag):
+// an empty one is this mark, and it travels as such with the record
+// (Append, Read).
+func (d *Record) Unconfirm(k Key) bool {
+	if k.Zero() {
+		return false
+	}
+	for ci := len(d.chunks) - 1; ci >= 0; ci-- {
+		c, lo := d.chunks[ci], 0
+		if ci == 0 {
+			lo = d.head
+		}
+		for i := len(c) - 1; i >= lo; i-- {
+			e := &c[i]
+			if e.key != k {
+				continue
+			}
+			if e.n == overflow && d.big[k].at == e.at {
+				delete(d.big, k)
+			}
+			e.n = 0
+			return true
+		}
+	}
+	return false
 }
 
 // Drop forgets every record and returns how many there were.

@@ -200,3 +200,39 @@ func TestPromotedWithAndWithoutACompleteRecord(t *testing.T) {
 		})
 	}
 }
+
+// Unconfirm marks a run as not acknowledged: Lookup finds it with an
+// empty response (short and long responses alike), a copy of the record
+// carries the mark, and an id not recorded is not found.
+func TestUnconfirmIsFoundAndCarried(t *testing.T) {
+	var d Record
+	now := int64(time.Hour)
+	short, long := Key{Origin: 1, Seq: 1}, Key{Origin: 1, Seq: 2}
+	d.Add(short, []byte{1, 2}, now, nil, testWindow)
+	d.Add(long, bytes.Repeat([]byte{7}, 3*inlineResponse), now, nil, testWindow)
+	d.Add(Key{Origin: 1, Seq: 3}, []byte{3}, now, nil, testWindow)
+	for _, k := range []Key{short, long} {
+		if !d.Unconfirm(k) {
+			t.Fatalf("Unconfirm(%v) found nothing", k)
+		}
+	}
+	if d.Unconfirm(Key{Origin: 2, Seq: 1}) {
+		t.Fatal("Unconfirm found an id never recorded")
+	}
+	w := spi.NewWriter(nil)
+	d.Append(w, now, testWindow)
+	var copied Record
+	if _, _, err := copied.Read(spi.NewReader(w.Bytes()), now, testWindow); err != nil {
+		t.Fatal(err)
+	}
+	for name, r := range map[string]*Record{"record": &d, "copy": &copied} {
+		for _, k := range []Key{short, long} {
+			if resp, found, _ := r.Lookup(k, now-testWindow.Keep); !found || len(resp) != 0 {
+				t.Errorf("%s: %v found %v with response %v; want found, empty", name, k, found, resp)
+			}
+		}
+		if resp, found, _ := r.Lookup(Key{Origin: 1, Seq: 3}, now-testWindow.Keep); !found || !bytes.Equal(resp, []byte{3}) {
+			t.Errorf("%s: an acknowledged run: found %v, response %v", name, found, resp)
+		}
+	}
+}
