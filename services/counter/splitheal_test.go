@@ -5,6 +5,7 @@ import (
 	"fmt"
 	"math/rand/v2"
 	"net/http"
+	"slices"
 	"strconv"
 	"sync/atomic"
 	"testing"
@@ -211,51 +212,172 @@ func TestAnIncrementInFlightAcrossTheSplitCountsOnce(t *testing.T) {
 	want(t, c, name, 11)
 }
 
-// A {0,1,2} | {3,4} split of five members with two synchronous backups:
-// each side promotes backups (or starts partitions it has no copy of
-// afresh) and counts on its own; after the heal the pair merges into the
-// three, and every counter is its value before the split plus the
-// increments of both sides (10, +5 on the three, +2 on the pair: 17);
-// counters only one side made come over; all three replicas of each
-// counter agree.
+// prefixed is a Store whose values are named prefix+name, so that two
+// loads count on different counters.
+type prefixed struct {
+	clusterload.Store
+	prefix string
+}
+
+func (s prefixed) Inc(ctx context.Context, n *nodeengine.Node, name string) error {
+	return s.Store.Inc(ctx, n, s.prefix+name)
+}
+
+func (s prefixed) Get(ctx context.Context, n *nodeengine.Node, name string) (int64, error) {
+	return s.Store.Get(ctx, n, s.prefix+name)
+}
+
+// A {0,1,2} | {3,4} split of five members with two synchronous backups,
+// under load: callers keep incrementing counters through all five members
+// before, during and after the split (so both sides count on the same
+// counters), and, during the split, others through the members of one
+// side only (counters that side alone makes). Each side promotes the
+// backups it holds of the partitions whose primary is on the other side:
+// a counter whose primary was across the split is served on each side
+// with its value from before the split (the pair starts afresh only the
+// partitions it held no replica of). After the heal the pair merges into
+// the three: each of its ManagedServices is Reset exactly once (the
+// three's never); every counter is its value before the split plus the
+// increments of both sides (10, +5 on the three, +2 on the pair: 17; under
+// load, acknowledged <= value <= acknowledged + failed); every backup
+// equals its primary, each partition has two backups again and no member
+// keeps data of a partition it holds no replica of.
 func TestSplitOfFiveWithTwoBackups(t *testing.T) {
-	c := clustertest.New(t, 5, clustertest.WithConfig(func(_ int, cfg *config.Config) {
+	c := clustertest.New(t, 5, clustertest.WithConfig(func(i int, cfg *config.Config) {
 		cfg.Partitions.BackupCount = 2
 		for j, sc := range cfg.Services {
 			if sc.Type == counter.TypeName {
 				cfg.Services[j].Properties = cfg.Services[j].Properties.With("backup-count", strconv.Itoa(2))
 			}
 		}
+		withResetCounters(i, cfg)
 	}))
 	c.WaitClusterSafe()
+	ms := c.Members()
+	three, pair := ms[:3], ms[3:]
+
+	// A counter of each side whose primary is on the other side and which
+	// has a backup on this one.
+	promoted := map[string][]*nodeengine.Node{}
+	tab := ms[0].Inspect().Table()
+	on := func(side []*nodeengine.Node, id string) bool {
+		return slices.ContainsFunc(side, func(n *nodeengine.Node) bool { return n.ID() == id })
+	}
+	for _, sides := range [][2][]*nodeengine.Node{{three, pair}, {pair, three}} {
+		here, there := sides[0], sides[1]
+		for k := 0; ; k++ {
+			name := fmt.Sprintf("promoted%d", k)
+			p := ms[0].Partitions().PartitionID(name)
+			if on(there, tab.Owner(p)) && slices.ContainsFunc(tab.BackupsOf(p), func(id string) bool { return on(here, id) }) {
+				promoted[name] = here
+				break
+			}
+		}
+	}
 	const names = 20
 	for i := range names {
 		incOn(t, c, i%5, fmt.Sprintf("c%d", i), 10)
 	}
-	ms := c.Members()
+	for name := range promoted {
+		incOn(t, c, 0, name, 10)
+	}
+
+	store := &sideStore{Store: counters, acked: map[*nodeengine.Node]*atomic.Int64{}}
+	for _, n := range ms {
+		store.acked[n] = new(atomic.Int64)
+	}
+	l := clusterload.Start(t, store, 6, 100, func(r *rand.Rand) *nodeengine.Node { return ms[r.IntN(len(ms))] })
+	l.WaitOps(t, 300)
+
 	c.Split([]int{0, 1, 2}, []int{3, 4})
-	waitSides(t, ms[:3], ms[3:])
+	waitSides(t, three, pair)
+	for name, side := range promoted {
+		for _, n := range side {
+			if v := incOn(t, c, slices.Index(ms, n), name, 0); v != 10 {
+				t.Fatalf("%s, whose primary was across the split, read on %s during the split = %d, want 10 (a backup promoted)", name, n.Address(), v)
+			}
+		}
+	}
+	// Loads through one side only, on counters of their own.
+	sideStores := map[string]*sideStore{}
+	var sideLoads []*clusterload.Load
+	for prefix, side := range map[string][]*nodeengine.Node{"three-": three, "pair-": pair} {
+		s := &sideStore{Store: prefixed{counters, prefix}, acked: map[*nodeengine.Node]*atomic.Int64{}}
+		for _, n := range side {
+			s.acked[n] = new(atomic.Int64)
+		}
+		s.on.Store(true)
+		sideStores[prefix] = s
+		sideLoads = append(sideLoads, clusterload.Start(t, s, 2, 20, func(r *rand.Rand) *nodeengine.Node { return side[r.IntN(len(side))] }))
+	}
+	store.on.Store(true)
 	for i := range names {
 		incOn(t, c, i%3, fmt.Sprintf("c%d", i), 5)
 		incOn(t, c, 3+i%2, fmt.Sprintf("c%d", i), 2)
 		incOn(t, c, 3+i%2, fmt.Sprintf("pair-only%d", i), 3)
 		incOn(t, c, i%3, fmt.Sprintf("three-only%d", i), 7)
 	}
-	if v := incOn(t, c, 3, "c0", 0); v != 12 && v != 2 {
-		t.Fatalf("c0 on the pair during the split: %d, want 12 (a replica survived) or 2 (started afresh)", v)
+	for name := range promoted {
+		incOn(t, c, 0, name, 5)
+		incOn(t, c, 3, name, 2)
 	}
+	l.WaitOps(t, 600)
+	for _, sl := range sideLoads {
+		sl.WaitOps(t, 100)
+	}
+	store.on.Store(false)
+	for _, s := range sideStores {
+		s.on.Store(false)
+	}
+	for _, n := range ms {
+		if k := store.acked[n].Load(); k == 0 {
+			t.Fatalf("no increment acknowledged through member %s during the split", n.Address())
+		}
+	}
+	for prefix, s := range sideStores {
+		for n, k := range s.acked {
+			if k.Load() == 0 {
+				t.Fatalf("no increment of the %sonly load acknowledged through member %s during the split", prefix, n.Address())
+			}
+		}
+	}
+	t.Logf("acknowledged during the split: %d through the three, %d through the pair",
+		store.acked[ms[0]].Load()+store.acked[ms[1]].Load()+store.acked[ms[2]].Load(), store.acked[ms[3]].Load()+store.acked[ms[4]].Load())
+
 	healAndWait(t, c)
+	l.WaitOps(t, 300)
+	l.Halt()
+	for _, sl := range sideLoads {
+		sl.Halt()
+	}
+	for _, sl := range sideLoads {
+		sl.VerifyAfterFailure(t, c)
+	}
+	l.VerifyAfterFailure(t, c)
+	clusterload.CheckPlacement(t, c, counters)
 	for i := range names {
 		want(t, c, fmt.Sprintf("c%d", i), 17)
 		want(t, c, fmt.Sprintf("pair-only%d", i), 3)
 		want(t, c, fmt.Sprintf("three-only%d", i), 7)
 	}
-	c.WaitClusterSafe()
-	clusterload.CheckBackupsEqualPrimaries(t, c, counters)
-	tab := c.Member(0).Inspect().Table()
+	for name := range promoted {
+		want(t, c, name, 17)
+	}
+	tab = c.Member(0).Inspect().Table()
 	for p := range tab.Owners {
 		if k := len(tab.BackupsOf(p)); k != 2 {
 			t.Fatalf("partition %d has %d backups after the merge, want 2", p, k)
+		}
+	}
+	for i, n := range ms {
+		wantResets := int64(0)
+		if i >= 3 {
+			wantResets = 1
+		}
+		for _, name := range resetServices {
+			if got := resets(n, name); got != wantResets {
+				t.Errorf("member %d (%s): service %s was Reset %d times, want %d", i, n.Address(), name, got, wantResets)
+			}
 		}
 	}
 }
