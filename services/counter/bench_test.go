@@ -10,12 +10,20 @@ import (
 	"github.com/partita-go/partita/services/counter"
 )
 
-func withBackups(n int) clustertest.Option {
+// withBackups sets the partitions' backup count and the counter's
+// synchronous backups to n.
+func withBackups(n int) clustertest.Option { return withCounterBackups(n, 0) }
+
+// withCounterBackups keeps sync+async backup replicas of every partition
+// and has the counter back its writes up to sync of them synchronously,
+// to the other async asynchronously.
+func withCounterBackups(sync, async int) clustertest.Option {
 	return clustertest.WithConfig(func(i int, cfg *config.Config) {
-		cfg.Partitions.BackupCount = n
+		cfg.Partitions.BackupCount = sync + async
 		for j, sc := range cfg.Services {
 			if sc.Type == counter.TypeName {
-				cfg.Services[j].Properties = sc.Properties.With("backup-count", fmt.Sprint(n))
+				cfg.Services[j].Properties = sc.Properties.With("backup-count", fmt.Sprint(sync)).
+					With("async-backup-count", fmt.Sprint(async))
 			}
 		}
 	})
