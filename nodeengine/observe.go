@@ -288,7 +288,8 @@ func (n *Node) memberStats() []byte {
 		w.WriteString(m.Destination)
 		w.WriteString(m.Endpoint)
 	}
-	w.WriteString(reason) // last: a member of an earlier build sends none
+	w.WriteString(reason) // from here on: a member of an earlier build sends none
+	w.WriteString(n.mergeStatus().State)
 	return w.Bytes()
 }
 
@@ -317,6 +318,11 @@ func (n *Node) statsOf(ctx context.Context, m *debugui.Member) []debugui.Migrati
 	if r.Err() == nil && r.Remaining() > 0 {
 		m.Reason = r.ReadString()
 	}
+	if r.Err() == nil && r.Remaining() > 0 {
+		if st := r.ReadString(); st != mergeStateNames[mergeIdle] {
+			m.Merge = st
+		}
+	}
 	if err := r.Err(); err != nil {
 		m.Error = "bad stats: " + err.Error()
 		return nil
@@ -325,14 +331,15 @@ func (n *Node) statsOf(ctx context.Context, m *debugui.Member) []debugui.Migrati
 }
 
 // debugView returns this member's picture of the cluster for
-// /debug/cluster: members (each asked for its readiness, operation count
-// and migrations), the partition table and whether the cluster is safe.
+// /debug/cluster: members (each asked for its readiness, operation count,
+// migrations and merge state), the partition table, whether the cluster
+// is safe and this member's part in a split-brain merge.
 // ctx bounds the questions; a member that does not answer in time has
 // Error set.
 func (n *Node) debugView(ctx context.Context) *debugui.View {
 	now := time.Now()
 	v := &debugui.View{Cluster: n.cfg.Cluster.Name, Self: n.view.id, PartitionCount: n.view.count, Time: now,
-		Members: []debugui.Member{}, Partitions: []debugui.Partition{}, Migrations: []debugui.Migration{}}
+		Merge: n.mergeStatus(), Members: []debugui.Member{}, Partitions: []debugui.Partition{}, Migrations: []debugui.Migration{}}
 	t := n.view.table.Load()
 	counts := map[string][2]int{}
 	if t != nil {

@@ -334,7 +334,7 @@ func TestMergeOfOneKeepsItsMemberListWhileItsMemberlistIsReplaced(t *testing.T) 
 	// Its join goes through a proxy to the master that holds it until
 	// the member list was looked at.
 	proxy := newHeldProxy(t, a[0].Address())
-	b.prepareMerge(proxy.ln.Addr().String(), 1, 2)
+	b.prepareMerge(proxy.ln.Addr().String(), 1, 2, true)
 	testkit.Eventually(t, func() bool { return a[0].view.hasMember(b.ID()) }) // its old instance is back
 	merged := make(chan struct{})
 	go func() { defer close(merged); b.joinMerge() }()
