@@ -26,6 +26,7 @@ type engineMetrics struct {
 	tableInstalls prometheus.Counter
 	rejected      *prometheus.CounterVec // partita_rejected_input_total, fed by the transport
 	merges        *prometheus.CounterVec // partita_split_brain_merges_total{result}
+	probes        *prometheus.CounterVec // partita_split_brain_probes_total{found}
 	antiEntropy   prometheus.Counter
 }
 
@@ -54,13 +55,17 @@ func newEngineMetrics() (engineMetrics, *prometheus.CounterVec) {
 			Name: "partita_split_brain_merges_total",
 			Help: "Merges of this member's cluster into a larger cluster of its name, by result (merged, failed).",
 		}, []string{"result"}),
+		probes: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "partita_split_brain_probes_total",
+			Help: "Addresses this member, as master, probed for other clusters of its name, by what it found (none, other_name, incompatible, unsettled, declared_dead, larger, smaller).",
+		}, []string{"found"}),
 	}, migBytes
 }
 
 func (n *Node) registerMetrics() error {
 	var migBytes *prometheus.CounterVec
 	n.metrics, migBytes = newEngineMetrics()
-	for _, c := range []prometheus.Collector{n.metrics.lost, migBytes, n.metrics.tableInstalls, n.metrics.rejected, n.metrics.merges, n.metrics.antiEntropy, engineCollector{n}} {
+	for _, c := range []prometheus.Collector{n.metrics.lost, migBytes, n.metrics.tableInstalls, n.metrics.rejected, n.metrics.merges, n.metrics.probes, n.metrics.antiEntropy, engineCollector{n}} {
 		if err := n.registry.Register(c); err != nil {
 			return fmt.Errorf("partita: register metrics: %w", err)
 		}

@@ -363,7 +363,8 @@ func (n *Node) splitBrainLoop() {
 
 // lookForOtherClusters probes the candidates once; on finding a larger
 // cluster of this name it merges this one into it, on finding a smaller
-// one it asks that one to merge.
+// one it asks that one to merge. Each probe is counted by what it found
+// (partita_split_brain_probes_total{found}).
 func (n *Node) lookForOtherClusters() {
 	mine := n.localClusterInfo()
 	for _, addr := range n.mergeCandidates() {
@@ -372,11 +373,13 @@ func (n *Node) lookForOtherClusters() {
 		cancel()
 		if err != nil {
 			n.log.Debug("split-brain probe: no answer", "address", addr, "error", err)
+			n.metrics.probes.WithLabelValues("none").Inc()
 			continue
 		}
 		if other.Cluster == mine.Cluster && other.Knows && other.Member != "" && !n.view.hasMember(other.Member) && n.del.declaredDead(other.Member) {
 			// It takes itself for one of ours; we declared it dead (and
 			// refuse it): it rejoins, as a merge of one.
+			n.metrics.probes.WithLabelValues("declared_dead").Inc()
 			n.log.Warn("a member this cluster declared dead still takes itself for one of its members; asking it to rejoin",
 				"member", other.Member, "address", addr)
 			ctx, cancel = context.WithTimeout(n.run.ctx, probeTimeout)
@@ -385,12 +388,22 @@ func (n *Node) lookForOtherClusters() {
 			continue
 		}
 		if !n.mergeable(mine, other, addr) {
+			found := "unsettled" // ours seen through member lists that differ, not settled, or merging
+			switch {
+			case other.Cluster != mine.Cluster:
+				found = "other_name"
+			case other.Protocol != mine.Protocol || other.Partitions != mine.Partitions:
+				found = "incompatible"
+			}
+			n.metrics.probes.WithLabelValues(found).Inc()
 			continue
 		}
 		if shouldMerge(mine, other) {
+			n.metrics.probes.WithLabelValues("larger").Inc()
 			n.mergeCluster(other, mine)
 			return
 		}
+		n.metrics.probes.WithLabelValues("smaller").Inc()
 		n.log.Warn("found a smaller cluster of this name; asking it to merge into this one",
 			"other_master", other.Master, "other_members", other.Size, "members", mine.Size)
 		ctx, cancel = context.WithTimeout(n.run.ctx, probeTimeout)

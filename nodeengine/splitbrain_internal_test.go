@@ -147,6 +147,9 @@ func TestNoMergeAcrossNamesOrPartitionCounts(t *testing.T) {
 				t.Fatal(err)
 			}
 			defer ShutdownLocal(b)
+			if err := WaitStable(ctx, a); err != nil { // a's master answers for both of its members
+				t.Fatal(err)
+			}
 			mine, theirs := b[0].localClusterInfo(), a[0].localClusterInfo()
 			info, err := b[0].probe(ctx, a[0].Address(), probeInfo, "")
 			if err != nil || info.MasterID != theirs.MasterID || info.Size != 2 {
