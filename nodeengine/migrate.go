@@ -446,8 +446,12 @@ func (l *leavers) targets(members []spi.Member) []spi.Member {
 // masterEngine adapts the Node to migration.Engine.
 type masterEngine struct{ n *Node }
 
+// IsMaster reports whether this member plans migrations: it is the
+// master, its take-over is done and its term current, and it takes no
+// part in a merge (a master that leads its cluster's merge plans nothing
+// more for the cluster it leaves).
 func (e masterEngine) IsMaster() bool {
-	return e.n.view.isMaster() && e.n.pub.tookOver() && !e.n.sb.underWay() && e.n.pub.inTerm()
+	return e.n.view.isMaster() && e.n.pub.tookOver() && !e.n.sb.merging() && e.n.pub.inTerm()
 }
 func (e masterEngine) Table() *partition.Table { return e.n.view.table.Load() }
 

@@ -26,6 +26,7 @@ type engineMetrics struct {
 	tableInstalls prometheus.Counter
 	rejected      *prometheus.CounterVec // partita_rejected_input_total, fed by the transport
 	merges        *prometheus.CounterVec // partita_split_brain_merges_total{result}
+	probes        *prometheus.CounterVec // partita_split_brain_probes_total{found}
 	antiEntropy   prometheus.Counter
 }
 
@@ -54,13 +55,17 @@ func newEngineMetrics() (engineMetrics, *prometheus.CounterVec) {
 			Name: "partita_split_brain_merges_total",
 			Help: "Merges of this member's cluster into a larger cluster of its name, by result (merged, failed).",
 		}, []string{"result"}),
+		probes: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "partita_split_brain_probes_total",
+			Help: "Addresses this member, as master, probed for other clusters of its name, by what it found (none, other_name, incompatible, unsettled, declared_dead, larger, smaller).",
+		}, []string{"found"}),
 	}, migBytes
 }
 
 func (n *Node) registerMetrics() error {
 	var migBytes *prometheus.CounterVec
 	n.metrics, migBytes = newEngineMetrics()
-	for _, c := range []prometheus.Collector{n.metrics.lost, migBytes, n.metrics.tableInstalls, n.metrics.rejected, n.metrics.merges, n.metrics.antiEntropy, engineCollector{n}} {
+	for _, c := range []prometheus.Collector{n.metrics.lost, migBytes, n.metrics.tableInstalls, n.metrics.rejected, n.metrics.merges, n.metrics.probes, n.metrics.antiEntropy, engineCollector{n}} {
 		if err := n.registry.Register(c); err != nil {
 			return fmt.Errorf("partita: register metrics: %w", err)
 		}
@@ -288,7 +293,8 @@ func (n *Node) memberStats() []byte {
 		w.WriteString(m.Destination)
 		w.WriteString(m.Endpoint)
 	}
-	w.WriteString(reason) // last: a member of an earlier build sends none
+	w.WriteString(reason) // from here on: a member of an earlier build sends none
+	w.WriteString(n.mergeStatus().State)
 	return w.Bytes()
 }
 
@@ -317,6 +323,11 @@ func (n *Node) statsOf(ctx context.Context, m *debugui.Member) []debugui.Migrati
 	if r.Err() == nil && r.Remaining() > 0 {
 		m.Reason = r.ReadString()
 	}
+	if r.Err() == nil && r.Remaining() > 0 {
+		if st := r.ReadString(); st != mergeStateNames[mergeIdle] {
+			m.Merge = st
+		}
+	}
 	if err := r.Err(); err != nil {
 		m.Error = "bad stats: " + err.Error()
 		return nil
@@ -325,14 +336,15 @@ func (n *Node) statsOf(ctx context.Context, m *debugui.Member) []debugui.Migrati
 }
 
 // debugView returns this member's picture of the cluster for
-// /debug/cluster: members (each asked for its readiness, operation count
-// and migrations), the partition table and whether the cluster is safe.
+// /debug/cluster: members (each asked for its readiness, operation count,
+// migrations and merge state), the partition table, whether the cluster
+// is safe and this member's part in a split-brain merge.
 // ctx bounds the questions; a member that does not answer in time has
 // Error set.
 func (n *Node) debugView(ctx context.Context) *debugui.View {
 	now := time.Now()
 	v := &debugui.View{Cluster: n.cfg.Cluster.Name, Self: n.view.id, PartitionCount: n.view.count, Time: now,
-		Members: []debugui.Member{}, Partitions: []debugui.Partition{}, Migrations: []debugui.Migration{}}
+		Merge: n.mergeStatus(), Members: []debugui.Member{}, Partitions: []debugui.Partition{}, Migrations: []debugui.Migration{}}
 	t := n.view.table.Load()
 	counts := map[string][2]int{}
 	if t != nil {

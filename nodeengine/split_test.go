@@ -17,8 +17,11 @@ import (
 
 // Network splits (issue 20): clustertest's Split cuts the network between
 // groups of members, and each side carries on as a cluster of its own.
-// Until split-brain healing lands, the sides stay apart after Heal:
-// memberlist does not rejoin the members it declared dead.
+// These tests look at the split itself: its connections, its calls, each
+// side's membership and the window before the sides part. After Heal,
+// memberlist alone does not rejoin the members it declared dead:
+// split-brain healing merges the sides (splitbrain.go), tested in
+// splitmerge_test.go and merge_test.go.
 
 // splitTimeout bounds each wait for a side to settle after a split: fast
 // failure detection takes a few seconds, a loaded machine longer.
@@ -182,9 +185,9 @@ func TestSplitTwoSides(t *testing.T) {
 }
 
 // TestSplitHeal splits a cluster and heals it: once healed, the members
-// reach each other's port again. The two sides stay two clusters: merging
-// them is split-brain healing's job (issue 20), still being built; only
-// the network is asserted here.
+// reach each other's port again. Only the network is asserted here; the
+// merge of the two sides that follows is split-brain healing's
+// (TestMergePoliciesOnASplit, TestTieOnASplitMergesOneSide).
 func TestSplitHeal(t *testing.T) {
 	c := newSplitCluster(t, 3)
 	ctx := splitCtx(t)
@@ -212,8 +215,9 @@ func TestSplitHeal(t *testing.T) {
 			t.Fatalf("healed: a call from %s to %s: %v", pair[0].Address(), pair[1].Address(), err)
 		}
 	}
-	// No assertion on membership: the sides may stay apart until
-	// split-brain healing merges them.
+	// No assertion on membership: the sides are two clusters until
+	// split-brain healing has merged them, which this test does not wait
+	// for.
 	t.Logf("after healing: member 0 lists %d members, member 2 lists %d", len(a.Members()), len(z.Members()))
 }
 

@@ -3,7 +3,6 @@ package nodeengine
 import (
 	"context"
 	"encoding/binary"
-	"errors"
 	"fmt"
 	"io"
 	"net"
@@ -33,24 +32,30 @@ import (
 //     cluster asks that cluster's master to merge (probeMerge), which
 //     checks for itself before it does.
 //  3. The merge, driven by the merging side's master in two phases on
-//     each of its members (mergePrepareOp, then mergeJoinOp), so that no
-//     member joins the larger cluster while another still holds data or
-//     still looks older than the larger cluster's master:
-//     prepare: lifecycle MERGING (warn with both sides' sizes); every
-//     partition refuses operations (callers retry, and later reach the
-//     larger cluster); each SplitBrainHandlerService's PrepareMerge runs
-//     for every partition this member owns; every ManagedService is
-//     Reset; the partition table and replicas are dropped; the member
-//     gossips a new start time, so that it is younger than every member
-//     of the larger cluster (whose oldest stays master).
-//     join: a new memberlist instance, which knows only this member,
-//     joins the larger cluster (the old one's view of the cluster left
-//     behind, its deaths above all, must not reach it; the member list
-//     is held as it was until the join is done, see holdView); once its
-//     master's table has arrived, the collected merge operations are
-//     invoked on their partitions through the normal path (owner,
-//     backups, exactly once);
-//     lifecycle MERGED, or MERGE_FAILED with the reason.
+//     each of its members (mergeOp, then mergeOp with Join set), so that
+//     no member joins the larger cluster while another still holds data
+//     or still looks older than the larger cluster's master:
+//     prepare (prepareMerge): lifecycle MERGING (warn with both sides'
+//     sizes); every partition refuses operations (callers retry, and
+//     later reach the larger cluster); each SplitBrainHandlerService's
+//     PrepareMerge runs for every partition this member owns; every
+//     ManagedService is Reset; the partition table and replicas are
+//     dropped (and no table of the cluster left behind is taken
+//     meanwhile); the member gossips a new start time, so that it is
+//     younger than every member of the larger cluster (whose oldest stays
+//     master).
+//     join (joinMerge, merge.go): a new memberlist instance, which knows
+//     only this member, joins the larger cluster (the old one's view of
+//     the cluster left behind, its deaths above all, must not reach it;
+//     the member list is held as it was until the join is done, see
+//     holdView); once its master's table has arrived, the collected merge
+//     operations are invoked on their partitions through the normal path
+//     (owner, backups, exactly once). The join is retried until it
+//     succeeds, and merge operations their partition refused are sent
+//     again, for as long as the member runs: the collected data is the
+//     merging side's acknowledged writes, and Reset has dropped every
+//     other copy of it. Lifecycle MERGED, or MERGE_FAILED with the reason
+//     when some of it could not be delivered (merge.go says when).
 //     A member prepared for a merge whose join does not come within
 //     mergeJoinWait (its master died) joins by itself.
 
@@ -194,51 +199,69 @@ func probeCluster(ctx context.Context, dial func(context.Context, string, time.D
 }
 
 // splitBrain holds this member's split-brain state: the places to look
-// for other clusters and whether it is merging.
+// for other clusters and its part in a merge.
 type splitBrain struct {
 	mu         sync.Mutex
 	discovered map[string]bool      // addresses heard by multicast
 	departed   map[string]time.Time // addresses of members that left, when
 	refused    map[string]bool      // addresses already warned about (cannot merge)
-	state      int                  // mergeIdle, mergePrepared, mergeJoining
-	target     string               // the larger cluster's address while merging
-	data       []mergeBatch         // collected by prepare, run by join
-	cancel     context.CancelFunc   // the prepared member's own join timer
+	m          mergeRun             // this member's merge (state mergeIdle: none)
 	leading    atomic.Bool          // this master drives a merge of its cluster
 	wake       chan struct{}        // a new address was heard: look now
 }
 
+// mergeRun is this member's part in a merge, from its prepare to its end.
+type mergeRun struct {
+	state    int                // mergeIdle, mergePrepared, mergeJoining, mergeReplaying
+	since    time.Time          // when state began
+	target   string             // the larger cluster's address
+	leaving  map[string]bool    // addresses of the cluster it leaves: its member list at the prepare
+	data     []mergeBatch       // collected by prepare, carried over by join
+	cancel   context.CancelFunc // the prepared member's own join timer
+	attempts int                // join attempts so far
+	lastErr  string             // why the last join attempt failed
+	held     int                // merge batches not delivered yet
+	replays  int                // batches sent again after their partition refused them
+}
+
 const (
-	mergeIdle = iota
-	mergePrepared
-	mergeJoining
+	mergeIdle      = iota
+	mergePrepared  // MERGING: data collected, services Reset, waiting for the word to join
+	mergeJoining   // joining the larger cluster, until its table arrived
+	mergeReplaying // sending the merge data to its new owners
 )
 
-// mergeBatch is the merge operations of one service for one partition.
-type mergeBatch struct {
-	service   string
-	partition int
-	ops       []spi.Operation
-}
+// mergeStateNames are the merge states as /debug/cluster shows them.
+var mergeStateNames = [...]string{mergeIdle: "idle", mergePrepared: "merging", mergeJoining: "joining", mergeReplaying: "replaying"}
 
 func newSplitBrain() *splitBrain {
 	return &splitBrain{discovered: map[string]bool{}, departed: map[string]time.Time{}, refused: map[string]bool{},
 		wake: make(chan struct{}, 1)}
 }
 
+// merging reports whether this member takes part in a merge of its
+// cluster into another: it leads one, or prepares, joins or replays. It
+// makes no partition table and plans no migration meanwhile, even while
+// it is the oldest member it sees (masterEngine.IsMaster).
 func (sb *splitBrain) merging() bool {
 	sb.mu.Lock()
 	defer sb.mu.Unlock()
-	return sb.state != mergeIdle || sb.leading.Load()
+	return sb.m.state != mergeIdle || sb.leading.Load()
 }
 
-// underWay reports whether this member is preparing a merge or joining
-// the larger cluster: it makes no partition table meanwhile, even while
-// it is the oldest member it sees.
-func (sb *splitBrain) underWay() bool {
+// leavingFrom reports whether addr is a member of the cluster this member
+// is leaving by a merge: a partition table it pushes is not taken (the
+// member would carry its data into the cluster it leaves, and answer the
+// larger cluster's master with that cluster's table).
+func (sb *splitBrain) leavingFrom(addr string) bool {
 	sb.mu.Lock()
 	defer sb.mu.Unlock()
-	return sb.state != mergeIdle
+	return sb.m.state != mergeIdle && sb.m.leaving[addr]
+}
+
+// setState moves this member's merge to state. Called under mu.
+func (sb *splitBrain) setState(state int) {
+	sb.m.state, sb.m.since = state, time.Now()
 }
 
 // closedToNewMembers reports whether a member that memberlist does not
@@ -249,7 +272,7 @@ func (sb *splitBrain) underWay() bool {
 func (sb *splitBrain) closedToNewMembers() bool {
 	sb.mu.Lock()
 	defer sb.mu.Unlock()
-	return sb.state == mergePrepared || sb.leading.Load() && sb.state == mergeIdle
+	return sb.m.state == mergePrepared || sb.leading.Load() && sb.m.state == mergeIdle
 }
 
 // heard records an address heard by multicast; a new one is looked at
@@ -340,7 +363,8 @@ func (n *Node) splitBrainLoop() {
 
 // lookForOtherClusters probes the candidates once; on finding a larger
 // cluster of this name it merges this one into it, on finding a smaller
-// one it asks that one to merge.
+// one it asks that one to merge. Each probe is counted by what it found
+// (partita_split_brain_probes_total{found}).
 func (n *Node) lookForOtherClusters() {
 	mine := n.localClusterInfo()
 	for _, addr := range n.mergeCandidates() {
@@ -349,11 +373,13 @@ func (n *Node) lookForOtherClusters() {
 		cancel()
 		if err != nil {
 			n.log.Debug("split-brain probe: no answer", "address", addr, "error", err)
+			n.metrics.probes.WithLabelValues("none").Inc()
 			continue
 		}
 		if other.Cluster == mine.Cluster && other.Knows && other.Member != "" && !n.view.hasMember(other.Member) && n.del.declaredDead(other.Member) {
 			// It takes itself for one of ours; we declared it dead (and
 			// refuse it): it rejoins, as a merge of one.
+			n.metrics.probes.WithLabelValues("declared_dead").Inc()
 			n.log.Warn("a member this cluster declared dead still takes itself for one of its members; asking it to rejoin",
 				"member", other.Member, "address", addr)
 			ctx, cancel = context.WithTimeout(n.run.ctx, probeTimeout)
@@ -362,12 +388,22 @@ func (n *Node) lookForOtherClusters() {
 			continue
 		}
 		if !n.mergeable(mine, other, addr) {
+			found := "unsettled" // ours seen through member lists that differ, not settled, or merging
+			switch {
+			case other.Cluster != mine.Cluster:
+				found = "other_name"
+			case other.Protocol != mine.Protocol || other.Partitions != mine.Partitions:
+				found = "incompatible"
+			}
+			n.metrics.probes.WithLabelValues(found).Inc()
 			continue
 		}
 		if shouldMerge(mine, other) {
+			n.metrics.probes.WithLabelValues("larger").Inc()
 			n.mergeCluster(other, mine)
 			return
 		}
+		n.metrics.probes.WithLabelValues("smaller").Inc()
 		n.log.Warn("found a smaller cluster of this name; asking it to merge into this one",
 			"other_master", other.Master, "other_members", other.Size, "members", mine.Size)
 		ctx, cancel = context.WithTimeout(n.run.ctx, probeTimeout)
@@ -445,7 +481,7 @@ func (n *Node) rejoinRequested(target string) {
 		return
 	}
 	n.log.Warn("this member's cluster declared it dead: it rejoins as a merge of one", "master", other.Master, "members", other.Size)
-	n.prepareMerge(other.Master, 1, other.Size)
+	n.prepareMerge(other.Master, 1, other.Size, true)
 	n.joinMerge()
 }
 
@@ -521,7 +557,7 @@ func (n *Node) mergeCluster(other, mine clusterInfo) {
 			n.log.Warn("a member did not prepare for the merge; it joins by itself later", "member", m.Address, "error", err)
 		}
 	}
-	n.prepareMerge(other.Master, mine.Size, other.Size)
+	n.prepareMerge(other.Master, mine.Size, other.Size, false)
 	// Every member's new start time must be known before any joins: one
 	// member's join hands its whole member list to the larger cluster.
 	ctx, cancel := context.WithTimeout(n.run.ctx, 5*time.Second)
@@ -559,15 +595,25 @@ func (n *Node) allStartedSince(t time.Time) bool {
 }
 
 // prepareMerge is the first phase of a merge on this member (see the top
-// of this file).
-func (n *Node) prepareMerge(target string, mine, theirs int) {
+// of this file). The members it lists are the cluster it leaves, whose
+// tables it takes no more (splitBrain.leavingFrom) — unless it rejoins,
+// as a merge of one, the cluster that declared it dead: those it lists
+// are then the cluster it joins.
+func (n *Node) prepareMerge(target string, mine, theirs int, rejoin bool) {
 	sb := n.sb
+	leaving := map[string]bool{}
+	for _, m := range n.view.memberList() {
+		if m.ID != n.view.id && !rejoin {
+			leaving[m.Address] = true
+		}
+	}
 	sb.mu.Lock()
-	if sb.state != mergeIdle || n.state.Load() != stateRunning {
+	if sb.m.state != mergeIdle || n.state.Load() != stateRunning {
 		sb.mu.Unlock()
 		return
 	}
-	sb.state, sb.target = mergePrepared, target
+	sb.m = mergeRun{target: target, leaving: leaving}
+	sb.setState(mergePrepared)
 	sb.mu.Unlock()
 	n.log.Warn("merging into a larger cluster of this name: this member gives up its data and joins it",
 		"members", mine, "other_members", theirs, "target", target)
@@ -577,10 +623,15 @@ func (n *Node) prepareMerge(target string, mine, theirs int) {
 		n.ops.SetMigrating(p, true) // callers retry, and later reach the larger cluster
 	}
 	data := n.collectMergeData()
+	sum := summarize(data)
+	n.log.Warn("merge data collected", "batches", sum.batches, "partitions", sum.partitions,
+		"operations", sum.operations, "services", sum.services)
+	var reset []string
 	n.whileExecutorsWait(func() {
 		for _, sc := range n.order {
 			if ms, ok := n.services[sc.Name].(spi.ManagedService); ok {
 				ms.Reset()
+				reset = append(reset, sc.Name)
 			}
 		}
 		// Migrations in flight here belong to the cluster left behind.
@@ -597,6 +648,7 @@ func (n *Node) prepareMerge(target string, mine, theirs int) {
 			n.ops.SetMigrating(p, false) // no table: operations are refused as not ready
 		}
 	})
+	n.log.Warn("services reset for the merge; partition table and replicas dropped", "services", reset)
 	now := time.Now()
 	n.del.setStarted(now)
 	if err := n.withMemberlist(func() error { return n.ml.UpdateNode(time.Second) }); err != nil {
@@ -604,7 +656,7 @@ func (n *Node) prepareMerge(target string, mine, theirs int) {
 	}
 	ctx, cancel := context.WithCancel(n.run.ctx)
 	sb.mu.Lock()
-	sb.data, sb.cancel = data, cancel
+	sb.m.data, sb.m.held, sb.m.cancel = data, len(data), cancel
 	sb.mu.Unlock()
 	// Join by itself if the master's word does not come.
 	n.run.spawn(func() {
@@ -672,94 +724,6 @@ func (n *Node) collectMergeData() []mergeBatch {
 	return out
 }
 
-// joinMerge is the second phase of a merge on this member: join the
-// larger cluster, wait for its table, run the collected merge operations.
-func (n *Node) joinMerge() {
-	sb := n.sb
-	sb.mu.Lock()
-	if sb.state != mergePrepared {
-		sb.mu.Unlock()
-		return
-	}
-	sb.state = mergeJoining
-	target, data := sb.target, sb.data
-	sb.data = nil
-	if sb.cancel != nil {
-		sb.cancel()
-	}
-	sb.mu.Unlock()
-	err := n.joinAndReplay(target, data)
-	sb.mu.Lock()
-	sb.state, sb.target = mergeIdle, ""
-	sb.mu.Unlock()
-	if err != nil {
-		n.log.Error("merge failed", "target", target, "error", err)
-		n.lifecycle(spi.LifecycleEvent{State: spi.MergeFailed, Reason: err.Error()})
-		n.metrics.merges.WithLabelValues("failed").Inc()
-		return
-	}
-	n.log.Warn("merged into the larger cluster", "target", target, "members", len(n.view.memberList()))
-	n.lifecycle(spi.LifecycleEvent{State: spi.Merged})
-	n.metrics.merges.WithLabelValues("merged").Inc()
-}
-
-func (n *Node) joinAndReplay(target string, data []mergeBatch) error {
-	// A new memberlist instance joins: the old one's view of the cluster
-	// left behind must not reach the larger cluster (renewMemberlist).
-	// Meanwhile the member list stays as it was (holdView).
-	err := n.withMemberlist(func() error {
-		n.del.holdView(n.cfg.Cluster.Name)
-		defer n.del.releaseView()
-		if err := n.renewMemberlist(); err != nil {
-			return err
-		}
-		_, err := n.ml.Join([]string{target})
-		return err
-	})
-	if err != nil {
-		return fmt.Errorf("join %s: %w", target, err)
-	}
-	ctx, cancel := context.WithTimeout(n.run.ctx, mergeTableWait)
-	defer cancel()
-	for {
-		if t := n.view.table.Load(); t != nil && !n.view.isMaster() {
-			break
-		}
-		select {
-		case <-ctx.Done():
-			return fmt.Errorf("no partition table from the larger cluster within %v", mergeTableWait)
-		case <-time.After(20 * time.Millisecond):
-		}
-	}
-	var failed []error
-	var mu sync.Mutex
-	sem := make(chan struct{}, 8)
-	var wg sync.WaitGroup
-	for _, b := range data {
-		wg.Add(1)
-		sem <- struct{}{}
-		go func() {
-			defer func() { <-sem; wg.Done() }()
-			for _, op := range b.ops {
-				ictx, icancel := context.WithTimeout(n.run.ctx, n.cfg.Operations.InvocationTimeout)
-				_, err := n.ops.Invoke(ictx, b.service, op, b.partition)
-				icancel()
-				if err != nil {
-					mu.Lock()
-					failed = append(failed, fmt.Errorf("service %s partition %d: %w", b.service, b.partition, err))
-					mu.Unlock()
-					return
-				}
-			}
-		}()
-	}
-	wg.Wait()
-	if len(failed) > 0 {
-		return fmt.Errorf("%d of %d merge batches failed, first: %w", len(failed), len(data), errors.Join(failed[0]))
-	}
-	return nil
-}
-
 // mergeOp is the merging side's master telling a member to prepare for a
 // merge into the cluster at Target, or (Join) to join it.
 type mergeOp struct {
@@ -775,7 +739,7 @@ func (op *mergeOp) Run(ctx *spi.OpContext) error {
 		n.run.spawn(n.joinMerge)
 		return nil
 	}
-	n.prepareMerge(op.Target, op.Mine, op.Theirs)
+	n.prepareMerge(op.Target, op.Mine, op.Theirs, false)
 	return nil
 }
 func (op *mergeOp) WriteData(w *spi.Writer) {

@@ -4,13 +4,84 @@ import (
 	"context"
 	"fmt"
 	"slices"
+	"sync/atomic"
 	"testing"
 	"time"
 
 	"github.com/partita-go/partita/config"
 	"github.com/partita-go/partita/internal/testkit"
+	"github.com/partita-go/partita/services/counter"
 	"github.com/partita-go/partita/spi"
 )
+
+// resetCounter is a ManagedService that only counts its Reset calls.
+type resetCounter struct{ resets atomic.Int64 }
+
+func (s *resetCounter) Init(spi.NodeEngine, spi.Properties) error { return nil }
+func (s *resetCounter) Shutdown(bool)                             {}
+func (s *resetCounter) Reset()                                    { s.resets.Add(1) }
+
+func init() { config.RegisterService("resetcount", func() spi.Service { return new(resetCounter) }) }
+
+// resetServices are the resetCounter services withResetCounters adds,
+// next to the counter.
+var resetServices = []string{"ResetA", "ResetB"}
+
+func withResetCounters(c *config.Config) {
+	for _, name := range resetServices {
+		c.Services = append(c.Services, config.ServiceConfig{Name: name, Type: "resetcount", Enabled: true})
+	}
+}
+
+// resets returns how many times each of member n's resetCounter services
+// was Reset, by name.
+func resets(n *Node) map[string]int64 {
+	out := map[string]int64{}
+	for _, name := range resetServices {
+		out[name] = n.services[name].(*resetCounter).resets.Load()
+	}
+	return out
+}
+
+// checkCounterBackups waits until the cluster of nodes is safe, then
+// compares every counter on every backup replica with its primary, by
+// the table of nodes[0].
+func checkCounterBackups(t *testing.T, nodes []*Node) {
+	t.Helper()
+	ctx, cancel := context.WithTimeout(context.Background(), 60*time.Second)
+	defer cancel()
+	if err := nodes[0].WaitClusterSafe(ctx); err != nil {
+		t.Fatal(err)
+	}
+	tab := nodes[0].view.table.Load()
+	values := map[string]map[string]int64{}
+	for _, n := range nodes {
+		svc, _ := n.Service(counter.ServiceName)
+		vals, err := svc.(*counter.Service).LocalValues(ctx)
+		if err != nil {
+			t.Fatal(err)
+		}
+		values[n.ID()] = vals
+	}
+	compared := 0
+	for _, n := range nodes {
+		for name, v := range values[n.ID()] {
+			p := n.Partitions().PartitionID(name)
+			if tab.Owner(p) != n.ID() {
+				continue
+			}
+			for _, b := range tab.BackupsOf(p) {
+				if bv, ok := values[b][name]; !ok || bv != v {
+					t.Errorf("counter %s: primary on %s %d, backup on %s %d (present %v)", name, n.Address(), v, b, bv, ok)
+				}
+				compared++
+			}
+		}
+	}
+	if compared == 0 {
+		t.Fatal("no backup compared")
+	}
+}
 
 // Two clusters of one name started apart, at different times, then
 // allowed to meet (each hears of the other at once, as multicast would
@@ -18,6 +89,9 @@ import (
 // formed first. Age decides nothing: a smaller cluster whose master is
 // older than every member of the larger one still merges, and its
 // members, younger once merged, leave the larger one's master in place.
+// Each ManagedService of each member of the smaller cluster is Reset
+// exactly once, the larger one's never, and every backup equals its
+// primary afterwards.
 func TestSmallerMergesWhicheverFormedFirst(t *testing.T) {
 	for _, tc := range []struct {
 		name        string
@@ -29,6 +103,7 @@ func TestSmallerMergesWhicheverFormedFirst(t *testing.T) {
 			cfg := func(i int, c *config.Config) {
 				c.UseFastFailureDetection()
 				c.SplitBrain.FirstProbeDelay = time.Hour // they meet when the test says
+				withResetCounters(c)
 			}
 			start := func(n int, events *lifecycleLog) []*Node {
 				t.Helper()
@@ -90,6 +165,19 @@ func TestSmallerMergesWhicheverFormedFirst(t *testing.T) {
 					}
 				}
 			}
+			for _, n := range all {
+				want, side := int64(0), "larger"
+				if slices.Contains(small, n) {
+					want, side = 1, "smaller"
+				}
+				for name, got := range resets(n) {
+					if got != want {
+						t.Errorf("member %s of the %s cluster: service %s was Reset %d times, want %d",
+							n.Address(), side, name, got, want)
+					}
+				}
+			}
+			checkCounterBackups(t, all)
 		})
 	}
 }

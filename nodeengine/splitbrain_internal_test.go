@@ -147,6 +147,9 @@ func TestNoMergeAcrossNamesOrPartitionCounts(t *testing.T) {
 				t.Fatal(err)
 			}
 			defer ShutdownLocal(b)
+			if err := WaitStable(ctx, a); err != nil { // a's master answers for both of its members
+				t.Fatal(err)
+			}
 			mine, theirs := b[0].localClusterInfo(), a[0].localClusterInfo()
 			info, err := b[0].probe(ctx, a[0].Address(), probeInfo, "")
 			if err != nil || info.MasterID != theirs.MasterID || info.Size != 2 {
@@ -334,7 +337,7 @@ func TestMergeOfOneKeepsItsMemberListWhileItsMemberlistIsReplaced(t *testing.T) 
 	// Its join goes through a proxy to the master that holds it until
 	// the member list was looked at.
 	proxy := newHeldProxy(t, a[0].Address())
-	b.prepareMerge(proxy.ln.Addr().String(), 1, 2)
+	b.prepareMerge(proxy.ln.Addr().String(), 1, 2, true)
 	testkit.Eventually(t, func() bool { return a[0].view.hasMember(b.ID()) }) // its old instance is back
 	merged := make(chan struct{})
 	go func() { defer close(merged); b.joinMerge() }()

@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"maps"
+	"net"
 	"slices"
 	"testing"
 	"time"
@@ -20,7 +21,8 @@ import (
 // Split-brain healing on real splits of running clusters (issue 20), with
 // the test service, which merges register by register under its merge
 // policy: who merges (the smaller side; on a tie, the side whose master's
-// address sorts after), and what each standard policy keeps.
+// address sorts after; never a cluster of another name), and what each
+// standard policy keeps.
 
 // splitApart splits c into groups and waits until each side lists exactly
 // its own members and is stable: each is a cluster of its own.
@@ -209,4 +211,90 @@ func TestTieOnASplitMergesOneSide(t *testing.T) {
 		}
 	}
 	wantRegisters(t, c, want)
+}
+
+// freeAddress returns a loopback address whose port is free for TCP and
+// UDP now (a member port uses both), for a member that others must name
+// before it starts.
+func freeAddress(t *testing.T) string {
+	t.Helper()
+	for range 20 {
+		ln, err := net.Listen("tcp", "127.0.0.1:0")
+		if err != nil {
+			t.Fatal(err)
+		}
+		addr := ln.Addr().String()
+		pc, err := net.ListenPacket("udp", addr)
+		ln.Close()
+		if err == nil {
+			pc.Close()
+			return addr
+		}
+	}
+	t.Fatal("no free port for TCP and UDP")
+	return ""
+}
+
+// Two clusters of different names whose members all have the same join
+// list, naming the first member of each: each master probes the other
+// cluster every probe interval (1 s in the fast preset) and finds another
+// name. Watched over several probes, they never merge: no merge counted,
+// no lifecycle event, each keeps its members and its data.
+func TestClustersOfAnotherNameOnTheSameSeedsNeverMerge(t *testing.T) {
+	seeds := []string{freeAddress(t), freeAddress(t)}
+	start := func(name string, first string, events *eventLog) *clustertest.Cluster {
+		return newCluster(t, 2, 1, func(i int, cfg *config.Config) {
+			cfg.Cluster.Name = name
+			cfg.Network.Join.Members = slices.Clone(seeds)
+			if i == 0 {
+				cfg.Network.Bind = first
+			}
+		}, clustertest.WithLifecycleListener(events.add))
+	}
+	var aEvents, bEvents eventLog
+	a := start("alpha", seeds[0], &aEvents)
+	b := start("beta", seeds[1], &bEvents)
+	ctx := ctxT(t)
+	want := map[*clustertest.Cluster]map[string]int64{a: {}, b: {}}
+	for i := range 10 {
+		for j, c := range []*clustertest.Cluster{a, b} {
+			k := fmt.Sprintf("shared-%d", i)
+			addOn(t, ctx, c.Member(i%2), k, int64(10*j+i+1))
+			want[c][k] = int64(10*j + i + 1)
+		}
+	}
+	// Several probes each way, each finding the other name.
+	const probes = 3
+	clustertest.Eventually(t, splitTimeout, func() error {
+		for _, c := range []*clustertest.Cluster{a, b} {
+			m := c.Member(0)
+			if got := clustertest.Scrape(t, m).Value("partita_split_brain_probes_total", "found", "other_name"); got < probes {
+				return fmt.Errorf("master %s of %s has probed another cluster name %v times, waiting for %d", m.Address(), m.ClusterName(), got, probes)
+			}
+		}
+		return nil
+	})
+	for _, c := range []*clustertest.Cluster{a, b} {
+		ms := c.Members()
+		for i, n := range ms {
+			if err := sees(n, ms...); err != nil {
+				t.Error(err)
+			}
+			if got := clustertest.Scrape(t, n).Value("partita_split_brain_merges_total"); got != 0 {
+				t.Errorf("member %d of %s made %v merges", i, n.ClusterName(), got)
+			}
+		}
+		scraped := clustertest.Scrape(t, ms[0])
+		for _, found := range []string{"larger", "smaller", "unsettled", "incompatible", "declared_dead"} {
+			if got := scraped.Value("partita_split_brain_probes_total", "found", found); got != 0 {
+				t.Errorf("master of %s found %q %v times", ms[0].ClusterName(), found, got)
+			}
+		}
+		wantRegisters(t, c, want[c])
+	}
+	for i := range 2 {
+		if got := append(aEvents.states(i), bEvents.states(i)...); len(got) != 0 {
+			t.Errorf("member %d of a cluster went through %v", i, got)
+		}
+	}
 }

@@ -115,7 +115,13 @@ func (v *clusterView) replicaCounts() (owned, backups int, version int64) {
 // acceptTable installs a table pushed by the master and returns the
 // encoded table this member holds when that one is newer (nil otherwise).
 // The first table also brings the distributed objects the cluster knows.
+// While this member merges into another cluster, a table from the cluster
+// it leaves is not taken (splitBrain.leavingFrom).
 func (n *Node) acceptTable(t *partition.Table, from string) []byte {
+	if n.sb.leavingFrom(from) {
+		n.log.Debug("partition table of the cluster this member leaves by a merge not taken", "version", t.Version, "from", from)
+		return nil
+	}
 	prev := n.view.table.Load()
 	if !n.tables.install(t) {
 		if cur := n.view.table.Load(); cur.Newer(t) {

@@ -43,6 +43,7 @@ import (
 	"github.com/partita-go/partita/config"
 	"github.com/partita-go/partita/nodeengine"
 	"github.com/partita-go/partita/operation"
+	"github.com/partita-go/partita/spi"
 )
 
 // Option changes the cluster's set-up.
@@ -59,6 +60,17 @@ func WithConfig(f func(i int, c *config.Config)) Option {
 // drowning in routine lines).
 func WithLogLevel(l slog.Level) Option { return func(c *Cluster) { c.level = l } }
 
+// WithLifecycleListener sets a function told of every member's lifecycle
+// events (split-brain merges: spi.Merging, spi.Merged, spi.MergeFailed;
+// see nodeengine.WithLifecycleListener), with the member's config index i
+// (the order in which members were started, as Config's). It runs on the
+// member's goroutine that makes the event, before the member goes on: a
+// test may act on the cluster there (Split it, say, to hold a merge in
+// its join), but must not wait for the member.
+func WithLifecycleListener(f func(i int, ev spi.LifecycleEvent)) Option {
+	return func(c *Cluster) { c.lifecycle = f }
+}
+
 // WithTimeout bounds WaitStable and the start of each member (default 30s).
 func WithTimeout(d time.Duration) Option { return func(c *Cluster) { c.timeout = d } }
 
@@ -66,6 +78,7 @@ func WithTimeout(d time.Duration) Option { return func(c *Cluster) { c.timeout =
 type Cluster struct {
 	t         testing.TB
 	configure func(int, *config.Config)
+	lifecycle func(int, spi.LifecycleEvent)
 	level     slog.Level
 	timeout   time.Duration
 
@@ -172,8 +185,12 @@ func (c *Cluster) startMember() (*nodeengine.Node, error) {
 	cfg := c.Config(i)
 	log := slog.New(slog.NewTextHandler(tWriter{c, i}, &slog.HandlerOptions{Level: c.level}))
 	filter := c.newFilter()
-	n, err := nodeengine.New(cfg, nodeengine.WithLogger(log), nodeengine.WithOperationHook(c.hook),
-		nodeengine.WithNetworkFilter(filter.reachable))
+	opts := []nodeengine.Option{nodeengine.WithLogger(log), nodeengine.WithOperationHook(c.hook),
+		nodeengine.WithNetworkFilter(filter.reachable)}
+	if c.lifecycle != nil {
+		opts = append(opts, nodeengine.WithLifecycleListener(func(ev spi.LifecycleEvent) { c.lifecycle(i, ev) }))
+	}
+	n, err := nodeengine.New(cfg, opts...)
 	if err != nil {
 		return nil, fmt.Errorf("clustertest: member %d: %w", i, err)
 	}

@@ -226,6 +226,35 @@ func TestMembersTable(t *testing.T) {
 	}
 }
 
+// The answering member's merge state is in the header, each member's in
+// its row; idle shows as such, and no member row says anything then.
+func TestMergeState(t *testing.T) {
+	v := testView()
+	_, doc := render(t, v)
+	if n := byID(t, doc, "merge"); text(n) != "idle" || !hasClass(n, "ok") {
+		t.Errorf("merge of an idle member shows %q", text(n))
+	}
+	for i, r := range bodyRows(byID(t, doc, "members")) {
+		if strings.Contains(text(r), "joining") {
+			t.Errorf("member row %d of an idle cluster %q mentions a merge", i, text(r))
+		}
+	}
+	v.Merge = Merge{State: "joining", Target: addrs[0], Seconds: 75, Attempts: 3, LastError: "join 127.0.0.1:5701: unreachable", Batches: 12}
+	v.Members[1].Ready, v.Members[1].Reason, v.Members[1].Merge = false, "merging into a larger cluster of this name", "joining"
+	_, doc = render(t, v)
+	want := "joining 127.0.0.1:5701 (for 1m15s; 3 join attempts; 12 merge batches held; last error: join 127.0.0.1:5701: unreachable)"
+	if n := byID(t, doc, "merge"); text(n) != want || !hasClass(n, "bad") {
+		t.Errorf("merge shows %q, want %q", text(n), want)
+	}
+	if got := MergeText(v.Merge); got != want {
+		t.Errorf("MergeText = %q, want %q", got, want)
+	}
+	row := text(bodyRows(byID(t, doc, "members"))[1])
+	if !strings.Contains(row, "no: merging into a larger cluster of this name") || !strings.Contains(row, "joining") {
+		t.Errorf("the merging member's row %q lacks its reason or its merge state", row)
+	}
+}
+
 func TestMigrationsTable(t *testing.T) {
 	v := testView()
 	_, doc := render(t, v)
@@ -356,10 +385,34 @@ func TestJSONContract(t *testing.T) {
 		}
 	}
 	check("View", got.View, "cluster", "self", "master", "tableVersion", "partitionCount", "backupCount",
-		"clusterSafe", "time", "members", "partitions", "migrations")
+		"clusterSafe", "merge", "time", "members", "partitions", "migrations")
+	var merge map[string]json.RawMessage
+	if err := json.Unmarshal(got.View["merge"], &merge); err != nil {
+		t.Fatal(err)
+	}
+	check("Merge, idle", merge, "state")
+	v.Merge = Merge{State: "joining", Target: addrs[0], Seconds: 3, Attempts: 2, LastError: "unreachable", Batches: 5, Replays: 1}
+	mb, err := json.Marshal(v.Merge)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := json.Unmarshal(mb, &merge); err != nil {
+		t.Fatal(err)
+	}
+	check("Merge, joining", merge, "state", "target", "seconds", "attempts", "lastError", "batches", "replays")
 	memberKeys := []string{"id", "address", "started", "ageSeconds", "master", "self", "ready", "operations", "owned", "backups"}
 	check("Member", got.Members[0], memberKeys...)
 	check("Member with error", got.Members[2], append(memberKeys, "error")...)
+	v.Members[1].Merge = "joining"
+	mj, err := json.Marshal(v.Members[1])
+	if err != nil {
+		t.Fatal(err)
+	}
+	var merging map[string]json.RawMessage
+	if err := json.Unmarshal(mj, &merging); err != nil {
+		t.Fatal(err)
+	}
+	check("Member merging", merging, append(memberKeys, "merge")...)
 	check("Partition", got.Partitions[0], "id", "owner", "backups")
 	check("Migration", got.Migrations[0], "partition", "source", "destination", "reportedBy", "endpoint")
 

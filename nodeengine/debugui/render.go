@@ -45,6 +45,7 @@ type page struct {
 	V          *View
 	Time       string
 	SelfLabel  string
+	Merge      string // the answering member's merge state in words (MergeText)
 	Members    []memberRow
 	Cells      []cell
 	Migrations []migrationRow
@@ -98,9 +99,10 @@ func build(v *View) *page {
 	idx := make(map[string]int, len(v.Members))
 	addr := make(map[string]string, len(v.Members))
 	p := &page{
-		V:    v,
-		Time: formatTime(v.Time),
-		Data: scriptData{Palette: palette, Unknown: unknownColor, Time: v.Time, Ops: make(map[string]uint64, len(v.Members))},
+		V:     v,
+		Time:  formatTime(v.Time),
+		Merge: MergeText(v.Merge),
+		Data:  scriptData{Palette: palette, Unknown: unknownColor, Time: v.Time, Ops: make(map[string]uint64, len(v.Members))},
 	}
 	for i, m := range v.Members {
 		if _, dup := idx[m.ID]; !dup {
@@ -177,6 +179,40 @@ func build(v *View) *page {
 		p.Cells[id] = c
 	}
 	return p
+}
+
+// MergeText renders a member's merge state in words, as the page shows
+// it: "idle", or the state with its target and progress, for example
+// "joining 127.0.0.1:5701 (2 join attempts; 3 merge batches held; last
+// error: ...)". The page's script renders it the same way.
+func MergeText(m Merge) string {
+	if m.State == "" || m.State == "idle" {
+		return "idle"
+	}
+	s := m.State
+	if m.Target != "" {
+		s += " " + m.Target
+	}
+	var parts []string
+	if m.Seconds > 0 {
+		parts = append(parts, "for "+formatAge(m.Seconds))
+	}
+	if m.Attempts > 0 {
+		parts = append(parts, fmt.Sprintf("%d join attempts", m.Attempts))
+	}
+	if m.Batches > 0 {
+		parts = append(parts, fmt.Sprintf("%d merge batches held", m.Batches))
+	}
+	if m.Replays > 0 {
+		parts = append(parts, fmt.Sprintf("%d batches sent again", m.Replays))
+	}
+	if m.LastError != "" {
+		parts = append(parts, "last error: "+m.LastError)
+	}
+	if len(parts) > 0 {
+		s += " (" + strings.Join(parts, "; ") + ")"
+	}
+	return s
 }
 
 // short abbreviates a member ID for display.

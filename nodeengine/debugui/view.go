@@ -25,6 +25,7 @@ type View struct {
 	PartitionCount int         `json:"partitionCount"`
 	BackupCount    int         `json:"backupCount"`
 	ClusterSafe    bool        `json:"clusterSafe"`
+	Merge          Merge       `json:"merge"` // the answering member's part in a split-brain merge
 	Time           time.Time   `json:"time"`
 	Members        []Member    `json:"members"`    // oldest first
 	Partitions     []Partition `json:"partitions"` // index = partition id
@@ -42,6 +43,7 @@ type Member struct {
 	Self       bool      `json:"self"`
 	Ready      bool      `json:"ready"`
 	Reason     string    `json:"reason,omitempty"` // why it is not ready (for example "merging into a larger cluster of this name")
+	Merge      string    `json:"merge,omitempty"`  // its merge state (see Merge.State) when not idle
 	Operations uint64    `json:"operations"`       // operations run on that member since it started (a counter; rates are computed from two samples)
 	Owned      int       `json:"owned"`            // primaries it owns in the table
 	Backups    int       `json:"backups"`          // backup replicas it holds in the table
@@ -63,4 +65,26 @@ type Migration struct {
 	Destination string `json:"destination"` // member ID
 	ReportedBy  string `json:"reportedBy"`  // member ID whose state this is
 	Endpoint    string `json:"endpoint"`    // "source" or "destination"
+}
+
+// Merge is a member's part in a split-brain merge of its cluster into a
+// larger one of the same name (docs/architecture.md, "Split brain").
+// State is one of:
+//
+//	idle       no merge
+//	merging    MERGING: its cluster prepares to merge (merge data collected,
+//	           services Reset, table dropped) and waits for the word to join
+//	joining    it joins the larger cluster and waits for its partition
+//	           table; a failed attempt is tried again until it succeeds
+//	replaying  it has joined and sends its merge data to the new owners
+//
+// The other fields are set while State is not idle.
+type Merge struct {
+	State     string  `json:"state"`
+	Target    string  `json:"target,omitempty"`    // address of the larger cluster's member it joins through first
+	Seconds   float64 `json:"seconds,omitempty"`   // time in this state
+	Attempts  int     `json:"attempts,omitempty"`  // join attempts so far
+	LastError string  `json:"lastError,omitempty"` // why the last failed join attempt failed
+	Batches   int     `json:"batches,omitempty"`   // merge batches (one service's data of one partition) not delivered yet
+	Replays   int     `json:"replays,omitempty"`   // batches sent again after their partition refused them
 }
