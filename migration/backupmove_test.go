@@ -101,6 +101,38 @@ func TestMoveBackups(t *testing.T) {
 	}
 }
 
+// Every partition keeps the same number of backup slots while some wait
+// (keep): the table's wire form writes as many slots for every partition
+// as the first has, so a waiting partition with more slots than the rest
+// made Encode index past the others' slots, and one with fewer had the
+// others' last backups dropped on the wire.
+func TestMoveBackupsKeepsOneSlotCount(t *testing.T) {
+	alive := func(string) bool { return true }
+	for _, tc := range []struct {
+		name    string
+		want    [][]string
+		backups [][]string // after
+	}{
+		// The members p0 waits for left the targets: one member is left,
+		// and no backup.
+		{"fewer backups while one waits", nil, [][]string{{"c"}, {""}, {""}}},
+		// A member joined: two backups, p0 still waits with one.
+		{"more backups while one waits", [][]string{{"x", "y"}, {"b", "d"}, {"b", "d"}}, [][]string{{"c", ""}, {"b", "d"}, {"b", "d"}}},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			tab := newFake("x a a").current()
+			tab.Backups = [][]string{{"c"}, {"b"}, {"b"}}
+			moveBackups(tab, tc.want, alive, []int{0})
+			if !slices.EqualFunc(tab.Backups, tc.backups, slices.Equal[[]string]) {
+				t.Errorf("backups %q, want %q", tab.Backups, tc.backups)
+			}
+			if err := tab.Validate(); err != nil {
+				t.Error(err)
+			}
+		})
+	}
+}
+
 // A primary that does not answer (frozen, or dead and not yet declared
 // so) is asked about its incoming backups once a round, not once per
 // partition: a round must reach the next repair soon.

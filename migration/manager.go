@@ -376,33 +376,57 @@ func lostDetail(t *partition.Table, p int, status map[string]replicaStatus) stri
 // always finds the old, in-sync copy meanwhile. An empty or dead slot,
 // or a change of the number of backups, is filled directly (there is no
 // in-sync copy to keep). The partitions in keep stay as they are.
+//
+// Every partition keeps the same number of backup slots, as the table's
+// wire form and readers require: while a partition in keep holds more
+// slots than want has backups (the members it waits for left the targets
+// and the backup count fell with them), every partition keeps as many,
+// the extra ones empty; one holding fewer gets empty ones.
 func moveBackups(t *partition.Table, want [][]string, alive func(string) bool, keep []int) bool {
-	if want == nil {
-		want = make([][]string, len(t.Owners))
+	slots := 0
+	for p := range t.Owners {
+		if p < len(want) {
+			slots = max(slots, len(want[p]))
+		}
+	}
+	for _, p := range keep {
+		slots = max(slots, len(t.BackupsOf(p)))
+	}
+	if t.Backups == nil && slots > 0 {
+		t.Backups = make([][]string, len(t.Owners))
 	}
 	changed := false
 	var incoming [][]string
-	for p := range want {
+	for p := range t.Owners {
 		cur := t.BackupsOf(p)
 		if slices.Contains(keep, p) {
+			if len(cur) < slots {
+				t.Backups[p] = padded(cur, slots)
+				changed = true
+			}
 			if in := t.IncomingOf(p); in != nil {
 				if incoming == nil {
 					incoming = make([][]string, len(t.Owners))
 				}
-				incoming[p] = slices.Clone(in)
+				incoming[p] = padded(in, slots)
 			}
 			continue
 		}
-		if len(cur) != len(want[p]) {
+		var w []string
+		if p < len(want) {
+			w = want[p]
+		}
+		w = padded(w, slots)
+		if len(cur) != len(w) {
 			if t.Backups == nil {
 				t.Backups = make([][]string, len(t.Owners))
 			}
-			t.Backups[p] = slices.Clone(want[p])
+			t.Backups[p] = w
 			changed = true
 			continue
 		}
 		var in []string
-		for i, w := range want[p] {
+		for i, w := range w {
 			c := cur[i]
 			switch {
 			case c == w:
@@ -411,7 +435,7 @@ func moveBackups(t *partition.Table, want [][]string, alive func(string) bool, k
 				changed = true
 			default:
 				if in == nil {
-					in = make([]string, len(want[p]))
+					in = make([]string, len(cur))
 				}
 				in[i] = w
 			}
@@ -428,6 +452,17 @@ func moveBackups(t *partition.Table, want [][]string, alive func(string) bool, k
 	}
 	t.Incoming = incoming
 	return changed
+}
+
+// padded returns a copy of ids with n entries, the added ones empty (nil
+// for none).
+func padded(ids []string, n int) []string {
+	if n == 0 {
+		return nil
+	}
+	out := make([]string, n)
+	copy(out, ids)
+	return out
 }
 
 // settleIncoming swaps in the incoming backup replicas that caught up
