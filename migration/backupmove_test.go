@@ -86,6 +86,12 @@ func TestMoveBackups(t *testing.T) {
 		{"live backup kept while the new one syncs", "a", []string{"b"}, []string{"c"}, []string{"b"}, []string{"c"}},
 		{"only the moving one waits", "a", []string{"b", "c"}, []string{"b", "d"}, []string{"b", "c"}, []string{"", "d"}},
 		{"fewer backups: at once", "a", []string{"b", "c"}, []string{"b"}, []string{"b"}, nil},
+		// want is a set: a kept backup keeps its slot, wherever
+		// RebalanceBackups lists it.
+		{"kept backup keeps its slot", "a", []string{"b", "c"}, []string{"c", "d"}, []string{"b", "c"}, []string{"d", ""}},
+		{"promoted backup's slot filled, the other kept", "b", []string{"", "c"}, []string{"c", "d"}, []string{"d", "c"}, nil},
+		{"dead backup's slot filled, the other kept", "a", []string{"dead", "c"}, []string{"c", "d"}, []string{"d", "c"}, nil},
+		{"a member listed twice keeps one slot", "a", []string{"c", "c"}, []string{"c", "d"}, []string{"c", "d"}, nil},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			tab := newFake(tc.owner).current()

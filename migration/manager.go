@@ -377,6 +377,11 @@ func lostDetail(t *partition.Table, p int, status map[string]replicaStatus) stri
 // or a change of the number of backups, is filled directly (there is no
 // in-sync copy to keep). The partitions in keep stay as they are.
 //
+// want is a set per partition, not a layout: RebalanceBackups lists the
+// backups it keeps first, whatever their slot. Each is compared with the
+// slot it holds (alignBackups), so that no member is named for a second
+// slot while it still holds its first.
+//
 // Every partition keeps the same number of backup slots, as the table's
 // wire form and readers require: while a partition in keep holds more
 // slots than want has backups (the members it waits for left the targets
@@ -425,12 +430,15 @@ func moveBackups(t *partition.Table, want [][]string, alive func(string) bool, k
 			changed = true
 			continue
 		}
+		cur = slices.Clone(cur) // t.Backups[p] changes below
 		var in []string
-		for i, w := range w {
+		for i, w := range alignBackups(cur, t.IncomingOf(p), w) {
 			c := cur[i]
 			switch {
 			case c == w:
-			case c == "" || !alive(c) || c == t.Owners[p] || w == "":
+			case c == "" || !alive(c) || c == t.Owners[p] || w == "" || slices.Index(cur, c) < i:
+				// Nothing in sync to keep here (a member listed in an
+				// earlier slot too holds one copy, kept there).
 				t.Backups[p][i] = w
 				changed = true
 			default:
@@ -462,6 +470,45 @@ func padded(ids []string, n int) []string {
 	}
 	out := make([]string, n)
 	copy(out, ids)
+	return out
+}
+
+// alignBackups lays want (the members that are to hold a partition's
+// backups, as many as cur has slots) over the slots of cur: a member of
+// want that holds a slot in cur keeps that slot, one that is incoming for
+// a slot in in (the incoming replicas) keeps that one while it is free,
+// and the others take the remaining slots in order. Laid out so, the slot
+// a member holds is the only one it is named for: when the promotion of
+// the backup in slot 1 of [X, Y] emptied that slot and want was [Y, Z],
+// comparing slot by slot filled slot 1 with Y at once and named Z
+// incoming for slot 2, which Y kept serving ([Y, Y], Z incoming): the
+// table counted two backups while Y held one copy, and every write backed
+// up to Y twice.
+func alignBackups(cur, in, want []string) []string {
+	out := make([]string, len(cur))
+	placed := make([]bool, len(want))
+	put := func(from []string) {
+		for i, id := range from {
+			if i >= len(out) || id == "" || out[i] != "" {
+				continue
+			}
+			if k := slices.Index(want, id); k >= 0 && !placed[k] {
+				out[i], placed[k] = id, true
+			}
+		}
+	}
+	put(cur)
+	put(in)
+	i := 0
+	for k, id := range want {
+		if placed[k] || id == "" {
+			continue
+		}
+		for out[i] != "" {
+			i++
+		}
+		out[i] = id
+	}
 	return out
 }
 
@@ -803,12 +850,10 @@ func (m *Manager) migrate(ctx context.Context, mv Move) error {
 			t.Backups[mv.Partition][k-1] = mv.Source
 		}
 		// A member holds one replica of a partition: a destination that
-		// was taking over a backup replica of it stops doing so.
-		for i, id := range t.IncomingOf(mv.Partition) {
-			if id == mv.Destination {
-				t.Incoming[mv.Partition][i] = ""
-			}
-		}
+		// was taking over a backup replica of it stops doing so, and one
+		// that a repair moved to another backup slot while the move ran
+		// leaves it (empty, the next repair fills it).
+		leaveBackups(t, mv.Partition, mv.Destination)
 		return true
 	})
 	if next == nil {
@@ -849,9 +894,9 @@ func (m *Manager) migrate(ctx context.Context, mv Move) error {
 					return false
 				}
 				t.Owners[mv.Partition] = mv.Source
-				if k := mv.DestinationIndex; k > 0 && k <= len(t.Backups[mv.Partition]) && t.Backups[mv.Partition][k-1] == mv.Source {
-					t.Backups[mv.Partition][k-1] = ""
-				}
+				// The source took the destination's backup slot (a swap),
+				// or a repair named it a backup since: it is the owner now.
+				leaveBackups(t, mv.Partition, mv.Source)
 				return true
 			})
 		}
@@ -866,6 +911,22 @@ func (m *Manager) migrate(ctx context.Context, mv Move) error {
 		m.finish(ctx, mv, spi.MigrationSource, true)
 	}
 	return nil
+}
+
+// leaveBackups takes the owner of partition p out of the backup and
+// incoming slots it holds in t: a member holds one replica of a
+// partition.
+func leaveBackups(t *partition.Table, p int, owner string) {
+	for i, id := range t.BackupsOf(p) {
+		if id == owner {
+			t.Backups[p][i] = ""
+		}
+	}
+	for i, id := range t.IncomingOf(p) {
+		if id == owner {
+			t.Incoming[p][i] = ""
+		}
+	}
 }
 
 // finish commits or rolls back one endpoint, retrying while it lives.
