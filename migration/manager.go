@@ -49,7 +49,8 @@ type Engine interface {
 	CaughtUp(ctx context.Context, p int, primary, member string, version int64) (bool, error)
 	// Install makes t this member's table and has it published to all;
 	// false when the member already holds a newer table (then the change
-	// is void).
+	// is void), or when t is not valid (partition.Table.Validate: the
+	// engine refuses it and logs why; the Manager never makes one).
 	Install(t *partition.Table) bool
 	// Push sends t to one member and returns once that member holds t or
 	// a newer table.
