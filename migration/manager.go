@@ -852,8 +852,8 @@ func (m *Manager) migrate(ctx context.Context, mv Move) error {
 		}
 		// A member holds one replica of a partition: a destination that
 		// was taking over a backup replica of it stops doing so, and one
-		// that a repair moved to another backup slot while the move ran
-		// leaves it (empty, the next repair fills it).
+		// that a repair named a backup in another slot while the move ran
+		// leaves that slot (empty: the next repair fills it).
 		leaveBackups(t, mv.Partition, mv.Destination)
 		return true
 	})

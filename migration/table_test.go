@@ -27,7 +27,7 @@ import (
 //	syncing: c:0          (member:partition replicas waiting for a copy; optional)
 //	0: a b c              (partition 0: owner, backups; "-" for none)
 //	1: b c d > - a        (... and after ">", the incoming replicas)
-//	do: repair            (repair | settle | kill X | join X; one a line)
+//	do: repair            (repair | settle | round | kill X | join X | leave X; one a line)
 //	----
 //	<expected output: each step, then the table after it>
 //
