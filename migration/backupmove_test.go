@@ -86,6 +86,12 @@ func TestMoveBackups(t *testing.T) {
 		{"live backup kept while the new one syncs", "a", []string{"b"}, []string{"c"}, []string{"b"}, []string{"c"}},
 		{"only the moving one waits", "a", []string{"b", "c"}, []string{"b", "d"}, []string{"b", "c"}, []string{"", "d"}},
 		{"fewer backups: at once", "a", []string{"b", "c"}, []string{"b"}, []string{"b"}, nil},
+		// want is a set: a kept backup keeps its slot, wherever
+		// RebalanceBackups lists it.
+		{"kept backup keeps its slot", "a", []string{"b", "c"}, []string{"c", "d"}, []string{"b", "c"}, []string{"d", ""}},
+		{"promoted backup's slot filled, the other kept", "b", []string{"", "c"}, []string{"c", "d"}, []string{"d", "c"}, nil},
+		{"dead backup's slot filled, the other kept", "a", []string{"dead", "c"}, []string{"c", "d"}, []string{"d", "c"}, nil},
+		{"a member listed twice keeps one slot", "a", []string{"c", "c"}, []string{"c", "d"}, []string{"c", "d"}, nil},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			tab := newFake(tc.owner).current()
@@ -96,6 +102,38 @@ func TestMoveBackups(t *testing.T) {
 			}
 			if changed != (tc.name != "unchanged") {
 				t.Errorf("changed = %v", changed)
+			}
+		})
+	}
+}
+
+// Every partition keeps the same number of backup slots while some wait
+// (keep): the table's wire form writes as many slots for every partition
+// as the first has, so a waiting partition with more slots than the rest
+// made Encode index past the others' slots, and one with fewer had the
+// others' last backups dropped on the wire.
+func TestMoveBackupsKeepsOneSlotCount(t *testing.T) {
+	alive := func(string) bool { return true }
+	for _, tc := range []struct {
+		name    string
+		want    [][]string
+		backups [][]string // after
+	}{
+		// The members p0 waits for left the targets: one member is left,
+		// and no backup.
+		{"fewer backups while one waits", nil, [][]string{{"c"}, {""}, {""}}},
+		// A member joined: two backups, p0 still waits with one.
+		{"more backups while one waits", [][]string{{"x", "y"}, {"b", "d"}, {"b", "d"}}, [][]string{{"c", ""}, {"b", "d"}, {"b", "d"}}},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			tab := newFake("x a a").current()
+			tab.Backups = [][]string{{"c"}, {"b"}, {"b"}}
+			moveBackups(tab, tc.want, alive, []int{0})
+			if !slices.EqualFunc(tab.Backups, tc.backups, slices.Equal[[]string]) {
+				t.Errorf("backups %q, want %q", tab.Backups, tc.backups)
+			}
+			if err := tab.Validate(); err != nil {
+				t.Error(err)
 			}
 		})
 	}

@@ -25,7 +25,9 @@
 // promoted, missing backups are chosen again (partition.RebalanceBackups),
 // a backup replica that moves is named incoming beside the one it
 // replaces and swapped in once it caught up, and a partition with no
-// in-sync replica left is reported lost (Engine.Lost).
+// in-sync replica left is reported lost (Engine.Lost). No table names a
+// member for two replicas of one partition (partition.Table.Validate):
+// a member keeps the backup slot it holds.
 //
 // # Who calls what, on which goroutine
 //

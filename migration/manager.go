@@ -49,7 +49,8 @@ type Engine interface {
 	CaughtUp(ctx context.Context, p int, primary, member string, version int64) (bool, error)
 	// Install makes t this member's table and has it published to all;
 	// false when the member already holds a newer table (then the change
-	// is void).
+	// is void), or when t is not valid (partition.Table.Validate: the
+	// engine refuses it and logs why; the Manager never makes one).
 	Install(t *partition.Table) bool
 	// Push sends t to one member and returns once that member holds t or
 	// a newer table.
@@ -376,42 +377,74 @@ func lostDetail(t *partition.Table, p int, status map[string]replicaStatus) stri
 // always finds the old, in-sync copy meanwhile. An empty or dead slot,
 // or a change of the number of backups, is filled directly (there is no
 // in-sync copy to keep). The partitions in keep stay as they are.
+//
+// want is a set per partition, not a layout: RebalanceBackups lists the
+// backups it keeps first, whatever their slot. Each is compared with the
+// slot it holds (alignBackups), so that no member is named for a second
+// slot while it still holds its first.
+//
+// Every partition keeps the same number of backup slots, as the table's
+// wire form and readers require: while a partition in keep holds more
+// slots than want has backups (the members it waits for left the targets
+// and the backup count fell with them), every partition keeps as many,
+// the extra ones empty; one holding fewer gets empty ones.
 func moveBackups(t *partition.Table, want [][]string, alive func(string) bool, keep []int) bool {
-	if want == nil {
-		want = make([][]string, len(t.Owners))
+	slots := 0
+	for p := range t.Owners {
+		if p < len(want) {
+			slots = max(slots, len(want[p]))
+		}
+	}
+	for _, p := range keep {
+		slots = max(slots, len(t.BackupsOf(p)))
+	}
+	if t.Backups == nil && slots > 0 {
+		t.Backups = make([][]string, len(t.Owners))
 	}
 	changed := false
 	var incoming [][]string
-	for p := range want {
+	for p := range t.Owners {
 		cur := t.BackupsOf(p)
 		if slices.Contains(keep, p) {
+			if len(cur) < slots {
+				t.Backups[p] = padded(cur, slots)
+				changed = true
+			}
 			if in := t.IncomingOf(p); in != nil {
 				if incoming == nil {
 					incoming = make([][]string, len(t.Owners))
 				}
-				incoming[p] = slices.Clone(in)
+				incoming[p] = padded(in, slots)
 			}
 			continue
 		}
-		if len(cur) != len(want[p]) {
+		var w []string
+		if p < len(want) {
+			w = want[p]
+		}
+		w = padded(w, slots)
+		if len(cur) != len(w) {
 			if t.Backups == nil {
 				t.Backups = make([][]string, len(t.Owners))
 			}
-			t.Backups[p] = slices.Clone(want[p])
+			t.Backups[p] = w
 			changed = true
 			continue
 		}
+		cur = slices.Clone(cur) // t.Backups[p] changes below
 		var in []string
-		for i, w := range want[p] {
+		for i, w := range alignBackups(cur, t.IncomingOf(p), w) {
 			c := cur[i]
 			switch {
 			case c == w:
-			case c == "" || !alive(c) || c == t.Owners[p] || w == "":
+			case c == "" || !alive(c) || c == t.Owners[p] || w == "" || slices.Index(cur, c) < i:
+				// Nothing in sync to keep here (a member listed in an
+				// earlier slot too holds one copy, kept there).
 				t.Backups[p][i] = w
 				changed = true
 			default:
 				if in == nil {
-					in = make([]string, len(want[p]))
+					in = make([]string, len(cur))
 				}
 				in[i] = w
 			}
@@ -428,6 +461,56 @@ func moveBackups(t *partition.Table, want [][]string, alive func(string) bool, k
 	}
 	t.Incoming = incoming
 	return changed
+}
+
+// padded returns a copy of ids with n entries, the added ones empty (nil
+// for none).
+func padded(ids []string, n int) []string {
+	if n == 0 {
+		return nil
+	}
+	out := make([]string, n)
+	copy(out, ids)
+	return out
+}
+
+// alignBackups lays want (the members that are to hold a partition's
+// backups, as many as cur has slots) over the slots of cur: a member of
+// want that holds a slot in cur keeps that slot, one that is incoming for
+// a slot in in (the incoming replicas) keeps that one while it is free,
+// and the others take the remaining slots in order. Laid out so, the slot
+// a member holds is the only one it is named for: when the promotion of
+// the backup in slot 1 of [X, Y] emptied that slot and want was [Y, Z],
+// comparing slot by slot filled slot 1 with Y at once and named Z
+// incoming for slot 2, which Y kept serving ([Y, Y], Z incoming): the
+// table counted two backups while Y held one copy, and every write backed
+// up to Y twice.
+func alignBackups(cur, in, want []string) []string {
+	out := make([]string, len(cur))
+	placed := make([]bool, len(want))
+	put := func(from []string) {
+		for i, id := range from {
+			if i >= len(out) || id == "" || out[i] != "" {
+				continue
+			}
+			if k := slices.Index(want, id); k >= 0 && !placed[k] {
+				out[i], placed[k] = id, true
+			}
+		}
+	}
+	put(cur)
+	put(in)
+	i := 0
+	for k, id := range want {
+		if placed[k] || id == "" {
+			continue
+		}
+		for out[i] != "" {
+			i++
+		}
+		out[i] = id
+	}
+	return out
 }
 
 // settleIncoming swaps in the incoming backup replicas that caught up
@@ -768,12 +851,10 @@ func (m *Manager) migrate(ctx context.Context, mv Move) error {
 			t.Backups[mv.Partition][k-1] = mv.Source
 		}
 		// A member holds one replica of a partition: a destination that
-		// was taking over a backup replica of it stops doing so.
-		for i, id := range t.IncomingOf(mv.Partition) {
-			if id == mv.Destination {
-				t.Incoming[mv.Partition][i] = ""
-			}
-		}
+		// was taking over a backup replica of it stops doing so, and one
+		// that a repair named a backup in another slot while the move ran
+		// leaves that slot (empty: the next repair fills it).
+		leaveBackups(t, mv.Partition, mv.Destination)
 		return true
 	})
 	if next == nil {
@@ -814,9 +895,9 @@ func (m *Manager) migrate(ctx context.Context, mv Move) error {
 					return false
 				}
 				t.Owners[mv.Partition] = mv.Source
-				if k := mv.DestinationIndex; k > 0 && k <= len(t.Backups[mv.Partition]) && t.Backups[mv.Partition][k-1] == mv.Source {
-					t.Backups[mv.Partition][k-1] = ""
-				}
+				// The source took the destination's backup slot (a swap),
+				// or a repair named it a backup since: it is the owner now.
+				leaveBackups(t, mv.Partition, mv.Source)
 				return true
 			})
 		}
@@ -831,6 +912,22 @@ func (m *Manager) migrate(ctx context.Context, mv Move) error {
 		m.finish(ctx, mv, spi.MigrationSource, true)
 	}
 	return nil
+}
+
+// leaveBackups takes the owner of partition p out of the backup and
+// incoming slots it holds in t: a member holds one replica of a
+// partition.
+func leaveBackups(t *partition.Table, p int, owner string) {
+	for i, id := range t.BackupsOf(p) {
+		if id == owner {
+			t.Backups[p][i] = ""
+		}
+	}
+	for i, id := range t.IncomingOf(p) {
+		if id == owner {
+			t.Incoming[p][i] = ""
+		}
+	}
 }
 
 // finish commits or rolls back one endpoint, retrying while it lives.

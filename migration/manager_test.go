@@ -49,7 +49,7 @@ func (c call) String() string {
 		return fmt.Sprintf("finish %s p%d %s->%s %s commit=%v owner=%s%s", c.member, c.move.Partition, c.move.Source,
 			c.move.Destination, c.endpoint, c.commit, c.owner, res)
 	case "install":
-		return fmt.Sprintf("install v%d %v ok=%v", c.table.Version, dashes(c.table.Owners), c.ok)
+		return fmt.Sprintf("install v%d %v ok=%v%s", c.table.Version, dashes(c.table.Owners), c.ok, res)
 	case "push":
 		return fmt.Sprintf("push v%d to %s%s", c.table.Version, c.member, res)
 	case "lost":
@@ -249,6 +249,11 @@ func (f *fakeEngine) Install(t *partition.Table) bool {
 		c.prev = f.table.Owners
 	}
 	c.ok = f.table == nil || t.Version > f.table.Version
+	if err := t.Validate(); err != nil {
+		// The node engine refuses such a table too; the tests refuse the
+		// Manager that made it (wantValidTables).
+		c.ok, c.err = false, err
+	}
 	if c.ok {
 		f.table = t
 	}
@@ -429,8 +434,8 @@ func startManager(t *testing.T, f *fakeEngine, cfg Config) *harness {
 		cfg.Timeout = 5 * time.Second
 	}
 	// Cleanups run last first: stop, then no goroutine of the Manager
-	// may be left.
-	t.Cleanup(func() { goleak.VerifyNone(t) })
+	// may be left, and every table it made was valid.
+	t.Cleanup(func() { goleak.VerifyNone(t); wantValidTables(t, f) })
 	ctx, cancel := context.WithTimeout(context.Background(), testTimeout)
 	h := &harness{t: t, f: f, m: New(f, cfg), ctx: ctx, cancel: cancel, done: make(chan struct{})}
 	go func() {
@@ -532,6 +537,18 @@ func planFor(f *fakeEngine, members ...string) ([]string, []Move) {
 	t := f.current()
 	target, moves, _ := Plan(t.Owners, members, f.count, func(id string) bool { return id != "" })
 	return target, moves
+}
+
+// wantValidTables checks that the Manager offered only valid tables
+// (partition.Table.Validate: no member holds two replicas of a
+// partition) to the fake's Install.
+func wantValidTables(t *testing.T, f *fakeEngine) {
+	t.Helper()
+	for _, c := range f.calls() {
+		if c.op == "install" && c.err != nil {
+			t.Errorf("the Manager made an invalid table v%d: %v\n%s", c.table.Version, c.err, formatTable(c.table))
+		}
+	}
 }
 
 // wantVersionsIncrease checks that accepted Installs have increasing

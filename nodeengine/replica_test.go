@@ -125,6 +125,31 @@ func TestDemotedPrimaryResyncs(t *testing.T) {
 	}
 }
 
+// A table that lists a member twice among one partition's replicas is
+// never installed: it would count a backup copy that does not exist, and
+// the primary would back every write up to that member twice (the
+// planner once made [b, b] of a promotion with two backups). The table
+// the member holds stays.
+func TestInstallRefusesATableListingAMemberTwice(t *testing.T) {
+	const count = 3
+	n := bareNode(count, nil, nil)
+	n.view.table.Store(reviewTable(1, count, "x", "b"))
+	bad := reviewTable(2, count, "x", "b")
+	for p := range bad.Backups {
+		bad.Backups[p] = []string{"b", "b"}
+	}
+	if n.tables.install(bad) {
+		t.Fatalf("installed a table whose backups are %q", bad.Backups[0])
+	}
+	if v := n.view.table.Load().Version; v != 1 {
+		t.Fatalf("table version %d after the refused install, want 1", v)
+	}
+	good := reviewTable(3, count, "x", "b")
+	if !n.tables.install(good) {
+		t.Fatal("a valid newer table was refused")
+	}
+}
+
 // teardownForTest stops the goroutines a bare test Node spawned.
 func (n *Node) teardownForTest() {
 	n.run.halt()

@@ -30,8 +30,9 @@ type tables struct {
 	skipped int
 }
 
-// install makes t the current table if it is newer; it reports whether it
-// did. Destination migrations waiting for their table are released.
+// install makes t the current table if it is newer and valid
+// (partition.Table.Validate); it reports whether it did. Destination
+// migrations waiting for their table are released.
 func (ts *tables) install(t *partition.Table) bool {
 	// One install at a time: the role changes of two tables must not
 	// interleave (a promotion's mark could be undone by the other).
@@ -39,6 +40,13 @@ func (ts *tables) install(t *partition.Table) bool {
 	defer ts.mu.Unlock()
 	cur := ts.view.table.Load()
 	if !t.Newer(cur) || dropsMember(cur, t, ts.view.id) {
+		return false
+	}
+	// Decode refuses such a table from a peer; this one is the master's
+	// own (the migration manager never makes one: it would count copies
+	// that do not exist and back writes up twice to one member).
+	if err := t.Validate(); err != nil {
+		ts.log.Error("partition table refused: it is not valid", "term", t.Term, "version", t.Version, "error", err)
 		return false
 	}
 	// A promoted backup refuses operations until its promotion hooks ran:

@@ -152,6 +152,41 @@ func TestGivenUpSyncOfABackupAsksAgain(t *testing.T) {
 	}
 }
 
+// Two backups of one version reach a replica that is behind (its primary
+// sent it the write for two replicas: the table named it twice, or it
+// serves one replica and takes over another, or a backup was redirected
+// to it): both wait for the copy, and both are acknowledged once it
+// comes. The second used to replace the first, which was never answered:
+// its primary waited operations.backup-ack-timeout and answered the
+// write with ErrBackupTimeout.
+func TestTwoCopiesOfAWaitingBackupAreBothAcknowledged(t *testing.T) {
+	h := newResyncHarness(t)
+	first := h.backup(t, 2) // version 1 is missing: it waits, a sync is asked for
+	h.gap(t, 10*time.Second)
+	second := h.backup(t, 2)
+	h.on(func() {
+		if n := h.s.replicas[resyncPartition].Held(); n != 2 {
+			t.Errorf("%d backups waiting, want both copies", n)
+		}
+	})
+	expectPending(t, first)
+	expectPending(t, second)
+	h.on(func() { h.s.ReplicaSynced(resyncPartition, 1) })
+	for i, c := range []<-chan error{first, second} {
+		select {
+		case err := <-c:
+			if err != nil {
+				t.Fatalf("copy %d after the sync: %v", i+1, err)
+			}
+		case <-time.After(5 * time.Second):
+			t.Fatalf("copy %d never acknowledged after the sync", i+1)
+		}
+	}
+	if syncing, waiting := h.pending(); syncing || waiting || h.s.ReplicaVersion(resyncPartition) != 2 {
+		t.Fatalf("after the copy: syncing %v, waiting %v, version %d", syncing, waiting, h.s.ReplicaVersion(resyncPartition))
+	}
+}
+
 // Syncs that keep failing are asked for again after pauses that double
 // (never a busy loop), up to replica.MaxSyncPause; a sync that succeeds
 // starts the count again.

@@ -8,8 +8,8 @@ import (
 )
 
 // FuzzDecode feeds Decode tables as a peer may send them: it never
-// panics, and a table it accepts encodes back to bytes it decodes to the
-// same table.
+// panics, a table it accepts is valid (Validate), and it encodes back to
+// bytes it decodes to the same table.
 func FuzzDecode(f *testing.F) {
 	ms := []string{"m0", "m1", "m2", "m3"}
 	owners := Rebalance(nil, ms, 9)
@@ -18,8 +18,13 @@ func FuzzDecode(f *testing.F) {
 	w := spi.NewWriter(nil)
 	tab.Encode(w)
 	f.Add(bytes.Clone(w.Bytes()))
+	// The member holding no replica of partition 4 takes over its backup 2.
 	tab.Incoming = make([][]string, 9)
-	tab.Incoming[4] = []string{"", "m3"}
+	for _, m := range ms {
+		if tab.ReplicaIndex(4, m) < 0 {
+			tab.Incoming[4] = []string{"", m}
+		}
+	}
 	w = spi.NewWriter(nil)
 	tab.Encode(w)
 	f.Add(bytes.Clone(w.Bytes()))
@@ -28,6 +33,9 @@ func FuzzDecode(f *testing.F) {
 		got, err := Decode(spi.NewReader(b), 9)
 		if err != nil {
 			return
+		}
+		if err := got.Validate(); err != nil {
+			t.Fatalf("Decode accepted an invalid table: %v", err)
 		}
 		w := spi.NewWriter(nil)
 		got.Encode(w)

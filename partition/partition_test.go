@@ -1,8 +1,10 @@
 package partition
 
 import (
+	"errors"
 	"fmt"
 	"slices"
+	"strings"
 	"testing"
 
 	"github.com/cespare/xxhash/v2"
@@ -298,5 +300,57 @@ func TestTableEncodeDecodeIncoming(t *testing.T) {
 	bad.Encode(w)
 	if _, err := Decode(spi.NewReader(w.Bytes()), 9); err == nil {
 		t.Fatal("decoded an incoming backup 3 of a table with 2 backups")
+	}
+}
+
+// Validate, table by table: a member listed twice among one partition's
+// replicas (serving or incoming) is refused, and so is Decode of such a
+// table; the layouts the master makes pass.
+func TestTableValidate(t *testing.T) {
+	for _, tc := range []struct {
+		name              string
+		owner             string
+		backups, incoming []string
+		err               string // a substring of the error; "" for valid
+	}{
+		{"no backups", "a", nil, nil, ""},
+		{"two backups", "a", []string{"b", "c"}, nil, ""},
+		{"an empty slot", "a", []string{"", "c"}, nil, ""},
+		{"moving backup", "a", []string{"b", "c"}, []string{"", "d"}, ""},
+		{"two moving backups", "a", []string{"b", "c"}, []string{"d", "e"}, ""},
+		{"backup twice", "a", []string{"b", "b"}, nil, "member b twice: as backup 1 and as backup 2"},
+		{"owner as backup", "a", []string{"b", "a"}, nil, "member a twice: as owner and as backup 2"},
+		// What repair made of a promotion with two backups.
+		{"backup twice, one being replaced", "a", []string{"b", "b"}, []string{"", "c"}, "member b twice: as backup 1 and as backup 2"},
+		{"serving and incoming", "a", []string{"b", "c"}, []string{"", "b"}, "member b twice: as backup 1 and as incoming backup 2"},
+		{"incoming twice", "a", []string{"b", "c"}, []string{"d", "d"}, "member d twice: as incoming backup 1 and as incoming backup 2"},
+		{"owner incoming", "a", []string{"b", "c"}, []string{"a", ""}, "member a twice: as owner and as incoming backup 1"},
+		{"incoming slots beyond the backups", "a", []string{"b"}, []string{"", "c"}, "2 incoming slots for 1 backups"},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			tab := &Table{Version: 1, Owners: []string{"x", tc.owner},
+				Members: map[string]string{"a": "a:1", "b": "b:1", "c": "c:1", "d": "d:1", "e": "e:1", "x": "x:1"}}
+			if tc.backups != nil {
+				other := make([]string, len(tc.backups))
+				tab.Backups = [][]string{other, tc.backups}
+			}
+			if tc.incoming != nil {
+				tab.Incoming = [][]string{nil, tc.incoming}
+			}
+			err := tab.Validate()
+			if tc.err == "" {
+				if err != nil {
+					t.Fatalf("Validate: %v", err)
+				}
+			} else if err == nil || !strings.Contains(err.Error(), "partition 1 ") || !strings.Contains(err.Error(), tc.err) {
+				t.Fatalf("Validate: %v, want an error about partition 1 with %q", err, tc.err)
+			}
+			w := spi.NewWriter(nil)
+			tab.Encode(w)
+			_, derr := Decode(spi.NewReader(w.Bytes()), 2)
+			if (derr == nil) != (tc.err == "") || derr != nil && !errors.Is(derr, spi.ErrProtocol) {
+				t.Fatalf("Decode: %v, want refused (a protocol error) = %v", derr, tc.err != "")
+			}
+		})
 	}
 }

@@ -323,7 +323,73 @@ func Decode(r *spi.Reader, count int) (*Table, error) {
 	if err := r.Err(); err != nil {
 		return nil, err
 	}
+	if err := t.Validate(); err != nil {
+		return nil, fmt.Errorf("%w: %w", spi.ErrProtocol, err)
+	}
 	return t, nil
+}
+
+// Validate reports the first way t breaks the rules every table keeps:
+// every partition has the same number of backup slots (at most
+// MaxBackups), incoming replicas only beside them, and no member holds
+// two replicas of one partition, counting the primary, the backups and
+// the incoming ones (a member taking over a backup replica is not
+// already a replica: once swapped in it would be one twice). A table
+// that lists a member twice claims copies that do not exist, and every
+// write backs up to that member once per listing. The master checks
+// each table it makes; Decode refuses one a peer sends.
+func (t *Table) Validate() error {
+	n := len(t.Owners)
+	b := t.BackupCount()
+	if t.Backups != nil && len(t.Backups) != n {
+		return fmt.Errorf("table has backups of %d partitions and owners of %d", len(t.Backups), n)
+	}
+	if b > MaxBackups {
+		return fmt.Errorf("table has %d backups per partition, at most %d", b, MaxBackups)
+	}
+	if t.Incoming != nil && len(t.Incoming) != n {
+		return fmt.Errorf("table has incoming replicas of %d partitions and owners of %d", len(t.Incoming), n)
+	}
+	for p := range n {
+		if p < len(t.Backups) && len(t.Backups[p]) != b {
+			return fmt.Errorf("partition %d has %d backup slots, partition 0 has %d", p, len(t.Backups[p]), b)
+		}
+		if in := t.IncomingOf(p); in != nil && len(in) != b {
+			return fmt.Errorf("partition %d has %d incoming slots for %d backups", p, len(in), b)
+		}
+		if err := t.distinctReplicas(p); err != nil {
+			return err
+		}
+	}
+	return nil
+}
+
+// distinctReplicas reports a member that t lists twice among partition
+// p's replicas.
+func (t *Table) distinctReplicas(p int) error {
+	// Slot 0 is the owner, 1..b the backups, b+1..2b the incoming ones.
+	var seen [1 + 2*MaxBackups]string
+	b := len(t.BackupsOf(p))
+	copy(seen[1:], t.BackupsOf(p))
+	copy(seen[1+b:], t.IncomingOf(p))
+	seen[0] = t.Owners[p]
+	role := func(k int) string {
+		switch {
+		case k == 0:
+			return "owner"
+		case k <= b:
+			return fmt.Sprintf("backup %d", k)
+		}
+		return fmt.Sprintf("incoming backup %d", k-b)
+	}
+	for k := 1; k <= 2*b; k++ {
+		for j := 0; j < k && seen[k] != ""; j++ {
+			if seen[j] == seen[k] {
+				return fmt.Errorf("partition %d lists member %s twice: as %s and as %s", p, seen[k], role(j), role(k))
+			}
+		}
+	}
+	return nil
 }
 
 // MaxBackups is the most backup replicas a partition can have.

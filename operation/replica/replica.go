@@ -30,8 +30,11 @@
 //	in order | backup v == version+1   | in order | run it, then Applied (Apply)
 //	in order | backup v > version+1    | syncing  | hold it, ask for a copy (Hold, ask)
 //	in order | Run failed (Failed)     | syncing  | refuse it, ask for a copy
-//	syncing  | backup v > version+1    | syncing  | hold it (Hold)
-//	syncing  | copy at c (Synced)      | in order | apply the held ones in order (Drain)
+//	syncing  | backup v > version+1    | syncing  | hold it (Hold), beside any
+//	         |                         |          | other copy of v
+//	syncing  | copy at c (Synced)      | in order | apply the held ones in order (Drain;
+//	         |                         |          | the other copies of an applied
+//	         |                         |          | version are Covered)
 //	         |                         | syncing  | ... unless one still waits behind a
 //	         |                         |          | hole: ask again
 //	syncing  | no copy (SyncFailed)    | syncing  | still a backup: ask again, at once
@@ -85,10 +88,18 @@ const (
 type State[T any] struct {
 	version atomic.Int64
 	syncing atomic.Bool
-	held    map[int64]T // backups ahead of a missing one
-	fails   uint8       // full copies that failed in a row
-	armed   bool        // a paused retry of a full copy is pending
-	record  Record      // exactly-once
+	// held are the backups ahead of a missing one, by version. A version
+	// may come more than once (a re-send while the first copy waits, a
+	// backup redirected to the member that took its replica over after
+	// it got the write for its own, a table naming the member twice):
+	// every copy is kept and handed back, so that each is acknowledged or
+	// failed; one overwritten left its primary waiting for an ack until
+	// operations.backup-ack-timeout.
+	held   map[int64][]T
+	nheld  int    // backups in held
+	fails  uint8  // full copies that failed in a row
+	armed  bool   // a paused retry of a full copy is pending
+	record Record // exactly-once
 }
 
 // Record returns the replica's exactly-once record (record.go).
@@ -103,10 +114,10 @@ func (s *State[T]) Syncing() bool { return s.syncing.Load() }
 
 // Behind reports whether the replica waits for a copy or holds backups
 // behind a missing one.
-func (s *State[T]) Behind() bool { return s.syncing.Load() || len(s.held) > 0 }
+func (s *State[T]) Behind() bool { return s.syncing.Load() || s.nheld > 0 }
 
 // Held returns how many backups wait behind a missing one.
-func (s *State[T]) Held() int { return len(s.held) }
+func (s *State[T]) Held() int { return s.nheld }
 
 // RetryArmed reports whether a paused retry of a full copy is pending.
 func (s *State[T]) RetryArmed() bool { return s.armed }
@@ -136,6 +147,8 @@ func (s *State[T]) Adopt(v int64) { s.version.Store(v) }
 // reports that the replica just started waiting for a full copy (the
 // caller asks the primary for one), and overflow lists the backups
 // dropped to make room (the caller fails them: their primary re-sends).
+// A backup held at a version already held is held beside the other: Drain
+// runs one and acknowledges the rest as covered.
 func (s *State[T]) Offer(v int64, t T) (step Step, ask bool, overflow []T) {
 	cur := s.version.Load()
 	switch {
@@ -146,13 +159,10 @@ func (s *State[T]) Offer(v int64, t T) (step Step, ask bool, overflow []T) {
 	case v == cur+1:
 		return Apply, false, nil
 	}
-	if len(s.held) >= MaxHeld {
+	if s.nheld >= MaxHeld {
 		overflow = s.dropHeld()
 	}
-	if s.held == nil {
-		s.held = make(map[int64]T)
-	}
-	s.held[v] = t
+	s.hold(v, t)
 	ask = !s.syncing.Load()
 	s.syncing.Store(true)
 	return Hold, ask, overflow
@@ -179,30 +189,59 @@ func (s *State[T]) MarkSyncing() bool { return !s.syncing.Swap(true) }
 // ones the version covers (Covered: acknowledge them) or that an older
 // epoch's primary sent (Superseded: refuse them), whose results are
 // ignored, then the ones next in order (Apply: run it and call Applied or
-// Failed; a false result stops the drain, the primary re-sends it).
+// Failed; a false result stops the drain, the primary re-sends it). Of
+// the copies of one version, one is run and, once it applied, the others
+// are Covered; when it failed they stay held.
 func (s *State[T]) Drain(run func(t T, step Step) bool) {
 	cur := s.version.Load()
-	for v, h := range s.held {
+	for v, hs := range s.held {
+		step := Covered
 		switch {
 		case v>>32 < cur>>32:
-			delete(s.held, v)
-			run(h, Superseded)
-		case v <= cur:
-			delete(s.held, v)
-			run(h, Covered)
+			step = Superseded
+		case v > cur:
+			continue
+		}
+		s.take(v)
+		for _, h := range hs {
+			run(h, step)
 		}
 	}
 	for {
-		cur = s.version.Load()
-		h, found := s.held[cur+1]
-		if !found {
+		v := s.version.Load() + 1
+		hs := s.take(v)
+		if hs == nil {
 			return
 		}
-		delete(s.held, cur+1)
-		if !run(h, Apply) {
+		if !run(hs[0], Apply) {
+			for _, h := range hs[1:] {
+				s.hold(v, h)
+			}
 			return
+		}
+		for _, h := range hs[1:] {
+			run(h, Covered)
 		}
 	}
+}
+
+// hold keeps backup t, at version v, beside any other held at v.
+func (s *State[T]) hold(v int64, t T) {
+	if s.held == nil {
+		s.held = make(map[int64][]T)
+	}
+	s.held[v] = append(s.held[v], t)
+	s.nheld++
+}
+
+// take removes and returns the backups held at version v.
+func (s *State[T]) take(v int64) []T {
+	hs, ok := s.held[v]
+	if ok {
+		delete(s.held, v)
+		s.nheld -= len(hs)
+	}
+	return hs
 }
 
 // Synced records a full copy at version v installed (the caller replaced
@@ -216,7 +255,7 @@ func (s *State[T]) Synced(v int64, run func(t T, step Step) bool) (ask bool, pau
 	}
 	s.syncing.Store(false)
 	s.Drain(run)
-	if len(s.held) > 0 && !s.syncing.Load() {
+	if s.nheld > 0 && !s.syncing.Load() {
 		s.syncing.Store(true)
 		return s.retry()
 	}
@@ -285,10 +324,10 @@ func (s *State[T]) Reset() (held []T, records int) {
 // dropHeld empties the held backups and stops waiting.
 func (s *State[T]) dropHeld() []T {
 	var out []T
-	for _, t := range s.held {
-		out = append(out, t)
+	for _, hs := range s.held {
+		out = append(out, hs...)
 	}
-	s.held = nil
+	s.held, s.nheld = nil, 0
 	s.syncing.Store(false)
 	return out
 }

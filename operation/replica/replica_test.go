@@ -9,18 +9,43 @@ import (
 	"time"
 )
 
+// copyOf is a backup in the scenarios: its version, and which copy of
+// that version it is (0 for the first; printed V#N for N > 0).
+type copyOf struct {
+	v int64
+	n int
+}
+
+func (b copyOf) String() string {
+	if b.n == 0 {
+		return strconv.FormatInt(b.v, 10)
+	}
+	return fmt.Sprintf("%d#%d", b.v, b.n)
+}
+
 // run plays a scenario on a State of backups named by their versions.
 // Each step is one command and the line it must print:
 //
-//	offer V        -> apply | covered | hold [ask] [overflow N]
+//	offer V [N]    -> apply | covered | hold [ask] [overflow N]  (N: copy N of V)
 //	applied V / failed -> version V / ask|-
 //	drain [failAt] -> the versions handed, "c" marking covered ones
 //	synced V       -> drained ...; ask PAUSE | -
 //	syncfailed backup|gone -> ask PAUSE | - ; dropped N
-//	retrydue, promote, reset, adopt V, mark, version, insync V
+//	retrydue, promote, reset, adopt V, mark, version, insync V, held
+//
+// Every backup offered must end as often as it was offered: applied,
+// covered, superseded or failed (drained, or returned by a reset, an
+// overflow or a failed copy), or be still held when the scenario ends.
 func run(t *testing.T, steps [][2]string) {
 	t.Helper()
-	var s State[int64]
+	var s State[copyOf]
+	ended := map[copyOf]int{}
+	end := func(bs ...copyOf) {
+		for _, b := range bs {
+			ended[b]++
+		}
+	}
+	offered := map[copyOf]int{}
 	for i, st := range steps {
 		f := strings.Fields(st[0])
 		arg := func(k int) int64 {
@@ -31,23 +56,24 @@ func run(t *testing.T, steps [][2]string) {
 			return v
 		}
 		var out string
-		drained := func(failAt int64) (func(int64, Step) bool, *[]string) {
+		drained := func(failAt int64) (func(copyOf, Step) bool, *[]string) {
 			var got []string
-			return func(v int64, step Step) bool {
+			return func(b copyOf, step Step) bool {
+				end(b)
 				switch step {
 				case Covered:
-					got = append(got, fmt.Sprintf("%dc", v))
+					got = append(got, b.String()+"c")
 					return true
 				case Superseded:
-					got = append(got, fmt.Sprintf("%ds", v))
+					got = append(got, b.String()+"s")
 					return true
 				}
-				got = append(got, strconv.FormatInt(v, 10))
-				if v == failAt {
+				got = append(got, b.String())
+				if b.v == failAt {
 					s.Failed()
 					return false
 				}
-				s.Applied(v)
+				s.Applied(b.v)
 				return true
 			}, &got
 		}
@@ -59,7 +85,16 @@ func run(t *testing.T, steps [][2]string) {
 		}
 		switch f[0] {
 		case "offer":
-			step, ask, overflow := s.Offer(arg(1), arg(1))
+			b := copyOf{v: arg(1)}
+			if len(f) > 2 {
+				b.n = int(arg(2))
+			}
+			offered[b]++
+			step, ask, overflow := s.Offer(b.v, b)
+			end(overflow...)
+			if step != Hold {
+				end(b) // applied below, covered or superseded
+			}
 			out = [...]string{"apply", "covered", "hold", "superseded"}[step]
 			if ask {
 				out += " ask"
@@ -88,6 +123,7 @@ func run(t *testing.T, steps [][2]string) {
 			out = fmt.Sprintf("drained %s; %s", strings.Join(*got, " "), askPause(ask, pause))
 		case "syncfailed":
 			ask, pause, drop := s.SyncFailed(f[1] == "backup")
+			end(drop...)
 			out = fmt.Sprintf("%s; dropped %d", askPause(ask, pause), len(drop))
 		case "retrydue":
 			out = strconv.FormatBool(s.RetryDue())
@@ -96,6 +132,7 @@ func run(t *testing.T, steps [][2]string) {
 			out = fmt.Sprintf("version %#x", s.Version())
 		case "reset":
 			held, _ := s.Reset()
+			end(held...)
 			out = fmt.Sprintf("dropped %d; version %d", len(held), s.Version())
 		case "adopt":
 			s.Adopt(arg(1))
@@ -106,11 +143,20 @@ func run(t *testing.T, steps [][2]string) {
 			out = fmt.Sprintf("%d syncing=%v behind=%v", s.Version(), s.Syncing(), s.Behind())
 		case "insync":
 			out = strconv.FormatBool(s.InSync(arg(1)))
+		case "held":
+			out = strconv.Itoa(s.Held())
 		default:
 			t.Fatalf("step %d: unknown command %q", i, st[0])
 		}
 		if out != st[1] {
 			t.Fatalf("step %d %q: got %q, want %q", i, st[0], out, st[1])
+		}
+	}
+	held, _ := s.Reset()
+	end(held...)
+	for b, n := range offered {
+		if ended[b] != n {
+			t.Errorf("backup %v offered %d times ended %d times (applied, acknowledged, refused or failed)", b, n, ended[b])
 		}
 	}
 }
@@ -221,6 +267,47 @@ func TestTransitions(t *testing.T) {
 			{"offer 0x100000002", "hold"}, // the new primary's writes wait for the copy
 			{"synced 0x100000001", "drained 4294967298; -"}, {"insync 0x100000002", "true"},
 		}},
+		// One version may come twice while the replica is behind: a
+		// re-send while the first copy waits, a backup redirected to the
+		// member that took its replica over after it got the write for
+		// its own, or a table that named the member for two replicas
+		// (the primary then waited backup-ack-timeout for the copy that
+		// the second overwrote). Each copy ends: one runs, the other is
+		// acknowledged as covered, or both are covered or failed.
+		{"two copies of a held version: one runs, the other is covered", [][2]string{
+			{"offer 3", "hold ask"}, {"offer 3 1", "hold"}, {"held", "2"},
+			{"synced 2", "drained 3 3#1c; -"}, {"version", "3 syncing=false behind=false"}, {"held", "0"},
+		}},
+		{"two copies of a version a copy covers", [][2]string{
+			{"offer 3", "hold ask"}, {"offer 3 1", "hold"}, {"offer 4", "hold"},
+			{"synced 5", "drained 3#1c 3c 4c; -"},
+		}},
+		{"two copies of the first new-epoch write after a promotion", [][2]string{
+			{"adopt 7", "version 0x7"},
+			{"offer 0x100000001", "hold ask"}, {"offer 0x100000001 1", "hold"},
+			{"synced 0x100000000", "drained 4294967297 4294967297#1c; -"},
+		}},
+		{"two copies of the missing one's successor", [][2]string{
+			{"offer 2", "hold ask"}, {"offer 2 1", "hold"},
+			{"offer 1", "apply"}, {"applied 1", "version 1"},
+			{"drain", "2 2#1c"}, {"held", "0"},
+		}},
+		{"a failed run keeps the other copy held until a copy covers it", [][2]string{
+			{"offer 2", "hold ask"}, {"offer 2 1", "hold"},
+			{"offer 1", "apply"}, {"applied 1", "version 1"},
+			{"drain 2", "2"}, {"held", "1"}, {"version", "1 syncing=true behind=true"},
+			{"synced 2", "drained 2#1c; -"}, {"held", "0"},
+		}},
+		{"a copy arriving after its version ran is covered", [][2]string{
+			{"offer 2", "hold ask"}, {"offer 1", "apply"}, {"applied 1", "version 1"},
+			{"drain", "2"}, {"offer 2 1", "covered"},
+		}},
+		{"reset fails every copy", [][2]string{
+			{"offer 3", "hold ask"}, {"offer 3 1", "hold"}, {"reset", "dropped 2; version 0"},
+		}},
+		{"a failed copy on a former backup fails every copy", [][2]string{
+			{"offer 3", "hold ask"}, {"offer 3 1", "hold"}, {"syncfailed gone", "-; dropped 2"},
+		}},
 		{"mark syncing once", [][2]string{
 			{"mark", "true"}, {"mark", "false"}, {"version", "0 syncing=true behind=true"},
 		}},
@@ -229,18 +316,29 @@ func TestTransitions(t *testing.T) {
 	}
 }
 
-// Past MaxHeld held backups, the held ones are dropped (the caller fails
-// them; their primary re-sends) and the new one is held.
+// Past MaxHeld held backups, copies of one version counted apart, the
+// held ones are dropped (the caller fails them; their primary re-sends)
+// and the new one is held.
 func TestHeldOverflow(t *testing.T) {
 	var s State[int64]
-	for v := int64(2); v < 2+MaxHeld; v++ {
-		if step, _, over := s.Offer(v, v); step != Hold || over != nil {
+	for k := int64(0); k < MaxHeld; k++ {
+		v := 2 + k/2 // two copies of each version
+		if step, _, over := s.Offer(v, k); step != Hold || over != nil {
 			t.Fatalf("offer %d: %v, overflow %d", v, step, len(over))
 		}
 	}
-	step, ask, over := s.Offer(2+MaxHeld, 2+MaxHeld)
+	if s.Held() != MaxHeld {
+		t.Fatalf("Held() = %d, want %d", s.Held(), MaxHeld)
+	}
+	step, ask, over := s.Offer(2+MaxHeld, MaxHeld)
 	if step != Hold || !ask || len(over) != MaxHeld {
 		t.Fatalf("offer past the bound: %v ask %v overflow %d, want hold, ask, %d", step, ask, len(over), MaxHeld)
+	}
+	slices.Sort(over)
+	for k, b := range over {
+		if b != int64(k) {
+			t.Fatalf("overflow lacks backup %d", k)
+		}
 	}
 }
 
