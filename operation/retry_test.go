@@ -202,40 +202,7 @@ func heldBackupPair(t *testing.T) (p, b *Service, members func(string) *Service,
 // would give the caller an acknowledgement only the primary backs.
 func TestRetryWaitsForTheSyncBackup(t *testing.T) {
 	pSvc, bSvc, members, release := heldBackupPair(t)
-	var requests atomic.Int32 // the invocation's attempts, first included
-	caller := callerMember(t, "c", members, func(m Message) Verdict {
-		if _, ok := m.Op.(*backedOp); ok && !m.Response {
-			requests.Add(1)
-		}
-		return Verdict{}
-	})
-	defer caller.Shutdown()
-
-	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
-	defer cancel()
-	done := make(chan error, 1)
-	go func() {
-		_, err := caller.Invoke(ctx, "svc", &backedOp{}, 1)
-		done <- err
-	}()
-	eventually(t, func() bool { return pSvc.ReplicaVersion(1) != 0 }) // the primary ran it; its backup is held
-	caller.MemberLeft("p")                                            // the caller's connection breaks; it retries
-	// A retry answered "in progress" is followed by another: two retries
-	// sent mean the primary refused at least one while the backup was held.
-	var early error
-	returned := false
-	eventually(t, func() bool {
-		select {
-		case early = <-done:
-			returned = true
-			return true
-		default:
-			return requests.Load() >= 3
-		}
-	})
-	if returned {
-		t.Fatalf("the invocation returned (%v) while its synchronous backup was held (backup version %d)", early, bSvc.ReplicaVersion(1))
-	}
+	done := retryWhileBackupHeld(t, pSvc, bSvc, members)
 	release()
 	if err := <-done; err != nil {
 		t.Fatalf("after the backup was released: %v", err)
@@ -256,26 +223,8 @@ func TestRetryWaitsForTheSyncBackup(t *testing.T) {
 func TestRetryOfAnUnacknowledgedRunIsIndeterminate(t *testing.T) {
 	pSvc, bSvc, members, release := heldBackupPair(t)
 	bSvc.SetReplicaVersion(1, 1<<32+9) // b follows a newer primary (epoch 1)
-	var requests atomic.Int32
-	caller := callerMember(t, "c", members, func(m Message) Verdict {
-		if _, ok := m.Op.(*backedOp); ok && !m.Response {
-			requests.Add(1)
-		}
-		return Verdict{}
-	})
-	defer caller.Shutdown()
-
-	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
-	defer cancel()
-	done := make(chan error, 1)
-	go func() {
-		_, err := caller.Invoke(ctx, "svc", &backedOp{}, 1)
-		done <- err
-	}()
-	eventually(t, func() bool { return pSvc.ReplicaVersion(1) != 0 }) // ran on p; its backup is held
-	caller.MemberLeft("p")                                            // the first answer is lost; the caller retries
-	eventually(t, func() bool { return requests.Load() >= 3 })        // retries answered "in progress"
-	release()                                                         // b refuses the backup
+	done := retryWhileBackupHeld(t, pSvc, bSvc, members)
+	release() // b refuses the backup
 	err := <-done
 	if !errors.Is(err, spi.ErrIndeterminate) {
 		t.Fatalf("retry of a write its backup refused: %v, want spi.ErrIndeterminate", err)
@@ -284,4 +233,41 @@ func TestRetryOfAnUnacknowledgedRunIsIndeterminate(t *testing.T) {
 	if v := bSvc.ReplicaVersion(1); v != 1<<32+9 {
 		t.Errorf("the replica's version moved to %#x", v)
 	}
+}
+
+// retryWhileBackupHeld invokes a backed-up write from a new caller
+// member to primary p of heldBackupPair, breaks the caller's connection
+// once p ran it (its backup held), and waits until the caller has
+// retried twice, failing t if the invocation returns meanwhile: a retry
+// answered "in progress" is followed by another, so two retries mean p
+// refused at least one while the backup was held. done gets the
+// invocation's outcome.
+func retryWhileBackupHeld(t *testing.T, p, b *Service, members func(string) *Service) (done <-chan error) {
+	t.Helper()
+	var requests atomic.Int32 // the invocation's attempts, first included
+	caller := callerMember(t, "c", members, func(m Message) Verdict {
+		if _, ok := m.Op.(*backedOp); ok && !m.Response {
+			requests.Add(1)
+		}
+		return Verdict{}
+	})
+	t.Cleanup(caller.Shutdown)
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	t.Cleanup(cancel)
+	out := make(chan error, 1)
+	go func() {
+		_, err := caller.Invoke(ctx, "svc", &backedOp{}, 1)
+		out <- err
+	}()
+	eventually(t, func() bool { return p.ReplicaVersion(1) != 0 }) // the primary ran it; its backup is held
+	caller.MemberLeft("p")                                         // the caller's connection breaks; it retries
+	eventually(t, func() bool {
+		select {
+		case err := <-out:
+			t.Fatalf("the invocation returned (%v) while its synchronous backup was held (backup version %d)", err, b.ReplicaVersion(1))
+		default:
+		}
+		return requests.Load() >= 3
+	})
+	return out
 }

@@ -3,6 +3,7 @@ package replica
 import (
 	"bytes"
 	"fmt"
+	"math"
 	"sync/atomic"
 
 	"github.com/partita-go/partita/spi"
@@ -289,8 +290,18 @@ func (d *Record) Prune(now int64, win Window) (dropped int) {
 // synchronous backups. The response stays valid until the next Add; it is
 // empty for a run that was not acknowledged (Unconfirm).
 func (d *Record) Lookup(k Key, limit int64) (resp []byte, found, busy bool) {
-	if k.Zero() || d.n == 0 {
+	e := d.find(k, limit)
+	if e == nil {
 		return nil, false, false
+	}
+	b := d.flag(e)
+	return d.response(e), true, b != nil && b.Load()
+}
+
+// find returns the newest entry of k made at or after limit, or nil.
+func (d *Record) find(k Key, limit int64) *entry {
+	if k.Zero() || d.n == 0 {
+		return nil
 	}
 	for ci := len(d.chunks) - 1; ci >= 0; ci-- {
 		c, lo := d.chunks[ci], 0
@@ -300,15 +311,14 @@ func (d *Record) Lookup(k Key, limit int64) (resp []byte, found, busy bool) {
 		for i := len(c) - 1; i >= lo; i-- {
 			e := &c[i]
 			if e.at < limit {
-				return nil, false, false
+				return nil
 			}
 			if e.key == k {
-				b := d.flag(e)
-				return d.response(e), true, b != nil && b.Load()
+				return e
 			}
 		}
 	}
-	return nil, false, false
+	return nil
 }
 
 // Unconfirm marks the newest record of k as a run that was not
@@ -321,27 +331,15 @@ func (d *Record) Lookup(k Key, limit int64) (resp []byte, found, busy bool) {
 // an empty one is this mark, and it travels as such with the record
 // (Append, Read).
 func (d *Record) Unconfirm(k Key) bool {
-	if k.Zero() {
+	e := d.find(k, math.MinInt64)
+	if e == nil {
 		return false
 	}
-	for ci := len(d.chunks) - 1; ci >= 0; ci-- {
-		c, lo := d.chunks[ci], 0
-		if ci == 0 {
-			lo = d.head
-		}
-		for i := len(c) - 1; i >= lo; i-- {
-			e := &c[i]
-			if e.key != k {
-				continue
-			}
-			if e.n == overflow && d.big[k].at == e.at {
-				delete(d.big, k)
-			}
-			e.n = 0
-			return true
-		}
+	if e.n == overflow && d.big[k].at == e.at {
+		delete(d.big, k)
 	}
-	return false
+	e.n = 0
+	return true
 }
 
 // Drop forgets every record and returns how many there were.
