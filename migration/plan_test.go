@@ -1,12 +1,8 @@
 package migration
 
 import (
-	"bufio"
-	"flag"
 	"fmt"
 	"math/rand/v2"
-	"os"
-	"path/filepath"
 	"slices"
 	"sort"
 	"strconv"
@@ -14,10 +10,6 @@ import (
 	"testing"
 	"time"
 )
-
-// Run `go test ./migration -run TestPlanData -update` to rewrite the
-// expected sections of testdata/plan/*.txt from what Plan returns now.
-var update = flag.Bool("update", false, "rewrite the expected output of testdata/plan/*.txt")
 
 // planCase is one scenario of a testdata/plan file:
 //
@@ -32,10 +24,6 @@ var update = flag.Bool("update", false, "rewrite the expected output of testdata
 // An owner named in current that is neither in members nor dead is alive
 // and leaving. Cases are separated by a blank line.
 type planCase struct {
-	line     int      // line of the first input line, for messages
-	input    []string // raw input lines, comments included
-	expected []string // raw expected lines
-
 	count   int
 	current []string
 	members []string
@@ -44,88 +32,38 @@ type planCase struct {
 
 func (c *planCase) alive(id string) bool { return id != "" && !c.dead[id] }
 
-func parsePlanFile(t *testing.T, path string) []*planCase {
+func parsePlanCase(t *testing.T, path string, s scenario) *planCase {
 	t.Helper()
-	f, err := os.Open(path)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer f.Close()
-	var cases []*planCase
-	var cur *planCase
-	inOutput := false
-	sc := bufio.NewScanner(f)
-	for n := 1; sc.Scan(); n++ {
-		line := strings.TrimRight(sc.Text(), " \t")
-		switch {
-		case line == "":
-			if cur != nil && inOutput {
-				cases = append(cases, cur)
-				cur, inOutput = nil, false
-			}
-			continue
-		case cur == nil:
-			cur = &planCase{line: n, dead: map[string]bool{}}
-		}
-		if inOutput {
-			cur.expected = append(cur.expected, line)
-			continue
-		}
-		if line == "----" {
-			inOutput = true
-			continue
-		}
-		cur.input = append(cur.input, line)
-		if strings.HasPrefix(line, "#") {
-			continue
-		}
-		key, val, ok := strings.Cut(line, ":")
-		if !ok {
-			t.Fatalf("%s:%d: want key: value, got %q", path, n, line)
-		}
-		fields := strings.Fields(val)
-		switch key {
+	c := &planCase{dead: map[string]bool{}}
+	for _, kv := range s.keyvals {
+		fields := strings.Fields(kv.val)
+		switch kv.key {
 		case "count":
-			if cur.count, err = strconv.Atoi(strings.TrimSpace(val)); err != nil {
-				t.Fatalf("%s:%d: %v", path, n, err)
+			var err error
+			if c.count, err = strconv.Atoi(strings.TrimSpace(kv.val)); err != nil {
+				t.Fatalf("%s:%d: %v", path, kv.line, err)
 			}
 		case "current":
-			for _, o := range fields {
-				if o == "-" {
-					o = ""
-				}
-				cur.current = append(cur.current, o)
-			}
+			c.current = dashless(fields)
 		case "members":
-			cur.members = fields
+			c.members = fields
 		case "dead":
 			for _, d := range fields {
-				cur.dead[d] = true
+				c.dead[d] = true
 			}
 		default:
-			t.Fatalf("%s:%d: unknown key %q", path, n, key)
+			t.Fatalf("%s:%d: unknown key %q", path, kv.line, kv.key)
 		}
 	}
-	if err := sc.Err(); err != nil {
-		t.Fatal(err)
+	if c.count <= 0 || len(c.members) == 0 {
+		t.Fatalf("%s:%d: a case needs count > 0 and members", path, s.line)
 	}
-	if cur != nil {
-		if !inOutput {
-			t.Fatalf("%s:%d: case without a ---- line", path, cur.line)
-		}
-		cases = append(cases, cur)
-	}
-	for _, c := range cases {
-		if c.count <= 0 || len(c.members) == 0 {
-			t.Fatalf("%s:%d: a case needs count > 0 and members", path, c.line)
-		}
-		for _, m := range c.members {
-			if c.dead[m] {
-				t.Fatalf("%s:%d: member %s is listed dead", path, c.line, m)
-			}
+	for _, m := range c.members {
+		if c.dead[m] {
+			t.Fatalf("%s:%d: member %s is listed dead", path, s.line, m)
 		}
 	}
-	return cases
+	return c
 }
 
 // formatPlan renders Plan's result in the golden form.
@@ -170,43 +108,13 @@ func dashes(owners []string) []string {
 }
 
 func TestPlanData(t *testing.T) {
-	files, err := filepath.Glob(filepath.Join("testdata", "plan", "*.txt"))
-	if err != nil {
-		t.Fatal(err)
-	}
-	if len(files) == 0 {
-		t.Fatal("no testdata/plan/*.txt files")
-	}
-	for _, path := range files {
-		t.Run(strings.TrimSuffix(filepath.Base(path), ".txt"), func(t *testing.T) {
-			cases := parsePlanFile(t, path)
-			var rewritten []string
-			for _, c := range cases {
-				target, moves, orphans := Plan(c.current, c.members, c.count, c.alive)
-				// Whatever the golden file says, the invariants hold.
-				checkPlan(t, fmt.Sprintf("%s:%d", path, c.line), c.current, c.members, c.count, c.alive, target, moves, orphans)
-				got := formatPlan(c, target, moves, orphans)
-				if *update {
-					if len(rewritten) > 0 {
-						rewritten = append(rewritten, "")
-					}
-					rewritten = append(rewritten, c.input...)
-					rewritten = append(rewritten, "----")
-					rewritten = append(rewritten, got...)
-					continue
-				}
-				if !slices.Equal(got, c.expected) {
-					t.Errorf("%s:%d: Plan output differs\n--- want\n%s\n--- got\n%s",
-						path, c.line, strings.Join(c.expected, "\n"), strings.Join(got, "\n"))
-				}
-			}
-			if *update {
-				if err := os.WriteFile(path, []byte(strings.Join(rewritten, "\n")+"\n"), 0o644); err != nil {
-					t.Fatal(err)
-				}
-			}
+	testScenarios(t, "plan", "Plan output differs", parsePlanCase,
+		func(t *testing.T, path string, s scenario, c *planCase) []string {
+			target, moves, orphans := Plan(c.current, c.members, c.count, c.alive)
+			// Whatever the golden file says, the invariants hold.
+			checkPlan(t, fmt.Sprintf("%s:%d", path, s.line), c.current, c.members, c.count, c.alive, target, moves, orphans)
+			return formatPlan(c, target, moves, orphans)
 		})
-	}
 }
 
 // checkPlan verifies the invariants of a Plan result.

@@ -1,12 +1,9 @@
 package migration
 
 import (
-	"bufio"
 	"context"
 	"fmt"
 	"math/rand/v2"
-	"os"
-	"path/filepath"
 	"slices"
 	"strconv"
 	"strings"
@@ -34,10 +31,6 @@ import (
 // Every table the Manager installs must be valid (Validate: no member
 // holds two replicas of a partition), whatever the golden file says.
 type tableCase struct {
-	line     int
-	input    []string
-	expected []string
-
 	backups int
 	members []string
 	leaving []string
@@ -47,49 +40,14 @@ type tableCase struct {
 	steps   []string
 }
 
-func parseTableFile(t *testing.T, path string) []*tableCase {
+func parseTableCase(t *testing.T, path string, s scenario) *tableCase {
 	t.Helper()
-	f, err := os.Open(path)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer f.Close()
-	var cases []*tableCase
-	var cur *tableCase
-	inOutput := false
-	sc := bufio.NewScanner(f)
-	for n := 1; sc.Scan(); n++ {
-		line := strings.TrimRight(sc.Text(), " \t")
-		switch {
-		case line == "":
-			if cur != nil && inOutput {
-				cases = append(cases, cur)
-				cur, inOutput = nil, false
-			}
-			continue
-		case cur == nil:
-			cur = &tableCase{line: n, syncing: map[string][]int{}}
-		}
-		if inOutput {
-			cur.expected = append(cur.expected, line)
-			continue
-		}
-		if line == "----" {
-			inOutput = true
-			continue
-		}
-		cur.input = append(cur.input, line)
-		if strings.HasPrefix(line, "#") {
-			continue
-		}
-		key, val, ok := strings.Cut(line, ":")
-		if !ok {
-			t.Fatalf("%s:%d: want key: value, got %q", path, n, line)
-		}
-		fields := strings.Fields(val)
-		if p, err := strconv.Atoi(key); err == nil {
-			if p != len(cur.owners) || len(fields) == 0 {
-				t.Fatalf("%s:%d: want partition %d: owner backups... [> incoming...]", path, n, len(cur.owners))
+	c := &tableCase{syncing: map[string][]int{}}
+	for _, kv := range s.keyvals {
+		n, fields := kv.line, strings.Fields(kv.val)
+		if p, err := strconv.Atoi(kv.key); err == nil {
+			if p != len(c.owners) || len(fields) == 0 {
+				t.Fatalf("%s:%d: want partition %d: owner backups... [> incoming...]", path, n, len(c.owners))
 			}
 			ids := dashless(fields)
 			var backups, incoming []string
@@ -98,19 +56,20 @@ func parseTableFile(t *testing.T, path string) []*tableCase {
 			} else {
 				backups = ids[1:]
 			}
-			cur.owners = append(cur.owners, ids[0])
-			cur.table = append(cur.table, [2][]string{backups, incoming})
+			c.owners = append(c.owners, ids[0])
+			c.table = append(c.table, [2][]string{backups, incoming})
 			continue
 		}
-		switch key {
+		var err error
+		switch kv.key {
 		case "backups":
-			if cur.backups, err = strconv.Atoi(strings.TrimSpace(val)); err != nil {
+			if c.backups, err = strconv.Atoi(strings.TrimSpace(kv.val)); err != nil {
 				t.Fatalf("%s:%d: %v", path, n, err)
 			}
 		case "members":
-			cur.members = fields
+			c.members = fields
 		case "leaving":
-			cur.leaving = fields
+			c.leaving = fields
 		case "syncing":
 			for _, f := range fields {
 				id, ps, _ := strings.Cut(f, ":")
@@ -118,29 +77,18 @@ func parseTableFile(t *testing.T, path string) []*tableCase {
 				if err != nil {
 					t.Fatalf("%s:%d: syncing %q: want member:partition", path, n, f)
 				}
-				cur.syncing[id] = append(cur.syncing[id], p)
+				c.syncing[id] = append(c.syncing[id], p)
 			}
 		case "do":
-			cur.steps = append(cur.steps, strings.TrimSpace(val))
+			c.steps = append(c.steps, strings.TrimSpace(kv.val))
 		default:
-			t.Fatalf("%s:%d: unknown key %q", path, n, key)
+			t.Fatalf("%s:%d: unknown key %q", path, n, kv.key)
 		}
 	}
-	if err := sc.Err(); err != nil {
-		t.Fatal(err)
+	if len(c.owners) == 0 || len(c.members) == 0 || len(c.steps) == 0 {
+		t.Fatalf("%s:%d: a case needs partitions, members and steps", path, s.line)
 	}
-	if cur != nil {
-		if !inOutput {
-			t.Fatalf("%s:%d: case without a ---- line", path, cur.line)
-		}
-		cases = append(cases, cur)
-	}
-	for _, c := range cases {
-		if len(c.owners) == 0 || len(c.members) == 0 || len(c.steps) == 0 {
-			t.Fatalf("%s:%d: a case needs partitions, members and steps", path, c.line)
-		}
-	}
-	return cases
+	return c
 }
 
 // dashless turns "-" into "".
@@ -234,58 +182,30 @@ func step(t *testing.T, m *Manager, f *fakeEngine, s string) {
 }
 
 func TestTableData(t *testing.T) {
-	files, err := filepath.Glob(filepath.Join("testdata", "table", "*.txt"))
-	if err != nil {
-		t.Fatal(err)
-	}
-	if len(files) == 0 {
-		t.Fatal("no testdata/table/*.txt files")
-	}
-	for _, path := range files {
-		t.Run(strings.TrimSuffix(filepath.Base(path), ".txt"), func(t *testing.T) {
-			var rewritten []string
-			for _, c := range parseTableFile(t, path) {
-				f := c.fake()
-				if err := f.table.Validate(); err != nil {
-					t.Fatalf("%s:%d: the scenario's table is not valid: %v", path, c.line, err)
+	testScenarios(t, "table", "tables differ", parseTableCase,
+		func(t *testing.T, path string, s scenario, c *tableCase) []string {
+			f := c.fake()
+			if err := f.table.Validate(); err != nil {
+				t.Fatalf("%s:%d: the scenario's table is not valid: %v", path, s.line, err)
+			}
+			m := New(f, Config{Count: f.count, Backups: c.backups})
+			var got []string
+			for _, st := range c.steps {
+				n := len(f.calls())
+				step(t, m, f, st)
+				got = append(got, "> "+st)
+				if st == "repair" || st == "settle" || st == "round" {
+					got = append(got, strings.Split(strings.TrimSuffix(formatTable(f.current()), "\n"), "\n")...)
 				}
-				m := New(f, Config{Count: f.count, Backups: c.backups})
-				var got []string
-				for _, s := range c.steps {
-					n := len(f.calls())
-					step(t, m, f, s)
-					got = append(got, "> "+s)
-					if s == "repair" || s == "settle" || s == "round" {
-						got = append(got, strings.Split(strings.TrimSuffix(formatTable(f.current()), "\n"), "\n")...)
+				for _, cl := range f.calls()[n:] {
+					if cl.op == "lost" {
+						got = append(got, fmt.Sprintf("lost: %v", cl.lost))
 					}
-					for _, cl := range f.calls()[n:] {
-						if cl.op == "lost" {
-							got = append(got, fmt.Sprintf("lost: %v", cl.lost))
-						}
-					}
-				}
-				wantValidTables(t, f)
-				if *update {
-					if len(rewritten) > 0 {
-						rewritten = append(rewritten, "")
-					}
-					rewritten = append(rewritten, c.input...)
-					rewritten = append(rewritten, "----")
-					rewritten = append(rewritten, got...)
-					continue
-				}
-				if !slices.Equal(got, c.expected) {
-					t.Errorf("%s:%d: tables differ\n--- want\n%s\n--- got\n%s",
-						path, c.line, strings.Join(c.expected, "\n"), strings.Join(got, "\n"))
 				}
 			}
-			if *update {
-				if err := os.WriteFile(path, []byte(strings.Join(rewritten, "\n")+"\n"), 0o644); err != nil {
-					t.Fatal(err)
-				}
-			}
+			wantValidTables(t, f)
+			return got
 		})
-	}
 }
 
 // checkTable verifies what every table the Manager made after a repair
