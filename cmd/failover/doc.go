@@ -63,6 +63,8 @@
 //	                      membership.suspicion-max-timeout-mult for both
 //	                      presets (default 0: each preset's own; 6 gives
 //	                      the settings measured before it was tuned)
+//	-suspicion-mult K     membership.suspicion-mult for both presets
+//	                      (default 0: each preset's own)
 //	-v                    log the members' warnings and errors
 //
 // It exits 1 if a cluster could not start or a kill's writes did not flow

@@ -17,6 +17,7 @@ func TestFlagsRejected(t *testing.T) {
 		{"-warmup", "500ms"},
 		{"-sync-backups", "7"},
 		{"-suspicion-max-timeout-mult", "-1"},
+		{"-suspicion-mult", "-1"},
 	} {
 		if _, err := parseFlags(args, io.Discard); err == nil {
 			t.Errorf("parseFlags(%q) accepted", args)

@@ -53,6 +53,7 @@ type options struct {
 	killMaster  bool
 	overlap     bool
 	maxMult     int
+	mult        int
 	verbose     bool
 }
 
@@ -72,6 +73,7 @@ func parseFlags(args []string, stderr io.Writer) (options, error) {
 	fs.BoolVar(&o.overlap, "overlap", false, "make the second kill exactly -second-after after the first, even before writes flow again (the two failures overlap when it is short)")
 	fs.BoolVar(&o.killMaster, "kill-master", false, "kill the oldest member (the master) first, instead of the youngest")
 	fs.IntVar(&o.maxMult, "suspicion-max-timeout-mult", 0, "membership.suspicion-max-timeout-mult for both presets (0: the preset's own; 6 measures the settings before it was tuned)")
+	fs.IntVar(&o.mult, "suspicion-mult", 0, "membership.suspicion-mult for both presets (0: the preset's own)")
 	fs.BoolVar(&o.verbose, "v", false, "log the members' warnings and errors to stderr")
 	if err := fs.Parse(args); err != nil {
 		return o, err
@@ -99,6 +101,8 @@ func parseFlags(args []string, stderr io.Writer) (options, error) {
 		return o, errors.New("-kills must be 1 or 2")
 	case o.maxMult < 0:
 		return o, errors.New("-suspicion-max-timeout-mult must not be negative")
+	case o.mult < 0:
+		return o, errors.New("-suspicion-mult must not be negative")
 	case o.syncBackups < 0 || o.syncBackups > 6:
 		return o, errors.New("-sync-backups must be in 0..6")
 	}
@@ -123,8 +127,8 @@ func run(args []string, stdout, stderr io.Writer) int {
 		level = slog.LevelWarn
 	}
 	log := slog.New(slog.NewTextHandler(stderr, &slog.HandlerOptions{Level: level}))
-	fmt.Fprintf(stdout, "failover: sizes %v, presets %v, %d runs, %d kills, second kill %v after the first (settle %v, overlap %v), %d sync backup(s), suspicion-max-timeout-mult %d (0: preset's), GOMAXPROCS %d\n",
-		o.sizes, o.presets, o.runs, o.kills, o.secondAfter, o.settle, o.overlap, o.syncBackups, o.maxMult, runtimeProcs())
+	fmt.Fprintf(stdout, "failover: sizes %v, presets %v, %d runs, %d kills, second kill %v after the first (settle %v, overlap %v), %d sync backup(s), suspicion-max-timeout-mult %d, suspicion-mult %d (0: preset's), GOMAXPROCS %d\n",
+		o.sizes, o.presets, o.runs, o.kills, o.secondAfter, o.settle, o.overlap, o.syncBackups, o.maxMult, o.mult, runtimeProcs())
 	status := exitOK
 	var rows []row
 	for _, preset := range o.presets {
@@ -188,6 +192,9 @@ func configure(o options, preset string) func(int, *config.Config) {
 		cfg.Source = fmt.Sprintf("cmd/failover member %d", i)
 		if preset == "fast" {
 			cfg.UseFastFailureDetection()
+		}
+		if o.mult > 0 {
+			cfg.Membership.SuspicionMult = o.mult
 		}
 		if o.maxMult > 0 {
 			cfg.Membership.SuspicionMaxTimeoutMult = o.maxMult
