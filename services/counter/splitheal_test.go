@@ -100,7 +100,9 @@ func healAndWait(t *testing.T, c *clustertest.Cluster) {
 
 // A {0,1} | {2} split under load: callers keep incrementing counters
 // through all three members before, during and after the split, so both
-// sides acknowledge increments on the same counters. After the heal the
+// sides acknowledge increments on the same counters; during the split,
+// other callers increment counters that only one side writes, through
+// that side alone (the single member's are the smaller side's only). After the heal the
 // single member merges into the pair: each of its ManagedServices is
 // Reset exactly once (the pair's never), no acknowledged increment is lost
 // and none counted twice, every backup equals its primary and no member
@@ -118,19 +120,37 @@ func TestSplitUnderLoadIsLossless(t *testing.T) {
 
 	c.Split([]int{0, 1}, []int{2})
 	waitSides(t, ms[:2], ms[2:])
+	// Also loads through one side only, on counters of their own.
+	sideStores, sideLoads := startSideLoads(t, map[string][]*nodeengine.Node{"pair-": ms[:2], "single-": ms[2:]})
 	store.on.Store(true)
 	l.WaitOps(t, 600)
+	for _, sl := range sideLoads {
+		sl.WaitOps(t, 100)
+	}
 	store.on.Store(false)
+	for _, s := range sideStores {
+		s.on.Store(false)
+	}
 	for _, n := range ms {
 		if k := store.acked[n].Load(); k == 0 {
 			t.Fatalf("no increment acknowledged through member %s during the split", n.Address())
 		}
 	}
+	checkSideLoads(t, sideStores)
 	t.Logf("acknowledged during the split: %d through the pair, %d through the single member",
 		store.acked[ms[0]].Load()+store.acked[ms[1]].Load(), store.acked[ms[2]].Load())
 
 	healAndWait(t, c)
 	l.WaitOps(t, 300)
+	// Every load stops before any is checked: the check compares every
+	// counter's backups with its primary.
+	l.Halt()
+	for _, sl := range sideLoads {
+		sl.Halt()
+	}
+	for _, sl := range sideLoads {
+		sl.VerifyAfterFailure(t, c)
+	}
 	l.VerifyAfterFailure(t, c)
 	clusterload.CheckPlacement(t, c, counters)
 	for i, n := range ms {
@@ -141,6 +161,37 @@ func TestSplitUnderLoadIsLossless(t *testing.T) {
 		for _, name := range resetServices {
 			if got := resets(n, name); got != want {
 				t.Errorf("member %d (%s): service %s was Reset %d times, want %d", i, n.Address(), name, got, want)
+			}
+		}
+	}
+}
+
+// startSideLoads starts, during a split, a load through each side only
+// (the sides' members, by counter prefix) on counters of its own,
+// counting what each member acknowledges until the stores are turned off.
+func startSideLoads(t *testing.T, sides map[string][]*nodeengine.Node) (map[string]*sideStore, []*clusterload.Load) {
+	stores := map[string]*sideStore{}
+	var loads []*clusterload.Load
+	for prefix, side := range sides {
+		s := &sideStore{Store: prefixed{counters, prefix}, acked: map[*nodeengine.Node]*atomic.Int64{}}
+		for _, n := range side {
+			s.acked[n] = new(atomic.Int64)
+		}
+		s.on.Store(true)
+		stores[prefix] = s
+		loads = append(loads, clusterload.Start(t, s, 2, 20, func(r *rand.Rand) *nodeengine.Node { return side[r.IntN(len(side))] }))
+	}
+	return stores, loads
+}
+
+// checkSideLoads fails t unless every member of every side load
+// acknowledged increments during the split.
+func checkSideLoads(t *testing.T, stores map[string]*sideStore) {
+	t.Helper()
+	for prefix, s := range stores {
+		for n, k := range s.acked {
+			if k.Load() == 0 {
+				t.Fatalf("no increment of the %sonly load acknowledged through member %s during the split", prefix, n.Address())
 			}
 		}
 	}
@@ -298,18 +349,7 @@ func TestSplitOfFiveWithTwoBackups(t *testing.T) {
 			}
 		}
 	}
-	// Loads through one side only, on counters of their own.
-	sideStores := map[string]*sideStore{}
-	var sideLoads []*clusterload.Load
-	for prefix, side := range map[string][]*nodeengine.Node{"three-": three, "pair-": pair} {
-		s := &sideStore{Store: prefixed{counters, prefix}, acked: map[*nodeengine.Node]*atomic.Int64{}}
-		for _, n := range side {
-			s.acked[n] = new(atomic.Int64)
-		}
-		s.on.Store(true)
-		sideStores[prefix] = s
-		sideLoads = append(sideLoads, clusterload.Start(t, s, 2, 20, func(r *rand.Rand) *nodeengine.Node { return side[r.IntN(len(side))] }))
-	}
+	sideStores, sideLoads := startSideLoads(t, map[string][]*nodeengine.Node{"three-": three, "pair-": pair})
 	store.on.Store(true)
 	for i := range names {
 		incOn(t, c, i%3, fmt.Sprintf("c%d", i), 5)
@@ -334,13 +374,7 @@ func TestSplitOfFiveWithTwoBackups(t *testing.T) {
 			t.Fatalf("no increment acknowledged through member %s during the split", n.Address())
 		}
 	}
-	for prefix, s := range sideStores {
-		for n, k := range s.acked {
-			if k.Load() == 0 {
-				t.Fatalf("no increment of the %sonly load acknowledged through member %s during the split", prefix, n.Address())
-			}
-		}
-	}
+	checkSideLoads(t, sideStores)
 	t.Logf("acknowledged during the split: %d through the three, %d through the pair",
 		store.acked[ms[0]].Load()+store.acked[ms[1]].Load()+store.acked[ms[2]].Load(), store.acked[ms[3]].Load()+store.acked[ms[4]].Load())
 
