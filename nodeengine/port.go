@@ -8,6 +8,7 @@ import (
 	"log/slog"
 	"net"
 	"net/netip"
+	"os"
 	"strconv"
 	"sync"
 	"sync/atomic"
@@ -248,7 +249,29 @@ func (t *muxTransport) acceptLoop() {
 			timer.Stop()
 			return
 		}
+		if descriptorsFree(err) {
+			// The next Accept may wait for a connection that never comes
+			// (those queued meanwhile were taken, or gave up): the port
+			// can accept again, so it says so now, not at the next one.
+			t.acceptErr.Store(nil)
+			t.log.Info("accepting connections again: file descriptors are free", "failedAccepts", failed)
+			failed, pause = 0, 0
+		}
 	}
+}
+
+// descriptorsFree reports, after an accept failed with err for want of
+// file descriptors, whether the process can open one now.
+func descriptorsFree(err error) bool {
+	if !errors.Is(err, syscall.EMFILE) && !errors.Is(err, syscall.ENFILE) {
+		return false
+	}
+	f, oerr := os.Open(os.DevNull)
+	if oerr != nil {
+		return false
+	}
+	f.Close()
+	return true
 }
 
 // transientAcceptError tells whether a failed accept may work later: the
