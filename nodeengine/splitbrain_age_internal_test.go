@@ -4,7 +4,6 @@ import (
 	"context"
 	"fmt"
 	"slices"
-	"sync/atomic"
 	"testing"
 	"time"
 
@@ -14,31 +13,14 @@ import (
 	"github.com/partita-go/partita/spi"
 )
 
-// resetCounter is a ManagedService that only counts its Reset calls.
-type resetCounter struct{ resets atomic.Int64 }
-
-func (s *resetCounter) Init(spi.NodeEngine, spi.Properties) error { return nil }
-func (s *resetCounter) Shutdown(bool)                             {}
-func (s *resetCounter) Reset()                                    { s.resets.Add(1) }
-
-func init() { config.RegisterService("resetcount", func() spi.Service { return new(resetCounter) }) }
-
-// resetServices are the resetCounter services withResetCounters adds,
-// next to the counter.
-var resetServices = []string{"ResetA", "ResetB"}
-
-func withResetCounters(c *config.Config) {
-	for _, name := range resetServices {
-		c.Services = append(c.Services, config.ServiceConfig{Name: name, Type: "resetcount", Enabled: true})
-	}
-}
+func withResetCounters(c *config.Config) { testkit.AddResetCounters(c) }
 
 // resets returns how many times each of member n's resetCounter services
 // was Reset, by name.
 func resets(n *Node) map[string]int64 {
 	out := map[string]int64{}
-	for _, name := range resetServices {
-		out[name] = n.services[name].(*resetCounter).resets.Load()
+	for _, name := range testkit.ResetServices {
+		out[name] = n.services[name].(*testkit.ResetCounter).Resets()
 	}
 	return out
 }

@@ -13,41 +13,27 @@ import (
 
 	"github.com/partita-go/partita/config"
 	"github.com/partita-go/partita/internal/clusterload"
+	"github.com/partita-go/partita/internal/testkit"
 	"github.com/partita-go/partita/nodeengine"
 	"github.com/partita-go/partita/nodeengine/clustertest"
 	"github.com/partita-go/partita/services/counter"
-	"github.com/partita-go/partita/spi"
 )
 
 // Real splits of running clusters with the counter (issue 20): the sides
 // count on their own, heal, and the smaller merges into the larger with
 // every acknowledged increment of both sides counted once.
 
-// resetCounter is a service that only counts its Reset calls: the engine
-// calls Reset on every ManagedService of a member that merges into a
-// larger cluster, once per merge.
-type resetCounter struct{ resets atomic.Int64 }
+// resetServices are the reset-counting services withResetCounters adds
+// (testkit.ResetCounter).
+var resetServices = testkit.ResetServices
 
-func (s *resetCounter) Init(spi.NodeEngine, spi.Properties) error { return nil }
-func (s *resetCounter) Shutdown(bool)                             {}
-func (s *resetCounter) Reset()                                    { s.resets.Add(1) }
-
-func init() { config.RegisterService("resetcount", func() spi.Service { return new(resetCounter) }) }
-
-// resetServices are the resetCounter services withResetCounters adds.
-var resetServices = []string{"ResetA", "ResetB"}
-
-// withResetCounters adds two resetCounter services next to the counter.
-func withResetCounters(_ int, cfg *config.Config) {
-	for _, name := range resetServices {
-		cfg.Services = append(cfg.Services, config.ServiceConfig{Name: name, Type: "resetcount", Enabled: true})
-	}
-}
+// withResetCounters adds them next to the counter.
+func withResetCounters(_ int, cfg *config.Config) { testkit.AddResetCounters(cfg) }
 
 // resets returns how many times member n's service name was Reset.
 func resets(n *nodeengine.Node, name string) int64 {
 	svc, _ := n.Service(name)
-	return svc.(*resetCounter).resets.Load()
+	return svc.(*testkit.ResetCounter).Resets()
 }
 
 // sideStore is the counter store counting the increments acknowledged
@@ -123,35 +109,13 @@ func TestSplitUnderLoadIsLossless(t *testing.T) {
 	// Also loads through one side only, on counters of their own.
 	sideStores, sideLoads := startSideLoads(t, map[string][]*nodeengine.Node{"pair-": ms[:2], "single-": ms[2:]})
 	store.on.Store(true)
-	l.WaitOps(t, 600)
-	for _, sl := range sideLoads {
-		sl.WaitOps(t, 100)
-	}
-	store.on.Store(false)
-	for _, s := range sideStores {
-		s.on.Store(false)
-	}
-	for _, n := range ms {
-		if k := store.acked[n].Load(); k == 0 {
-			t.Fatalf("no increment acknowledged through member %s during the split", n.Address())
-		}
-	}
-	checkSideLoads(t, sideStores)
+	endSplitLoads(t, l, store, sideLoads, sideStores)
 	t.Logf("acknowledged during the split: %d through the pair, %d through the single member",
 		store.acked[ms[0]].Load()+store.acked[ms[1]].Load(), store.acked[ms[2]].Load())
 
 	healAndWait(t, c)
 	l.WaitOps(t, 300)
-	// Every load stops before any is checked: the check compares every
-	// counter's backups with its primary.
-	l.Halt()
-	for _, sl := range sideLoads {
-		sl.Halt()
-	}
-	for _, sl := range sideLoads {
-		sl.VerifyAfterFailure(t, c)
-	}
-	l.VerifyAfterFailure(t, c)
+	verifyLoads(t, c, append(sideLoads, l))
 	clusterload.CheckPlacement(t, c, counters)
 	for i, n := range ms {
 		want := int64(0)
@@ -184,16 +148,44 @@ func startSideLoads(t *testing.T, sides map[string][]*nodeengine.Node) (map[stri
 	return stores, loads
 }
 
-// checkSideLoads fails t unless every member of every side load
-// acknowledged increments during the split.
-func checkSideLoads(t *testing.T, stores map[string]*sideStore) {
+// endSplitLoads ends the split's share of the loads: once the load l on
+// store (through every member) and the side loads have made more calls,
+// the stores stop counting, and t fails unless every member acknowledged
+// increments of each during the split.
+func endSplitLoads(t *testing.T, l *clusterload.Load, store *sideStore, sideLoads []*clusterload.Load, stores map[string]*sideStore) {
 	t.Helper()
+	l.WaitOps(t, 600)
+	for _, sl := range sideLoads {
+		sl.WaitOps(t, 100)
+	}
+	store.on.Store(false)
+	for _, s := range stores {
+		s.on.Store(false)
+	}
+	for n, k := range store.acked {
+		if k.Load() == 0 {
+			t.Fatalf("no increment acknowledged through member %s during the split", n.Address())
+		}
+	}
 	for prefix, s := range stores {
 		for n, k := range s.acked {
 			if k.Load() == 0 {
 				t.Fatalf("no increment of the %sonly load acknowledged through member %s during the split", prefix, n.Address())
 			}
 		}
+	}
+}
+
+// verifyLoads stops every load, then checks each (VerifyAfterFailure):
+// all stop first, as the check compares every counter's backups with its
+// primary.
+func verifyLoads(t *testing.T, c *clustertest.Cluster, loads []*clusterload.Load) {
+	t.Helper()
+	for _, l := range loads {
+		l.Halt()
+	}
+	for _, l := range loads {
+		l.VerifyAfterFailure(t, c)
 	}
 }
 
@@ -361,33 +353,13 @@ func TestSplitOfFiveWithTwoBackups(t *testing.T) {
 		incOn(t, c, 0, name, 5)
 		incOn(t, c, 3, name, 2)
 	}
-	l.WaitOps(t, 600)
-	for _, sl := range sideLoads {
-		sl.WaitOps(t, 100)
-	}
-	store.on.Store(false)
-	for _, s := range sideStores {
-		s.on.Store(false)
-	}
-	for _, n := range ms {
-		if k := store.acked[n].Load(); k == 0 {
-			t.Fatalf("no increment acknowledged through member %s during the split", n.Address())
-		}
-	}
-	checkSideLoads(t, sideStores)
+	endSplitLoads(t, l, store, sideLoads, sideStores)
 	t.Logf("acknowledged during the split: %d through the three, %d through the pair",
 		store.acked[ms[0]].Load()+store.acked[ms[1]].Load()+store.acked[ms[2]].Load(), store.acked[ms[3]].Load()+store.acked[ms[4]].Load())
 
 	healAndWait(t, c)
 	l.WaitOps(t, 300)
-	l.Halt()
-	for _, sl := range sideLoads {
-		sl.Halt()
-	}
-	for _, sl := range sideLoads {
-		sl.VerifyAfterFailure(t, c)
-	}
-	l.VerifyAfterFailure(t, c)
+	verifyLoads(t, c, append(sideLoads, l))
 	clusterload.CheckPlacement(t, c, counters)
 	for i := range names {
 		want(t, c, fmt.Sprintf("c%d", i), 17)
