@@ -221,10 +221,22 @@ func (op *migPrepareOp) Run(ctx *spi.OpContext) (err error) {
 // for the destination (executor of move.Partition).
 func (m *migrations) prepare(mv migration.Move, master string) ([]byte, error) {
 	p := mv.Partition
+	if err := m.fromMaster(p, master); err != nil {
+		return nil, err
+	}
+	owner := m.view.table.Load().Owner(p)
+	if st := m.byPart[p]; st != nil && st.master != master && owner == m.view.id {
+		// A departed master's move that no resolution will reach: this
+		// member's master changed to one that was master already (this
+		// member had seen another), so no take-over sends it a resolveOp.
+		// The master's table names this member owner, as its own does:
+		// the move did not happen, and rolling it back agrees with both.
+		m.resolveOrphan(p, true)
+	}
 	if st := m.byPart[p]; st != nil {
 		return nil, fmt.Errorf("partition %d: another migration is in flight (%s -> %s)", p, st.move.Source, st.move.Destination)
 	}
-	if owner := m.view.table.Load().Owner(p); owner != m.view.id {
+	if owner != m.view.id {
 		// Not ErrWrongTarget: retrying cannot help, the plan is stale.
 		return nil, fmt.Errorf("partition %d: source %s does not own it (owner %s): the plan is stale", p, m.view.id, owner)
 	}
@@ -240,6 +252,19 @@ func (m *migrations) prepare(mv migration.Move, master string) ([]byte, error) {
 	}
 	m.bytesSent.Add(float64(len(w.Bytes())))
 	return w.Bytes(), nil
+}
+
+// fromMaster refuses to start a move of partition p that master planned
+// unless master is this member's master. A move accepted from another
+// would never be resolved: resolutions follow this member's master (see
+// resolveOrphan), and a member that froze as master and came back after
+// the others declared it dead still plans from its old table until it
+// notices; the partition then refused every move the real master planned.
+func (m *migrations) fromMaster(p int, master string) error {
+	if mine := m.view.masterID(); master != mine {
+		return fmt.Errorf("partition %d: the move comes from %s, which is not this member's master (%s)", p, master, mine)
+	}
+	return nil
 }
 
 // migApplyOp is step 2, on the destination's executor of the partition.
@@ -272,6 +297,9 @@ func (op *migApplyOp) Run(ctx *spi.OpContext) error {
 // (executor of move.Partition); caller is the source's address.
 func (m *migrations) apply(mv migration.Move, master, caller string, data []byte) error {
 	p := mv.Partition
+	if err := m.fromMaster(p, master); err != nil {
+		return err
+	}
 	if st := m.byPart[p]; st != nil {
 		switch {
 		case st.move == mv && st.master == master && st.endpoint == spi.MigrationDestination && !st.committed:

@@ -1,6 +1,7 @@
 package nodeengine
 
 import (
+	"strings"
 	"testing"
 
 	"github.com/partita-go/partita/migration"
@@ -251,5 +252,65 @@ func TestCommitOfAMoveTheDestinationRolledBack(t *testing.T) {
 	n.ops.RunOnPartition(2, func() { n.migs.set(2, nil) }) // the table named it: its wait ended
 	if !finish(spi.MigrationDestination, true) {
 		t.Fatal("a commit repeated after the table named the destination was refused")
+	}
+}
+
+// A move is started only by this member's master. A member that froze as
+// master and came back after the others declared it dead planned moves
+// from its old table; a source that took one held it forever (no
+// resolution follows a member that is not its master) and refused every
+// move of that partition the real master planned (CI saw the planner
+// retry one every 250 ms for a minute).
+func TestMoveFromAMemberThatIsNotMasterIsRefused(t *testing.T) {
+	n := bareNode(4, []migrationAware{{name: "log", svc: &clearLog{}}}, nil)
+	members := []spi.Member{{ID: "x", Address: "x:1"}, {ID: "b", Address: "b:1"}}
+	n.view.members.Store(&members)
+	n.view.table.Store(reviewTable(5, 4, "b", "x"))
+	ctx := &spi.OpContext{Service: n, PartitionID: 2, Caller: "m:1"}
+	out := migration.Move{Source: "b", Destination: "d", SourceNewIndex: -1, ID: 7}
+	if err := (&migPrepareOp{move: out, master: "m"}).Run(ctx); err == nil || !strings.Contains(err.Error(), "not this member's master") {
+		t.Fatalf("prepare from a member that is not the master: %v", err)
+	}
+	in := migration.Move{Source: "x", Destination: "b", DestinationIndex: -1, SourceNewIndex: -1, ID: 8}
+	if err := (&migApplyOp{move: in, master: "m"}).Run(ctx); err == nil || !strings.Contains(err.Error(), "not this member's master") {
+		t.Fatalf("apply from a member that is not the master: %v", err)
+	}
+	if n.migs.byPart[2] != nil || n.migs.active.Load() != 0 || n.ops.IsMigrating(2) {
+		t.Fatalf("a refused move left state %v, refusing operations %v", n.migs.byPart[2], n.ops.IsMigrating(2))
+	}
+	if err := (&migPrepareOp{move: out, master: "x"}).Run(ctx); err != nil {
+		t.Fatalf("prepare from the master: %v", err)
+	}
+	if st := n.migs.byPart[2]; st == nil || st.master != "x" {
+		t.Fatalf("prepare from the master left state %v", st)
+	}
+}
+
+// A source move of a departed master that no resolution reached (this
+// member's master changed to one that was master already) is rolled back
+// when the master asks this member, which its own table also names owner,
+// for another move; it is kept while its own table names another owner
+// (the newest table may name the move's destination: see
+// TestSourceWaitsForNewMaster).
+func TestOrphanSourceMoveEndsWhenTheMasterPlansFromThisOwner(t *testing.T) {
+	for _, tc := range []struct {
+		owner   string // in this member's table
+		resolve bool
+	}{{"b", true}, {"d", false}} {
+		n := bareNode(4, []migrationAware{{name: "log", svc: &clearLog{}}}, nil)
+		members := []spi.Member{{ID: "x", Address: "x:1"}, {ID: "b", Address: "b:1"}} // "m" is gone
+		n.view.members.Store(&members)
+		n.view.table.Store(reviewTable(5, 4, tc.owner, "x"))
+		orphan := migration.Move{Partition: 2, Source: "b", Destination: "d", SourceNewIndex: -1, ID: 7}
+		n.migs.set(2, &migState{move: orphan, endpoint: spi.MigrationSource, event: eventFor(orphan, spi.MigrationSource), master: "m"})
+		next := migration.Move{Source: "b", Destination: "e", SourceNewIndex: -1, ID: 9}
+		err := (&migPrepareOp{move: next, master: "x"}).Run(&spi.OpContext{Service: n, PartitionID: 2, Caller: "x:1"})
+		st := n.migs.byPart[2]
+		if tc.resolve && (err != nil || st == nil || st.master != "x" || n.migs.active.Load() != 1) {
+			t.Fatalf("owner %s: the master's move after the orphan: %v, state %v", tc.owner, err, st)
+		}
+		if !tc.resolve && (err == nil || st == nil || st.master != "m") {
+			t.Fatalf("owner %s: the orphan was ended by a table naming another owner: %v, state %v", tc.owner, err, st)
+		}
 	}
 }
