@@ -160,6 +160,15 @@ type MembershipConfig struct {
 	// memberlist's own default is 6). A suspicion starts at this many
 	// times the minimum timeout and shrinks to it as confirmations arrive.
 	SuspicionMaxTimeoutMult int
+	// DeadOnRefusedPort declares a member dead without waiting for
+	// memberlist's suspicion when its port refuses connections
+	// (`dead-on-refused-port`, default true): a dial to it that the host
+	// answers "connection refused" starts a check, and three refused
+	// dials 100 ms apart confirm that nothing listens there. Only a
+	// process that is gone (killed, crashed, stopped) refuses; a host
+	// that is down, a cut network or a frozen process does not, and
+	// memberlist's suspicion applies to them as before.
+	DeadOnRefusedPort bool
 	// GossipInterval is how often membership changes are gossiped
 	// (`gossip-interval`, default 200ms).
 	GossipInterval time.Duration

@@ -70,6 +70,7 @@ func TestDefault(t *testing.T) {
 			ProbeTimeout:            500 * time.Millisecond,
 			SuspicionMult:           4,
 			SuspicionMaxTimeoutMult: 2,
+			DeadOnRefusedPort:       true,
 			GossipInterval:          200 * time.Millisecond,
 			PushPullInterval:        15 * time.Second,
 		},
@@ -140,6 +141,7 @@ membership:
   probe-timeout: 1s
   suspicion-mult: 6
   suspicion-max-timeout-mult: 3
+  dead-on-refused-port: false
   gossip-interval: 100ms
   push-pull-interval: 5s
 metrics:
@@ -184,17 +186,17 @@ func TestParseFull(t *testing.T) {
 	if want := (OperationsConfig{8, 1000, 2 * time.Minute, 500 * time.Millisecond, 10 * time.Second, 3 * time.Second, 4 * time.Second}); c.Operations != want {
 		t.Errorf("operations = %+v, want %+v", c.Operations, want)
 	}
-	if want := (MembershipConfig{2 * time.Second, time.Second, 6, 3, 100 * time.Millisecond, 5 * time.Second}); c.Membership != want {
+	if want := (MembershipConfig{2 * time.Second, time.Second, 6, 3, false, 100 * time.Millisecond, 5 * time.Second}); c.Membership != want {
 		t.Errorf("membership = %+v, want %+v", c.Membership, want)
 	}
 	if c.Metrics.Address != ":9091" {
 		t.Errorf("metrics = %q", c.Metrics.Address)
 	}
-	if len(c.Services) != 2 || c.Services[1].Enabled || c.Services[1].Where != "full.yaml:45" {
+	if len(c.Services) != 2 || c.Services[1].Enabled || c.Services[1].Where != "full.yaml:46" {
 		t.Fatalf("services = %+v", c.Services)
 	}
 	enabled := c.EnabledServices()
-	if len(enabled) != 1 || enabled[0].Name != "CounterService" || enabled[0].Where != "full.yaml:36" {
+	if len(enabled) != 1 || enabled[0].Name != "CounterService" || enabled[0].Where != "full.yaml:37" {
 		t.Errorf("EnabledServices() = %+v", enabled)
 	}
 
@@ -218,16 +220,16 @@ func TestParseFull(t *testing.T) {
 		t.Errorf("Duration(flush) = %v, %v", got, err)
 	}
 	_, err = p.Int("bad-int", 1)
-	for _, want := range []string{"full.yaml:44", `"bad-int"`, "CounterService", `"ten"`} {
+	for _, want := range []string{"full.yaml:45", `"bad-int"`, "CounterService", `"ten"`} {
 		if err == nil || !strings.Contains(err.Error(), want) {
 			t.Errorf("Int(bad-int) error = %v, want it to contain %s", err, want)
 		}
 	}
-	if _, err := p.Bool("log-level", false); err == nil || !strings.Contains(err.Error(), "full.yaml:40") {
-		t.Errorf("Bool(log-level) error = %v, want full.yaml:40", err)
+	if _, err := p.Bool("log-level", false); err == nil || !strings.Contains(err.Error(), "full.yaml:41") {
+		t.Errorf("Bool(log-level) error = %v, want full.yaml:41", err)
 	}
-	if _, err := p.Duration("batch", 0); err == nil || !strings.Contains(err.Error(), "full.yaml:41") {
-		t.Errorf("Duration(batch) error = %v, want full.yaml:41", err)
+	if _, err := p.Duration("batch", 0); err == nil || !strings.Contains(err.Error(), "full.yaml:42") {
+		t.Errorf("Duration(batch) error = %v, want full.yaml:42", err)
 	}
 }
 

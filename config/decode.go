@@ -105,6 +105,7 @@ func (d *decoder) config(n *yaml.Node, c *Config) {
 			"probe-timeout":              scalar(d, &c.Membership.ProbeTimeout),
 			"suspicion-mult":             scalar(d, &c.Membership.SuspicionMult),
 			"suspicion-max-timeout-mult": scalar(d, &c.Membership.SuspicionMaxTimeoutMult),
+			"dead-on-refused-port":       scalar(d, &c.Membership.DeadOnRefusedPort),
 			"gossip-interval":            scalar(d, &c.Membership.GossipInterval),
 			"push-pull-interval":         scalar(d, &c.Membership.PushPullInterval),
 		}),

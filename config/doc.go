@@ -46,6 +46,7 @@
 //	  probe-timeout: 500ms           # at most probe-interval
 //	  suspicion-mult: 4
 //	  suspicion-max-timeout-mult: 2  # unconfirmed suspicion: up to this times the timeout
+//	  dead-on-refused-port: true     # a port that refuses connections: dead at once
 //	  gossip-interval: 200ms
 //	  push-pull-interval: 15s
 //	split-brain:                     # looking for other clusters of this name, to merge

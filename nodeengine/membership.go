@@ -2,6 +2,7 @@ package nodeengine
 
 import (
 	"bytes"
+	"context"
 	"fmt"
 	"log/slog"
 	"slices"
@@ -141,6 +142,10 @@ type delegates struct {
 	// or joined another cluster meanwhile (a split) and is refused; it
 	// comes back through split-brain healing, with a new start time.
 	dead map[string]int64
+	// gone holds the members this one declared dead by their refused
+	// port (confirmDead) while memberlist still lists them: members leaves
+	// them out. memberlist's own declaration ends the entry.
+	gone map[string]bool
 	// held, while holding, is the member list members returns instead of
 	// alive's: a merge replaces the memberlist instance (holdView).
 	held    []spi.Member
@@ -148,7 +153,8 @@ type delegates struct {
 }
 
 func newDelegates(n *Node, meta []byte) *delegates {
-	return &delegates{n: n, meta: meta, refused: make(map[string]bool), alive: make(map[string][]byte), dead: make(map[string]int64)}
+	return &delegates{n: n, meta: meta, refused: make(map[string]bool), alive: make(map[string][]byte), dead: make(map[string]int64),
+		gone: make(map[string]bool)}
 }
 
 func (d *delegates) NodeMeta(limit int) []byte {
@@ -209,9 +215,20 @@ func (d *delegates) check(peer *memberlist.Node) error {
 		d.mu.Lock()
 		first := !d.refused["dead:"+peer.Name]
 		d.refused["dead:"+peer.Name] = true
+		gone := d.gone[peer.Name]
 		d.mu.Unlock()
+		if gone {
+			// Its port refused connections: the alive messages are the
+			// others' gossip about it until their memberlist declares it
+			// dead too, not the member coming back.
+			err = fmt.Errorf("member %s at %s %s", peer.Name, peer.Address(), goneReason)
+		}
 		if first {
-			d.n.log.Warn("refusing member", "member", peer.Name, "address", peer.Address(), "reason", err)
+			level := slog.LevelWarn
+			if gone {
+				level = slog.LevelDebug
+			}
+			d.n.log.Log(context.Background(), level, "refusing member", "member", peer.Name, "address", peer.Address(), "reason", err)
 			name, addr := peer.Name, peer.Address()
 			d.n.run.spawn(func() { d.n.reconsiderDead(name, addr) })
 		}
@@ -269,8 +286,33 @@ func (d *delegates) takeBack(id string) bool {
 		return false
 	}
 	delete(d.dead, id)
+	delete(d.gone, id)
 	delete(d.refused, "dead:"+id)
 	return true
+}
+
+// goneReason ends the refusal of an alive message about a member declared
+// dead by its refused port (confirmDead).
+const goneReason = "was declared dead: its port refuses connections"
+
+// confirmDead declares member id dead ahead of memberlist (its port
+// refuses connections: see Node.portRefused): the member list leaves it
+// out, and it is refused if it comes back with the same start time, as
+// one memberlist declared dead. It reports whether id was listed.
+func (d *delegates) confirmDead(id string) bool {
+	d.mu.Lock()
+	meta, ok := d.alive[id]
+	if ok && !d.gone[id] {
+		d.gone[id] = true
+		if m, err := decodeMeta(meta); err == nil {
+			d.dead[id] = m.started
+		}
+	}
+	d.mu.Unlock()
+	if ok {
+		d.n.memberEvent()
+	}
+	return ok
 }
 
 // forgetMembers forgets every member and every death: the memberlist
@@ -278,6 +320,7 @@ func (d *delegates) takeBack(id string) bool {
 func (d *delegates) forgetMembers() {
 	d.mu.Lock()
 	clear(d.alive)
+	clear(d.gone)
 	d.mu.Unlock()
 	d.forgetDead()
 }
@@ -306,8 +349,12 @@ func (d *delegates) set(node *memberlist.Node, alive bool) {
 	d.mu.Lock()
 	if alive {
 		d.alive[node.Name] = bytes.Clone(node.Meta)
+		if _, dead := d.dead[node.Name]; !dead {
+			delete(d.gone, node.Name) // came back merged (a new start time)
+		}
 	} else {
 		delete(d.alive, node.Name)
+		delete(d.gone, node.Name)
 		// Dead or left alike (memberlist's Node.State does not say which
 		// here): a member that left never comes back under its name with
 		// the same start time, so only one declared dead can.
@@ -327,7 +374,7 @@ func (d *delegates) members(cluster string) []spi.Member {
 	if d.holding {
 		return slices.Clone(d.held)
 	}
-	return memberList(d.alive, cluster)
+	return memberList(d.alive, d.gone, cluster)
 }
 
 // holdView keeps the member list as it is now until releaseView: a merge
@@ -341,7 +388,7 @@ func (d *delegates) members(cluster string) []spi.Member {
 // commits (a primary without its data, never in sync with its backups).
 func (d *delegates) holdView(cluster string) {
 	d.mu.Lock()
-	d.held, d.holding = memberList(d.alive, cluster), true
+	d.held, d.holding = memberList(d.alive, d.gone, cluster), true
 	d.mu.Unlock()
 }
 
@@ -354,10 +401,13 @@ func (d *delegates) releaseView() {
 }
 
 // memberList builds the member list from the members' meta by name,
-// oldest first.
-func memberList(metas map[string][]byte, cluster string) []spi.Member {
+// oldest first, leaving out those in skip.
+func memberList(metas map[string][]byte, skip map[string]bool, cluster string) []spi.Member {
 	out := make([]spi.Member, 0, len(metas))
 	for name, meta := range metas {
+		if skip[name] {
+			continue
+		}
 		m, err := decodeMeta(meta)
 		if err != nil || m.cluster != cluster || m.protocol != operation.ProtocolVersion {
 			continue
@@ -428,6 +478,9 @@ func (w logWriter) Write(p []byte) (int, error) {
 	// keep them visible but below error level.
 	if level == slog.LevelError {
 		level = slog.LevelWarn
+	}
+	if strings.Contains(line, goneReason) {
+		level = slog.LevelDebug // gossip about a member gone (delegates.check)
 	}
 	w.log.Log(nil, level, line, "component", "memberlist")
 	return len(p), nil

@@ -84,6 +84,7 @@ type Node struct {
 	hook     func(m operation.Message) operation.Verdict
 	listener func(spi.LifecycleEvent)
 	reach    func(remoteAddr string) bool // WithNetworkFilter; nil: all
+	refused  refusedPorts                 // the member ports being checked (deaths.go)
 	log      *slog.Logger
 	registry *prometheus.Registry
 
@@ -198,6 +199,7 @@ func (n *Node) Start(ctx context.Context) (err error) {
 	n.log = n.log.With("member", n.address)
 	n.tr.log = n.log
 	n.tr.reach = n.reach
+	n.tr.refused = n.portRefused
 
 	oc := n.cfg.Operations
 	n.ops = operation.New(operation.Config{
@@ -515,6 +517,11 @@ func (n *Node) teardown(terminate bool) {
 		n.ml.Shutdown()
 		n.mlStopped.Store(true)
 		n.tr.Shutdown()
+	}
+	if terminate && n.ops != nil {
+		// A killed process's connections all end at once: nothing more
+		// runs or answers while memberlist's probe ends below.
+		n.ops.Shutdown()
 	}
 	n.stopHTTP()
 	n.run.wait()

@@ -28,6 +28,7 @@ type engineMetrics struct {
 	merges        *prometheus.CounterVec // partita_split_brain_merges_total{result}
 	probes        *prometheus.CounterVec // partita_split_brain_probes_total{found}
 	antiEntropy   prometheus.Counter
+	refusedDeaths prometheus.Counter // partita_member_deaths_by_refused_port_total
 }
 
 func newEngineMetrics() (engineMetrics, *prometheus.CounterVec) {
@@ -55,6 +56,10 @@ func newEngineMetrics() (engineMetrics, *prometheus.CounterVec) {
 			Name: "partita_split_brain_merges_total",
 			Help: "Merges of this member's cluster into a larger cluster of its name, by result (merged, failed).",
 		}, []string{"result"}),
+		refusedDeaths: prometheus.NewCounter(prometheus.CounterOpts{
+			Name: "partita_member_deaths_by_refused_port_total",
+			Help: "Members this member declared dead because their port refused connections, ahead of memberlist (membership.dead-on-refused-port).",
+		}),
 		probes: prometheus.NewCounterVec(prometheus.CounterOpts{
 			Name: "partita_split_brain_probes_total",
 			Help: "Addresses this member, as master, probed for other clusters of its name, by what it found (none, other_name, incompatible, unsettled, declared_dead, larger, smaller).",
@@ -65,7 +70,7 @@ func newEngineMetrics() (engineMetrics, *prometheus.CounterVec) {
 func (n *Node) registerMetrics() error {
 	var migBytes *prometheus.CounterVec
 	n.metrics, migBytes = newEngineMetrics()
-	for _, c := range []prometheus.Collector{n.metrics.lost, migBytes, n.metrics.tableInstalls, n.metrics.rejected, n.metrics.merges, n.metrics.probes, n.metrics.antiEntropy, engineCollector{n}} {
+	for _, c := range []prometheus.Collector{n.metrics.lost, migBytes, n.metrics.tableInstalls, n.metrics.rejected, n.metrics.merges, n.metrics.probes, n.metrics.antiEntropy, n.metrics.refusedDeaths, engineCollector{n}} {
 		if err := n.registry.Register(c); err != nil {
 			return fmt.Errorf("partita: register metrics: %w", err)
 		}

@@ -74,6 +74,9 @@ type muxTransport struct {
 	// (WithNetworkFilter, a test facility): packets to and from the others
 	// are dropped, dials to them fail. Set before serve.
 	reach func(remoteAddr string) bool
+	// refused, when not nil, is told of every dial that addr's host
+	// answered "connection refused" (Node.portRefused). Set before serve.
+	refused func(addr string)
 
 	// frozen is paused while the member is frozen (Node.Pause, a test
 	// facility): the port neither sends nor receives (see thawed).
@@ -607,18 +610,35 @@ func (t *muxTransport) dial(ctx context.Context, addr string, timeout time.Durat
 	if !t.thawed(ctx) {
 		return nil, &net.OpError{Op: "dial", Net: "tcp", Addr: tcpAddr(addr), Err: cmp.Or(ctx.Err(), net.ErrClosed)}
 	}
-	if t.reach == nil {
-		return dialSelect(ctx, addr, timeout, sel)
-	}
-	if !t.reach(addr) {
+	if t.reach != nil && !t.reach(addr) {
 		return nil, &net.OpError{Op: "dial", Net: "tcp", Addr: tcpAddr(addr), Err: errUnreachable}
 	}
 	c, err := dialSelect(ctx, addr, timeout, sel)
-	if err == nil && !t.reach(addr) {
+	if err == nil && t.reach != nil && !t.reach(addr) {
 		c.Close()
 		return nil, &net.OpError{Op: "dial", Net: "tcp", Addr: tcpAddr(addr), Err: errUnreachable}
 	}
+	if t.refused != nil && errors.Is(err, syscall.ECONNREFUSED) {
+		t.refused(addr)
+	}
 	return c, err
+}
+
+// refuses reports whether addr's host refuses a connection to it now:
+// nothing listens on that port. It is false when the connection opens
+// (then closed at once), or fails in any other way: a timeout, a cut
+// network (the test filter included), or this member frozen.
+func (t *muxTransport) refuses(ctx context.Context, addr string, timeout time.Duration) bool {
+	if !t.thawed(ctx) || t.reach != nil && !t.reach(addr) {
+		return false
+	}
+	d := net.Dialer{Timeout: timeout}
+	c, err := d.DialContext(ctx, "tcp", addr)
+	if err == nil {
+		c.Close()
+		return false
+	}
+	return errors.Is(err, syscall.ECONNREFUSED)
 }
 
 // tcpAddr is addr as a net.Addr for errors (nil if it does not parse).

@@ -65,6 +65,9 @@
 //	                      the settings measured before it was tuned)
 //	-suspicion-mult K     membership.suspicion-mult for both presets
 //	                      (default 0: each preset's own)
+//	-dead-on-refused-port=false
+//	                      membership.dead-on-refused-port off: memberlist's
+//	                      suspicion alone declares the killed members dead
 //	-v                    log the members' warnings and errors
 //
 // It exits 1 if a cluster could not start or a kill's writes did not flow

@@ -54,6 +54,7 @@ type options struct {
 	overlap     bool
 	maxMult     int
 	mult        int
+	refusedPort bool
 	verbose     bool
 }
 
@@ -74,6 +75,7 @@ func parseFlags(args []string, stderr io.Writer) (options, error) {
 	fs.BoolVar(&o.killMaster, "kill-master", false, "kill the oldest member (the master) first, instead of the youngest")
 	fs.IntVar(&o.maxMult, "suspicion-max-timeout-mult", 0, "membership.suspicion-max-timeout-mult for both presets (0: the preset's own; 6 measures the settings before it was tuned)")
 	fs.IntVar(&o.mult, "suspicion-mult", 0, "membership.suspicion-mult for both presets (0: the preset's own)")
+	fs.BoolVar(&o.refusedPort, "dead-on-refused-port", true, "membership.dead-on-refused-port (false: memberlist's suspicion alone declares the killed members dead)")
 	fs.BoolVar(&o.verbose, "v", false, "log the members' warnings and errors to stderr")
 	if err := fs.Parse(args); err != nil {
 		return o, err
@@ -127,8 +129,8 @@ func run(args []string, stdout, stderr io.Writer) int {
 		level = slog.LevelWarn
 	}
 	log := slog.New(slog.NewTextHandler(stderr, &slog.HandlerOptions{Level: level}))
-	fmt.Fprintf(stdout, "failover: sizes %v, presets %v, %d runs, %d kills, second kill %v after the first (settle %v, overlap %v), %d sync backup(s), suspicion-max-timeout-mult %d, suspicion-mult %d (0: preset's), GOMAXPROCS %d\n",
-		o.sizes, o.presets, o.runs, o.kills, o.secondAfter, o.settle, o.overlap, o.syncBackups, o.maxMult, o.mult, runtimeProcs())
+	fmt.Fprintf(stdout, "failover: sizes %v, presets %v, %d runs, %d kills, second kill %v after the first (settle %v, overlap %v), %d sync backup(s), suspicion-max-timeout-mult %d, suspicion-mult %d (0: preset's), dead-on-refused-port %v, GOMAXPROCS %d\n",
+		o.sizes, o.presets, o.runs, o.kills, o.secondAfter, o.settle, o.overlap, o.syncBackups, o.maxMult, o.mult, o.refusedPort, runtimeProcs())
 	status := exitOK
 	var rows []row
 	for _, preset := range o.presets {
@@ -199,6 +201,7 @@ func configure(o options, preset string) func(int, *config.Config) {
 		if o.maxMult > 0 {
 			cfg.Membership.SuspicionMaxTimeoutMult = o.maxMult
 		}
+		cfg.Membership.DeadOnRefusedPort = o.refusedPort
 		cfg.Partitions.BackupCount = max(o.syncBackups, cfg.Partitions.BackupCount)
 		for j, sc := range cfg.Services {
 			if sc.Type == counter.TypeName {
