@@ -317,6 +317,10 @@ func measure(o options, n int, preset string, log *slog.Logger) (res result, err
 		if k == 0 {
 			first = at
 		}
+		// The survivors may declare the death while Terminate still waits
+		// for memberlist's last probe (up to a probe interval).
+		declared := make(chan time.Duration, 1)
+		go func() { declared <- waitDeclared(nodes, &alive, id, at, o.limit) }()
 		nodes[victim].Terminate()
 		// Increments invoked while Terminate runs may still reach the
 		// member dying (its executors finish what they hold): only those
@@ -325,7 +329,7 @@ func measure(o options, n int, preset string, log *slog.Logger) (res result, err
 		kr := &res.kills[k]
 		*kr = kill{member: victim, rate: rate, terminate: time.Since(at)}
 		measuring.Go(func() {
-			kr.declared = waitDeclared(nodes, &alive, id, at, o.limit)
+			kr.declared = <-declared
 			kr.writes, kr.ok = ld.waitRecovered(k, at, o.limit)
 		})
 		if !o.overlap {

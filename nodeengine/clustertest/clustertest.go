@@ -349,6 +349,21 @@ func (c *Cluster) Kill(i int) {
 	n.Terminate()
 }
 
+// KillJoin kills member i and starts a new member at the same moment, as
+// an orchestrator that restarts a crashed process at once does: the new
+// member joins before the death is declared (a killed member's refused
+// port gets it declared within a few hundred milliseconds,
+// membership.dead-on-refused-port). It returns the new member.
+func (c *Cluster) KillJoin(i int) *nodeengine.Node {
+	c.t.Helper()
+	victim := c.Member(i)
+	c.remove(victim)
+	var wg sync.WaitGroup
+	wg.Go(victim.Terminate)
+	defer wg.Wait()
+	return c.AddMember()
+}
+
 // Pause freezes member i (oldest first) for d, as a stop-the-world GC
 // pause or a stopped VM would, and returns once it runs again: its
 // memberlist neither sends nor receives, its operation connections stop

@@ -67,8 +67,8 @@ const (
 	// NemesisKill kills a member: no goodbye, the others find out by
 	// failure detection (Cluster.Kill).
 	NemesisKill NemesisKind = "kill"
-	// NemesisKillJoin kills a member and starts a new one within a
-	// second, before the death is declared.
+	// NemesisKillJoin kills a member and starts a new one at the same
+	// time, before the death is declared.
 	NemesisKillJoin NemesisKind = "kill+join"
 	// NemesisLeave shuts a member down gracefully (Cluster.Shutdown).
 	NemesisLeave NemesisKind = "leave"
@@ -335,8 +335,7 @@ func (c *Cluster) runStep(ctx context.Context, service string, st NemesisStep) e
 		case NemesisKill:
 			c.Kill(st.Member)
 		case NemesisKillJoin:
-			c.Kill(st.Member)
-			c.AddMember()
+			c.KillJoin(st.Member)
 		}
 	case NemesisJoin:
 		c.AddMember()
