@@ -164,10 +164,14 @@ type MembershipConfig struct {
 	// memberlist's suspicion when its port refuses connections
 	// (`dead-on-refused-port`, default true): a dial to it that the host
 	// answers "connection refused" starts a check, and three refused
-	// dials 100 ms apart confirm that nothing listens there. Only a
-	// process that is gone (killed, crashed, stopped) refuses; a host
-	// that is down, a cut network or a frozen process does not, and
-	// memberlist's suspicion applies to them as before.
+	// dials 100 ms apart confirm that nothing listens there: the process
+	// is gone (killed, crashed, stopped). A host that is down, a network
+	// that drops packets or a frozen process does not refuse, and
+	// memberlist's suspicion applies to them as before. A firewall rule
+	// that rejects rather than drops does refuse: if memberlist goes on
+	// listing the member, the declaration is taken back once memberlist
+	// would have declared it dead (docs/architecture.md, "Membership and
+	// the master"). Turn it off where such rules sit between members.
 	DeadOnRefusedPort bool
 	// GossipInterval is how often membership changes are gossiped
 	// (`gossip-interval`, default 200ms).

@@ -144,8 +144,12 @@ type delegates struct {
 	dead map[string]int64
 	// gone holds the members this one declared dead by their refused
 	// port (confirmDead) while memberlist still lists them: members leaves
-	// them out. memberlist's own declaration ends the entry.
+	// them out. memberlist's own declaration ends the entry, or undoGone
+	// when memberlist goes on listing the member.
 	gone map[string]bool
+	// disputed holds the members a refused port declared dead whom
+	// memberlist went on listing (undoGone): their refusals are ignored.
+	disputed map[string]bool
 	// held, while holding, is the member list members returns instead of
 	// alive's: a merge replaces the memberlist instance (holdView).
 	held    []spi.Member
@@ -154,7 +158,7 @@ type delegates struct {
 
 func newDelegates(n *Node, meta []byte) *delegates {
 	return &delegates{n: n, meta: meta, refused: make(map[string]bool), alive: make(map[string][]byte), dead: make(map[string]int64),
-		gone: make(map[string]bool)}
+		gone: make(map[string]bool), disputed: make(map[string]bool)}
 }
 
 func (d *delegates) NodeMeta(limit int) []byte {
@@ -213,16 +217,19 @@ func (d *delegates) check(peer *memberlist.Node) error {
 		}
 		err = fmt.Errorf("member %s at %s was declared dead and comes back unmerged (it may hold another cluster's table): it rejoins through split-brain healing", peer.Name, peer.Address())
 		d.mu.Lock()
-		first := !d.refused["dead:"+peer.Name]
-		d.refused["dead:"+peer.Name] = true
 		gone := d.gone[peer.Name]
-		d.mu.Unlock()
+		key := "dead:" + peer.Name
 		if gone {
 			// Its port refused connections: the alive messages are the
 			// others' gossip about it until their memberlist declares it
-			// dead too, not the member coming back.
+			// dead too, not the member coming back (its own key, so that
+			// a comeback after memberlist's declaration is warned of).
+			key = "gone:" + peer.Name
 			err = fmt.Errorf("member %s at %s %s", peer.Name, peer.Address(), goneReason)
 		}
+		first := !d.refused[key]
+		d.refused[key] = true
+		d.mu.Unlock()
 		if first {
 			level := slog.LevelWarn
 			if gone {
@@ -282,12 +289,13 @@ func (d *delegates) NotifyMerge(peers []*memberlist.Node) error {
 func (d *delegates) takeBack(id string) bool {
 	d.mu.Lock()
 	defer d.mu.Unlock()
-	if !d.refused["dead:"+id] {
+	if !d.refused["dead:"+id] && !d.refused["gone:"+id] {
 		return false
 	}
 	delete(d.dead, id)
 	delete(d.gone, id)
 	delete(d.refused, "dead:"+id)
+	delete(d.refused, "gone:"+id)
 	return true
 }
 
@@ -302,7 +310,8 @@ const goneReason = "was declared dead: its port refuses connections"
 func (d *delegates) confirmDead(id string) bool {
 	d.mu.Lock()
 	meta, ok := d.alive[id]
-	if ok && !d.gone[id] {
+	ok = ok && !d.gone[id] && !d.disputed[id]
+	if ok {
 		d.gone[id] = true
 		if m, err := decodeMeta(meta); err == nil {
 			d.dead[id] = m.started
@@ -313,6 +322,37 @@ func (d *delegates) confirmDead(id string) bool {
 		d.n.memberEvent()
 	}
 	return ok
+}
+
+// undoGone takes back confirmDead's declaration of member id while
+// memberlist still lists it, long after it would have declared a dead
+// member dead: the member runs, and something refuses connections to its
+// port (a firewall rule that rejects rather than drops). Its port's
+// refusals count for nothing from then on. It reports whether id was
+// still declared dead that way.
+func (d *delegates) undoGone(id string) bool {
+	d.mu.Lock()
+	_, listed := d.alive[id]
+	undo := listed && d.gone[id]
+	if undo {
+		delete(d.gone, id)
+		delete(d.dead, id)
+		delete(d.refused, "gone:"+id)
+		d.disputed[id] = true
+	}
+	d.mu.Unlock()
+	if undo {
+		d.n.memberEvent()
+	}
+	return undo
+}
+
+// refusalsCount reports whether member id's refused port may declare it
+// dead (undoGone has not found it running).
+func (d *delegates) refusalsCount(id string) bool {
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	return !d.disputed[id]
 }
 
 // forgetMembers forgets every member and every death: the memberlist
@@ -355,6 +395,7 @@ func (d *delegates) set(node *memberlist.Node, alive bool) {
 	} else {
 		delete(d.alive, node.Name)
 		delete(d.gone, node.Name)
+		delete(d.refused, "gone:"+node.Name)
 		// Dead or left alike (memberlist's Node.State does not say which
 		// here): a member that left never comes back under its name with
 		// the same start time, so only one declared dead can.

@@ -518,10 +518,13 @@ func (n *Node) teardown(terminate bool) {
 		n.mlStopped.Store(true)
 		n.tr.Shutdown()
 	}
-	if terminate && n.ops != nil {
-		// A killed process's connections all end at once: nothing more
-		// runs or answers while memberlist's probe ends below.
-		n.ops.Shutdown()
+	if n.ops != nil {
+		// The port is closed: the connections end with it, as a stopped
+		// process's do, and nothing answers while memberlist's last probe
+		// ends below (the others may declare this member dead meanwhile:
+		// its port refuses). Local tasks run on until ops.Shutdown: the
+		// goroutines run.wait waits for may wait for some.
+		n.ops.CloseConnections()
 	}
 	n.stopHTTP()
 	n.run.wait()

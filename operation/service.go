@@ -385,6 +385,11 @@ func (s *Service) Start() {
 	s.running.Store(true)
 }
 
+// CloseConnections closes every connection to other members and refuses
+// new ones at once, as a stopped process's connections end; Shutdown
+// does the rest. Local tasks keep running until then.
+func (s *Service) CloseConnections() { s.tr.Close() }
+
 // Shutdown closes every connection, fails every waiting invocation with
 // ErrShutdown and stops the executors once the running operations return.
 func (s *Service) Shutdown() {
