@@ -256,7 +256,7 @@ func (r *backupRun) done(err error) {
 	// earlier run holds them; the way this writer is answered below (or
 	// not, at shutdown) is the way they are.
 	r.bar.runDone(s)
-	if s.closed.Load() {
+	if s.goingAway() {
 		// This member is going away: an ack that failed with it proves
 		// nothing, so send no answer (a remote caller retries with the
 		// same invocation id).
@@ -356,10 +356,10 @@ func (b *syncBackup) acked(err error) {
 			return
 		}
 	}
-	if !member || s.closed.Load() || s.ticks.Load() > b.deadline {
+	if !member || s.goingAway() || s.ticks.Load() > b.deadline {
 		s.m.backupFailed.Inc()
 		switch _, _, table := s.cfg.Routing.Owner(t.pid); {
-		case s.closed.Load():
+		case s.goingAway():
 		case member:
 			err = fmt.Errorf("%w: partition %d replica %d on %s, for %v (%d tries): %w", spi.ErrBackupTimeout,
 				t.pid, b.replica, b.r.Address, s.cfg.BackupAckTimeout, b.tries, err)
@@ -421,7 +421,7 @@ func (s *Service) sendBackup(cl *call, t task, r Replica, replica int, version i
 		return s.sendBackupOn(c, cl, t, typeID, replica, version, callerCall, bop)
 	}
 	// Dialling can take long: never on a partition executor.
-	if s.closed.Load() {
+	if s.goingAway() {
 		return spi.ErrShutdown
 	}
 	s.dialAndSendBackup(cl, t, r, replica, version, typeID, callerCall, bop)

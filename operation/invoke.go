@@ -119,7 +119,7 @@ func (s *Service) attempts(ctx context.Context, limit time.Time, svc *serviceEnt
 		if err == nil || !spi.IsRetryable(err) {
 			return resp, err
 		}
-		if s.closed.Load() {
+		if s.goingAway() {
 			return nil, spi.ErrShutdown
 		}
 		lastErr = err

@@ -360,3 +360,24 @@ func TestShutdownFailsHeldAnswers(t *testing.T) {
 		t.Fatalf("held write = %v after the primary shut down with its backup held", r.v)
 	}
 }
+
+// CloseConnections (a member whose port closed, as a killed process's
+// does) ends at once what waits on other members: a local caller whose
+// write waits for a backup gets ErrShutdown, not an answer after
+// Shutdown or the backup-ack timeout, and an invocation that would go to
+// another member gets it instead of retrying.
+func TestCloseConnectionsEndsWaitsOnOtherMembers(t *testing.T) {
+	k := newGateCluster(t)
+	release := k.holdBackups(t)
+	defer release()
+	local := k.invokeAsync(k.p, &cellIncOp{Amount: 2}, heldPartition)
+	eventually(t, func() bool { return k.holds.Load() == 1 })
+	k.p.CloseConnections()
+	if r := <-local; !errors.Is(r.err, spi.ErrShutdown) {
+		t.Fatalf("local write with its backup held = %v, %v; want ErrShutdown", r.v, r.err)
+	}
+	k.c.CloseConnections() // c routes every partition to p
+	if _, err := k.c.Invoke(context.Background(), "cells", new(cellGetOp), heldPartition); !errors.Is(err, spi.ErrShutdown) {
+		t.Fatalf("a read owned by another member after CloseConnections: %v; want ErrShutdown", err)
+	}
+}

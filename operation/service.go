@@ -171,6 +171,7 @@ type Service struct {
 	started  atomic.Bool
 	running  atomic.Bool // the executors exist
 	closed   atomic.Bool
+	cut      atomic.Bool // CloseConnections ran: no retry can reach another member
 	stopped  atomic.Bool // Shutdown is over: no executor runs
 	m        *metrics
 	records  []recordCount // exactly-once records, by partition executor
@@ -387,8 +388,16 @@ func (s *Service) Start() {
 
 // CloseConnections closes every connection to other members and refuses
 // new ones at once, as a stopped process's connections end; Shutdown
-// does the rest. Local tasks keep running until then.
-func (s *Service) CloseConnections() { s.tr.Close() }
+// does the rest. Local tasks keep running until then; an invocation
+// that would retry gets ErrShutdown instead.
+func (s *Service) CloseConnections() {
+	s.cut.Store(true)
+	s.tr.Close()
+}
+
+// goingAway reports whether this member's connections are closed for
+// good (CloseConnections or Shutdown): nothing sent from now on arrives.
+func (s *Service) goingAway() bool { return s.closed.Load() || s.cut.Load() }
 
 // Shutdown closes every connection, fails every waiting invocation with
 // ErrShutdown and stops the executors once the running operations return.
