@@ -158,11 +158,14 @@ func (s *Service) hold(b *barrier, t task, resp any, err error) {
 }
 
 // deliverHeld sends a held answer once its barrier is released. A member
-// that is shutting down answers as backupRun.done does for the writes:
-// a local caller gets ErrShutdown, a remote one no answer (it sees its
-// connection break and retries).
+// that is shutting down, or whose connections are closing
+// (CloseConnections), answers as backupRun.done does for the writes: a
+// local caller gets ErrShutdown, a remote one no answer (it sees its
+// connection break and retries). The connections close one by one: the
+// write's backup failing as its connection closes must not release a
+// read's answer on one still open (it would show a write that is lost).
 func (s *Service) deliverHeld(a heldAnswer) {
-	if s.closed.Load() {
+	if s.goingAway() {
 		if a.t.local != nil {
 			a.t.local.complete(nil, spi.ErrShutdown)
 		}
@@ -183,7 +186,7 @@ func (s *Service) failHeld(p int, err error) {
 		b.answers = nil
 		b.mu.Unlock()
 		for _, a := range answers {
-			if s.closed.Load() {
+			if s.goingAway() {
 				s.deliverHeld(a) // as any held answer at shutdown
 			} else {
 				s.finish(a.t, nil, err)
