@@ -42,6 +42,7 @@ func (n *Node) portRefused(addr string) {
 	for _, m := range n.view.memberList() {
 		if m.Address == addr && m.ID != n.view.id {
 			id = m.ID
+			break
 		}
 	}
 	if id == "" || !n.del.refusalsCount(id) {

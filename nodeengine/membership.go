@@ -306,7 +306,9 @@ const goneReason = "was declared dead: its port refuses connections"
 // confirmDead declares member id dead ahead of memberlist (its port
 // refuses connections: see Node.portRefused): the member list leaves it
 // out, and it is refused if it comes back with the same start time, as
-// one memberlist declared dead. It reports whether id was listed.
+// one memberlist declared dead. It reports whether it declared id dead
+// now: false when memberlist no longer lists it, it is declared already,
+// or undoGone found it running before.
 func (d *delegates) confirmDead(id string) bool {
 	d.mu.Lock()
 	meta, ok := d.alive[id]
@@ -361,6 +363,7 @@ func (d *delegates) forgetMembers() {
 	d.mu.Lock()
 	clear(d.alive)
 	clear(d.gone)
+	clear(d.disputed)
 	d.mu.Unlock()
 	d.forgetDead()
 }
