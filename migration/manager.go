@@ -53,7 +53,8 @@ type Engine interface {
 	// engine refuses it and logs why; the Manager never makes one).
 	Install(t *partition.Table) bool
 	// Push sends t to one member and returns once that member holds t or
-	// a newer table.
+	// a newer table of this master's term; one of a newer term (another
+	// master took over) makes it fail with ErrSuperseded.
 	Push(ctx context.Context, t *partition.Table, member string) error
 	// Prepare runs step 1 on the source and returns the replication data.
 	Prepare(ctx context.Context, m Move) ([]byte, error)
@@ -766,8 +767,13 @@ var errGone = errors.New("member left the cluster")
 // source's data, so the move is rolled back; it is not retried.
 var ErrMoveGone = errors.New("migration: the destination no longer holds the move")
 
+// ErrSuperseded is what Engine.Push returns when the member holds a table
+// of a newer master's term: another member took over as master, and this
+// one's tables will never be installed there. It is not retried.
+var ErrSuperseded = errors.New("migration: another master took over")
+
 // untilGone repeats f until it succeeds, the member leaves, ctx ends, or
-// f fails with ErrMoveGone.
+// f fails with ErrMoveGone or ErrSuperseded.
 func (m *Manager) untilGone(ctx context.Context, member string, f func(ctx context.Context) error) error {
 	pause := 10 * time.Millisecond
 	for {
@@ -777,7 +783,7 @@ func (m *Manager) untilGone(ctx context.Context, member string, f func(ctx conte
 		if err == nil {
 			return nil
 		}
-		if errors.Is(err, ErrMoveGone) {
+		if errors.Is(err, ErrMoveGone) || errors.Is(err, ErrSuperseded) {
 			return err
 		}
 		if !m.e.Alive(member) {
@@ -874,8 +880,10 @@ func (m *Manager) migrate(ctx context.Context, mv Move) error {
 		return m.e.Push(ctx, next, mv.Destination)
 	}); err != nil {
 		if !errors.Is(err, errGone) {
-			// The master is stopping: the table names the destination,
-			// which committed; the next master resolves the source.
+			// The master is stopping, or another took over
+			// (ErrSuperseded): the table names the destination, which
+			// committed; the next master resolves the source, and the
+			// newer term's table ends the destination's wait.
 			return fmt.Errorf("publish to destination: %w", err)
 		}
 		// The destination died after the table naming it was installed:

@@ -778,6 +778,29 @@ func TestManagerDestinationLostTheMove(t *testing.T) {
 	}
 }
 
+// Another master took over while a move was being published: the
+// destination answers the push with ErrSuperseded. The push is not retried
+// (it never succeeds: the destination holds a newer term's table; CI saw
+// it retried for the 30 s step timeout), and the source is not committed:
+// the new master resolves it, and the newer term's table ends the
+// destination's wait.
+func TestManagerSupersededAtPublish(t *testing.T) {
+	f := newFake("a a a a a a a a", "a", "b")
+	_, moves := planFor(f, "a", "b")
+	p0 := moves[0].Partition
+	f.onPush = func(ctx context.Context, c call) error {
+		if c.member == "b" && c.table.Owner(p0) == "b" {
+			f.setMaster(false)
+			return fmt.Errorf("fake: %w", ErrSuperseded)
+		}
+		return nil
+	}
+	h := startManager(t, f, Config{Parallel: 1})
+	h.waitFor("the superseded move to end", func() bool { return h.m.Stats().RolledBack == 1 })
+	h.stop()
+	h.wantTrace(p0, []string{"prepare a", "apply b", "finish b commit", "install b", "push b err"})
+}
+
 // The destination dies after the table naming it was installed: a newer
 // table gives the partition back to the source, then the source is rolled
 // back (never committed).

@@ -1,10 +1,12 @@
 package nodeengine
 
 import (
+	"slices"
 	"strings"
 	"testing"
 
 	"github.com/partita-go/partita/migration"
+	"github.com/partita-go/partita/partition"
 	"github.com/partita-go/partita/spi"
 )
 
@@ -313,4 +315,106 @@ func TestOrphanSourceMoveEndsWhenTheMasterPlansFromThisOwner(t *testing.T) {
 			t.Fatalf("owner %s: the orphan was ended by a table naming another owner: %v, state %v", tc.owner, err, st)
 		}
 	}
+}
+
+// A move planned by a master of an older term than this member's table is
+// refused, even while this member's list still names that master: another
+// master took over, and the old one's table naming the destination owner
+// would never be installed here (CI saw a destination commit such a move
+// and wait 30 s for its table).
+func TestMoveFromAReplacedMasterIsRefused(t *testing.T) {
+	n := bareNode(4, []migrationAware{{name: "log", svc: &clearLog{}}}, nil)
+	members := []spi.Member{{ID: "x", Address: "x:1"}, {ID: "b", Address: "b:1"}}
+	n.view.members.Store(&members)
+	tab := reviewTable(5, 4, "b", "x")
+	tab.Term = 3
+	n.view.table.Store(tab)
+	ctx := &spi.OpContext{Service: n, PartitionID: 2, Caller: "x:1"}
+	out := migration.Move{Source: "b", Destination: "d", SourceNewIndex: -1, ID: 7}
+	if err := (&migPrepareOp{move: out, master: "x", term: 2}).Run(ctx); err == nil || !strings.Contains(err.Error(), "older than this member's table (term 3)") {
+		t.Fatalf("prepare from a master of an older term: %v", err)
+	}
+	in := migration.Move{Source: "d", Destination: "b", DestinationIndex: -1, SourceNewIndex: -1, ID: 8}
+	n.view.table.Store(func() *partition.Table { t := reviewTable(5, 4, "d", "x"); t.Term = 3; return t }())
+	if err := (&migApplyOp{move: in, master: "x", term: 2}).Run(ctx); err == nil || !strings.Contains(err.Error(), "older than this member's table (term 3)") {
+		t.Fatalf("apply from a master of an older term: %v", err)
+	}
+	if n.migs.byPart[2] != nil || n.migs.active.Load() != 0 || n.ops.IsMigrating(2) {
+		t.Fatalf("a refused move left state %v, refusing operations %v", n.migs.byPart[2], n.ops.IsMigrating(2))
+	}
+	if err := (&migApplyOp{move: in, master: "x", term: 3, data: snapshotOf(t, n, 2)}).Run(ctx); err != nil {
+		t.Fatalf("apply from the master in this member's term: %v", err)
+	}
+	if st := n.migs.byPart[2]; st == nil || st.term != 3 {
+		t.Fatalf("apply from the master left state %v", st)
+	}
+}
+
+// A destination whose move's master was replaced ends the move when a
+// table of a newer term is installed: committed, it is abandoned (data
+// kept as the backup the table makes it, dropped if none), and not yet
+// committed it rolls back. A newer table of the move's own term, or a
+// source's move, is left alone (the source's is resolved by the new
+// master: see TestSourceWaitsForNewMaster).
+func TestDestinationOfAReplacedMasterEndsAtANewerTerm(t *testing.T) {
+	for _, tc := range []struct {
+		name      string
+		term      uint64 // of the installed table; the move's is 1
+		backup    string // in the installed table
+		ep        spi.MigrationEndpoint
+		committed bool
+		ends      bool
+		wantClear bool
+	}{
+		{"committed, no replica here", 2, "x", spi.MigrationDestination, true, true, true},
+		{"committed, a backup here", 2, "b", spi.MigrationDestination, true, true, false},
+		{"not committed", 2, "x", spi.MigrationDestination, false, true, true},
+		{"committed, same term", 1, "x", spi.MigrationDestination, true, false, false},
+		{"source", 2, "x", spi.MigrationSource, false, false, false},
+	} {
+		cl := &clearLog{}
+		n := bareNode(4, []migrationAware{{name: "log", svc: cl}}, nil)
+		n.ops.Start()
+		old := reviewTable(5, 4, "c", "x")
+		old.Term, old.Members["c"] = 1, "c:1"
+		n.view.table.Store(old)
+		mv := migration.Move{Partition: 2, Source: "c", Destination: "b", DestinationIndex: -1, SourceNewIndex: -1, ID: 7}
+		if tc.ep == spi.MigrationSource {
+			mv.Source, mv.Destination = "b", "c"
+		}
+		st := &migState{move: mv, endpoint: tc.ep, event: eventFor(mv, tc.ep), master: "x", term: 1, committed: tc.committed}
+		n.ops.RunOnPartition(2, func() { n.migs.set(2, st) })
+		n.ops.SetReplicaVersion(2, 42)
+		newer := reviewTable(6, 4, "c", tc.backup)
+		newer.Term, newer.Members["c"] = tc.term, "c:1"
+		if !n.tables.install(newer) {
+			t.Fatalf("%s: the table was not installed", tc.name)
+		}
+		waitPartition(n, 2)
+		if ended := n.migs.byPart[2] == nil; ended != tc.ends {
+			t.Fatalf("%s: migration ended %v, want %v (state %v)", tc.name, ended, tc.ends, n.migs.byPart[2])
+		}
+		if tc.ends && (n.migs.active.Load() != 0 || n.ops.IsMigrating(2)) {
+			t.Fatalf("%s: active %d, refusing operations %v after the move ended", tc.name, n.migs.active.Load(), n.ops.IsMigrating(2))
+		}
+		if cleared := slices.Contains(cl.cleared, 2); cleared != tc.wantClear {
+			t.Fatalf("%s: cleared %v; want partition 2 dropped: %v", tc.name, cl.cleared, tc.wantClear)
+		}
+		if tc.name == "committed, a backup here" && n.ops.ReplicaVersion(2) != 42 {
+			t.Fatalf("%s: replica version %d; want the data kept", tc.name, n.ops.ReplicaVersion(2))
+		}
+		n.run.cancel()
+		n.run.wait()
+		n.ops.Shutdown()
+	}
+}
+
+// snapshotOf returns partition p's snapshot on n, as a source sends it.
+func snapshotOf(t *testing.T, n *Node, p int) []byte {
+	t.Helper()
+	w := spi.NewWriter(nil)
+	if err := n.migs.snaps.append(w, p, 0, "b"); err != nil {
+		t.Fatal(err)
+	}
+	return w.Bytes()
 }

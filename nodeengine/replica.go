@@ -127,6 +127,13 @@ func (r *replicas) changes(prev, t *partition.Table) {
 			})
 		}
 	}
+	if prev == nil || t.Term > prev.Term {
+		// A new master's term: the destinations of the masters it
+		// replaced will not get their tables (see migrations.supersede).
+		for p := range t.Owners {
+			r.ops.RunOnPartition(p, func() { r.migs.supersede(p, t.Term) })
+		}
+	}
 }
 
 // clear has every migration-aware service drop its data of partition p
