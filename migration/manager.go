@@ -816,7 +816,7 @@ func (m *Manager) migrate(ctx context.Context, mv Move) error {
 	if t == nil || t.Owner(mv.Partition) != mv.Source || !m.e.Alive(mv.Destination) || !m.e.Alive(mv.Source) {
 		return errors.New("plan is stale")
 	}
-	mv.ID = m.seq.Add(1)
+	mv.ID, mv.Term = m.seq.Add(1), t.Term
 	// A destination that is a backup of the partition swaps places with
 	// the source, which becomes that backup and keeps its data.
 	mv.DestinationIndex = t.ReplicaIndex(mv.Partition, mv.Destination)
@@ -849,7 +849,10 @@ func (m *Manager) migrate(ctx context.Context, mv Move) error {
 		return fmt.Errorf("commit on destination: %w", err)
 	}
 	next := m.update(func(t *partition.Table, _ bool) bool {
-		if t.Owners[mv.Partition] != mv.Source {
+		// A table of another term (this member took over as master
+		// again: its move's destination ends the move when that table
+		// comes) or another owner: the move is void.
+		if t.Term != mv.Term || t.Owners[mv.Partition] != mv.Source {
 			return false
 		}
 		t.Owners[mv.Partition] = mv.Destination
@@ -864,8 +867,8 @@ func (m *Manager) migrate(ctx context.Context, mv Move) error {
 		return true
 	})
 	if next == nil {
-		// A newer table (from an earlier master, or a repair that promoted
-		// the destination) arrived meanwhile. Unless it names the
+		// A newer table (from an earlier master, a repair that promoted
+		// the destination, or this master's new term) arrived meanwhile. Unless it names the
 		// destination owner (the table's push then ends the destination's
 		// wait, keeping the data), the destination committed data that no
 		// table will name it for: it must stop waiting, and keep the data

@@ -801,6 +801,42 @@ func TestManagerSupersededAtPublish(t *testing.T) {
 	h.wantTrace(p0, []string{"prepare a", "apply b", "finish b commit", "install b", "push b err"})
 }
 
+// The master takes over again (a new term of its own table) while a move
+// runs: the move carries the term it started in and is void once the
+// table's term changed (the destination ends it when the new term's table
+// comes, dropping the data unless that table names it a replica). It is
+// rolled back on both ends and not installed; before, it installed its
+// table in the new term and named owner a destination that had dropped
+// the data.
+func TestManagerMoveOfAnEarlierTermIsVoid(t *testing.T) {
+	f := newFake("a a a a a a a a", "a", "b")
+	_, moves := planFor(f, "a", "b")
+	p0 := moves[0].Partition
+	var once atomic.Bool
+	f.onFinish = func(ctx context.Context, c call) error {
+		if c.member == "b" && c.commit && c.move.Partition == p0 && once.CompareAndSwap(false, true) {
+			if c.move.Term != 0 {
+				return fmt.Errorf("fake: the move carries term %d, want the table's 0", c.move.Term)
+			}
+			f.mu.Lock()
+			next := f.table.Clone()
+			next.Term, next.Version = 1, next.Version+1
+			f.table = next
+			f.mu.Unlock()
+		}
+		return nil
+	}
+	h := startManager(t, f, Config{Parallel: 1})
+	h.waitBalancedIdle()
+	h.stop()
+	h.wantFailedAttempt(p0, []string{"prepare a", "apply b", "finish b commit", "finish b rollback", "finish a rollback"}, "a", "b")
+	for _, c := range f.calls() {
+		if c.op == "prepare" && c.move.Term != 1 && c.move.Partition != p0 {
+			t.Errorf("a move after the new term started carries term %d: %v", c.move.Term, c)
+		}
+	}
+}
+
 // The destination dies after the table naming it was installed: a newer
 // table gives the partition back to the source, then the source is rolled
 // back (never committed).

@@ -16,6 +16,11 @@ type Move struct {
 	DestinationIndex, SourceNewIndex int
 	// ID tells attempts of the same move apart (set by the Manager).
 	ID uint64
+	// Term is the term of the table the move started from (set by the
+	// Manager): the move completes only by a table of that term. A
+	// member refuses a move of an older term than the table it holds, and
+	// a destination's move ends when a table of a newer term comes.
+	Term uint64
 }
 
 // Plan compares the current owners with the balanced target for members

@@ -206,14 +206,6 @@ func (pb *publisher) inTerm() bool {
 	return !pb.pending && (t == nil || t.Term <= pb.ownTerm)
 }
 
-// currentTerm returns the table term this member makes tables in as
-// master (see ownTerm).
-func (pb *publisher) currentTerm() uint64 {
-	pb.mu.Lock()
-	defer pb.mu.Unlock()
-	return pb.ownTerm
-}
-
 // ownsTerm reports whether t is of this member's term as master.
 func (pb *publisher) ownsTerm(t *partition.Table) bool {
 	pb.mu.Lock()

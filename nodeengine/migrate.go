@@ -24,7 +24,6 @@ type migState struct {
 	endpoint  spi.MigrationEndpoint
 	event     spi.PartitionMigrationEvent
 	master    string // member ID of the master that started it
-	term      uint64 // that master's table term (partition.Table.Term)
 	committed bool   // destination: committed, waiting for the table
 }
 
@@ -152,34 +151,38 @@ func (m *migrations) resolveOrphan(p int, final bool) {
 	m.log.Info("resolved migration of a departed master", "partition", p, "endpoint", st.endpoint.String(), "owner_now", owner == self)
 }
 
-// supersede ends partition p's destination migration if the master that
-// started it made tables in an older term than term, the one of the table
-// this member just installed (executor p). That master was replaced: its
-// table naming this member owner is older than the one held here and
-// will never be installed, so the migration can neither complete nor be
-// told to end (its master may be gone or no longer master, and a master
-// that was master already sends no resolution). Not yet committed, it
-// rolls back (a later commit then fails with migration.ErrMoveGone, and
-// the source is rolled back); committed, it is abandoned
-// (abandonCommitted). Nothing is lost: a destination serves the partition
-// only once a table names it owner, which ends its migration, so this one
-// served nothing; the newer term's table was made from the newest one its
-// master found, which names this member owner if the move's did (then the
-// role change queued before this task ended the migration, keeping the
-// data). A source's migration is left to the resolutions (resolveOrphan):
-// its move's table may have reached the destination, which then served.
+// supersede ends partition p's destination migration if its move is of
+// an older term than term, the one of the table this member just
+// installed (executor p). The move's table naming this member owner is
+// older than the one held here and will never be installed: its master
+// was replaced (it may be gone or no longer master, and a master that was
+// master already sends no resolution), or took over again in a new term
+// (its Manager voids a move whose term changed). Not yet committed, it
+// ends by the table as resolveOrphan ends it (a later commit of a rolled
+// back move fails with migration.ErrMoveGone, and the source is rolled
+// back); committed, it is abandoned (abandonCommitted). Nothing is lost:
+// a committed destination serves the partition only once a table names
+// it owner, which ends its migration, so this one served nothing, and the
+// source drops its copy only after the destination installed that table;
+// the newer term's table was made from the newest one its master found,
+// which names this member owner if the move's table reached any member it
+// asked (then the role change queued before this task ended the
+// migration, keeping the data). A source's migration is left to the
+// resolutions (resolveOrphan): its move's table may have reached the
+// destination, which then served.
 func (m *migrations) supersede(p int, term uint64) {
 	st := m.byPart[p]
-	if st == nil || st.endpoint != spi.MigrationDestination || st.term >= term {
+	if st == nil || st.endpoint != spi.MigrationDestination || st.move.Term >= term {
 		return
 	}
-	m.log.Info("migration of a replaced master ended: a table of a newer term came", "partition", p,
-		"master", st.master, "move_term", st.term, "term", term, "committed", st.committed)
+	owner := m.view.table.Load().Owner(p) == m.view.id
+	m.log.Info("migration ended: a table of a newer term came", "partition", p, "master", st.master,
+		"move_term", st.move.Term, "term", term, "committed", st.committed, "owner_now", owner)
 	if st.committed {
 		m.abandonCommitted(p)
 		return
 	}
-	m.end(p, false)
+	m.end(p, owner)
 }
 
 // abandonCommitted ends a destination's committed migration whose table
@@ -209,12 +212,14 @@ func writeMove(w *spi.Writer, mv migration.Move) {
 	w.WriteVarint(int64(mv.DestinationIndex))
 	w.WriteVarint(int64(mv.SourceNewIndex))
 	w.WriteUvarint(mv.ID)
+	w.WriteUvarint(mv.Term)
 }
 
 func readMove(r *spi.Reader, p int) migration.Move {
 	mv := migration.Move{Partition: p, Source: r.ReadString(), Destination: r.ReadString()}
 	mv.DestinationIndex, mv.SourceNewIndex = int(r.ReadVarint()), int(r.ReadVarint())
 	mv.ID = r.ReadUvarint()
+	mv.Term = r.ReadUvarint()
 	return mv
 }
 
@@ -222,7 +227,6 @@ func readMove(r *spi.Reader, p int) migration.Move {
 type migPrepareOp struct {
 	move   migration.Move
 	master string
-	term   uint64 // the master's table term
 	data   []byte
 }
 
@@ -236,27 +240,24 @@ func (op *migPrepareOp) Response() any       { return op.data }
 func (op *migPrepareOp) WriteData(w *spi.Writer) {
 	writeMove(w, op.move)
 	w.WriteString(op.master)
-	w.WriteUvarint(op.term)
 }
 func (op *migPrepareOp) ReadData(r *spi.Reader) error {
 	op.move = readMove(r, -1)
 	op.master = r.ReadString()
-	op.term = r.ReadUvarint()
 	return r.Err()
 }
 
 func (op *migPrepareOp) Run(ctx *spi.OpContext) (err error) {
 	op.move.Partition = ctx.PartitionID
-	op.data, err = ctx.Service.(*Node).migs.prepare(op.move, op.master, op.term)
+	op.data, err = ctx.Service.(*Node).migs.prepare(op.move, op.master)
 	return err
 }
 
 // prepare starts move on its source and returns the partition's snapshot
-// for the destination (executor of move.Partition); master planned it in
-// its table term term.
-func (m *migrations) prepare(mv migration.Move, master string, term uint64) ([]byte, error) {
+// for the destination (executor of move.Partition).
+func (m *migrations) prepare(mv migration.Move, master string) ([]byte, error) {
 	p := mv.Partition
-	if err := m.fromMaster(p, master, term); err != nil {
+	if err := m.fromMaster(mv, master); err != nil {
 		return nil, err
 	}
 	owner := m.view.table.Load().Owner(p)
@@ -275,7 +276,7 @@ func (m *migrations) prepare(mv migration.Move, master string, term uint64) ([]b
 		// Not ErrWrongTarget: retrying cannot help, the plan is stale.
 		return nil, fmt.Errorf("partition %d: source %s does not own it (owner %s): the plan is stale", p, m.view.id, owner)
 	}
-	st := &migState{move: mv, endpoint: spi.MigrationSource, event: eventFor(mv, spi.MigrationSource), master: master, term: term}
+	st := &migState{move: mv, endpoint: spi.MigrationSource, event: eventFor(mv, spi.MigrationSource), master: master}
 	m.set(p, st)
 	for _, ma := range m.services {
 		ma.svc.BeforeMigration(st.event)
@@ -289,9 +290,9 @@ func (m *migrations) prepare(mv migration.Move, master string, term uint64) ([]b
 	return w.Bytes(), nil
 }
 
-// fromMaster refuses to start a move of partition p that master planned
-// in table term term unless master is this member's master, in a term no
-// older than the table this member holds. A move accepted from another
+// fromMaster refuses to start move, which master planned, unless master
+// is this member's master and the move's term is no older than the table
+// this member holds. A move accepted from another
 // would never be resolved: resolutions follow this member's master (see
 // resolveOrphan), and a member that froze as master and came back after
 // the others declared it dead still plans from its old table until it
@@ -299,12 +300,12 @@ func (m *migrations) prepare(mv migration.Move, master string, term uint64) ([]b
 // A master of an older term was replaced (its member list may still name
 // it master here for a moment): its table naming the destination owner
 // would never be installed here, as it is older than this member's.
-func (m *migrations) fromMaster(p int, master string, term uint64) error {
+func (m *migrations) fromMaster(mv migration.Move, master string) error {
 	if mine := m.view.masterID(); master != mine {
-		return fmt.Errorf("partition %d: the move comes from %s, which is not this member's master (%s)", p, master, mine)
+		return fmt.Errorf("partition %d: the move comes from %s, which is not this member's master (%s)", mv.Partition, master, mine)
 	}
-	if t := m.view.table.Load(); t != nil && t.Term > term {
-		return fmt.Errorf("partition %d: the move comes from master %s in term %d, older than this member's table (term %d): another master took over", p, master, term, t.Term)
+	if t := m.view.table.Load(); t != nil && t.Term > mv.Term {
+		return fmt.Errorf("partition %d: the move comes from master %s in term %d, older than this member's table (term %d): another master took over", mv.Partition, master, mv.Term, t.Term)
 	}
 	return nil
 }
@@ -313,7 +314,6 @@ func (m *migrations) fromMaster(p int, master string, term uint64) error {
 type migApplyOp struct {
 	move   migration.Move
 	master string
-	term   uint64 // the master's table term
 	data   []byte
 }
 
@@ -322,28 +322,25 @@ func (op *migApplyOp) MessageKind() string { return "migration.apply" }
 func (op *migApplyOp) WriteData(w *spi.Writer) {
 	writeMove(w, op.move)
 	w.WriteString(op.master)
-	w.WriteUvarint(op.term)
 	w.WriteBytes(op.data)
 }
 func (op *migApplyOp) ReadData(r *spi.Reader) error {
 	op.move = readMove(r, -1)
 	op.master = r.ReadString()
-	op.term = r.ReadUvarint()
 	op.data = r.ReadBytes()
 	return r.Err()
 }
 
 func (op *migApplyOp) Run(ctx *spi.OpContext) error {
 	op.move.Partition = ctx.PartitionID
-	return ctx.Service.(*Node).migs.apply(op.move, op.master, op.term, ctx.Caller, op.data)
+	return ctx.Service.(*Node).migs.apply(op.move, op.master, ctx.Caller, op.data)
 }
 
 // apply installs the source's snapshot data on move's destination
-// (executor of move.Partition); master planned it in its table term term,
-// and caller is the source's address.
-func (m *migrations) apply(mv migration.Move, master string, term uint64, caller string, data []byte) error {
+// (executor of move.Partition); caller is the source's address.
+func (m *migrations) apply(mv migration.Move, master, caller string, data []byte) error {
 	p := mv.Partition
-	if err := m.fromMaster(p, master, term); err != nil {
+	if err := m.fromMaster(mv, master); err != nil {
 		return err
 	}
 	if st := m.byPart[p]; st != nil {
@@ -363,7 +360,7 @@ func (m *migrations) apply(mv migration.Move, master string, term uint64, caller
 	}
 	// Whatever an unfinished earlier migration left here is stale.
 	m.replicas.clear(p)
-	st := &migState{move: mv, endpoint: spi.MigrationDestination, event: eventFor(mv, spi.MigrationDestination), master: master, term: term}
+	st := &migState{move: mv, endpoint: spi.MigrationDestination, event: eventFor(mv, spi.MigrationDestination), master: master}
 	m.set(p, st)
 	for _, ma := range m.services {
 		ma.svc.BeforeMigration(st.event)
@@ -595,10 +592,12 @@ func (e masterEngine) Push(ctx context.Context, t *partition.Table, member strin
 	resp, err := e.n.ops.InvokeOnMember(ctx, engineService, &publishTableOp{table: t}, member)
 	if b, _ := resp.([]byte); err == nil && len(b) > 0 {
 		// It holds a newer table and kept it: a later one of this
-		// master's (the publisher pushed it first), or one of a newer
-		// term, which another master made: then it does not follow this
-		// one, and does not hold t.
-		if nt, derr := partition.Decode(spi.NewReader(b), e.n.view.count); derr == nil && nt.Term > t.Term {
+		// master's (the publisher pushed it first; in a newer term of
+		// this master's, it was made from t or a later table, as t was
+		// installed here before it was pushed), or one of a newer term,
+		// which another master made: then it does not follow this one,
+		// and does not hold t.
+		if nt, derr := partition.Decode(spi.NewReader(b), e.n.view.count); derr == nil && nt.Term > t.Term && !e.n.pub.ownsTerm(nt) {
 			e.n.pub.adoptNewer(resp, e.Address(member))
 			return fmt.Errorf("%w: member %s holds a table of a newer master's term (%d) than version %d's (%d)", migration.ErrSuperseded, e.Address(member), nt.Term, t.Version, t.Term)
 		}
@@ -610,13 +609,13 @@ func (e masterEngine) Push(ctx context.Context, t *partition.Table, member strin
 }
 
 func (e masterEngine) Prepare(ctx context.Context, mv migration.Move) ([]byte, error) {
-	v, err := e.n.ops.InvokeOnPartitionOf(ctx, engineService, &migPrepareOp{move: mv, master: e.n.view.id, term: e.n.pub.currentTerm()}, mv.Partition, mv.Source)
+	v, err := e.n.ops.InvokeOnPartitionOf(ctx, engineService, &migPrepareOp{move: mv, master: e.n.view.id}, mv.Partition, mv.Source)
 	b, _ := v.([]byte)
 	return b, err
 }
 
 func (e masterEngine) Apply(ctx context.Context, mv migration.Move, data []byte) error {
-	_, err := e.n.ops.InvokeOnPartitionOf(ctx, engineService, &migApplyOp{move: mv, master: e.n.view.id, term: e.n.pub.currentTerm(), data: data}, mv.Partition, mv.Destination)
+	_, err := e.n.ops.InvokeOnPartitionOf(ctx, engineService, &migApplyOp{move: mv, master: e.n.view.id, data: data}, mv.Partition, mv.Destination)
 	return err
 }
 

@@ -1,9 +1,13 @@
 package nodeengine
 
 import (
+	"context"
+	"errors"
+	"fmt"
 	"slices"
 	"strings"
 	"testing"
+	"time"
 
 	"github.com/partita-go/partita/migration"
 	"github.com/partita-go/partita/partition"
@@ -317,60 +321,63 @@ func TestOrphanSourceMoveEndsWhenTheMasterPlansFromThisOwner(t *testing.T) {
 	}
 }
 
-// A move planned by a master of an older term than this member's table is
-// refused, even while this member's list still names that master: another
-// master took over, and the old one's table naming the destination owner
+// A move of an older term than this member's table is refused, even while
+// this member's list still names its master: another master took over (or
+// this one did again), and the move's table naming the destination owner
 // would never be installed here (CI saw a destination commit such a move
 // and wait 30 s for its table).
 func TestMoveFromAReplacedMasterIsRefused(t *testing.T) {
 	n := bareNode(4, []migrationAware{{name: "log", svc: &clearLog{}}}, nil)
 	members := []spi.Member{{ID: "x", Address: "x:1"}, {ID: "b", Address: "b:1"}}
 	n.view.members.Store(&members)
-	tab := reviewTable(5, 4, "b", "x")
-	tab.Term = 3
-	n.view.table.Store(tab)
+	inTerm3 := func(owner string) *partition.Table { t := reviewTable(5, 4, owner, "x"); t.Term = 3; return t }
+	n.view.table.Store(inTerm3("b"))
 	ctx := &spi.OpContext{Service: n, PartitionID: 2, Caller: "x:1"}
-	out := migration.Move{Source: "b", Destination: "d", SourceNewIndex: -1, ID: 7}
-	if err := (&migPrepareOp{move: out, master: "x", term: 2}).Run(ctx); err == nil || !strings.Contains(err.Error(), "older than this member's table (term 3)") {
-		t.Fatalf("prepare from a master of an older term: %v", err)
+	out := migration.Move{Source: "b", Destination: "d", SourceNewIndex: -1, ID: 7, Term: 2}
+	if err := (&migPrepareOp{move: out, master: "x"}).Run(ctx); err == nil || !strings.Contains(err.Error(), "older than this member's table (term 3)") {
+		t.Fatalf("prepare of a move of an older term: %v", err)
 	}
-	in := migration.Move{Source: "d", Destination: "b", DestinationIndex: -1, SourceNewIndex: -1, ID: 8}
-	n.view.table.Store(func() *partition.Table { t := reviewTable(5, 4, "d", "x"); t.Term = 3; return t }())
-	if err := (&migApplyOp{move: in, master: "x", term: 2}).Run(ctx); err == nil || !strings.Contains(err.Error(), "older than this member's table (term 3)") {
-		t.Fatalf("apply from a master of an older term: %v", err)
+	in := migration.Move{Source: "d", Destination: "b", DestinationIndex: -1, SourceNewIndex: -1, ID: 8, Term: 2}
+	n.view.table.Store(inTerm3("d"))
+	if err := (&migApplyOp{move: in, master: "x"}).Run(ctx); err == nil || !strings.Contains(err.Error(), "older than this member's table (term 3)") {
+		t.Fatalf("apply of a move of an older term: %v", err)
 	}
 	if n.migs.byPart[2] != nil || n.migs.active.Load() != 0 || n.ops.IsMigrating(2) {
 		t.Fatalf("a refused move left state %v, refusing operations %v", n.migs.byPart[2], n.ops.IsMigrating(2))
 	}
-	if err := (&migApplyOp{move: in, master: "x", term: 3, data: snapshotOf(t, n, 2)}).Run(ctx); err != nil {
-		t.Fatalf("apply from the master in this member's term: %v", err)
+	in.Term = 3
+	if err := (&migApplyOp{move: in, master: "x", data: snapshotOf(t, n, 2)}).Run(ctx); err != nil {
+		t.Fatalf("apply of a move of this member's term: %v", err)
 	}
-	if st := n.migs.byPart[2]; st == nil || st.term != 3 {
-		t.Fatalf("apply from the master left state %v", st)
+	if st := n.migs.byPart[2]; st == nil || st.move.Term != 3 {
+		t.Fatalf("apply of the master's move left state %v", st)
 	}
 }
 
-// A destination whose move's master was replaced ends the move when a
-// table of a newer term is installed: committed, it is abandoned (data
-// kept as the backup the table makes it, dropped if none), and not yet
-// committed it rolls back. A newer table of the move's own term, or a
-// source's move, is left alone (the source's is resolved by the new
-// master: see TestSourceWaitsForNewMaster).
+// A destination's move of an older term ends when a table of a newer
+// term is installed (its master was replaced, or took over again): if
+// committed it is abandoned (data kept as the backup the table makes it,
+// dropped if none); if not, it ends by the table, as resolveOrphan ends
+// it (committed if the table names it owner: a repair promoted it). A
+// newer table of the move's own term, or a source's move, is left alone
+// (the source's is resolved by the new master: see
+// TestSourceWaitsForNewMaster).
 func TestDestinationOfAReplacedMasterEndsAtANewerTerm(t *testing.T) {
 	for _, tc := range []struct {
-		name      string
-		term      uint64 // of the installed table; the move's is 1
-		backup    string // in the installed table
-		ep        spi.MigrationEndpoint
-		committed bool
-		ends      bool
-		wantClear bool
+		name          string
+		term          uint64 // of the installed table; the move's is 1
+		owner, backup string // in the installed table
+		ep            spi.MigrationEndpoint
+		committed     bool
+		ends          bool
+		wantClear     bool
 	}{
-		{"committed, no replica here", 2, "x", spi.MigrationDestination, true, true, true},
-		{"committed, a backup here", 2, "b", spi.MigrationDestination, true, true, false},
-		{"not committed", 2, "x", spi.MigrationDestination, false, true, true},
-		{"committed, same term", 1, "x", spi.MigrationDestination, true, false, false},
-		{"source", 2, "x", spi.MigrationSource, false, false, false},
+		{"committed, no replica here", 2, "c", "x", spi.MigrationDestination, true, true, true},
+		{"committed, a backup here", 2, "c", "b", spi.MigrationDestination, true, true, false},
+		{"not committed", 2, "c", "x", spi.MigrationDestination, false, true, true},
+		{"not committed, owner now", 2, "b", "x", spi.MigrationDestination, false, true, false},
+		{"committed, same term", 1, "c", "x", spi.MigrationDestination, true, false, false},
+		{"source", 2, "c", "x", spi.MigrationSource, false, false, false},
 	} {
 		cl := &clearLog{}
 		n := bareNode(4, []migrationAware{{name: "log", svc: cl}}, nil)
@@ -378,14 +385,14 @@ func TestDestinationOfAReplacedMasterEndsAtANewerTerm(t *testing.T) {
 		old := reviewTable(5, 4, "c", "x")
 		old.Term, old.Members["c"] = 1, "c:1"
 		n.view.table.Store(old)
-		mv := migration.Move{Partition: 2, Source: "c", Destination: "b", DestinationIndex: -1, SourceNewIndex: -1, ID: 7}
+		mv := migration.Move{Partition: 2, Source: "c", Destination: "b", DestinationIndex: -1, SourceNewIndex: -1, ID: 7, Term: 1}
 		if tc.ep == spi.MigrationSource {
 			mv.Source, mv.Destination = "b", "c"
 		}
-		st := &migState{move: mv, endpoint: tc.ep, event: eventFor(mv, tc.ep), master: "x", term: 1, committed: tc.committed}
+		st := &migState{move: mv, endpoint: tc.ep, event: eventFor(mv, tc.ep), master: "x", committed: tc.committed}
 		n.ops.RunOnPartition(2, func() { n.migs.set(2, st) })
 		n.ops.SetReplicaVersion(2, 42)
-		newer := reviewTable(6, 4, "c", tc.backup)
+		newer := reviewTable(6, 4, tc.owner, tc.backup)
 		newer.Term, newer.Members["c"] = tc.term, "c:1"
 		if !n.tables.install(newer) {
 			t.Fatalf("%s: the table was not installed", tc.name)
@@ -400,7 +407,7 @@ func TestDestinationOfAReplacedMasterEndsAtANewerTerm(t *testing.T) {
 		if cleared := slices.Contains(cl.cleared, 2); cleared != tc.wantClear {
 			t.Fatalf("%s: cleared %v; want partition 2 dropped: %v", tc.name, cl.cleared, tc.wantClear)
 		}
-		if tc.name == "committed, a backup here" && n.ops.ReplicaVersion(2) != 42 {
+		if !tc.wantClear && n.ops.ReplicaVersion(2) != 42 {
 			t.Fatalf("%s: replica version %d; want the data kept", tc.name, n.ops.ReplicaVersion(2))
 		}
 		n.run.cancel()
@@ -417,4 +424,43 @@ func snapshotOf(t *testing.T, n *Node, p int) []byte {
 		t.Fatal(err)
 	}
 	return w.Bytes()
+}
+
+// A master that took over again (a new term of its own) and pushes a
+// table of its earlier term finds the member holding its newer one: that
+// table was made from the pushed one or a later one, so the push counts
+// as held (before, the move's source was never committed and refused its
+// partition's operations). Only a newer term of another master is
+// migration.ErrSuperseded (TestManagerSupersededAtPublish).
+func TestPushMeetsThisMastersNewerTerm(t *testing.T) {
+	a := startBare(t)
+	defer a.Shutdown(context.Background())
+	b := startBare(t, a.Address())
+	defer b.Shutdown(context.Background())
+	waitFor(t, func() error {
+		if ta, tb := a.view.table.Load(), b.view.table.Load(); tb == nil || ta.Version != tb.Version || !b.view.hasMember(a.ID()) {
+			return errors.New("b does not hold a's table yet")
+		}
+		return nil
+	})
+	old := a.view.table.Load()
+	newer := old.Clone()
+	newer.Term, newer.Version = old.Term+1, old.Version+1
+	a.pub.mu.Lock()
+	a.pub.ownTerm = newer.Term // as startTerm does
+	a.pub.mu.Unlock()
+	if !a.tables.install(newer) {
+		t.Fatal("a did not install its new term's table")
+	}
+	waitFor(t, func() error {
+		if tb := b.view.table.Load(); tb.Term != newer.Term {
+			return fmt.Errorf("b holds term %d", tb.Term)
+		}
+		return nil
+	})
+	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+	defer cancel()
+	if err := (masterEngine{a}).Push(ctx, old, b.ID()); err != nil {
+		t.Fatalf("push of the master's earlier term to a member holding its newer one: %v", err)
+	}
 }
