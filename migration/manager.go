@@ -919,9 +919,19 @@ func (m *Manager) migrate(ctx context.Context, mv Move) error {
 	// stops refusing operations, or it would serve them as the owner.
 	if err := m.untilGone(ctx, mv.Source, func(ctx context.Context) error {
 		return m.e.Push(ctx, next, mv.Source)
-	}); err == nil {
-		m.finish(ctx, mv, spi.MigrationSource, true)
+	}); err != nil {
+		return nil
 	}
+	if now := m.e.Table(); now != nil && now.Term != mv.Term && now.Owner(mv.Partition) != mv.Destination {
+		// This master took over again meanwhile, from a table that does
+		// not name the destination (another master's, adopted): the
+		// members hold that term's table, which a push counts as held,
+		// and it gives the partition to another owner. The source keeps
+		// its data; the destination's move ends with the newer term.
+		m.finish(ctx, mv, spi.MigrationSource, false)
+		return errors.New("a newer term's table does not name the destination")
+	}
+	m.finish(ctx, mv, spi.MigrationSource, true)
 	return nil
 }
 

@@ -837,6 +837,35 @@ func TestManagerMoveOfAnEarlierTermIsVoid(t *testing.T) {
 	}
 }
 
+// This master took over again while a move was published, from a table
+// that gives the partition to the source (another master's, adopted): the
+// members hold the new term's table, which counts as holding the move's.
+// The source is rolled back, keeping its data, not committed: committing
+// would drop the data of a partition the newest table gives it.
+func TestManagerSourceKeptWhenANewerTermNamesIt(t *testing.T) {
+	f := newFake("a a a a a a a a", "a", "b")
+	_, moves := planFor(f, "a", "b")
+	p0 := moves[0].Partition
+	var once atomic.Bool
+	f.onPush = func(ctx context.Context, c call) error {
+		if c.member == "a" && c.table.Owner(p0) == "b" && once.CompareAndSwap(false, true) {
+			f.mu.Lock()
+			next := f.table.Clone()
+			next.Term, next.Version, next.Owners[p0] = 1, next.Version+1, "a"
+			f.table = next
+			f.mu.Unlock()
+		}
+		return nil
+	}
+	h := startManager(t, f, Config{Parallel: 1})
+	h.waitFor("the move to end", func() bool { return h.m.Stats().RolledBack >= 1 })
+	h.stop()
+	want := []string{"prepare a", "apply b", "finish b commit", "install b", "push b", "push a", "finish a rollback"}
+	if got := trace(f.calls(), p0); !slices.Equal(got[:min(len(got), len(want))], want) {
+		t.Errorf("partition %d:\n got  %q\n want %q first\nlog:\n%s", p0, got, want, f.dump())
+	}
+}
+
 // The destination dies after the table naming it was installed: a newer
 // table gives the partition back to the source, then the source is rolled
 // back (never committed).

@@ -178,12 +178,15 @@ func (pb *publisher) tookOver() bool {
 // so that every table it makes from now on is newer than any a master it
 // replaced may still make.
 func (pb *publisher) startTerm() {
-	cur := pb.view.table.Load()
 	pb.mu.Lock()
 	defer pb.mu.Unlock()
 	if !pb.pending {
 		return // another call started it
 	}
+	// Read under mu: a table of this master's ending term installs under
+	// it too (installOwn), so the new term starts from it, or it is
+	// refused.
+	cur := pb.view.table.Load()
 	pb.pending = false
 	if cur == nil {
 		return
@@ -204,6 +207,20 @@ func (pb *publisher) inTerm() bool {
 	pb.mu.Lock()
 	defer pb.mu.Unlock()
 	return !pb.pending && (t == nil || t.Term <= pb.ownTerm)
+}
+
+// installOwn installs t, a table this member made as master, if it is of
+// its current term (see tables.install). The check and the install are one
+// step against startTerm: a table of the ending term is either in the
+// table the new term starts from or refused. Otherwise a move's table
+// could be installed just after the new term's first table was cloned
+// from an older one; a member holding that newer table would count as
+// holding the move's (masterEngine.Push), and the source would commit and
+// drop data the new term still gives it.
+func (pb *publisher) installOwn(t *partition.Table) bool {
+	pb.mu.Lock()
+	defer pb.mu.Unlock()
+	return !pb.pending && t.Term == pb.ownTerm && pb.tables.install(t)
 }
 
 // ownsTerm reports whether t is of this member's term as master.

@@ -574,7 +574,7 @@ func (e masterEngine) Lost(ps []int) {
 func (e masterEngine) Targets() []spi.Member { return e.n.leavers.targets(e.n.view.memberList()) }
 
 func (e masterEngine) Install(t *partition.Table) bool {
-	if !e.n.pub.ownsTerm(t) || !e.n.tables.install(t) {
+	if !e.n.pub.installOwn(t) {
 		return false
 	}
 	e.n.log.Debug("partition table published", "version", t.Version, "owned", t.Counts()[e.n.view.id])
@@ -594,9 +594,11 @@ func (e masterEngine) Push(ctx context.Context, t *partition.Table, member strin
 		// It holds a newer table and kept it: a later one of this
 		// master's (the publisher pushed it first; in a newer term of
 		// this master's, it was made from t or a later table, as t was
-		// installed here before it was pushed), or one of a newer term,
-		// which another master made: then it does not follow this one,
-		// and does not hold t.
+		// installed here before it was pushed and installOwn and
+		// startTerm are one step, or from another master's table this
+		// one adopted, which the Manager checks before it commits the
+		// source), or one of a newer term, which another master made:
+		// then it does not follow this one, and does not hold t.
 		if nt, derr := partition.Decode(spi.NewReader(b), e.n.view.count); derr == nil && nt.Term > t.Term && !e.n.pub.ownsTerm(nt) {
 			e.n.pub.adoptNewer(resp, e.Address(member))
 			return fmt.Errorf("%w: member %s holds a table of a newer master's term (%d) than version %d's (%d)", migration.ErrSuperseded, e.Address(member), nt.Term, t.Version, t.Term)
