@@ -247,8 +247,9 @@ func (r *backupRun) done(err error) {
 	if r.remaining.Add(-1) != 0 {
 		return
 	}
-	if r.unconfirmed.Load() != nil {
+	if e := r.unconfirmed.Load(); e != nil {
 		r.unconfirmRecord()
+		r.bar.notAcked(*e)
 	} else {
 		r.busy.Store(false)
 	}

@@ -1,6 +1,7 @@
 package operation
 
 import (
+	"fmt"
 	"sync"
 	"sync/atomic"
 
@@ -16,7 +17,9 @@ import (
 // primary, and a later write could then return the same value again. So
 // such an answer is held until every synchronous-backup run registered on
 // its partition before it ran is done (acknowledged, or given up for good:
-// the run's writer is answered then as well).
+// the run's writer is answered then as well). If one of those writes is
+// not acknowledged (its outcome is unknown to its caller: it may be lost),
+// the answers held behind it fail the same way instead of showing it.
 //
 // A write with synchronous backups of its own needs no such wait: a
 // backup replica applies backups strictly in version order (or installs a
@@ -55,6 +58,11 @@ type barrier struct {
 	// releases then.
 	waiting atomic.Bool
 	next    atomic.Pointer[barrier] // taken once, by whoever releases
+	// unacked is the error of a run of this barrier, or of one before
+	// it, that ended without acknowledgement: set before that run counts
+	// itself done (and carried to next before this barrier counts
+	// itself released there), so whoever releases sees it.
+	unacked atomic.Pointer[error]
 	mu      sync.Mutex
 	answers []heldAnswer // under mu
 	sealed  bool         // takes no more runs (the executor's)
@@ -88,6 +96,10 @@ func (g *readGate) register(s *Service) *barrier {
 	return b
 }
 
+// notAcked records that a run of b ended without acknowledgement, with
+// err, its writer's answer; before runDone.
+func (b *barrier) notAcked(err error) { b.unacked.CompareAndSwap(nil, &err) }
+
 // runDone counts one run of b done (any goroutine).
 func (b *barrier) runDone(s *Service) {
 	if b.n.Add(-1) == 0 && b.waiting.Load() {
@@ -105,11 +117,23 @@ func (b *barrier) release(s *Service) {
 		answers := b.answers
 		b.answers = nil
 		b.mu.Unlock()
+		unacked := b.unacked.Load()
 		for _, a := range answers {
-			s.deliverHeld(a)
+			if unacked != nil {
+				s.failUnacked(a, *unacked)
+			} else {
+				s.deliverHeld(a)
+			}
 		}
 		next := b.next.Swap(nil)
-		if next == nil || next.n.Add(-1) != 0 || !next.waiting.Load() {
+		if next == nil {
+			return
+		}
+		if unacked != nil {
+			// Its answers ran after the same write.
+			next.unacked.CompareAndSwap(nil, unacked)
+		}
+		if next.n.Add(-1) != 0 || !next.waiting.Load() {
 			return
 		}
 		b = next
@@ -172,6 +196,18 @@ func (s *Service) deliverHeld(a heldAnswer) {
 		return
 	}
 	s.finish(a.t, a.resp, a.err)
+}
+
+// failUnacked fails a held answer whose operation ran after a write that
+// was not acknowledged (err, its writer's answer): its outcome is unknown
+// as the write's is. Reads retried by their caller run again; going
+// away, it is answered as any held answer then (deliverHeld).
+func (s *Service) failUnacked(a heldAnswer, err error) {
+	if s.goingAway() {
+		s.deliverHeld(a)
+		return
+	}
+	s.finish(a.t, nil, fmt.Errorf("%w: partition %d: it ran after a write that was not acknowledged (%v)", spi.ErrIndeterminate, a.t.pid, err))
 }
 
 // failHeld fails the answers held on partition p with err (executor p,

@@ -315,6 +315,39 @@ func TestWriteAfterAHeldWriteWaits(t *testing.T) {
 	}
 }
 
+// A write whose synchronous backup is not acknowledged (here its replica
+// follows a newer primary and refuses it: the write is not in the history
+// that survives) fails the answers held behind it, as its own caller
+// learns that its outcome is unknown: they saw it, and delivered they
+// would show a write that may be lost (CI, the split nemesis, seed 10: a
+// member that gave its data up for a merge released a read that saw its
+// unacknowledged increment, whose retry then counted it again before the
+// merge cancelled one).
+func TestHeldAnswersFailWhenTheWriteIsNotAcknowledged(t *testing.T) {
+	k := newGateCluster(t)
+	inc, release := k.heldWrite(t)
+	local := k.invokeAsync(k.p, new(cellQuickGetOp), heldPartition)
+	remote := k.invokeAsync(k.c, new(cellGetOp), heldPartition)
+	eventually(t, func() bool { return answersHeld(k.p) == 2 })
+	done := make(chan struct{})
+	if err := k.b.RunOnPartition(heldPartition, func() {
+		k.b.SetReplicaVersion(heldPartition, 1<<32+9) // a promoted primary's epoch
+		close(done)
+	}); err != nil {
+		t.Fatal(err)
+	}
+	<-done
+	release()
+	if r := <-inc; !errors.Is(r.err, spi.ErrIndeterminate) {
+		t.Fatalf("the write = %v, %v; want its outcome unknown", r.v, r.err)
+	}
+	for what, ch := range map[string]<-chan result{"the local read": local, "the remote read": remote} {
+		if r := <-ch; !errors.Is(r.err, spi.ErrIndeterminate) || r.v != nil {
+			t.Fatalf("%s = %v, %v; want no value, its outcome unknown", what, r.v, r.err)
+		}
+	}
+}
+
 // A primary whose replica of the partition is dropped fails the answers
 // it holds with a retryable error: the caller retries (and is held again
 // here, where the partition still is).
