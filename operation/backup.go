@@ -249,7 +249,7 @@ func (r *backupRun) done(err error) {
 	}
 	if e := r.unconfirmed.Load(); e != nil {
 		r.unconfirmRecord()
-		r.bar.notAcked(*e)
+		r.bar.notAcked(s, *e)
 	} else {
 		r.busy.Store(false)
 	}

@@ -19,7 +19,9 @@ import (
 // its partition before it ran is done (acknowledged, or given up for good:
 // the run's writer is answered then as well). If one of those writes is
 // not acknowledged (its outcome is unknown to its caller: it may be lost),
-// the answers held behind it fail the same way instead of showing it.
+// the answers held behind it when it ends fail the same way instead of
+// showing it. (An operation that runs after that is answered as usual: the
+// write is on the primary, like any write given up as unconfirmed.)
 //
 // A write with synchronous backups of its own needs no such wait: a
 // backup replica applies backups strictly in version order (or installs a
@@ -58,11 +60,6 @@ type barrier struct {
 	// releases then.
 	waiting atomic.Bool
 	next    atomic.Pointer[barrier] // taken once, by whoever releases
-	// unacked is the error of a run of this barrier, or of one before
-	// it, that ended without acknowledgement: set before that run counts
-	// itself done (and carried to next before this barrier counts
-	// itself released there), so whoever releases sees it.
-	unacked atomic.Pointer[error]
 	mu      sync.Mutex
 	answers []heldAnswer // under mu
 	sealed  bool         // takes no more runs (the executor's)
@@ -96,9 +93,23 @@ func (g *readGate) register(s *Service) *barrier {
 	return b
 }
 
-// notAcked records that a run of b ended without acknowledgement, with
-// err, its writer's answer; before runDone.
-func (b *barrier) notAcked(err error) { b.unacked.CompareAndSwap(nil, &err) }
+// notAcked fails the answers held behind a run of b that ended without
+// acknowledgement (err, its writer's answer), before its runDone (any
+// goroutine): those of b and of the barriers after it, which all ran
+// after the write. None of them is released yet (each waits for b), so
+// the chain is whole. Answers held after this returns ran after the
+// write was given up, and are delivered as usual.
+func (b *barrier) notAcked(s *Service, err error) {
+	for ; b != nil; b = b.next.Load() {
+		b.mu.Lock()
+		answers := b.answers
+		b.answers = nil
+		b.mu.Unlock()
+		for _, a := range answers {
+			s.failUnacked(a, err)
+		}
+	}
+}
 
 // runDone counts one run of b done (any goroutine).
 func (b *barrier) runDone(s *Service) {
@@ -117,23 +128,11 @@ func (b *barrier) release(s *Service) {
 		answers := b.answers
 		b.answers = nil
 		b.mu.Unlock()
-		unacked := b.unacked.Load()
 		for _, a := range answers {
-			if unacked != nil {
-				s.failUnacked(a, *unacked)
-			} else {
-				s.deliverHeld(a)
-			}
+			s.deliverHeld(a)
 		}
 		next := b.next.Swap(nil)
-		if next == nil {
-			return
-		}
-		if unacked != nil {
-			// Its answers ran after the same write.
-			next.unacked.CompareAndSwap(nil, unacked)
-		}
-		if next.n.Add(-1) != 0 || !next.waiting.Load() {
+		if next == nil || next.n.Add(-1) != 0 || !next.waiting.Load() {
 			return
 		}
 		b = next
@@ -207,7 +206,7 @@ func (s *Service) failUnacked(a heldAnswer, err error) {
 		s.deliverHeld(a)
 		return
 	}
-	s.finish(a.t, nil, fmt.Errorf("%w: partition %d: it ran after a write that was not acknowledged (%v)", spi.ErrIndeterminate, a.t.pid, err))
+	s.finish(a.t, nil, fmt.Errorf("%w: partition %d: it ran after a write that was not acknowledged; the write's error: %v", spi.ErrIndeterminate, a.t.pid, err))
 }
 
 // failHeld fails the answers held on partition p with err (executor p,

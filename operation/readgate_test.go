@@ -346,6 +346,24 @@ func TestHeldAnswersFailWhenTheWriteIsNotAcknowledged(t *testing.T) {
 			t.Fatalf("%s = %v, %v; want no value, its outcome unknown", what, r.v, r.err)
 		}
 	}
+	// Only the answers held then fail: once the primary follows the new
+	// epoch, a read held behind an acknowledged write is answered.
+	done = make(chan struct{})
+	if err := k.p.RunOnPartition(heldPartition, func() {
+		k.p.SetReplicaVersion(heldPartition, 1<<32+9)
+		close(done)
+	}); err != nil {
+		t.Fatal(err)
+	}
+	<-done
+	release = k.holdBackups(t)
+	inc = k.invokeAsync(k.c, &cellIncOp{Amount: 2}, heldPartition)
+	eventually(t, func() bool { return k.holds.Load() == 2 })
+	read := k.invokeAsync(k.c, new(cellGetOp), heldPartition)
+	eventually(t, func() bool { return answersHeld(k.p) == 3 })
+	release()
+	want(t, "the write after", inc, 9)
+	want(t, "the read held behind it", read, 9)
 }
 
 // A primary whose replica of the partition is dropped fails the answers
