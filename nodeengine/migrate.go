@@ -151,38 +151,44 @@ func (m *migrations) resolveOrphan(p int, final bool) {
 	m.log.Info("resolved migration of a departed master", "partition", p, "endpoint", st.endpoint.String(), "owner_now", owner == self)
 }
 
-// supersede ends partition p's destination migration if its move is of
-// an older term than term, the one of the table this member just
-// installed (executor p). The move's table naming this member owner is
-// older than the one held here and will never be installed: its master
-// was replaced (it may be gone or no longer master, and a master that was
-// master already sends no resolution), or took over again in a new term
-// (its Manager voids a move whose term changed). Not yet committed, it
-// ends by the table as resolveOrphan ends it (a later commit of a rolled
-// back move fails with migration.ErrMoveGone, and the source is rolled
-// back); committed, it is abandoned (abandonCommitted). Nothing is lost:
-// a committed destination serves the partition only once a table names
-// it owner, which ends its migration, so this one served nothing, and the
-// source drops its copy only after the destination installed that table;
-// the newer term's table was made from the newest one its master found,
-// which names this member owner if the move's table reached any member it
-// asked (then the role change queued before this task ended the
-// migration, keeping the data). A source's migration is left to the
-// resolutions (resolveOrphan): its move's table may have reached the
-// destination, which then served.
+// supersede ends partition p's migration if its move is of an older term
+// than term, the one of the table this member just installed (executor
+// p), by that table, as a new master's resolution (resolveOp) ends it.
+// The move's table is older than the one held here and will never be
+// installed: its master was replaced (it may be gone or no longer master,
+// and a master that was master already sends no resolution), or took
+// over again in a new term (its Manager voids a move whose term changed).
+// A table of a newer term is made only once its master's take-over gate
+// opened, from the newest table it found: the table resolveOp would
+// carry, or a later one.
+//
+// A destination not yet committed commits if the table names it owner,
+// else rolls back (a later commit of a rolled back move fails with
+// migration.ErrMoveGone, and the source is rolled back); committed, it is
+// abandoned (abandonCommitted). Nothing is lost: a committed destination
+// serves the partition only once a table names it owner, which ends its
+// migration, so this one served nothing, and the source drops its copy
+// only after the destination installed that table; the newer term's
+// table names this member owner if the move's table reached any member
+// its master asked (then the role change queued before this task ended
+// the migration, keeping the data). A source commits (drops) if the table
+// gives the partition to another owner, else rolls back and serves again.
 func (m *migrations) supersede(p int, term uint64) {
 	st := m.byPart[p]
-	if st == nil || st.endpoint != spi.MigrationDestination || st.move.Term >= term {
+	if st == nil || st.move.Term >= term {
 		return
 	}
 	owner := m.view.table.Load().Owner(p) == m.view.id
-	m.log.Info("migration ended: a table of a newer term came", "partition", p, "master", st.master,
-		"move_term", st.move.Term, "term", term, "committed", st.committed, "owner_now", owner)
-	if st.committed {
+	m.log.Info("migration ended: a table of a newer term came", "partition", p, "endpoint", st.endpoint.String(),
+		"master", st.master, "move_term", st.move.Term, "term", term, "committed", st.committed, "owner_now", owner)
+	switch {
+	case st.committed:
 		m.abandonCommitted(p)
-		return
+	case st.endpoint == spi.MigrationSource:
+		m.end(p, !owner)
+	default:
+		m.end(p, owner)
 	}
-	m.end(p, owner)
 }
 
 // abandonCommitted ends a destination's committed migration whose table

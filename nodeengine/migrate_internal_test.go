@@ -354,15 +354,15 @@ func TestMoveFromAReplacedMasterIsRefused(t *testing.T) {
 	}
 }
 
-// A destination's move of an older term ends when a table of a newer
-// term is installed (its master was replaced, or took over again): if
-// committed it is abandoned (data kept as the backup the table makes it,
-// dropped if none); if not, it ends by the table, as resolveOrphan ends
-// it (committed if the table names it owner: a repair promoted it). A
-// newer table of the move's own term, or a source's move, is left alone
-// (the source's is resolved by the new master: see
-// TestSourceWaitsForNewMaster).
-func TestDestinationOfAReplacedMasterEndsAtANewerTerm(t *testing.T) {
+// A move of an older term ends when a table of a newer term is installed
+// (its master was replaced, or took over again), by that table, as the
+// new master's resolution would end it: a committed destination is
+// abandoned (data kept as the backup the table makes it, dropped if
+// none); one not committed commits if the table names it owner (a repair
+// promoted it), else rolls back; a source commits (drops) if the table
+// names another owner, else rolls back and keeps its data. A newer table
+// of the move's own term ends nothing (see TestSourceWaitsForNewMaster).
+func TestMoveOfAReplacedMasterEndsAtANewerTerm(t *testing.T) {
 	for _, tc := range []struct {
 		name          string
 		term          uint64 // of the installed table; the move's is 1
@@ -377,7 +377,9 @@ func TestDestinationOfAReplacedMasterEndsAtANewerTerm(t *testing.T) {
 		{"not committed", 2, "c", "x", spi.MigrationDestination, false, true, true},
 		{"not committed, owner now", 2, "b", "x", spi.MigrationDestination, false, true, false},
 		{"committed, same term", 1, "c", "x", spi.MigrationDestination, true, false, false},
-		{"source", 2, "c", "x", spi.MigrationSource, false, false, false},
+		{"source, another owner now", 2, "c", "x", spi.MigrationSource, false, true, true},
+		{"source, still the owner", 2, "b", "x", spi.MigrationSource, false, true, false},
+		{"source, same term", 1, "c", "x", spi.MigrationSource, false, false, false},
 	} {
 		cl := &clearLog{}
 		n := bareNode(4, []migrationAware{{name: "log", svc: cl}}, nil)
