@@ -168,14 +168,20 @@ func (m *migrations) resolveOrphan(p int, final bool) {
 // abandoned (abandonCommitted). Nothing is lost: a committed destination
 // serves the partition only once a table names it owner, which ends its
 // migration, so this one served nothing, and the source drops its copy
-// only after the destination installed that table; the newer term's
+// only once a table naming the destination owner exists (the move's,
+// installed on the destination first, or the newer term's, which the
+// destination installs in turn); the newer term's
 // table names this member owner if the move's table reached any member
 // its master asked (then the role change queued before this task ended
 // the migration, keeping the data). A source commits (drops) if the table
-// gives the partition to another owner, else rolls back and serves again.
+// gives the partition to another owner, else rolls back and serves again;
+// unless the move's master is this member's master still (it took over
+// again: its new term's table may name the destination owner, which has
+// not installed it, and the destination may die; the master's Manager
+// ends the source in order, as resolveOrphan leaves it to it).
 func (m *migrations) supersede(p int, term uint64) {
 	st := m.byPart[p]
-	if st == nil || st.move.Term >= term {
+	if st == nil || st.move.Term >= term || st.endpoint == spi.MigrationSource && st.master == m.view.masterID() {
 		return
 	}
 	owner := m.view.table.Load().Owner(p) == m.view.id

@@ -380,6 +380,7 @@ func TestMoveOfAReplacedMasterEndsAtANewerTerm(t *testing.T) {
 		{"source, another owner now", 2, "c", "x", spi.MigrationSource, false, true, true},
 		{"source, still the owner", 2, "b", "x", spi.MigrationSource, false, true, false},
 		{"source, same term", 1, "c", "x", spi.MigrationSource, false, false, false},
+		{"source, its master still master", 2, "c", "x", spi.MigrationSource, false, false, false},
 	} {
 		cl := &clearLog{}
 		n := bareNode(4, []migrationAware{{name: "log", svc: cl}}, nil)
@@ -391,7 +392,13 @@ func TestMoveOfAReplacedMasterEndsAtANewerTerm(t *testing.T) {
 		if tc.ep == spi.MigrationSource {
 			mv.Source, mv.Destination = "b", "c"
 		}
-		st := &migState{move: mv, endpoint: tc.ep, event: eventFor(mv, tc.ep), master: "x", committed: tc.committed}
+		master := "m" // replaced: not in the member list
+		if strings.HasSuffix(tc.name, "its master still master") {
+			members := []spi.Member{{ID: "x", Address: "x:1"}, {ID: "b", Address: "b:1"}}
+			n.view.members.Store(&members)
+			master = "x"
+		}
+		st := &migState{move: mv, endpoint: tc.ep, event: eventFor(mv, tc.ep), master: master, committed: tc.committed}
 		n.ops.RunOnPartition(2, func() { n.migs.set(2, st) })
 		n.ops.SetReplicaVersion(2, 42)
 		newer := reviewTable(6, 4, tc.owner, tc.backup)
