@@ -138,6 +138,19 @@ func (f *fakeEngine) join(id string) {
 	f.members = append(f.members, id)
 }
 
+// startNewTerm replaces the table by a copy in the next term, changed by
+// change when not nil: this master took over again.
+func (f *fakeEngine) startNewTerm(change func(t *partition.Table)) {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	next := f.table.Clone()
+	next.Term, next.Version = next.Term+1, next.Version+1
+	if change != nil {
+		change(next)
+	}
+	f.table = next
+}
+
 func (f *fakeEngine) setMaster(v bool) {
 	f.mu.Lock()
 	defer f.mu.Unlock()
@@ -818,11 +831,7 @@ func TestManagerMoveOfAnEarlierTermIsVoid(t *testing.T) {
 			if c.move.Term != 0 {
 				return fmt.Errorf("fake: the move carries term %d, want the table's 0", c.move.Term)
 			}
-			f.mu.Lock()
-			next := f.table.Clone()
-			next.Term, next.Version = 1, next.Version+1
-			f.table = next
-			f.mu.Unlock()
+			f.startNewTerm(nil)
 		}
 		return nil
 	}
@@ -849,11 +858,7 @@ func TestManagerSourceKeptWhenANewerTermNamesIt(t *testing.T) {
 	var once atomic.Bool
 	f.onPush = func(ctx context.Context, c call) error {
 		if c.member == "a" && c.table.Owner(p0) == "b" && once.CompareAndSwap(false, true) {
-			f.mu.Lock()
-			next := f.table.Clone()
-			next.Term, next.Version, next.Owners[p0] = 1, next.Version+1, "a"
-			f.table = next
-			f.mu.Unlock()
+			f.startNewTerm(func(t *partition.Table) { t.Owners[p0] = "a" })
 		}
 		return nil
 	}

@@ -329,14 +329,8 @@ func TestHeldAnswersFailWhenTheWriteIsNotAcknowledged(t *testing.T) {
 	local := k.invokeAsync(k.p, new(cellQuickGetOp), heldPartition)
 	remote := k.invokeAsync(k.c, new(cellGetOp), heldPartition)
 	eventually(t, func() bool { return answersHeld(k.p) == 2 })
-	done := make(chan struct{})
-	if err := k.b.RunOnPartition(heldPartition, func() {
-		k.b.SetReplicaVersion(heldPartition, 1<<32+9) // a promoted primary's epoch
-		close(done)
-	}); err != nil {
-		t.Fatal(err)
-	}
-	<-done
+	const promoted = 1<<32 + 9 // a version in a promoted primary's epoch
+	setVersion(t, k.b, heldPartition, promoted)
 	release()
 	if r := <-inc; !errors.Is(r.err, spi.ErrIndeterminate) {
 		t.Fatalf("the write = %v, %v; want its outcome unknown", r.v, r.err)
@@ -348,14 +342,7 @@ func TestHeldAnswersFailWhenTheWriteIsNotAcknowledged(t *testing.T) {
 	}
 	// Only the answers held then fail: once the primary follows the new
 	// epoch, a read held behind an acknowledged write is answered.
-	done = make(chan struct{})
-	if err := k.p.RunOnPartition(heldPartition, func() {
-		k.p.SetReplicaVersion(heldPartition, 1<<32+9)
-		close(done)
-	}); err != nil {
-		t.Fatal(err)
-	}
-	<-done
+	setVersion(t, k.p, heldPartition, promoted)
 	release = k.holdBackups(t)
 	inc = k.invokeAsync(k.c, &cellIncOp{Amount: 2}, heldPartition)
 	eventually(t, func() bool { return k.holds.Load() == 2 })
@@ -364,6 +351,19 @@ func TestHeldAnswersFailWhenTheWriteIsNotAcknowledged(t *testing.T) {
 	release()
 	want(t, "the write after", inc, 9)
 	want(t, "the read held behind it", read, 9)
+}
+
+// setVersion sets s's replica version of partition p, on p's executor.
+func setVersion(t *testing.T, s *Service, p int, v int64) {
+	t.Helper()
+	done := make(chan struct{})
+	if err := s.RunOnPartition(p, func() {
+		s.SetReplicaVersion(p, v)
+		close(done)
+	}); err != nil {
+		t.Fatal(err)
+	}
+	<-done
 }
 
 // A primary whose replica of the partition is dropped fails the answers
