@@ -868,11 +868,12 @@ func (m *Manager) migrate(ctx context.Context, mv Move) error {
 	})
 	if next == nil {
 		// A newer table (from an earlier master, a repair that promoted
-		// the destination, or this master's new term) arrived meanwhile. Unless it names the
-		// destination owner (the table's push then ends the destination's
-		// wait, keeping the data), the destination committed data that no
-		// table will name it for: it must stop waiting, and keep the data
-		// only as the backup a table may make it.
+		// the destination, or this master's new term) arrived meanwhile.
+		// Unless it names the destination owner (the table's push then
+		// ends the destination's wait, keeping the data), the destination
+		// committed data that no table will name it for: it must stop
+		// waiting, and keep the data only as the backup a table may make
+		// it.
 		if now := m.e.Table(); now == nil || now.Owner(mv.Partition) != mv.Destination {
 			m.finish(ctx, mv, spi.MigrationDestination, false)
 		}

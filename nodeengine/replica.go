@@ -128,8 +128,8 @@ func (r *replicas) changes(prev, t *partition.Table) {
 		}
 	}
 	if prev == nil || t.Term > prev.Term {
-		// A new master's term: the destinations of the masters it
-		// replaced will not get their tables (see migrations.supersede).
+		// A new master's term: the moves of older terms will not get
+		// their tables, and end by this one (migrations.supersede).
 		for p := range t.Owners {
 			r.ops.RunOnPartition(p, func() { r.migs.supersede(p, t.Term) })
 		}

@@ -199,8 +199,9 @@ func (s *Service) deliverHeld(a heldAnswer) {
 
 // failUnacked fails a held answer whose operation ran after a write that
 // was not acknowledged (err, its writer's answer): its outcome is unknown
-// as the write's is. Reads retried by their caller run again; going
-// away, it is answered as any held answer then (deliverHeld).
+// as the write's is (not retried by Invoke: its caller decides, and a read
+// called again runs again). Going away, it is answered as any held answer
+// then (deliverHeld).
 func (s *Service) failUnacked(a heldAnswer, err error) {
 	if s.goingAway() {
 		s.deliverHeld(a)
