@@ -138,17 +138,27 @@ func (m *migrations) resolveOrphan(p int, final bool) {
 	if st == nil || st.master == m.view.masterID() || !final && (st.committed || st.endpoint == spi.MigrationSource) {
 		return
 	}
-	owner := m.view.table.Load().Owner(p)
-	self := m.view.id
+	owner := m.endByTable(p)
+	m.log.Info("resolved migration of a departed master", "partition", p, "endpoint", st.endpoint.String(), "owner_now", owner)
+}
+
+// endByTable ends partition p's migration by the table this member holds
+// (executor p) and reports whether that table names this member owner: a
+// committed destination is abandoned (abandonCommitted), a source commits
+// (drops) if the table names another owner, and a destination not yet
+// committed commits if it names this member.
+func (m *migrations) endByTable(p int) (owner bool) {
+	st := m.byPart[p]
+	owner = m.view.table.Load().Owner(p) == m.view.id
 	switch {
 	case st.committed:
 		m.abandonCommitted(p)
 	case st.endpoint == spi.MigrationSource:
-		m.end(p, owner != self)
+		m.end(p, !owner)
 	default:
-		m.end(p, owner == self)
+		m.end(p, owner)
 	}
-	m.log.Info("resolved migration of a departed master", "partition", p, "endpoint", st.endpoint.String(), "owner_now", owner == self)
+	return owner
 }
 
 // supersede ends partition p's migration if its move is of an older term
@@ -184,17 +194,10 @@ func (m *migrations) supersede(p int, term uint64) {
 	if st == nil || st.move.Term >= term || st.endpoint == spi.MigrationSource && st.master == m.view.masterID() {
 		return
 	}
-	owner := m.view.table.Load().Owner(p) == m.view.id
+	committed := st.committed
+	owner := m.endByTable(p)
 	m.log.Info("migration ended: a table of a newer term came", "partition", p, "endpoint", st.endpoint.String(),
-		"master", st.master, "move_term", st.move.Term, "term", term, "committed", st.committed, "owner_now", owner)
-	switch {
-	case st.committed:
-		m.abandonCommitted(p)
-	case st.endpoint == spi.MigrationSource:
-		m.end(p, !owner)
-	default:
-		m.end(p, owner)
-	}
+		"master", st.master, "move_term", st.move.Term, "term", term, "committed", committed, "owner_now", owner)
 }
 
 // abandonCommitted ends a destination's committed migration whose table
