@@ -477,6 +477,12 @@ func (n *Node) Shutdown(ctx context.Context) error {
 	dctx, cancel := context.WithTimeout(ctx, n.cfg.Migration.ShutdownTimeout)
 	n.drain(dctx)
 	cancel()
+	if n.ops != nil {
+		// Handed over (or given up at the timeout): from now on nothing
+		// this member runs reaches a backup, so it answers nobody, as
+		// Terminate (its own callers get spi.ErrShutdown).
+		n.ops.CloseConnections()
+	}
 	if n.ml != nil {
 		timeout := time.Second
 		if dl, ok := ctx.Deadline(); ok {
@@ -499,6 +505,14 @@ func (n *Node) Terminate() {
 	switch n.stop() {
 	case stateStopped, stateNew:
 		return
+	}
+	if n.ops != nil {
+		// From this moment the member answers nobody, as a process that
+		// died: not the others (its connections end), nor its own callers
+		// (spi.ErrShutdown), although the teardown below takes a while.
+		// A write it ran now would have no backup, and a read would show
+		// it.
+		n.ops.CloseConnections()
 	}
 	n.endPauses(true) // it dies frozen
 	n.teardown(true)

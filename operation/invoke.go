@@ -157,7 +157,7 @@ var errPastWindow = errors.New("retry past the dedup window")
 // errPastWindow).
 func (s *Service) attempt(ctx context.Context, limit time.Time, svc *serviceEntry, st *opStats, op spi.Operation, pid int, member, address string, key invKey, retry bool, sendBy time.Time, sent *bool) (any, error) {
 	pastWindow := func() bool { return !sendBy.IsZero() && time.Now().After(sendBy) }
-	if s.closed.Load() {
+	if s.goingAway() {
 		return nil, spi.ErrShutdown
 	}
 	if err := ctx.Err(); err != nil {

@@ -388,8 +388,9 @@ func (s *Service) Start() {
 
 // CloseConnections closes every connection to other members and refuses
 // new ones at once, as a stopped process's connections end; Shutdown
-// does the rest. Local tasks keep running until then; an invocation
-// that would retry gets ErrShutdown instead.
+// does the rest. Local tasks keep running until then, but every local
+// caller is answered ErrShutdown from now on, and no new invocation is
+// sent: a process that died answers nobody.
 func (s *Service) CloseConnections() {
 	s.cut.Store(true)
 	s.tr.Close()
@@ -629,6 +630,13 @@ func (s *Service) RunOnPartition(pid int, fn func()) error {
 func (s *Service) finish(t task, resp any, err error) {
 	switch {
 	case t.local != nil:
+		if s.cut.Load() {
+			// Its connections are closed, as a stopped process's are: like
+			// that process, this member answers its own callers no more.
+			// A write it ran now has no backup, and the answer of a read
+			// would show such a write, which dies with this member.
+			resp, err = nil, spi.ErrShutdown
+		}
 		t.local.complete(resp, err)
 	case t.conn != nil && t.callID != 0:
 		s.sendResponse(t.conn, t.callID, t.op, resp, err)
