@@ -48,10 +48,8 @@ import (
 // merge), and a batch from an operation that failed for good: its Run
 // returned an error (the service or its merge policy refused the data),
 // its outcome is unknown (spi.ErrIndeterminate, spi.ErrBackupTimeout: it
-// may have run, and sending it again could apply it twice) and it is not
-// an spi.IdempotentMerge that says it may run twice (such a one is sent
-// again, as a refused one is), or any other error that says nothing about
-// a later attempt. Then the member logs at
+// may have run, and sending it again could apply it twice), or any other
+// error that says nothing about a later attempt. Then the member logs at
 // error what was dropped (batches, operations, partitions, by service)
 // and the merge ends with MERGE_FAILED and its reason, counted in
 // partita_split_brain_merges_total{result="failed"}; the member stays a
@@ -380,20 +378,18 @@ func (n *Node) replayRound(batches []mergeBatch) (refused, lost []droppedBatch) 
 				}
 				rest := mergeBatch{service: b.service, partition: b.partition, ops: b.ops[i:]}
 				err = fmt.Errorf("service %s partition %d: %w", b.service, b.partition, err)
-				again := notApplied(err) || repeatable(op, err)
 				mu.Lock()
 				switch {
 				case n.run.ctx.Err() != nil || errors.Is(err, spi.ErrShutdown):
-					again = false
 					lost = append(lost, droppedBatch{rest, fmt.Errorf("the member stopped before its merge data was delivered: %w", err)})
-				case again:
+				case notApplied(err):
 					refused = append(refused, droppedBatch{rest, err})
 				default:
 					lost = append(lost, droppedBatch{rest, err})
 				}
 				mu.Unlock()
 				n.sb.mu.Lock()
-				if again {
+				if notApplied(err) {
 					n.sb.m.replays++ // it will be sent again
 				} else {
 					n.sb.m.held-- // dropped
@@ -418,16 +414,6 @@ func (n *Node) replayRound(batches []mergeBatch) (refused, lost []droppedBatch) 
 // them.
 func notApplied(err error) bool {
 	return spi.IsRetryable(err) && !errors.Is(err, spi.ErrIndeterminate)
-}
-
-// repeatable reports whether op, a merge operation whose invocation
-// failed with err, is sent again although it may have run: its outcome is
-// unknown (spi.ErrIndeterminate, spi.ErrBackupTimeout; it ran on a
-// primary superseded since, say) and a second run keeps what one run
-// kept (spi.IdempotentMerge).
-func repeatable(op spi.Operation, err error) bool {
-	im, ok := op.(spi.IdempotentMerge)
-	return ok && errors.Is(err, spi.ErrIndeterminate) && im.Idempotent()
 }
 
 // dropAll returns every batch of bs as dropped for err.

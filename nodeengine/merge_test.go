@@ -18,7 +18,6 @@ import (
 	"github.com/partita-go/partita/nodeengine/clustertest"
 	"github.com/partita-go/partita/nodeengine/debugui"
 	"github.com/partita-go/partita/spi"
-	"github.com/partita-go/partita/spi/mergepolicy"
 )
 
 // The second phase of a split-brain merge (nodeengine/merge.go) when
@@ -289,63 +288,4 @@ func TestMergeSendsRefusedOperationsAgain(t *testing.T) {
 	}
 	t.Logf("merge operations dropped on their way: %d", drop.Hits())
 	wantRegisters(t, c, want)
-}
-
-// A merge operation whose outcome is unknown (here: the larger cluster's
-// members answer the first ones spi.ErrIndeterminate without running
-// them, as a primary superseded since does) is sent again when its policy
-// lets it run twice (put-if-absent: spi.IdempotentMerge), and the merge
-// ends MERGED with nothing lost; under pass-through, which would
-// overwrite what was written between two runs, its batch is dropped and
-// the merge ends MERGE_FAILED, saying why.
-func TestMergeSendsIdempotentOperationsOfUnknownOutcomeAgain(t *testing.T) {
-	for _, tc := range []struct {
-		policy string
-		again  bool
-	}{{mergepolicy.PutIfAbsentName, true}, {mergepolicy.PassThroughName, false}} {
-		t.Run(tc.policy, func(t *testing.T) {
-			events := &eventLog{}
-			c := newCluster(t, 3, 1, func(i int, cfg *config.Config) {
-				cfg.Services[0].MergePolicy = tc.policy
-				if i < 2 {
-					cfg.Services[0].Properties = cfg.Services[0].Properties.With("fail-merges", "2")
-				}
-			}, clustertest.WithLifecycleListener(events.add))
-			ctx := splitCtx(t)
-			sides := splitApart(t, c, []int{0, 1}, []int{2})
-			large, small := sides[0], sides[1][0]
-			want := map[string]int64{}
-			for i := range 6 {
-				k := fmt.Sprintf("small-%d", i)
-				addOn(t, ctx, small, k, int64(i+1))
-				want[k] = int64(i + 1)
-				k = fmt.Sprintf("large-%d", i)
-				addOn(t, ctx, large[i%2], k, int64(i+10))
-				want[k] = int64(i + 10)
-			}
-			heal(t, c)
-			if !tc.again {
-				clustertest.Eventually(t, splitTimeout, func() error {
-					if got := events.states(2); !slices.Equal(got, []spi.LifecycleState{spi.Merging, spi.MergeFailed}) {
-						return fmt.Errorf("member 2's lifecycle events %v, want MERGING, MERGE_FAILED", got)
-					}
-					return nil
-				})
-				if reason := events.events(2)[1].Reason; !strings.Contains(reason, "fail-merges") {
-					t.Errorf("MERGE_FAILED reason %q does not name the unknown outcome", reason)
-				}
-				return
-			}
-			clustertest.Eventually(t, splitTimeout, func() error {
-				if got := events.states(2); !slices.Equal(got, []spi.LifecycleState{spi.Merging, spi.Merged}) {
-					return fmt.Errorf("member 2's lifecycle events %v, want MERGING, MERGED", got)
-				}
-				return nil
-			})
-			if merged, failed := mergeMetrics(t, small); merged != 1 || failed != 0 {
-				t.Errorf("member 2: merges merged %v failed %v, want 1 and 0", merged, failed)
-			}
-			wantRegisters(t, c, want)
-		})
-	}
 }

@@ -28,20 +28,6 @@ type SplitBrainHandlerService interface {
 	PrepareMerge(partitionID int) []Operation
 }
 
-// IdempotentMerge is implemented by a merge operation (one PrepareMerge
-// returned) that may run more than once: run again, with other
-// operations of its partition between, it keeps what one run kept (a
-// join of states, as the counter's counter-sum; put-if-absent; a higher
-// value; but not pass-through, which would overwrite the writes made
-// between). A merge operation whose outcome is unknown
-// (ErrIndeterminate: it ran on a primary that turned out to be
-// superseded, or its target left after it was sent) is then sent again,
-// as a new invocation, instead of being dropped with its batch
-// (MERGE_FAILED). Idempotent is called on the merging member.
-type IdempotentMerge interface {
-	Idempotent() bool
-}
-
 // MergePolicy decides, entry by entry, what a merge keeps: the merging
 // side's value or the larger cluster's. A service's policy is chosen in
 // its config section (`merge-policy:`); the standard ones are

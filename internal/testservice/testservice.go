@@ -16,11 +16,9 @@ import (
 	"fmt"
 	"maps"
 	"strconv"
-	"sync/atomic"
 
 	"github.com/partita-go/partita/config"
 	"github.com/partita-go/partita/spi"
-	"github.com/partita-go/partita/spi/mergepolicy"
 )
 
 // Name is the service's name in the config; operation kinds start with
@@ -48,27 +46,17 @@ type Service struct {
 	engine  spi.NodeEngine
 	backups int
 	parts   []map[string]int64
-	// failMerges counts down the merge operations this member fails, as
-	// planted faults (property fail-merges).
-	failMerges atomic.Int64
 }
 
-// Init implements spi.ManagedService. The property backup-count (default
-// 1) is the number of synchronous backups per add; fail-merges (default
-// 0, a test's planted fault) is the number of merge operations this
-// member answers spi.ErrIndeterminate without running them, as a
-// primary superseded since would (the first ones it is sent).
+// Init implements spi.ManagedService; the property backup-count (default
+// 1) is the number of synchronous backups per add.
 func (s *Service) Init(e spi.NodeEngine, props spi.Properties) (err error) {
 	s.engine = e
 	s.parts = make([]map[string]int64, e.Partitions().PartitionCount())
 	for p := range s.parts {
 		s.parts[p] = map[string]int64{}
 	}
-	if s.backups, err = props.Int("backup-count", 1); err != nil {
-		return err
-	}
-	fail, err := props.Int("fail-merges", 0)
-	s.failMerges.Store(int64(fail))
+	s.backups, err = props.Int("backup-count", 1)
 	return err
 }
 
@@ -268,9 +256,7 @@ func (s *Service) PrepareMerge(p int) []spi.Operation {
 	if len(s.parts[p]) == 0 {
 		return nil
 	}
-	name := s.engine.MergePolicy(Name).Name()
-	return []spi.Operation{&mergeOperation{Values: maps.Clone(s.parts[p]),
-		idempotent: name == mergepolicy.PutIfAbsentName || name == mergepolicy.DiscardName}}
+	return []spi.Operation{&mergeOperation{Values: maps.Clone(s.parts[p])}}
 }
 
 // mergeOperation merges the merging side's registers of one partition
@@ -279,22 +265,13 @@ func (s *Service) PrepareMerge(p int) []spi.Operation {
 type mergeOperation struct {
 	Values map[string]int64
 
-	idempotent bool // the merging member's policy may run twice
-	backups    int
-	set        map[string]int64
-	removed    []string
+	backups int
+	set     map[string]int64
+	removed []string
 }
-
-// Idempotent implements spi.IdempotentMerge: under put-if-absent and
-// discard a second run keeps what the first kept.
-func (op *mergeOperation) Idempotent() bool { return op.idempotent }
 
 func (op *mergeOperation) Run(ctx *spi.OpContext) error {
 	s := ctx.Service.(*Service)
-	if s.failMerges.Add(-1) >= 0 {
-		return fmt.Errorf("%w: merge of partition %d failed by the test service's fail-merges property (a planted fault)",
-			spi.ErrIndeterminate, ctx.PartitionID)
-	}
 	op.backups = s.backups
 	policy := s.engine.MergePolicy(Name)
 	regs := s.parts[ctx.PartitionID]

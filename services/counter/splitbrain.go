@@ -6,7 +6,6 @@ import (
 
 	"github.com/partita-go/partita/config"
 	"github.com/partita-go/partita/spi"
-	"github.com/partita-go/partita/spi/mergepolicy"
 )
 
 // Split-brain healing (issue 20). When two clusters of one name meet, each
@@ -82,24 +81,7 @@ func (s *Service) PrepareMerge(partitionID int) []spi.Operation {
 	if len(c.counters) == 0 {
 		return nil
 	}
-	return []spi.Operation{&CounterMergeOperation{Counters: c.states(), Invocations: s.engine.RecordedInvocations(partitionID),
-		idempotent: idempotentPolicy(s.mergePolicy())}}
-}
-
-// idempotentPolicy reports whether a merge under policy may run twice
-// (spi.IdempotentMerge): counter-sum joins the states (a second run finds
-// every entry at least as large, and a cancelled run cancelled), and
-// put-if-absent and discard keep what exists once it is there. (Like a
-// first run, a second one brings back a counter destroyed before it.)
-// Pass-through would overwrite the increments made between the runs,
-// higher-value a decrement, and a service-defined policy is not known to
-// be.
-func idempotentPolicy(policy spi.MergePolicy) bool {
-	switch policy.(type) {
-	case CounterSum, mergepolicy.PutIfAbsent, mergepolicy.Discard:
-		return true
-	}
-	return false
+	return []spi.Operation{&CounterMergeOperation{Counters: c.states(), Invocations: s.engine.RecordedInvocations(partitionID)}}
 }
 
 // mergePolicy returns the service's merge policy: the engine's for the
@@ -116,9 +98,9 @@ func (s *Service) mergePolicy() spi.MergePolicy {
 // there and decides each counter with the service's merge policy, given
 // the merging State, the existing one (a copy) and whether the counter
 // exists. It is backed up: CounterMergeBackupOperation sets the counters
-// it changed on the backup replicas. The engine runs it once; only when
-// its outcome is unknown is it sent again, under the policies for which
-// that changes nothing more (Idempotent).
+// it changed on the backup replicas. The merge is idempotent for
+// counter-sum, so a retry changes nothing more; the engine runs it once
+// anyway.
 //
 // Encoding: the format byte (3), the states as state.go describes, then
 // the number of recorded invocations (unsigned varint) and each one's
@@ -130,20 +112,12 @@ type CounterMergeOperation struct {
 	// as far as it knows them (spi.NodeEngine.RecordedInvocations).
 	Invocations []spi.InvocationID
 
-	svc        *Service
-	idempotent bool             // see Idempotent; the merging member's, not on the wire
-	set        map[string]State // what Run changed
-	removed    []string         // what Run dropped (a policy's keep false)
+	svc     *Service
+	set     map[string]State // what Run changed
+	removed []string         // what Run dropped (a policy's keep false)
 }
 
-var (
-	_ spi.BackupAwareOperation = (*CounterMergeOperation)(nil)
-	_ spi.IdempotentMerge      = (*CounterMergeOperation)(nil)
-)
-
-// Idempotent implements spi.IdempotentMerge: under the merging member's
-// policy, a second run keeps what the first kept (idempotentPolicy).
-func (op *CounterMergeOperation) Idempotent() bool { return op.idempotent }
+var _ spi.BackupAwareOperation = (*CounterMergeOperation)(nil)
 
 // Run implements spi.Operation. It decides every counter before changing
 // any: a policy that returns something other than a valid State (a
