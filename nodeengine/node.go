@@ -477,12 +477,6 @@ func (n *Node) Shutdown(ctx context.Context) error {
 	dctx, cancel := context.WithTimeout(ctx, n.cfg.Migration.ShutdownTimeout)
 	n.drain(dctx)
 	cancel()
-	if n.ops != nil {
-		// Handed over (or given up at the timeout): from now on nothing
-		// this member runs reaches a backup, so it answers nobody, as
-		// Terminate (its own callers get spi.ErrShutdown).
-		n.ops.CloseConnections()
-	}
 	if n.ml != nil {
 		timeout := time.Second
 		if dl, ok := ctx.Deadline(); ok {

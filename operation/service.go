@@ -388,9 +388,9 @@ func (s *Service) Start() {
 
 // CloseConnections closes every connection to other members and refuses
 // new ones at once, as a stopped process's connections end; Shutdown
-// does the rest. Local tasks keep running until then, but every local
-// caller is answered ErrShutdown from now on, and no new invocation is
-// sent: a process that died answers nobody.
+// does the rest. Local tasks keep running until then, but they answer
+// nobody from now on (finish: a local caller gets ErrShutdown), and no new
+// invocation is sent: a process that died answers nobody.
 func (s *Service) CloseConnections() {
 	s.cut.Store(true)
 	s.tr.Close()
@@ -628,18 +628,23 @@ func (s *Service) RunOnPartition(pid int, fn func()) error {
 
 // finish delivers the outcome of a task to whoever waits for it.
 func (s *Service) finish(t task, resp any, err error) {
+	// Once its connections are closing (CloseConnections), this member
+	// answers nobody, as a stopped process: a write it ran now has no
+	// backup, and the answer of a read would show such a write, which
+	// dies with the member. Its own callers get ErrShutdown; a remote one
+	// gets nothing, though its connection may not be closed yet (they
+	// close one by one), and retries elsewhere.
+	cut := s.cut.Load()
 	switch {
 	case t.local != nil:
-		if s.cut.Load() {
-			// Its connections are closed, as a stopped process's are: like
-			// that process, this member answers its own callers no more.
-			// A write it ran now has no backup, and the answer of a read
-			// would show such a write, which dies with this member.
+		if cut {
 			resp, err = nil, spi.ErrShutdown
 		}
 		t.local.complete(resp, err)
 	case t.conn != nil && t.callID != 0:
-		s.sendResponse(t.conn, t.callID, t.op, resp, err)
+		if !cut {
+			s.sendResponse(t.conn, t.callID, t.op, resp, err)
+		}
 	case err != nil && t.fn == nil:
 		s.log.Warn("operation failed with no caller waiting", "service", t.svc.name, "partition", t.pid, "error", err)
 	}
