@@ -14,6 +14,7 @@ import (
 
 	"github.com/hashicorp/memberlist"
 	"github.com/partita-go/partita/operation"
+	"github.com/partita-go/partita/partition"
 	"github.com/partita-go/partita/spi"
 )
 
@@ -54,6 +55,7 @@ func (n *Node) membershipLoop() {
 
 // refreshMembers reads memberlist's view and reports who joined and left.
 func (n *Node) refreshMembers() {
+	n.del.settleRestarts(n.view.table.Load(), n.view.isMaster())
 	next := n.memberView()
 	prev := n.view.memberList()
 	if slices.Equal(prev, next) {
@@ -150,6 +152,18 @@ type delegates struct {
 	// disputed holds the members a refused port declared dead whom
 	// memberlist went on listing (undoGone): their refusals are ignored.
 	disputed map[string]bool
+	// restarted holds the members that came back with a newer start
+	// time while memberlist listed them all along and this member's
+	// table names them: they merged elsewhere (a freeze or a split this
+	// side never saw, as a merge of one) and dropped their data, so the
+	// replicas the table gives them are gone. The member list leaves them
+	// out, as if they had died, until a table that no longer names them
+	// is installed (the master took them for gone) or, on a member other
+	// than the master, any table newer than the one it held then (the
+	// master's word; it may have taken them for gone in a version this
+	// member skipped); then they join as the fresh members they are.
+	// Each maps to the table held when it was seen (nil: none).
+	restarted map[string]*partition.Table
 	// held, while holding, is the member list members returns instead of
 	// alive's: a merge replaces the memberlist instance (holdView).
 	held    []spi.Member
@@ -158,7 +172,7 @@ type delegates struct {
 
 func newDelegates(n *Node, meta []byte) *delegates {
 	return &delegates{n: n, meta: meta, refused: make(map[string]bool), alive: make(map[string][]byte), dead: make(map[string]int64),
-		gone: make(map[string]bool), disputed: make(map[string]bool)}
+		gone: make(map[string]bool), disputed: make(map[string]bool), restarted: make(map[string]*partition.Table)}
 }
 
 func (d *delegates) NodeMeta(limit int) []byte {
@@ -364,6 +378,7 @@ func (d *delegates) forgetMembers() {
 	clear(d.alive)
 	clear(d.gone)
 	clear(d.disputed)
+	clear(d.restarted)
 	d.mu.Unlock()
 	d.forgetDead()
 }
@@ -391,6 +406,16 @@ func (e *instanceEvents) set(node *memberlist.Node, alive bool) {
 func (d *delegates) set(node *memberlist.Node, alive bool) {
 	d.mu.Lock()
 	if alive {
+		_, marked := d.restarted[node.Name]
+		if old, ok := d.alive[node.Name]; ok && !marked && node.Name != d.n.view.id {
+			was, err1 := decodeMeta(old)
+			now, err2 := decodeMeta(node.Meta)
+			if t := d.n.view.table.Load(); err1 == nil && err2 == nil && now.started > was.started && tableNames(t, node.Name) {
+				d.restarted[node.Name] = t
+				d.n.log.Warn("member restarted: it merged elsewhere and dropped its data; taken as gone until the partition table no longer names it",
+					"restarted", now.address, "restarted_id", node.Name)
+			}
+		}
 		d.alive[node.Name] = bytes.Clone(node.Meta)
 		if _, dead := d.dead[node.Name]; !dead {
 			delete(d.gone, node.Name) // came back merged (a new start time)
@@ -398,6 +423,7 @@ func (d *delegates) set(node *memberlist.Node, alive bool) {
 	} else {
 		delete(d.alive, node.Name)
 		delete(d.gone, node.Name)
+		delete(d.restarted, node.Name)
 		delete(d.refused, "gone:"+node.Name)
 		// Dead or left alike (memberlist's Node.State does not say which
 		// here): a member that left never comes back under its name with
@@ -418,7 +444,51 @@ func (d *delegates) members(cluster string) []spi.Member {
 	if d.holding {
 		return slices.Clone(d.held)
 	}
-	return memberList(d.alive, d.gone, cluster)
+	return memberList(d.alive, cluster, d.gone, restartedSet(d.restarted))
+}
+
+// restartedSet returns the names of m.
+func restartedSet(m map[string]*partition.Table) map[string]bool {
+	if len(m) == 0 {
+		return nil
+	}
+	out := make(map[string]bool, len(m))
+	for id := range m {
+		out[id] = true
+	}
+	return out
+}
+
+// settleRestarts ends the absence of the restarted members (see
+// delegates.restarted) that table t, this member's, no longer names, or,
+// when this member is not the master, that t is newer than the table
+// this member held when it saw them restart. They join again, as fresh
+// members.
+func (d *delegates) settleRestarts(t *partition.Table, master bool) {
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	for id, then := range d.restarted {
+		if !tableNames(t, id) || (!master && t.Newer(then)) {
+			delete(d.restarted, id)
+		}
+	}
+}
+
+// tableNames reports whether table t gives member id a replica (owner,
+// backup or incoming backup) of some partition.
+func tableNames(t *partition.Table, id string) bool {
+	if t == nil {
+		return false
+	}
+	if slices.Contains(t.Owners, id) {
+		return true
+	}
+	for p := range t.Owners {
+		if (t.Backups != nil && slices.Contains(t.Backups[p], id)) || (t.Incoming != nil && slices.Contains(t.Incoming[p], id)) {
+			return true
+		}
+	}
+	return false
 }
 
 // holdView keeps the member list as it is now until releaseView: a merge
@@ -432,7 +502,7 @@ func (d *delegates) members(cluster string) []spi.Member {
 // commits (a primary without its data, never in sync with its backups).
 func (d *delegates) holdView(cluster string) {
 	d.mu.Lock()
-	d.held, d.holding = memberList(d.alive, d.gone, cluster), true
+	d.held, d.holding = memberList(d.alive, cluster, d.gone, restartedSet(d.restarted)), true
 	d.mu.Unlock()
 }
 
@@ -446,10 +516,10 @@ func (d *delegates) releaseView() {
 
 // memberList builds the member list from the members' meta by name,
 // oldest first, leaving out those in skip.
-func memberList(metas map[string][]byte, skip map[string]bool, cluster string) []spi.Member {
+func memberList(metas map[string][]byte, cluster string, skip ...map[string]bool) []spi.Member {
 	out := make([]spi.Member, 0, len(metas))
 	for name, meta := range metas {
-		if skip[name] {
+		if slices.ContainsFunc(skip, func(s map[string]bool) bool { return s[name] }) {
 			continue
 		}
 		m, err := decodeMeta(meta)

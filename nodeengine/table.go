@@ -2,6 +2,7 @@ package nodeengine
 
 import (
 	"log/slog"
+	"slices"
 	"sync"
 	"time"
 
@@ -28,6 +29,10 @@ type tables struct {
 	// logged and skipped rate-limit the table log line (under mu).
 	logged  time.Time
 	skipped int
+	// dropped: the table was dropped for a merge and none installed
+	// since (under mu); stale is whether a table refused for that was
+	// logged.
+	dropped, stale bool
 }
 
 // install makes t the current table if it is newer and valid
@@ -42,6 +47,22 @@ func (ts *tables) install(t *partition.Table) bool {
 	if !t.Newer(cur) || dropsMember(cur, t, ts.view.id) {
 		return false
 	}
+	if ts.dropped && !ts.view.isMaster() && slices.Contains(t.Owners, ts.view.id) {
+		// A member that merged dropped its data; the larger cluster
+		// lists it all along (it never saw it die), and its table still
+		// makes it owner of partitions it no longer holds: their data is
+		// on the backups, in a newer epoch. Its first table there must
+		// be one made after the master took it for gone
+		// (delegates.restarted); a fresh member owns nothing until a
+		// migration gives it data.
+		if !ts.stale {
+			ts.stale = true
+			ts.log.Warn("partition table refused: it makes this member, which dropped its data to merge, owner of partitions; waiting for the master to take it for gone",
+				"term", t.Term, "version", t.Version)
+		}
+		return false
+	}
+	ts.dropped, ts.stale = false, false
 	// Decode refuses such a table from a peer; this one is the master's
 	// own (the migration manager never makes one: it would count copies
 	// that do not exist and back writes up twice to one member).
@@ -85,6 +106,7 @@ func (ts *tables) drop() {
 	ts.mu.Lock()
 	defer ts.mu.Unlock()
 	ts.view.table.Store(nil)
+	ts.dropped = true
 }
 
 // logTable reports an installed table at info, at most once a second (a
