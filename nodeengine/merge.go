@@ -111,7 +111,10 @@ func summarize(bs []mergeBatch) batchSummary {
 func (n *Node) joinMerge() {
 	sb := n.sb
 	sb.mu.Lock()
-	if sb.m.state != mergePrepared {
+	if sb.m.state != mergePrepared || !sb.m.ready {
+		// Not prepared, joined already, or still collecting its data: a
+		// second rejoin request that found the merge under way must not
+		// join without the data (the prepare's caller joins after it).
 		sb.mu.Unlock()
 		return
 	}

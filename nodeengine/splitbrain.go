@@ -217,6 +217,7 @@ type mergeRun struct {
 	target   string             // the larger cluster's address
 	leaving  map[string]bool    // addresses of the cluster it leaves: its member list at the prepare
 	data     []mergeBatch       // collected by prepare, carried over by join
+	ready    bool               // prepare is over: data is all there (joinMerge waits for it)
 	cancel   context.CancelFunc // the prepared member's own join timer
 	attempts int                // join attempts so far
 	lastErr  string             // why the last join attempt failed
@@ -656,7 +657,7 @@ func (n *Node) prepareMerge(target string, mine, theirs int, rejoin bool) {
 	}
 	ctx, cancel := context.WithCancel(n.run.ctx)
 	sb.mu.Lock()
-	sb.m.data, sb.m.held, sb.m.cancel = data, len(data), cancel
+	sb.m.data, sb.m.held, sb.m.cancel, sb.m.ready = data, len(data), cancel, true
 	sb.mu.Unlock()
 	// Join by itself if the master's word does not come.
 	n.run.spawn(func() {

@@ -485,3 +485,18 @@ func TestMergedMemberRefusesATableThatMakesItOwner(t *testing.T) {
 		t.Fatal("once it holds a table, the member refused a newer one that makes it owner")
 	}
 }
+
+// A join asked for while the prepare still collects the merge data (a
+// second "rejoin as a merge of one" that found the merge under way) does
+// nothing: the prepare's own caller joins once the data is there. It used
+// to join at once with no data; the prepare then stored its data in a
+// merge that was over, and it was lost (a paused master's merge,
+// TestPauseLongerThanDetectionRejoinsAsMerge, lost an acknowledged add).
+func TestJoinWaitsForThePreparedData(t *testing.T) {
+	n := &Node{sb: newSplitBrain()}
+	n.sb.m = mergeRun{state: mergePrepared, target: "127.0.0.1:1"}
+	n.joinMerge()
+	if n.sb.m.state != mergePrepared || n.sb.m.target == "" {
+		t.Fatalf("a join before the data was collected changed the merge to %+v", n.sb.m)
+	}
+}
