@@ -57,8 +57,9 @@ type publishTableOp struct {
 
 func (op *publishTableOp) MessageKind() string { return "table.publish" }
 func (op *publishTableOp) Run(ctx *spi.OpContext) error {
-	op.newer = ctx.Service.(*Node).acceptTable(op.table, ctx.Caller)
-	return nil
+	var err error
+	op.newer, err = ctx.Service.(*Node).acceptTable(op.table, ctx.Caller)
+	return err
 }
 func (op *publishTableOp) Response() any { return op.newer }
 func (op *publishTableOp) WriteData(w *spi.Writer) {

@@ -55,7 +55,6 @@ func (n *Node) membershipLoop() {
 
 // refreshMembers reads memberlist's view and reports who joined and left.
 func (n *Node) refreshMembers() {
-	n.del.settleRestarts(n.view.table.Load(), n.view.isMaster())
 	next := n.memberView()
 	prev := n.view.memberList()
 	if slices.Equal(prev, next) {
@@ -69,6 +68,10 @@ func (n *Node) refreshMembers() {
 	for _, m := range prev {
 		if !containsMember(next, m.ID) && m.ID != self {
 			n.sb.left(m.Address) // after a split, the other side is there
+			if n.del.droppedItsData(m.ID) {
+				n.log.Warn("member taken for gone: it dropped its data to merge while this cluster listed it; it is listed again once the partition table no longer names it",
+					"left", m.Address, "left_id", m.ID, "members", len(next))
+			}
 			n.log.Info("member left", "left", m.Address, "left_id", m.ID, "members", len(next))
 			n.ops.MemberLeft(m.ID)
 			n.pub.forget(m.ID)
@@ -106,6 +109,10 @@ type memberMeta struct {
 	cluster  string
 	address  string // operation address, host:port
 	started  int64  // unix nanoseconds; the oldest member is the master
+	// dropped: the member dropped its partition table and data to merge
+	// and holds no table yet (see delegates.members). Encoded last, and
+	// only when set.
+	dropped bool
 }
 
 func (m memberMeta) encode() []byte {
@@ -114,12 +121,18 @@ func (m memberMeta) encode() []byte {
 	w.WriteString(m.cluster)
 	w.WriteString(m.address)
 	w.WriteVarint(m.started)
+	if m.dropped {
+		w.WriteBool(true)
+	}
 	return w.Bytes()
 }
 
 func decodeMeta(b []byte) (memberMeta, error) {
 	r := spi.NewReader(b)
 	m := memberMeta{protocol: r.ReadUint8(), cluster: r.ReadString(), address: r.ReadString(), started: r.ReadVarint()}
+	if r.Err() == nil && r.Remaining() > 0 {
+		m.dropped = r.ReadBool()
+	}
 	return m, r.Err()
 }
 
@@ -152,18 +165,12 @@ type delegates struct {
 	// disputed holds the members a refused port declared dead whom
 	// memberlist went on listing (undoGone): their refusals are ignored.
 	disputed map[string]bool
-	// restarted holds the members that came back with a newer start
-	// time while memberlist listed them all along and this member's
-	// table names them: they merged elsewhere (a freeze or a split this
-	// side never saw, as a merge of one) and dropped their data, so the
-	// replicas the table gives them are gone. The member list leaves them
-	// out, as if they had died, until a table that no longer names them
-	// is installed (the master took them for gone) or, on a member other
-	// than the master, any table newer than the one it held then (the
-	// master's word; it may have taken them for gone in a version this
-	// member skipped); then they join as the fresh members they are.
-	// Each maps to the table held when it was seen (nil: none).
-	restarted map[string]*partition.Table
+	// cleared holds, by name, the start time of the merge after which a
+	// member that dropped its data (memberMeta.dropped) was left out of
+	// the list until this member's table no longer named it (members):
+	// the table that names it again gives it new replicas, which it
+	// takes as the fresh member it is.
+	cleared map[string]int64
 	// held, while holding, is the member list members returns instead of
 	// alive's: a merge replaces the memberlist instance (holdView).
 	held    []spi.Member
@@ -172,7 +179,7 @@ type delegates struct {
 
 func newDelegates(n *Node, meta []byte) *delegates {
 	return &delegates{n: n, meta: meta, refused: make(map[string]bool), alive: make(map[string][]byte), dead: make(map[string]int64),
-		gone: make(map[string]bool), disputed: make(map[string]bool), restarted: make(map[string]*partition.Table)}
+		gone: make(map[string]bool), disputed: make(map[string]bool), cleared: make(map[string]int64)}
 }
 
 func (d *delegates) NodeMeta(limit int) []byte {
@@ -195,6 +202,20 @@ func (d *delegates) setStarted(t time.Time) {
 		return
 	}
 	m.started = t.UnixNano()
+	d.meta = m.encode()
+}
+
+// setDropped changes whether this member gossips that it dropped its
+// table and data to merge and holds no table yet; the caller then has
+// memberlist gossip it (UpdateNode).
+func (d *delegates) setDropped(dropped bool) {
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	m, err := decodeMeta(d.meta)
+	if err != nil {
+		return
+	}
+	m.dropped = dropped
 	d.meta = m.encode()
 }
 func (d *delegates) NotifyMsg([]byte)                           {}
@@ -378,7 +399,7 @@ func (d *delegates) forgetMembers() {
 	clear(d.alive)
 	clear(d.gone)
 	clear(d.disputed)
-	clear(d.restarted)
+	clear(d.cleared)
 	d.mu.Unlock()
 	d.forgetDead()
 }
@@ -406,16 +427,6 @@ func (e *instanceEvents) set(node *memberlist.Node, alive bool) {
 func (d *delegates) set(node *memberlist.Node, alive bool) {
 	d.mu.Lock()
 	if alive {
-		_, marked := d.restarted[node.Name]
-		if old, ok := d.alive[node.Name]; ok && !marked && node.Name != d.n.view.id {
-			was, err1 := decodeMeta(old)
-			now, err2 := decodeMeta(node.Meta)
-			if t := d.n.view.table.Load(); err1 == nil && err2 == nil && now.started > was.started && tableNames(t, node.Name) {
-				d.restarted[node.Name] = t
-				d.n.log.Warn("member restarted: it merged elsewhere and dropped its data; taken as gone until the partition table no longer names it",
-					"restarted", now.address, "restarted_id", node.Name)
-			}
-		}
 		d.alive[node.Name] = bytes.Clone(node.Meta)
 		if _, dead := d.dead[node.Name]; !dead {
 			delete(d.gone, node.Name) // came back merged (a new start time)
@@ -423,7 +434,7 @@ func (d *delegates) set(node *memberlist.Node, alive bool) {
 	} else {
 		delete(d.alive, node.Name)
 		delete(d.gone, node.Name)
-		delete(d.restarted, node.Name)
+		delete(d.cleared, node.Name)
 		delete(d.refused, "gone:"+node.Name)
 		// Dead or left alike (memberlist's Node.State does not say which
 		// here): a member that left never comes back under its name with
@@ -438,48 +449,59 @@ func (d *delegates) set(node *memberlist.Node, alive bool) {
 
 // members returns the member list from the copies the callbacks made,
 // oldest first (the list held, while holdView holds it).
+//
+// It leaves out a member that gossips that it dropped its table and data
+// to merge (memberMeta.dropped) while this member's table gives it
+// replicas, unless this member merges too: such a member merged as a
+// cluster of one while this cluster listed it all along (it declared the
+// others dead after a freeze, before it read their refutations), so the
+// replicas the table gives it are gone, with their data on the backups
+// or in its merge data. Taken for gone, its backups are promoted and it
+// leaves the table; then it is listed again, a fresh member, and takes
+// its first table (which makes it owner of nothing, tables.install).
 func (d *delegates) members(cluster string) []spi.Member {
+	merging := d.n.sb.merging()
+	t := d.n.view.table.Load()
 	d.mu.Lock()
 	defer d.mu.Unlock()
 	if d.holding {
 		return slices.Clone(d.held)
 	}
-	return memberList(d.alive, cluster, d.gone, restartedSet(d.restarted))
+	return memberList(d.alive, d.gone, cluster, d.droppedHere(t, merging))
 }
 
-// restartedSet returns the names of m.
-func restartedSet(m map[string]*partition.Table) map[string]bool {
-	if len(m) == 0 {
-		return nil
-	}
-	out := make(map[string]bool, len(m))
-	for id := range m {
-		out[id] = true
-	}
-	return out
-}
-
-// settleRestarts ends the absence of the restarted members (see
-// delegates.restarted) that table t, this member's, no longer names, or,
-// when this member is not the master, that t is newer than the table
-// this member held when it saw them restart. They join again, as fresh
-// members.
-func (d *delegates) settleRestarts(t *partition.Table, master bool) {
+// droppedItsData reports whether member id, which memberlist lists,
+// gossips that it dropped its table and data to merge.
+func (d *delegates) droppedItsData(id string) bool {
 	d.mu.Lock()
 	defer d.mu.Unlock()
-	for id, then := range d.restarted {
-		if !tableNames(t, id) || (!master && t.Newer(then)) {
-			delete(d.restarted, id)
+	m, err := decodeMeta(d.alive[id])
+	return err == nil && d.alive[id] != nil && m.dropped
+}
+
+// droppedHere returns the filter of members for members (under mu): a
+// member that dropped its data to merge is left out while t names it,
+// until t no longer does once (cleared).
+func (d *delegates) droppedHere(t *partition.Table, merging bool) func(string, memberMeta) bool {
+	if merging || t == nil {
+		return nil
+	}
+	self := d.n.view.id
+	return func(name string, m memberMeta) bool {
+		if !m.dropped || name == self || d.cleared[name] == m.started {
+			return false
 		}
+		if !tableNames(t, name) {
+			d.cleared[name] = m.started // taken for gone here: listed from now on
+			return false
+		}
+		return true
 	}
 }
 
 // tableNames reports whether table t gives member id a replica (owner,
 // backup or incoming backup) of some partition.
 func tableNames(t *partition.Table, id string) bool {
-	if t == nil {
-		return false
-	}
 	if slices.Contains(t.Owners, id) {
 		return true
 	}
@@ -502,7 +524,7 @@ func tableNames(t *partition.Table, id string) bool {
 // commits (a primary without its data, never in sync with its backups).
 func (d *delegates) holdView(cluster string) {
 	d.mu.Lock()
-	d.held, d.holding = memberList(d.alive, cluster, d.gone, restartedSet(d.restarted)), true
+	d.held, d.holding = memberList(d.alive, d.gone, cluster, nil), true
 	d.mu.Unlock()
 }
 
@@ -516,14 +538,14 @@ func (d *delegates) releaseView() {
 
 // memberList builds the member list from the members' meta by name,
 // oldest first, leaving out those in skip.
-func memberList(metas map[string][]byte, cluster string, skip ...map[string]bool) []spi.Member {
+func memberList(metas map[string][]byte, skip map[string]bool, cluster string, drop func(string, memberMeta) bool) []spi.Member {
 	out := make([]spi.Member, 0, len(metas))
 	for name, meta := range metas {
-		if slices.ContainsFunc(skip, func(s map[string]bool) bool { return s[name] }) {
+		if skip[name] {
 			continue
 		}
 		m, err := decodeMeta(meta)
-		if err != nil || m.cluster != cluster || m.protocol != operation.ProtocolVersion {
+		if err != nil || m.cluster != cluster || m.protocol != operation.ProtocolVersion || (drop != nil && drop(name, m)) {
 			continue
 		}
 		out = append(out, spi.Member{ID: name, Address: m.address, Started: time.Unix(0, m.started)})

@@ -722,7 +722,10 @@ func (op *resolveOp) Run(ctx *spi.OpContext) error {
 	// tables.install queues the table's role changes on the partitions'
 	// executors before it returns (and waits for a concurrent install):
 	// the resolutions queued next run after them.
-	op.newer = n.acceptTable(op.table, ctx.Caller)
+	var err error
+	if op.newer, err = n.acceptTable(op.table, ctx.Caller); err != nil {
+		return err
+	}
 	n.resolveDepartedMaster(true)
 	return nil
 }

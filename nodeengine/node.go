@@ -262,7 +262,8 @@ func (n *Node) wire() {
 	m := n.migs
 	m.view, m.ops, m.log, m.services, m.replicas, m.snaps = n.view, n.ops, n.log, n.migrationAware, n.replicas, snaps
 	m.bytesSent, m.bytesRecv = n.metrics.migBytesSent, n.metrics.migBytesRecv
-	n.tables = &tables{view: n.view, ops: n.ops, replicas: n.replicas, installs: n.metrics.tableInstalls, log: n.log}
+	n.tables = &tables{view: n.view, ops: n.ops, replicas: n.replicas, installs: n.metrics.tableInstalls, log: n.log,
+		fresh: n.holdsTableAgain}
 	n.pub = &publisher{view: n.view, ops: n.ops, run: n.run, log: n.log, tables: n.tables,
 		wake: n.memberEvent, plan: func() { n.mgr.Trigger() },
 		replaced: func(from string) { n.run.spawn(func() { n.rejoinRequested(from) }) },

@@ -48,8 +48,11 @@ func (s *safety) status() []byte {
 		w.WriteUvarint(uint64(s.ops.ReplicaVersion(p)))
 		// A replica about to be reset waits for a copy already; the
 		// pending reset is read first (it ends after the replica is
-		// marked syncing).
-		w.WriteBool(s.replicas.resetPending(p) || s.ops.IsSyncing(p))
+		// marked syncing). A member with no table holds no replica in
+		// sync: one that dropped its table to merge answers for the
+		// table of before (its data is in its merge data), and must not
+		// be waited for as a replica in sync.
+		w.WriteBool(version == 0 || s.replicas.resetPending(p) || s.ops.IsSyncing(p))
 	}
 	return w.Bytes()
 }

@@ -583,6 +583,19 @@ func (n *Node) mergeCluster(other, mine clusterInfo) {
 	n.run.spawn(n.joinMerge)
 }
 
+// holdsTableAgain has this member, which dropped its table to merge,
+// gossip that it holds one again (tables.fresh: the first table it took
+// since), so that the members whose table names it list it again
+// (delegates.members).
+func (n *Node) holdsTableAgain() {
+	n.del.setDropped(false)
+	n.run.spawn(func() {
+		if err := n.withMemberlist(func() error { return n.ml.UpdateNode(time.Second) }); err != nil {
+			n.log.Warn("cannot gossip that this member holds a partition table again", "error", err)
+		}
+	})
+}
+
 // allStartedSince reports whether every member this one sees gossips a
 // start time of t or later (with members' clocks apart, it may never: the
 // wait for it is bounded).
@@ -652,6 +665,7 @@ func (n *Node) prepareMerge(target string, mine, theirs int, rejoin bool) {
 	n.log.Warn("services reset for the merge; partition table and replicas dropped", "services", reset)
 	now := time.Now()
 	n.del.setStarted(now)
+	n.del.setDropped(true) // until its first table in the larger cluster (holdsTableAgain)
 	if err := n.withMemberlist(func() error { return n.ml.UpdateNode(time.Second) }); err != nil {
 		n.log.Warn("cannot gossip the new start time", "error", err)
 	}

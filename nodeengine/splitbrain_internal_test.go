@@ -7,6 +7,7 @@ import (
 	"io"
 	"net"
 	"slices"
+	"strconv"
 	"sync"
 	"sync/atomic"
 	"testing"
@@ -377,19 +378,32 @@ func TestMergeOfOneKeepsItsMemberListWhileItsMemberlistIsReplaced(t *testing.T) 
 // nothing it heard) drops its data and rejoins the cluster that lists it
 // all along, whose table still makes it owner and backup of partitions.
 // The others take it for gone until their table no longer names it (its
-// backups promoted, its data carried over by the merge), then it joins
-// as a fresh member: every counter keeps its value, read through every
-// member, and the cluster becomes safe. (Before, it stayed owner of
-// partitions at version 0.0 with their backups in a newer epoch, which
-// refused its writes as superseded: never safe again, and its merge
-// operations dropped — a 1-minute soak's split seeds 12 and 13.)
+// backups promoted or, with none, its partitions lost and refilled by its
+// merge data), then it joins as a fresh member: every counter keeps its
+// value, read through every member, and the cluster becomes safe.
+// (Before, it stayed owner of partitions at version 0.0 with their
+// backups in a newer epoch, which refused its writes as superseded: never
+// safe again, and its merge operations dropped — a 1-minute soak's split
+// seeds 12 and 13.)
 func TestMergeOfOneIntoTheClusterThatListsItAllAlong(t *testing.T) {
+	for _, backups := range []int{1, 0} {
+		t.Run(fmt.Sprintf("backups%d", backups), func(t *testing.T) { mergeOfOneIntoTheClusterThatListsIt(t, backups) })
+	}
+}
+
+func mergeOfOneIntoTheClusterThatListsIt(t *testing.T, backups int) {
 	ctx, cancel := context.WithTimeout(context.Background(), 90*time.Second)
 	defer cancel()
 	events := &lifecycleLog{}
 	nodes, err := StartLocal(ctx, 3, func(i int, c *config.Config) {
 		c.UseFastFailureDetection()
 		c.SplitBrain.FirstProbeDelay = time.Hour
+		c.Partitions.BackupCount = backups
+		for j, sc := range c.Services {
+			if sc.Type == counter.TypeName {
+				c.Services[j].Properties = sc.Properties.With("backup-count", strconv.Itoa(backups))
+			}
+		}
 	}, WithLifecycleListener(events.add))
 	if err != nil {
 		t.Fatal(err)

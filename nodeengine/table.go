@@ -1,6 +1,7 @@
 package nodeengine
 
 import (
+	"fmt"
 	"log/slog"
 	"slices"
 	"sync"
@@ -33,6 +34,9 @@ type tables struct {
 	// since (under mu); stale is whether a table refused for that was
 	// logged.
 	dropped, stale bool
+	// fresh is called (under mu) when the first table after a drop is
+	// installed: the member gossips that it holds one again.
+	fresh func()
 }
 
 // install makes t the current table if it is newer and valid
@@ -47,20 +51,11 @@ func (ts *tables) install(t *partition.Table) bool {
 	if !t.Newer(cur) || dropsMember(cur, t, ts.view.id) {
 		return false
 	}
-	if ts.dropped && !ts.view.isMaster() && slices.Contains(t.Owners, ts.view.id) {
-		// A member that merged dropped its data; the larger cluster
-		// lists it all along (it never saw it die), and its table still
-		// makes it owner of partitions it no longer holds: their data is
-		// on the backups, in a newer epoch. Its first table there must
-		// be one made after the master took it for gone
-		// (delegates.restarted); a fresh member owns nothing until a
-		// migration gives it data.
-		if !ts.stale {
-			ts.stale = true
-			ts.log.Warn("partition table refused: it makes this member, which dropped its data to merge, owner of partitions; waiting for the master to take it for gone",
-				"term", t.Term, "version", t.Version)
-		}
+	if ts.refusesAfterMerge(t) {
 		return false
+	}
+	if ts.dropped && ts.fresh != nil {
+		ts.fresh()
 	}
 	ts.dropped, ts.stale = false, false
 	// Decode refuses such a table from a peer; this one is the master's
@@ -88,6 +83,34 @@ func (ts *tables) install(t *partition.Table) bool {
 	ts.installs.Inc()
 	ts.logTable(t)
 	return true
+}
+
+// refusesAfterMerge reports whether t is a table this member, which
+// dropped its table and data to merge, must not take as its first one:
+// it makes this member owner of partitions. The cluster it joins may list
+// it all along (it never saw it go) and push it the table of before its
+// merge, whose partitions' data is on their backups now, in a newer
+// epoch, or in its merge data; the master takes it for gone first
+// (delegates.members), and a fresh member owns nothing until a migration
+// gives it data. The first refusal is logged. Called under mu, or
+// through refuses.
+func (ts *tables) refusesAfterMerge(t *partition.Table) bool {
+	if !ts.dropped || ts.view.isMaster() || !slices.Contains(t.Owners, ts.view.id) {
+		return false
+	}
+	if !ts.stale {
+		ts.stale = true
+		ts.log.Warn("partition table refused: it makes this member, which dropped its data to merge, owner of partitions; waiting for the master to take it for gone",
+			"term", t.Term, "version", t.Version)
+	}
+	return true
+}
+
+// refuses is refusesAfterMerge for a caller outside install.
+func (ts *tables) refuses(t *partition.Table) bool {
+	ts.mu.Lock()
+	defer ts.mu.Unlock()
+	return ts.refusesAfterMerge(t)
 }
 
 // dropsMember reports whether t, a table of a newer term than cur, no
@@ -146,20 +169,26 @@ func (v *clusterView) replicaCounts() (owned, backups int, version int64) {
 // encoded table this member holds when that one is newer (nil otherwise).
 // The first table also brings the distributed objects the cluster knows.
 // While this member merges into another cluster, a table from the cluster
-// it leaves is not taken (splitBrain.leavingFrom).
-func (n *Node) acceptTable(t *partition.Table, from string) []byte {
+// it leaves is not taken (splitBrain.leavingFrom). A table a member that
+// merged must not take as its first (tables.refusesAfterMerge) fails the
+// push with spi.ErrNotReady, so that the master sends a later one.
+func (n *Node) acceptTable(t *partition.Table, from string) ([]byte, error) {
 	if n.sb.leavingFrom(from) {
 		n.log.Debug("partition table of the cluster this member leaves by a merge not taken", "version", t.Version, "from", from)
-		return nil
+		return nil, nil
+	}
+	if n.tables.refuses(t) {
+		return nil, fmt.Errorf("%w: %s merged and holds no table yet; table version %d makes it owner of partitions whose data it dropped",
+			spi.ErrNotReady, n.address, t.Version)
 	}
 	prev := n.view.table.Load()
 	if !n.tables.install(t) {
 		if cur := n.view.table.Load(); cur.Newer(t) {
 			w := spi.NewWriter(nil)
 			cur.Encode(w)
-			return w.Bytes()
+			return w.Bytes(), nil
 		}
-		return nil
+		return nil, nil
 	}
 	n.log.Debug("partition table received", "version", t.Version, "from", from, "owned", t.Counts()[n.view.id])
 	if prev == nil && from != n.address {
@@ -173,5 +202,5 @@ func (n *Node) acceptTable(t *partition.Table, from string) []byte {
 			})
 		}
 	}
-	return nil
+	return nil, nil
 }
