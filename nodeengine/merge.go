@@ -114,7 +114,9 @@ func (n *Node) joinMerge() {
 	if sb.m.state != mergePrepared || !sb.m.ready {
 		// Not prepared, joined already, or still collecting its data: a
 		// second rejoin request that found the merge under way must not
-		// join without the data (the prepare's caller joins after it).
+		// join without the data (the prepare's caller joins after it; a
+		// member prepared by its master's mergeOp joins on its own timer
+		// if the word to join came too early).
 		sb.mu.Unlock()
 		return
 	}

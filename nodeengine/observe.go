@@ -227,6 +227,15 @@ type migView struct {
 	about map[int]string // the state in words, for describe
 }
 
+// destination reports whether this member is the destination of a move
+// of partition p in flight (any goroutine).
+func (v *migView) destination(p int) bool {
+	v.mu.Lock()
+	defer v.mu.Unlock()
+	m, ok := v.moves[p]
+	return ok && m.Endpoint == "destination"
+}
+
 func (v *migView) set(p int, st *migState) {
 	v.mu.Lock()
 	defer v.mu.Unlock()

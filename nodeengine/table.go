@@ -3,7 +3,6 @@ package nodeengine
 import (
 	"fmt"
 	"log/slog"
-	"slices"
 	"sync"
 	"time"
 
@@ -54,10 +53,6 @@ func (ts *tables) install(t *partition.Table) bool {
 	if ts.refusesAfterMerge(t) {
 		return false
 	}
-	if ts.dropped && ts.fresh != nil {
-		ts.fresh()
-	}
-	ts.dropped, ts.stale = false, false
 	// Decode refuses such a table from a peer; this one is the master's
 	// own (the migration manager never makes one: it would count copies
 	// that do not exist and back writes up twice to one member).
@@ -65,6 +60,10 @@ func (ts *tables) install(t *partition.Table) bool {
 		ts.log.Error("partition table refused: it is not valid", "term", t.Term, "version", t.Version, "error", err)
 		return false
 	}
+	if ts.dropped && ts.fresh != nil {
+		ts.fresh()
+	}
+	ts.dropped, ts.stale = false, false
 	// A promoted backup refuses operations until its promotion hooks ran:
 	// mark it before the table becomes visible.
 	if cur != nil {
@@ -92,10 +91,22 @@ func (ts *tables) install(t *partition.Table) bool {
 // merge, whose partitions' data is on their backups now, in a newer
 // epoch, or in its merge data; the master takes it for gone first
 // (delegates.members), and a fresh member owns nothing until a migration
-// gives it data. The first refusal is logged. Called under mu, or
-// through refuses.
+// gives it data (a destination of a move in flight here may own its
+// partition in the table). No exception for a master: a member merging
+// alone lists only itself until it joined. The first refusal is logged.
+// Called under mu, or through refuses.
 func (ts *tables) refusesAfterMerge(t *partition.Table) bool {
-	if !ts.dropped || ts.view.isMaster() || !slices.Contains(t.Owners, ts.view.id) {
+	if !ts.dropped {
+		return false
+	}
+	owns := false
+	for p, o := range t.Owners {
+		if o == ts.view.id && !ts.replicas.migs.inFlight.destination(p) {
+			owns = true
+			break
+		}
+	}
+	if !owns {
 		return false
 	}
 	if !ts.stale {
@@ -171,15 +182,17 @@ func (v *clusterView) replicaCounts() (owned, backups int, version int64) {
 // While this member merges into another cluster, a table from the cluster
 // it leaves is not taken (splitBrain.leavingFrom). A table a member that
 // merged must not take as its first (tables.refusesAfterMerge) fails the
-// push with spi.ErrNotReady, so that the master sends a later one.
+// push, so that the master sends a later one.
 func (n *Node) acceptTable(t *partition.Table, from string) ([]byte, error) {
 	if n.sb.leavingFrom(from) {
 		n.log.Debug("partition table of the cluster this member leaves by a merge not taken", "version", t.Version, "from", from)
 		return nil, nil
 	}
 	if n.tables.refuses(t) {
-		return nil, fmt.Errorf("%w: %s merged and holds no table yet; table version %d makes it owner of partitions whose data it dropped",
-			spi.ErrNotReady, n.address, t.Version)
+		// Not a retryable error: the push ends, and the master's next
+		// round sends its newest table.
+		return nil, fmt.Errorf("%s merged and holds no table yet; table version %d makes it owner of partitions whose data it dropped",
+			n.address, t.Version)
 	}
 	prev := n.view.table.Load()
 	if !n.tables.install(t) {
