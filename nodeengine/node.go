@@ -632,6 +632,13 @@ func (n *Node) ForgetRecordedInvocations(partitionID int) {
 	}
 }
 
+// AdoptInvocations implements spi.NodeEngine.
+func (n *Node) AdoptInvocations(partitionID int, ids []spi.InvocationID) {
+	if n.ops != nil {
+		n.ops.AdoptInvocations(partitionID, ids)
+	}
+}
+
 // Registry returns the member's metrics registry (for scraping).
 func (n *Node) Registry() *prometheus.Registry { return n.registry }
 

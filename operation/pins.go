@@ -139,6 +139,24 @@ func (s *Service) ForgetRecordedInvocations(p int) {
 	}
 }
 
+// AdoptInvocations implements the engine's spi.NodeEngine.AdoptInvocations
+// (executor p): each invocation the record does not hold yet is recorded
+// now as a run whose answer is not known (an empty response, as
+// Record.Unconfirm leaves), so that a retry of it is answered
+// spi.ErrIndeterminate.
+func (s *Service) AdoptInvocations(p int, ids []spi.InvocationID) {
+	if p < 0 || p >= len(s.replicas) {
+		return
+	}
+	now := monoNow()
+	for _, id := range ids {
+		k := invKey{Origin: id.Origin, Seq: id.Seq}
+		if _, found, _ := s.lookup(p, k); !found {
+			s.record(p, k, nil, now, nil)
+		}
+	}
+}
+
 // defaultPinKeep is how long pins are kept when Config.PinKeep is
 // not set.
 const defaultPinKeep = time.Hour

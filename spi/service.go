@@ -140,6 +140,15 @@ type NodeEngine interface {
 	// effect is gone for one that still counts. The exactly-once record
 	// itself is kept. Call it as the partition's executor.
 	ForgetRecordedInvocations(partitionID int)
+	// AdoptInvocations records, in partition partitionID's exactly-once
+	// record, invocations whose runs a merge carried over from the other
+	// side (its RecordedInvocations): a retry of one of them that comes
+	// after the merge, within operations.dedup-window, is answered
+	// ErrIndeterminate (its answer is not known here) instead of running
+	// a second time. Those this record holds already are left as they
+	// are. A merge operation calls it in Run, and its backup operation on
+	// each backup replica, as the partition's executor.
+	AdoptInvocations(partitionID int, ids []InvocationID)
 }
 
 // PartitionService maps keys to partitions and partitions to members, by

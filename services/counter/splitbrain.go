@@ -177,6 +177,10 @@ func (op *CounterMergeOperation) Run(ctx *spi.OpContext) error {
 	if cancelled > 0 {
 		s.log.Info("merge: increments retried across the split counted once", "partition", ctx.PartitionID, "cancelled", cancelled)
 	}
+	// A caller whose answer the split cut off may retry after the merge:
+	// its invocation ran on the merging side, whose state this merge
+	// took, so it must not run again here.
+	ctx.Engine.AdoptInvocations(ctx.PartitionID, op.Invocations)
 	return nil
 }
 
@@ -240,23 +244,49 @@ func (op *CounterMergeOperation) SyncBackupCount() int { return op.svc.syncBacku
 func (op *CounterMergeOperation) AsyncBackupCount() int { return op.svc.asyncBackups }
 
 // ShouldBackup implements spi.BackupAwareOperation: when Run changed a
-// counter.
-func (op *CounterMergeOperation) ShouldBackup() bool { return len(op.set)+len(op.removed) > 0 }
+// counter, or adopted invocations (the backups adopt them too).
+func (op *CounterMergeOperation) ShouldBackup() bool {
+	return len(op.set)+len(op.removed)+len(op.Invocations) > 0
+}
 
 // BackupOperation implements spi.BackupAwareOperation.
 func (op *CounterMergeOperation) BackupOperation() spi.Operation {
-	return &CounterMergeBackupOperation{Counters: op.set, Removed: op.removed}
+	return &CounterMergeBackupOperation{Counters: op.set, Removed: op.removed, Invocations: op.Invocations}
 }
 
 // WriteData implements spi.Operation.
 func (op *CounterMergeOperation) WriteData(w *spi.Writer) {
 	w.WriteUint8(mergeFormat)
 	writeStates(w, op.Counters)
-	w.WriteUvarint(uint64(len(op.Invocations)))
-	for _, id := range op.Invocations {
+	writeInvocations(w, op.Invocations)
+}
+
+// writeInvocations writes ids: their number (unsigned varint), then each
+// one's origin (8 bytes, little-endian) and sequence number (unsigned
+// varint).
+func writeInvocations(w *spi.Writer, ids []spi.InvocationID) {
+	w.WriteUvarint(uint64(len(ids)))
+	for _, id := range ids {
 		w.WriteUint64(id.Origin)
 		w.WriteUvarint(id.Seq)
 	}
+}
+
+// readInvocations reads what writeInvocations wrote, refusing a count the
+// bytes left cannot hold.
+func readInvocations(r *spi.Reader, what string) ([]spi.InvocationID, error) {
+	n := r.ReadUvarint()
+	if err := r.Err(); err != nil {
+		return nil, err
+	}
+	if left := r.Remaining(); n > uint64(left/9) {
+		return nil, fmt.Errorf("%w: %s lists %d recorded invocations in %d bytes", spi.ErrProtocol, what, n, left)
+	}
+	ids := make([]spi.InvocationID, 0, n)
+	for range n {
+		ids = append(ids, spi.InvocationID{Origin: r.ReadUint64(), Seq: r.ReadUvarint()})
+	}
+	return ids, r.Err()
 }
 
 // ReadData implements spi.Operation, with CounterMigrationOperation's
@@ -269,29 +299,25 @@ func (op *CounterMergeOperation) ReadData(r *spi.Reader) (err error) {
 	if op.Counters, err = readStates(r, what); err != nil {
 		return err
 	}
-	n := r.ReadUvarint()
-	if err := r.Err(); err != nil {
-		return err
-	}
-	if left := r.Remaining(); n > uint64(left/9) {
-		return fmt.Errorf("%w: %s lists %d recorded invocations in %d bytes", spi.ErrProtocol, what, n, left)
-	}
-	op.Invocations = make([]spi.InvocationID, 0, n)
-	for range n {
-		op.Invocations = append(op.Invocations, spi.InvocationID{Origin: r.ReadUint64(), Seq: r.ReadUvarint()})
-	}
-	return r.Err()
+	op.Invocations, err = readInvocations(r, what)
+	return err
 }
 
 // CounterMergeBackupOperation sets on a backup replica the counters that a
 // CounterMergeOperation changed on the primary, and drops those it
 // dropped, so that the backup's states stay the primary's.
 //
-// Encoding: the format byte (2), the states as state.go describes, then
-// the number of dropped counters (unsigned varint) and their names.
+// It also records, as the primary did, the invocations whose runs the
+// merge carried over (spi.NodeEngine.AdoptInvocations), so that a retry
+// that reaches this replica once promoted does not run again.
+//
+// Encoding: the format byte (2), the states as state.go describes, the
+// number of dropped counters (unsigned varint) and their names, then the
+// invocations as CounterMergeOperation encodes them.
 type CounterMergeBackupOperation struct {
-	Counters map[string]State
-	Removed  []string
+	Counters    map[string]State
+	Removed     []string
+	Invocations []spi.InvocationID
 }
 
 var _ spi.BackupOperation = (*CounterMergeBackupOperation)(nil)
@@ -307,6 +333,7 @@ func (op *CounterMergeBackupOperation) Run(ctx *spi.OpContext) error {
 		delete(c.counters, name)
 	}
 	c.origin = 0
+	ctx.Engine.AdoptInvocations(ctx.PartitionID, op.Invocations)
 	return nil
 }
 
@@ -318,6 +345,7 @@ func (op *CounterMergeBackupOperation) WriteData(w *spi.Writer) {
 	for _, name := range op.Removed {
 		w.WriteString(name)
 	}
+	writeInvocations(w, op.Invocations)
 }
 
 // ReadData implements spi.Operation.
@@ -340,5 +368,6 @@ func (op *CounterMergeBackupOperation) ReadData(r *spi.Reader) (err error) {
 	for range n {
 		op.Removed = append(op.Removed, r.ReadString())
 	}
-	return r.Err()
+	op.Invocations, err = readInvocations(r, what)
+	return err
 }

@@ -1,6 +1,7 @@
 package counter
 
 import (
+	"cmp"
 	"encoding/binary"
 	"errors"
 	"math"
@@ -92,6 +93,22 @@ type pinEngine struct {
 
 func (e *pinEngine) RecordedInvocations(partition int) []spi.InvocationID { return e.pins[partition] }
 func (e *pinEngine) ForgetRecordedInvocations(partition int)              { delete(e.pins, partition) }
+
+// AdoptInvocations records ids as the engine's record would: they are
+// recorded invocations from now on.
+func (e *pinEngine) AdoptInvocations(partition int, ids []spi.InvocationID) {
+	for _, id := range ids {
+		if !slices.Contains(e.pins[partition], id) {
+			if e.pins == nil {
+				e.pins = map[int][]spi.InvocationID{}
+			}
+			e.pins[partition] = append(e.pins[partition], id)
+		}
+	}
+	slices.SortFunc(e.pins[partition], func(a, b spi.InvocationID) int {
+		return cmp.Or(cmp.Compare(a.Origin, b.Origin), cmp.Compare(a.Seq, b.Seq))
+	})
+}
 
 // side is one member's replica of the partition p, driven through the
 // counter's operations as the engine would.
@@ -198,7 +215,7 @@ func (sd side) mergeInto(dst side, backup *side) {
 			if err := bb.ReadData(spi.NewReader(w.Bytes())); err != nil {
 				sd.t.Fatal(err)
 			}
-			if err := bb.Run(&spi.OpContext{PartitionID: p, Service: backup.s, ReplicaIndex: 1}); err != nil {
+			if err := bb.Run(&spi.OpContext{PartitionID: p, Service: backup.s, Engine: backup.s.engine, ReplicaIndex: 1}); err != nil {
 				sd.t.Fatal(err)
 			}
 		}
@@ -532,11 +549,11 @@ func TestMergeOperationsEncoding(t *testing.T) {
 	if err := new(CounterMergeOperation).ReadData(spi.NewReader(huge)); !errors.Is(err, spi.ErrProtocol) {
 		t.Fatalf("huge invocation count: %v", err)
 	}
-	bop := &CounterMergeBackupOperation{Counters: sampleStates, Removed: []string{"x", ""}}
+	bop := &CounterMergeBackupOperation{Counters: sampleStates, Removed: []string{"x", ""}, Invocations: orphans}
 	b = encode(bop)
 	gotb := new(CounterMergeBackupOperation)
 	if err := gotb.ReadData(spi.NewReader(b)); err != nil || !equalStates(gotb.Counters, sampleStates) ||
-		len(gotb.Removed) != 2 || gotb.Removed[0] != "x" {
+		len(gotb.Removed) != 2 || gotb.Removed[0] != "x" || !slices.Equal(gotb.Invocations, orphans) {
 		t.Fatalf("merge backup round trip: %v, %v", err, gotb)
 	}
 	for i := range len(b) {
