@@ -152,7 +152,7 @@ func (e *executor) run(t task) {
 			// It ran, and a synchronous backup refused it or never
 			// acknowledged it (Record.Unconfirm): its first attempt was
 			// answered that its outcome is unknown, and so is this one.
-			e.s.finish(t, nil, fmt.Errorf("%w: partition %d: a retry of an invocation that ran here without being acknowledged (a synchronous backup refused it or never acknowledged it, or a merge carried its run over)",
+			e.s.finish(t, nil, fmt.Errorf("%w: partition %d: a retry of an invocation whose run is not acknowledged here (a synchronous backup refused it or never acknowledged it, or a merge carried it over from another cluster)",
 				spi.ErrIndeterminate, t.pid))
 			return
 		} else if ok {

@@ -140,20 +140,20 @@ func (s *Service) ForgetRecordedInvocations(p int) {
 }
 
 // AdoptInvocations implements the engine's spi.NodeEngine.AdoptInvocations
-// (executor p): each invocation the record does not hold yet is recorded
-// now as a run whose answer is not known (an empty response, as
-// Record.Unconfirm leaves), so that a retry of it is answered
-// spi.ErrIndeterminate.
+// (executor p): each invocation is recorded now as a run whose answer is
+// not known (an empty response, as Record.Unconfirm leaves), so that a
+// retry of it is answered spi.ErrIndeterminate. One that the record holds
+// already is recorded again, newest, rather than looked up: a lookup
+// scans the record, and a merge may carry 100,000 ids (its retry then
+// learns that the outcome is unknown rather than its answer, which is
+// allowed).
 func (s *Service) AdoptInvocations(p int, ids []spi.InvocationID) {
 	if p < 0 || p >= len(s.replicas) {
 		return
 	}
 	now := monoNow()
 	for _, id := range ids {
-		k := invKey{Origin: id.Origin, Seq: id.Seq}
-		if _, found, _ := s.lookup(p, k); !found {
-			s.record(p, k, nil, now, nil)
-		}
+		s.record(p, invKey{Origin: id.Origin, Seq: id.Seq}, nil, now, nil)
 	}
 }
 

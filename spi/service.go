@@ -145,9 +145,9 @@ type NodeEngine interface {
 	// side (its RecordedInvocations): a retry of one of them that comes
 	// after the merge, within operations.dedup-window, is answered
 	// ErrIndeterminate (its answer is not known here) instead of running
-	// a second time. Those this record holds already are left as they
-	// are. A merge operation calls it in Run, and its backup operation on
-	// each backup replica, as the partition's executor.
+	// a second time, also one this record held with its answer. A merge
+	// operation calls it in Run, and its backup operation on each backup
+	// replica, as the partition's executor.
 	AdoptInvocations(partitionID int, ids []InvocationID)
 }
 

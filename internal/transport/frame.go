@@ -26,7 +26,7 @@ import (
 // meaning of the kinds after the hello is the operation service's.
 const (
 	// ProtocolVersion is the version both sides of a connection must speak.
-	ProtocolVersion = 7
+	ProtocolVersion = 8
 	// MaxFrameSize bounds one frame (16 MiB).
 	MaxFrameSize = 16 << 20
 
