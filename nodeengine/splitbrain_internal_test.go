@@ -355,6 +355,15 @@ func TestMergeOfOneKeepsItsMemberListWhileItsMemberlistIsReplaced(t *testing.T) 
 		t.Errorf("while its new memberlist instance joins, the member lists %v, want %v (as before, oldest first)", ids, want)
 	}
 	proxy.release()
+	waitMergedSafe(ctx, t, merged, events, nodes)
+}
+
+// waitMergedSafe waits until merged is closed (the merging member's
+// joinMerge returned), checks that its lifecycle events were MERGING
+// then MERGED, and waits until nodes are one stable cluster, safe within
+// 30 s.
+func waitMergedSafe(ctx context.Context, t *testing.T, merged <-chan struct{}, events *lifecycleLog, nodes []*Node) {
+	t.Helper()
 	select {
 	case <-merged:
 	case <-ctx.Done():
@@ -366,9 +375,9 @@ func TestMergeOfOneKeepsItsMemberListWhileItsMemberlistIsReplaced(t *testing.T) 
 	if err := WaitStable(ctx, nodes); err != nil {
 		t.Fatal(err)
 	}
-	sctx, scancel := context.WithTimeout(ctx, 30*time.Second)
-	defer scancel()
-	if err := a[0].WaitClusterSafe(sctx); err != nil {
+	sctx, cancel := context.WithTimeout(ctx, 30*time.Second)
+	defer cancel()
+	if err := nodes[0].WaitClusterSafe(sctx); err != nil {
 		t.Fatal(err)
 	}
 }
@@ -434,22 +443,7 @@ func mergeOfOneIntoTheClusterThatListsIt(t *testing.T, backups int) {
 	b.prepareMerge(nodes[0].Address(), 1, 2, true)
 	merged := make(chan struct{})
 	go func() { defer close(merged); b.joinMerge() }()
-	select {
-	case <-merged:
-	case <-ctx.Done():
-		t.Fatal("the merge did not end")
-	}
-	if got := events.get(); !slices.Equal(got, []spi.LifecycleState{spi.Merging, spi.Merged}) {
-		t.Fatalf("lifecycle events %v, want MERGING, MERGED", got)
-	}
-	if err := WaitStable(ctx, nodes); err != nil {
-		t.Fatal(err)
-	}
-	sctx, scancel := context.WithTimeout(ctx, 30*time.Second)
-	defer scancel()
-	if err := nodes[0].WaitClusterSafe(sctx); err != nil {
-		t.Fatal(err)
-	}
+	waitMergedSafe(ctx, t, merged, events, nodes)
 	for i := range counters {
 		for _, n := range nodes {
 			if v, err := counterOn(t, n, fmt.Sprintf("c%d", i)).Get(ctx); err != nil || v != int64(i+1) {
