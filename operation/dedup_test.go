@@ -2,7 +2,6 @@ package operation
 
 import (
 	"bytes"
-	"context"
 	"errors"
 	"sync/atomic"
 	"testing"
@@ -176,13 +175,7 @@ func TestRetryNotFoundInAPartialRecordIsIndeterminate(t *testing.T) {
 	w := spi.NewWriter(nil)
 	src.Append(w, now, pSvc.dedupWindow())
 
-	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
-	defer cancel()
-	done := make(chan error, 1)
-	go func() {
-		_, err := caller.Invoke(ctx, "svc", &backedOp{}, 1)
-		done <- err
-	}()
+	done := invokeBacked(t, caller)
 	eventually(t, func() bool { return pSvc.ReplicaVersion(1) != 0 }) // it ran; its backup is held
 	installed := make(chan error, 1)
 	pSvc.RunOnPartition(1, func() { installed <- pSvc.ReadDedup(spi.NewReader(w.Bytes()), 1) })

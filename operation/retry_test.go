@@ -297,13 +297,7 @@ func TestRetryOfAnAdoptedInvocationIsIndeterminate(t *testing.T) {
 	pSvc.RunOnPartition(1, func() { pSvc.AdoptInvocations(1, []spi.InvocationID{id}); close(adopted) })
 	<-adopted
 	before := pSvc.ReplicaVersion(1)
-	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
-	defer cancel()
-	done := make(chan error, 1)
-	go func() {
-		_, err := caller.Invoke(ctx, "svc", &backedOp{}, 1)
-		done <- err
-	}()
+	done := invokeBacked(t, caller)
 	eventually(t, held.Load)
 	caller.MemberLeft("p") // the connection breaks under the first attempt; the caller retries
 	if err := <-done; !errors.Is(err, spi.ErrIndeterminate) {
@@ -312,4 +306,18 @@ func TestRetryOfAnAdoptedInvocationIsIndeterminate(t *testing.T) {
 	if v := pSvc.ReplicaVersion(1); v != before {
 		t.Errorf("the retry ran: replica version %#x, was %#x", v, before)
 	}
+}
+
+// invokeBacked invokes a backedOp on partition 1 from caller, on a
+// goroutine of its own, within 30 s; the channel gets its error.
+func invokeBacked(t *testing.T, caller *Service) <-chan error {
+	t.Helper()
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	t.Cleanup(cancel)
+	done := make(chan error, 1)
+	go func() {
+		_, err := caller.Invoke(ctx, "svc", &backedOp{}, 1)
+		done <- err
+	}()
+	return done
 }
